@@ -1,0 +1,95 @@
+//! The event envelope every service publishes, and the outbox that makes publishing safe.
+//!
+//! A producer appends its events to its own `outbox` table inside the transaction that changes
+//! its state, so an event exists exactly when its change was committed (invariant 5: no event is
+//! lost). A relay publishes outbox rows afterwards, in `seq` order.
+
+use crate::db::Tx;
+use crate::http::RequestContext;
+use crate::time::{now_us, to_rfc3339};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An event as it travels between services.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub aggregate_id: String,
+    pub occurred_at: String,
+    pub producer: String,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<Uuid>,
+    pub traceparent: Option<String>,
+    /// The payload schema version; consumers refuse versions they do not know.
+    pub version: u32,
+    pub payload: serde_json::Value,
+}
+
+impl Envelope {
+    pub fn new<P: Serialize>(
+        producer: &str,
+        event_type: &str,
+        aggregate_id: impl ToString,
+        payload: &P,
+    ) -> Envelope {
+        Envelope {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.to_owned(),
+            aggregate_id: aggregate_id.to_string(),
+            occurred_at: to_rfc3339(now_us()),
+            producer: producer.to_owned(),
+            correlation_id: None,
+            causation_id: None,
+            traceparent: None,
+            version: 1,
+            payload: serde_json::to_value(payload).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// Carries the request's correlation id and trace context into the event.
+    pub fn caused_by_request(mut self, ctx: &RequestContext) -> Self {
+        self.correlation_id = Some(ctx.correlation_id.clone());
+        self.traceparent = Some(ctx.traceparent.clone());
+        self
+    }
+}
+
+/// Appends an event to the outbox within the caller's transaction.
+pub async fn append(tx: &mut Tx, env: &Envelope) -> Result<(), sqlx::Error> {
+    let body = serde_json::to_string(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, aggregate_id, envelope, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(env.event_id.to_string())
+    .bind(&env.event_type)
+    .bind(&env.aggregate_id)
+    .bind(body)
+    .bind(now_us())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Reads outbox rows not yet published, oldest first (for the relay and for tests).
+pub async fn pending(
+    pool: &sqlx::AnyPool,
+    limit: i64,
+) -> Result<Vec<(i64, Envelope)>, sqlx::Error> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT seq, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let seq: i64 = r.try_get("seq")?;
+            let text: String = r.try_get("envelope")?;
+            let env = serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            Ok((seq, env))
+        })
+        .collect()
+}

@@ -1,0 +1,490 @@
+//! The HTTP skeleton every service runs on: the same middleware, the same extractors, the same
+//! operational routes, the same shutdown.
+//!
+//! Layers, outermost first: request context (request id, correlation id, trace context, one
+//! span per request that every log line of the request carries), panic catching, metrics by
+//! route template, per-request timeout, and the problem normaliser, which turns any error that
+//! a framework layer answered in plain text (unknown route, wrong method, oversized body) into
+//! `application/problem+json`.
+
+use crate::health::{self, HealthCheck};
+use crate::metrics::Metrics;
+use crate::problem::{Problem, PROBLEM_JSON};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub const IDEMPOTENCY_REPLAYED: HeaderName = HeaderName::from_static("idempotency-replayed");
+
+/// Who is asking and under which correlation, as the context middleware found or minted it.
+/// Handlers pass it on to events and outgoing calls.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub correlation_id: String,
+    pub traceparent: String,
+    pub client_ip: Option<std::net::IpAddr>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts
+            .extensions
+            .get::<RequestContext>()
+            .cloned()
+            .ok_or_else(|| Problem::internal(&"request context middleware missing"))
+    }
+}
+
+/// A header value we accept from a client: short, visible ASCII.
+fn sane_header(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let v = headers.get(name)?.to_str().ok()?.trim();
+    (!v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| v.to_owned())
+}
+
+fn valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() == 4
+        && parts[0].len() == 2
+        && parts[1].len() == 32
+        && parts[2].len() == 16
+        && parts[3].len() == 2
+        && parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && parts[1] != "00000000000000000000000000000000"
+}
+
+fn mint_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+/// The client's address: the first `X-Forwarded-For` hop when a proxy on this machine (the
+/// gateway) forwarded the request, else the peer address.
+fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if peer.is_some_and(|p| p.is_loopback()) {
+        if let Some(fwd) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            if let Some(ip) = fwd.split(',').next().and_then(|s| s.trim().parse().ok()) {
+                return Some(ip);
+            }
+        }
+    }
+    peer
+}
+
+async fn context_layer(mut req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let request_id =
+        sane_header(headers, &REQUEST_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let correlation_id =
+        sane_header(headers, &CORRELATION_ID).unwrap_or_else(|| request_id.clone());
+    let traceparent = sane_header(headers, &TRACEPARENT)
+        .filter(|t| valid_traceparent(t))
+        .unwrap_or_else(mint_traceparent);
+    let ctx = RequestContext {
+        request_id,
+        correlation_id,
+        traceparent,
+        client_ip: client_ip(&req),
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %ctx.request_id,
+        correlation_id = %ctx.correlation_id,
+        %method,
+        %path,
+    );
+    req.extensions_mut().insert(ctx.clone());
+    let started = Instant::now();
+    let mut res = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        let status = res.status().as_u16();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::warn!(status, elapsed_ms = ms, "request failed");
+        } else {
+            tracing::debug!(status, elapsed_ms = ms, "request finished");
+        }
+    });
+    let h = res.headers_mut();
+    for (name, value) in [
+        (REQUEST_ID, ctx.request_id),
+        (CORRELATION_ID, ctx.correlation_id),
+        (TRACEPARENT, ctx.traceparent),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    res
+}
+
+async fn metrics_layer(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    metrics.observe_request(
+        &route,
+        method.as_str(),
+        res.status().as_u16(),
+        started.elapsed(),
+    );
+    res
+}
+
+async fn timeout_layer(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            "The request took too long",
+        )
+        .with_detail(format!("no answer within {} ms", limit.as_millis()))
+        .into_response(),
+    }
+}
+
+/// Turns a plain-text error answered by a framework layer into a problem document.
+async fn problem_layer(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
+    if is_problem {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok());
+    let mut fixed = Problem::for_status(status, text).into_response();
+    // Keep headers such as Allow or Retry-After that the original answer carried.
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fixed.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fixed
+}
+
+/// JSON body extractor whose rejections are problem documents: 400 for malformed JSON, 415 for
+/// a wrong content type, 413 for an oversized body, 422 for wrong types and missing fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        use axum::extract::rejection::JsonRejection;
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rej) => {
+                let text = rej.body_text();
+                Err(match rej {
+                    JsonRejection::JsonDataError(_) => Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "validation_failed",
+                        "The request has invalid fields",
+                    )
+                    .with_detail(text),
+                    JsonRejection::JsonSyntaxError(_) => Problem::malformed_json(text),
+                    JsonRejection::MissingJsonContentType(_) => Problem::for_status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        Some("expected a body with Content-Type: application/json".into()),
+                    ),
+                    other => Problem::for_status(other.status(), Some(text)),
+                })
+            }
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Query-string extractor whose rejection is a 400 problem naming the parameter.
+#[derive(Debug, Clone, Default)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|rej| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "The query string is not valid",
+                )
+                .with_detail(rej.body_text())
+            })
+    }
+}
+
+/// Path extractor whose rejection is a 400 problem (an id that is not a UUID, say).
+#[derive(Debug, Clone)]
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|rej| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_path",
+                    "A path parameter is not valid",
+                )
+                .with_detail(rej.body_text())
+            })
+    }
+}
+
+/// Limits every service applies to every request.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub request_timeout: Duration,
+    pub body_limit_bytes: usize,
+}
+
+impl From<&crate::config::CommonConfig> for HttpSettings {
+    fn from(c: &crate::config::CommonConfig) -> Self {
+        HttpSettings {
+            request_timeout: c.request_timeout,
+            body_limit_bytes: c.body_limit_bytes,
+        }
+    }
+}
+
+type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
+
+/// A built service: its router with every layer and operational route, and the background
+/// work that runs beside it. `mercato up`, `mercato serve` and the tests all run it the same way.
+pub struct Service {
+    pub name: &'static str,
+    app: Router,
+    tasks: Vec<Task>,
+    draining: Arc<AtomicBool>,
+    on_stop: Vec<crate::db::Db>,
+}
+
+impl Service {
+    /// Wraps the service's API router (state already applied) with the kit's layers and the
+    /// `/health/*`, `/metrics` and `/openapi.json` routes.
+    pub fn new(
+        name: &'static str,
+        api: Router,
+        openapi: utoipa::openapi::OpenApi,
+        metrics: Metrics,
+        checks: Vec<Arc<dyn HealthCheck>>,
+        settings: &HttpSettings,
+    ) -> Service {
+        let draining = Arc::new(AtomicBool::new(false));
+        let openapi = Arc::new(openapi);
+        let ops = health::router(name, checks, draining.clone())
+            .route("/metrics", get(render_metrics).with_state(metrics.clone()))
+            .route(
+                "/openapi.json",
+                get(move || async move { axum::Json((*openapi).clone()) }),
+            );
+        let app = api
+            .merge(ops)
+            .fallback(|| async { Problem::not_found("no such route") })
+            .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+            .layer(middleware::from_fn(problem_layer))
+            .layer(middleware::from_fn_with_state(
+                settings.request_timeout,
+                timeout_layer,
+            ))
+            .layer(middleware::from_fn_with_state(metrics, metrics_layer))
+            .layer(tower_http::catch_panic::CatchPanicLayer::new())
+            .layer(middleware::from_fn(context_layer));
+        Service {
+            name,
+            app,
+            tasks: Vec::new(),
+            draining,
+            on_stop: Vec::new(),
+        }
+    }
+
+    /// Adds background work that runs until shutdown is signalled.
+    pub fn with_task<F, Fut>(mut self, task: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push(Box::new(move |t| Box::pin(task(t))));
+        self
+    }
+
+    /// Closes this database's pools after the last request has finished.
+    pub fn closes(mut self, db: crate::db::Db) -> Self {
+        self.on_stop.push(db);
+        self
+    }
+
+    /// The router, for tests that drive it without a socket.
+    pub fn router(&self) -> Router {
+        self.app.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled: then stops accepting, lets in-flight requests
+    /// finish, stops the background work and closes the pools.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let tasks_token = CancellationToken::new();
+        let handles: Vec<_> = self
+            .tasks
+            .into_iter()
+            .map(|t| tokio::spawn(t(tasks_token.clone())))
+            .collect();
+        let draining = self.draining.clone();
+        let name = self.name;
+        let stop = shutdown.clone();
+        let served = axum::serve(
+            listener,
+            self.app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            draining.store(true, Ordering::SeqCst);
+            tracing::info!(
+                service = name,
+                "shutting down: finishing in-flight requests"
+            );
+        })
+        .await;
+        tasks_token.cancel();
+        for h in handles {
+            let _ = h.await;
+        }
+        for db in self.on_stop {
+            db.close().await;
+        }
+        tracing::info!(service = name, "stopped");
+        served
+    }
+}
+
+async fn render_metrics(State(metrics): State<Metrics>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// A JSON response with a status, for handlers that build their answer by hand.
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// A response body as bytes, for replaying stored answers.
+pub fn raw_json_response(status: StatusCode, body: String) -> Response {
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_checks() {
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent("garbage"));
+        assert!(valid_traceparent(&mint_traceparent()));
+    }
+}

@@ -1,0 +1,21 @@
+//! The Mercato service kit: what every service needs, written once.
+//!
+//! It holds the service skeleton (configuration, HTTP bootstrap, errors, storage, idempotency,
+//! token checks, health, metrics) and the contracts services share (typed ids, roles, the event
+//! envelope). It deliberately holds no business rules: those live in each service's `domain`.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod health;
+pub mod http;
+pub mod idempotency;
+pub mod ids;
+pub mod metrics;
+pub mod problem;
+pub mod telemetry;
+pub mod time;
+pub mod validate;
+
+pub use problem::Problem;
