@@ -1,0 +1,39 @@
+//! The demo accounts of the embedded mode. Their ids are fixed so that each service can seed
+//! its own demo data (the catalog's products belong to the demo seller) without asking another.
+
+use crate::ids::UserId;
+use uuid::Uuid;
+
+pub struct DemoAccount {
+    pub id: UserId,
+    pub email: &'static str,
+    pub password: &'static str,
+    pub name: &'static str,
+    pub role: crate::auth::Role,
+}
+
+pub const CUSTOMER: DemoAccount = DemoAccount {
+    id: UserId(Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0001)),
+    email: "customer@mercato.local",
+    password: "Customer-demo-2026",
+    name: "Casey Customer",
+    role: crate::auth::Role::Customer,
+};
+
+pub const SELLER: DemoAccount = DemoAccount {
+    id: UserId(Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0002)),
+    email: "seller@mercato.local",
+    password: "Seller-demo-2026",
+    name: "Sam Seller",
+    role: crate::auth::Role::Seller,
+};
+
+pub const ADMIN: DemoAccount = DemoAccount {
+    id: UserId(Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0003)),
+    email: "admin@mercato.local",
+    password: "Admin-demo-2026",
+    name: "Ada Admin",
+    role: crate::auth::Role::Admin,
+};
+
+pub const ACCOUNTS: [&DemoAccount; 3] = [&CUSTOMER, &SELLER, &ADMIN];
