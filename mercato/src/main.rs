@@ -1,1 +1,115 @@
-fn main() {}
+//! `mercato`: run every service embedded (`up`) or one service on its own (`serve`).
+
+use clap::{Parser, Subcommand};
+use mercato::stack;
+use mercato_kit::config::Env;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "mercato",
+    version,
+    about = "Mercato, an e-commerce order platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every service in this process, each on its own port, with SQLite files under the
+    /// data directory and demo data on first start.
+    Up {
+        /// Where the databases and keys live [env: MERCATO_DATA_DIR] [default: ./mercato-data]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Do not seed the demo catalog and accounts.
+        #[arg(long)]
+        no_seed: bool,
+    },
+    /// Run one service on its own (configure it with MERCATO_* variables).
+    Serve {
+        /// One of: auth, catalog.
+        service: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    mercato_kit::telemetry::init();
+    let cli = Cli::parse();
+    let mut env = Env::from_process();
+    let result = match cli.command {
+        Command::Up { data_dir, no_seed } => {
+            if let Some(d) = data_dir {
+                env.set("MERCATO_DATA_DIR", d.display().to_string());
+            }
+            if env.raw("MERCATO_SEED_DEMO").is_none() {
+                env.set("MERCATO_SEED_DEMO", (!no_seed).to_string());
+            } else if no_seed {
+                env.set("MERCATO_SEED_DEMO", "false");
+            }
+            up(env).await
+        }
+        Command::Serve { service } => serve(env, &service).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mercato: {e:#}");
+            if e.downcast_ref::<mercato_kit::config::ConfigError>()
+                .is_some()
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn up(env: Env) -> anyhow::Result<()> {
+    let seeded = env.raw("MERCATO_SEED_DEMO").is_some_and(|v| v == "true");
+    let data_dir = env
+        .raw("MERCATO_DATA_DIR")
+        .unwrap_or("./mercato-data")
+        .to_owned();
+    eprintln!("Starting Mercato (embedded, data in {data_dir})...");
+    let started = std::time::Instant::now();
+    let running = stack::start(env, &[]).await?;
+    println!(
+        "\nMercato is up in {:.1} s. Services:",
+        started.elapsed().as_secs_f64()
+    );
+    for (name, url) in &running.urls {
+        println!("  {name:<10} {url}/api/v1   (health {url}/health/ready, API {url}/openapi.json)");
+    }
+    if seeded {
+        println!("\nDemo logins (POST /api/v1/auth/login on auth):");
+        for a in mercato_kit::demo::ACCOUNTS {
+            println!("  {:<9} {:<24} {}", a.role.as_str(), a.email, a.password);
+        }
+    }
+    println!("\nPress Ctrl-C to stop.");
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        mercato_kit::http::shutdown_signal().await;
+        token.cancel();
+    });
+    running.wait().await
+}
+
+async fn serve(env: Env, service: &str) -> anyhow::Result<()> {
+    let running = stack::start(env, &[service]).await?;
+    for (name, url) in &running.urls {
+        tracing::info!(service = name, %url, "listening");
+    }
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        mercato_kit::http::shutdown_signal().await;
+        token.cancel();
+    });
+    running.wait().await
+}

@@ -1,0 +1,212 @@
+//! Starting services in one process: each on its own port with its own database, exactly as
+//! they run on their own. Listeners are bound first, so that with port 0 (the tests) every
+//! service learns the real address of the auth service before it is built.
+
+use anyhow::Context;
+use mercato_kit::config::Env;
+use mercato_kit::http::Service;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Every service this build can run, in start order.
+pub const SERVICES: &[&str] = &["auth"];
+
+/// Services running in this process.
+pub struct Stack {
+    /// Base URL of each service, by name.
+    pub urls: BTreeMap<&'static str, String>,
+    shutdown: CancellationToken,
+    handles: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
+}
+
+impl Stack {
+    pub fn url(&self, service: &str) -> &str {
+        self.urls
+            .get(service)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{service} is not running"))
+    }
+
+    /// Asks every service to stop and waits until each has finished its in-flight requests.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for (name, h) in self.handles {
+            h.await
+                .with_context(|| format!("{name} panicked"))?
+                .with_context(|| format!("{name} failed"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs until a service fails or `shutdown` fires.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let token = self.shutdown.clone();
+        let mut first_failure = None;
+        // Stop everything once any service ends on its own (it failed) or we are told to.
+        let watch = async {
+            let futs = self
+                .handles
+                .iter_mut()
+                .map(|(n, h)| Box::pin(async move { (*n, h.await) }));
+            let ((name, res), _, _) = futures::future::select_all(futs).await;
+            (name, res)
+        };
+        tokio::select! {
+            _ = token.cancelled() => {}
+            (name, res) = watch => {
+                first_failure = Some(format!("{name} stopped unexpectedly: {res:?}"));
+                token.cancel();
+            }
+        }
+        let _ = self.stop_remaining().await;
+        match first_failure {
+            Some(f) => anyhow::bail!(f),
+            None => Ok(()),
+        }
+    }
+
+    async fn stop_remaining(&mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for (_, h) in self.handles.drain(..) {
+            if !h.is_finished() {
+                let _ = h.await;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+fn port_var(service: &str) -> String {
+    format!(
+        "MERCATO_{}_PORT",
+        service.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+fn default_port(service: &str) -> u16 {
+    match service {
+        "gateway" => 8080,
+        "auth" => 8081,
+        "catalog" => 8082,
+        "order" => 8083,
+        "payment" => 8084,
+        "cart" => 8085,
+        "inventory" => 8086,
+        "psp-mock" => 8090,
+        _ => 0,
+    }
+}
+
+/// The shared secret services use to get their own tokens. Embedded, it is generated once and
+/// kept in the data directory (mode 0600); distributed, the operator sets it.
+pub fn ensure_service_secret(env: &mut Env, data_dir: &Path) -> anyhow::Result<()> {
+    if env.raw("MERCATO_SERVICE_SECRET").is_some() {
+        return Ok(());
+    }
+    let path = data_dir.join("service-secret");
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+        _ => {
+            use rand::RngCore;
+            use std::io::Write;
+            let mut b = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut b);
+            let s: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            std::fs::create_dir_all(data_dir)?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            opts.open(&path)
+                .and_then(|mut f| f.write_all(s.as_bytes()))
+                .with_context(|| format!("writing {}", path.display()))?;
+            s
+        }
+    };
+    env.set("MERCATO_SERVICE_SECRET", secret);
+    Ok(())
+}
+
+async fn build(service: &str, env: &mut Env) -> anyhow::Result<Option<Service>> {
+    Ok(match service {
+        "auth" => {
+            let c = mercato_auth::Config::read(env);
+            env.check()?;
+            Some(mercato_auth::build(&c).await?)
+        }
+        _ => None,
+    })
+}
+
+/// Starts `services` (all of [`SERVICES`] when empty) in this process.
+pub async fn start(mut env: Env, services: &[&str]) -> anyhow::Result<Stack> {
+    let wanted: Vec<&'static str> = SERVICES
+        .iter()
+        .copied()
+        .filter(|s| services.is_empty() || services.contains(s))
+        .collect();
+    if let Some(unknown) = services.iter().find(|s| !SERVICES.contains(s)) {
+        anyhow::bail!(
+            "unknown service {unknown:?}; known: {}",
+            SERVICES.join(", ")
+        );
+    }
+    let common = mercato_kit::config::CommonConfig::read(&mut env);
+    env.check()?;
+    if common.database_url.is_none() {
+        ensure_service_secret(&mut env, &common.data_dir)?;
+    }
+    let mut listeners = Vec::new();
+    for &s in &wanted {
+        let port = env.port(&port_var(s), default_port(s));
+        env.check()?;
+        let addr: SocketAddr = format!("{}:{port}", common.host)
+            .parse()
+            .with_context(|| format!("MERCATO_HOST={:?} is not an IP address", common.host))?;
+        let l = TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "{s} cannot listen on {addr}: is another Mercato running? (set {} to move it)",
+                port_var(s)
+            )
+        })?;
+        let bound = l.local_addr()?;
+        env.set(&port_var(s), bound.port().to_string());
+        if s == "auth" && env.raw("MERCATO_AUTH_URL").is_none() {
+            env.set("MERCATO_AUTH_URL", format!("http://{bound}"));
+        }
+        listeners.push((s, l, bound));
+    }
+    let shutdown = CancellationToken::new();
+    let mut stack = Stack {
+        urls: BTreeMap::new(),
+        shutdown: shutdown.clone(),
+        handles: Vec::new(),
+    };
+    for (name, listener, addr) in listeners {
+        let service = match build(name, &mut env).await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                let _ = stack.stop_remaining().await;
+                return Err(e.context(format!("starting {name}")));
+            }
+        };
+        stack.urls.insert(name, format!("http://{addr}"));
+        stack.handles.push((
+            name,
+            tokio::spawn(service.run(listener, shutdown.child_token())),
+        ));
+    }
+    Ok(stack)
+}

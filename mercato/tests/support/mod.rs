@@ -1,0 +1,224 @@
+//! The scenario-test harness: starts the real services in this process on free ports, each
+//! with fresh storage, and drives them over HTTP with a real client.
+//!
+//! Storage is SQLite in a temporary directory by default. When `MERCATO_TEST_DATABASE_URL`
+//! names a PostgreSQL server, every stack gets a fresh database there instead, so the same
+//! scenarios run on both backends.
+
+#![allow(dead_code)]
+
+use mercato::stack::{self, Stack};
+use mercato_kit::config::Env;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_EMAIL: &str = "root@test.local";
+pub const ADMIN_PASSWORD: &str = "Root-password-1";
+pub const PASSWORD: &str = "Str0ng-enough-pw";
+
+pub struct TestStack {
+    pub stack: Option<Stack>,
+    pub http: Client,
+    pub dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+}
+
+impl TestStack {
+    pub async fn start() -> TestStack {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts every service with these extra `MERCATO_*` settings.
+    pub async fn start_with(vars: &[(&str, &str)]) -> TestStack {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut env = Env::from_pairs([
+            ("MERCATO_DATA_DIR", dir.path().display().to_string()),
+            ("MERCATO_ADMIN_EMAIL", ADMIN_EMAIL.into()),
+            ("MERCATO_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            // Cheaper password hashing keeps the suite quick; the algorithm is the same.
+            ("MERCATO_ARGON2_MEMORY_KIB", "4096".into()),
+        ]);
+        for s in stack::SERVICES {
+            env.set(
+                &format!("MERCATO_{}_PORT", s.to_ascii_uppercase().replace('-', "_")),
+                "0",
+            );
+        }
+        let pg = match std::env::var("MERCATO_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(fresh_pg_database(&url).await),
+            _ => None,
+        };
+        if let Some((_, db_url)) = &pg {
+            env.set("MERCATO_DATABASE_URL", db_url.clone());
+            env.set("MERCATO_SERVICE_SECRET", "test-service-secret");
+        }
+        for (k, v) in vars {
+            env.set(k, *v);
+        }
+        let stack = stack::start(env, &[]).await.expect("stack starts");
+        TestStack {
+            stack: Some(stack),
+            http: Client::new(),
+            dir,
+            pg,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stack.take() {
+            s.stop().await.expect("clean stop");
+        }
+        if let Some((admin_url, db_url)) = self.pg.take() {
+            drop_pg_database(&admin_url, &db_url).await;
+        }
+    }
+
+    pub fn base(&self, service: &str) -> String {
+        self.stack
+            .as_ref()
+            .expect("running")
+            .url(service)
+            .to_owned()
+    }
+
+    /// `http://<service>/api/v1<path>`
+    pub fn api(&self, service: &str, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base(service))
+    }
+
+    pub async fn register(&self, email: &str, password: &str, name: &str) -> Response {
+        self.http
+            .post(self.api("auth", "/auth/register"))
+            .json(&json!({"email": email, "password": password, "name": name}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Tokens {
+        let res = self
+            .http
+            .post(self.api("auth", "/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "login of {email}");
+        let v: Value = res.json().await.unwrap();
+        Tokens {
+            access: v["access_token"].as_str().unwrap().to_owned(),
+            refresh: v["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn admin(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.access
+    }
+
+    /// A fresh account with `role` ("CUSTOMER", "SELLER" or "ADMIN"): its id and access token.
+    pub async fn user(&self, role: &str) -> (String, String) {
+        let email = format!(
+            "{}-{}@test.local",
+            role.to_lowercase(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let res = self.register(&email, PASSWORD, "Test User").await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let id = res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if role != "CUSTOMER" {
+            let admin = self.admin().await;
+            let res = self
+                .http
+                .patch(self.api("auth", &format!("/admin/users/{id}")))
+                .bearer_auth(&admin)
+                .json(&json!({"role": role}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        (id, self.login(&email, PASSWORD).await.access)
+    }
+}
+
+/// Asserts the response is a problem document with this status and returns it.
+pub async fn problem(res: Response, status: u16) -> Value {
+    let got = res.status().as_u16();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = res.text().await.unwrap();
+    assert_eq!(got, status, "status; body: {body}");
+    assert!(
+        ct.starts_with("application/problem+json"),
+        "content type {ct:?}; body: {body}"
+    );
+    let v: Value = serde_json::from_str(&body).expect("problem body is JSON");
+    assert_eq!(v["status"], status);
+    assert!(
+        v["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://mercato.dev/problems/"),
+        "{v}"
+    );
+    assert!(v["title"].is_string());
+    v
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn fresh_pg_database(admin_url: &str) -> (String, String) {
+    use sqlx::Connection;
+    let name = format!("mercato_t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("MERCATO_TEST_DATABASE_URL reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(admin_url);
+    (admin_url.to_owned(), format!("{base}/{name}"))
+}
+
+async fn drop_pg_database(admin_url: &str, db_url: &str) {
+    use sqlx::Connection;
+    let name = db_url.rsplit('/').next().unwrap();
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
+    }
+}

@@ -1,0 +1,447 @@
+//! The auth use cases: register, log in, rotate refresh tokens, change profiles and roles,
+//! issue service tokens. Handlers call these; they know nothing of HTTP.
+
+use crate::domain::{self, Email, RefreshDecision, Throttle};
+use crate::keys::SigningKey;
+use crate::store::{self, User};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::http::StatusCode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use mercato_kit::auth::{Claims, Principal, Role};
+use mercato_kit::config::Secret;
+use mercato_kit::db::{is_unique_violation, Db, Tx};
+use mercato_kit::ids::UserId;
+use mercato_kit::time::now_us;
+use mercato_kit::Problem;
+use rand::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use utoipa::ToSchema;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub login_window: Duration,
+    pub max_failures_per_account: usize,
+    pub max_failures_per_address: usize,
+    pub service_secret: Option<Secret>,
+    pub argon2_memory_kib: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServiceToken {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+pub struct Auth {
+    pub db: Db,
+    pub key: SigningKey,
+    pub settings: Settings,
+    throttle: Mutex<Throttle>,
+    /// A real hash to verify against when the email is unknown, so a wrong email takes as
+    /// long as a wrong password and timing does not reveal which accounts exist.
+    dummy_hash: String,
+}
+
+fn invalid_credentials() -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "Wrong email or password",
+    )
+}
+
+fn token_hash(token: &str) -> String {
+    format!("{:x}", Sha256::digest(token.as_bytes()))
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+impl Auth {
+    pub fn new(db: Db, key: SigningKey, settings: Settings) -> anyhow::Result<Arc<Auth>> {
+        let window = settings.login_window;
+        let mut auth = Auth {
+            db,
+            key,
+            settings,
+            throttle: Mutex::new(Throttle::new(window)),
+            dummy_hash: String::new(),
+        };
+        auth.dummy_hash = auth.hash_now("not-a-real-password-0")?;
+        Ok(Arc::new(auth))
+    }
+
+    fn argon(&self) -> Argon2<'static> {
+        let params =
+            argon2::Params::new(self.settings.argon2_memory_kib, 2, 1, None).unwrap_or_default();
+        Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+    }
+
+    fn hash_now(&self, password: &str) -> anyhow::Result<String> {
+        let salt = SaltString::generate(&mut rand::thread_rng());
+        Ok(self
+            .argon()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_string())
+    }
+
+    /// Hashes off the async threads: argon2id is deliberately slow.
+    async fn hash(self: &Arc<Self>, password: String) -> Result<String, Problem> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.hash_now(&password))
+            .await
+            .map_err(|e| Problem::internal(&e))?
+            .map_err(Problem::from)
+    }
+
+    async fn verify(self: &Arc<Self>, password: String, hash: String) -> bool {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .is_ok_and(|h| me.argon().verify_password(password.as_bytes(), &h).is_ok())
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    pub fn access_token(
+        &self,
+        subject: &str,
+        role: Role,
+        email: Option<&str>,
+    ) -> Result<String, Problem> {
+        let now = now_us() / 1_000_000;
+        let claims = Claims {
+            sub: subject.to_owned(),
+            role,
+            email: email.map(str::to_owned),
+            iss: self.settings.issuer.clone(),
+            aud: self.settings.audience.clone(),
+            iat: now,
+            exp: now + self.settings.access_ttl.as_secs() as i64,
+            jti: uuid::Uuid::now_v7().to_string(),
+        };
+        self.key.sign(&claims).map_err(Problem::from)
+    }
+
+    /// Issues an access token and the next refresh token of `family`.
+    async fn issue(&self, tx: &mut Tx, user: &User, family: &str) -> Result<Tokens, Problem> {
+        let refresh = random_token();
+        let expires = now_us() + self.settings.refresh_ttl.as_micros() as i64;
+        store::insert_refresh(tx, &token_hash(&refresh), family, user.id, expires).await?;
+        Ok(Tokens {
+            access_token: self.access_token(&user.id.to_string(), user.role, Some(&user.email))?,
+            refresh_token: refresh,
+            token_type: "Bearer",
+            expires_in: self.settings.access_ttl.as_secs(),
+        })
+    }
+
+    /// Validates a registration and hashes its password; the insert happens in the caller's
+    /// transaction so it shares it with the idempotency record.
+    pub async fn prepare_registration(
+        self: &Arc<Self>,
+        email: &str,
+        password: &str,
+        name: &str,
+    ) -> Result<(Email, String, String), Problem> {
+        let mut errors = mercato_kit::validate::Errors::new();
+        let email = errors.take("email", Email::try_from(email));
+        let name = errors.take("name", mercato_kit::validate::line(name, 1, 100));
+        if let Err(m) = domain::check_password(password, email.as_ref()) {
+            errors.add("password", m);
+        }
+        errors.finish()?;
+        let (email, name) = (email.expect("checked"), name.expect("checked"));
+        let hash = self.hash(password.to_owned()).await?;
+        Ok((email, name, hash))
+    }
+
+    pub async fn insert_user(
+        &self,
+        tx: &mut Tx,
+        id: UserId,
+        email: &Email,
+        name: &str,
+        hash: &str,
+        role: Role,
+    ) -> Result<User, Problem> {
+        store::insert_user(tx, id, email.as_str(), name, hash, role)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Problem::conflict("email_taken", "an account with this email already exists")
+                } else {
+                    e.into()
+                }
+            })
+    }
+
+    pub async fn login(
+        self: &Arc<Self>,
+        email: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Tokens, Problem> {
+        let normalized = email.trim().to_lowercase();
+        let acct = format!("acct:{normalized}");
+        let addr = client.map(|ip| format!("ip:{ip}"));
+        {
+            let now = Instant::now();
+            let mut th = self.throttle.lock().expect("throttle lock");
+            let blocked = th
+                .blocked(&acct, self.settings.max_failures_per_account, now)
+                .or_else(|| {
+                    addr.as_ref()
+                        .and_then(|a| th.blocked(a, self.settings.max_failures_per_address, now))
+                });
+            if let Some(wait) = blocked {
+                return Err(Problem::too_many_requests(
+                    "too many failed sign-ins; wait before trying again",
+                    wait,
+                ));
+            }
+        }
+        let found = store::user_by_email(self.db.reader(), &normalized).await?;
+        let hash = found
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
+        let ok = self.verify(password.to_owned(), hash).await && found.is_some();
+        let Some(found) = found.filter(|_| ok) else {
+            let now = Instant::now();
+            let mut th = self.throttle.lock().expect("throttle lock");
+            th.fail(&acct, now);
+            if let Some(a) = &addr {
+                th.fail(a, now);
+            }
+            return Err(invalid_credentials());
+        };
+        self.throttle.lock().expect("throttle lock").clear(&acct);
+        let mut tx = self.db.begin().await?;
+        let tokens = self
+            .issue(&mut tx, &found.user, &uuid::Uuid::now_v7().to_string())
+            .await?;
+        tx.commit().await?;
+        Ok(tokens)
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, Problem> {
+        let hash = token_hash(refresh_token);
+        let mut tx = self.db.begin().await?;
+        let Some(stored) = store::refresh_by_hash(&mut tx, &hash).await? else {
+            return Err(Problem::unauthorized("the refresh token is not valid"));
+        };
+        let decision = domain::refresh_decision(&stored.state, now_us());
+        let spent =
+            decision == RefreshDecision::Rotate && store::spend_refresh(&mut tx, &hash).await?;
+        if !spent {
+            let detail = match decision {
+                RefreshDecision::Expired => "the refresh token has expired; sign in again",
+                RefreshDecision::Revoked => "the refresh token was revoked; sign in again",
+                _ => {
+                    // A spent token came back: it was copied. End every session of this login.
+                    store::revoke_family(&mut tx, &stored.family_id).await?;
+                    tx.commit().await?;
+                    tracing::warn!(user = %stored.user_id, "refresh token reuse: login family revoked");
+                    return Err(Problem::unauthorized("the refresh token was already used; every session of this sign-in was ended"));
+                }
+            };
+            return Err(Problem::unauthorized(detail));
+        }
+        let user = store::user_by_id(&mut *tx, stored.user_id)
+            .await?
+            .ok_or_else(|| Problem::unauthorized("the account no longer exists"))?;
+        let tokens = self.issue(&mut tx, &user.user, &stored.family_id).await?;
+        tx.commit().await?;
+        Ok(tokens)
+    }
+
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), Problem> {
+        let mut tx = self.db.begin().await?;
+        if let Some(stored) = store::refresh_by_hash(&mut tx, &token_hash(refresh_token)).await? {
+            store::revoke_family(&mut tx, &stored.family_id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn me(&self, principal: &Principal) -> Result<User, Problem> {
+        let id = principal.require_user()?;
+        store::user_by_id(self.db.reader(), id)
+            .await?
+            .map(|u| u.user)
+            .ok_or_else(|| Problem::not_found("the account no longer exists"))
+    }
+
+    /// Checks a profile change; a password change needs the current password and ends every
+    /// other session.
+    pub async fn prepare_profile_change(
+        self: &Arc<Self>,
+        principal: &Principal,
+        name: Option<&str>,
+        password: Option<&str>,
+        current_password: Option<&str>,
+    ) -> Result<(UserId, Option<String>, Option<String>), Problem> {
+        let me = self.me(principal).await?;
+        let stored = store::user_by_id(self.db.reader(), me.id)
+            .await?
+            .ok_or_else(|| Problem::not_found("account"))?;
+        let mut errors = mercato_kit::validate::Errors::new();
+        let name = name.and_then(|n| errors.take("name", mercato_kit::validate::line(n, 1, 100)));
+        if name.is_none() && password.is_none() && errors.is_empty() {
+            errors.add("body", "give name or password");
+        }
+        if let Some(p) = password {
+            let email = Email::try_from(me.email.as_str()).ok();
+            if let Err(m) = domain::check_password(p, email.as_ref()) {
+                errors.add("password", m);
+            }
+            if current_password.is_none() {
+                errors.add("current_password", "is required to change the password");
+            }
+        }
+        errors.finish()?;
+        let hash = match (password, current_password) {
+            (Some(p), Some(cur)) => {
+                if !self
+                    .verify(cur.to_owned(), stored.password_hash.clone())
+                    .await
+                {
+                    return Err(Problem::field(
+                        "current_password",
+                        "is not your current password",
+                    ));
+                }
+                Some(self.hash(p.to_owned()).await?)
+            }
+            _ => None,
+        };
+        Ok((me.id, name, hash))
+    }
+
+    pub async fn apply_profile_change(
+        &self,
+        tx: &mut Tx,
+        id: UserId,
+        name: Option<&str>,
+        hash: Option<&str>,
+    ) -> Result<User, Problem> {
+        let user = store::update_user(tx, id, name, hash, None)
+            .await?
+            .ok_or_else(|| Problem::not_found("account"))?;
+        if hash.is_some() {
+            store::revoke_all_of_user(tx, id).await?;
+        }
+        Ok(user)
+    }
+
+    pub async fn change_role(
+        &self,
+        tx: &mut Tx,
+        actor: &Principal,
+        target: UserId,
+        role: Role,
+    ) -> Result<User, Problem> {
+        domain::may_change_role(actor, actor.user_id() == Some(target), role)
+            .map_err(Problem::forbidden)?;
+        store::update_user(tx, target, None, None, Some(role))
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no user {target}")))
+    }
+
+    pub async fn service_token(
+        &self,
+        service: &str,
+        secret: &str,
+    ) -> Result<ServiceToken, Problem> {
+        let Some(expected) = &self.settings.service_secret else {
+            return Err(Problem::unavailable(
+                "service tokens are not configured (MERCATO_SERVICE_SECRET)",
+            ));
+        };
+        let name_ok = (2..=32).contains(&service.len())
+            && service.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+        // Compare digests so the time taken does not depend on how much of the secret matched.
+        let matches =
+            Sha256::digest(secret.as_bytes()) == Sha256::digest(expected.expose().as_bytes());
+        if !name_ok || !matches {
+            return Err(Problem::unauthorized("unknown service or wrong secret"));
+        }
+        Ok(ServiceToken {
+            access_token: self.access_token(&format!("service:{service}"), Role::Service, None)?,
+            token_type: "Bearer",
+            expires_in: self.settings.access_ttl.as_secs(),
+        })
+    }
+
+    /// Makes sure an account exists with this email (the admin bootstrap and the demo
+    /// accounts). With `reset`, an existing account is given this password and role again;
+    /// without, an existing account is left as its owner left it.
+    pub async fn ensure_account(
+        self: &Arc<Self>,
+        id: UserId,
+        email: &str,
+        password: &str,
+        name: &str,
+        role: Role,
+        reset: bool,
+    ) -> anyhow::Result<()> {
+        let email = Email::try_from(email).map_err(|m| anyhow::anyhow!("{email}: {m}"))?;
+        let hash = self
+            .hash(password.to_owned())
+            .await
+            .map_err(|p| anyhow::anyhow!("{p}"))?;
+        let mut tx = self.db.begin().await?;
+        match store::user_by_email(self.db.reader(), email.as_str()).await? {
+            Some(_) if !reset => {}
+            Some(existing) => {
+                let same = self
+                    .verify(password.to_owned(), existing.password_hash.clone())
+                    .await;
+                if !same || existing.user.role != role {
+                    store::update_user(&mut tx, existing.user.id, None, Some(&hash), Some(role))
+                        .await?;
+                }
+            }
+            None => {
+                store::insert_user(&mut tx, id, email.as_str(), name, &hash, role).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list_users(
+        &self,
+        role: Option<Role>,
+        after: Option<UserId>,
+        limit: i64,
+    ) -> Result<Vec<User>, Problem> {
+        Ok(store::list_users(self.db.reader(), role, after, limit).await?)
+    }
+}
