@@ -4,6 +4,14 @@
 //! its state, so an event exists exactly when its change was committed (invariant 5: no event is
 //! lost). A relay publishes outbox rows afterwards, in `seq` order.
 
+pub mod bus;
+pub mod consumer;
+pub mod relay;
+
+pub use bus::{Bus, Delivery, EmbeddedBus, Subscription};
+pub use consumer::{Consumer, EventHandler};
+pub use relay::{OutboxWaker, Relay};
+
 use crate::db::Tx;
 use crate::http::RequestContext;
 use crate::time::{now_us, to_rfc3339};

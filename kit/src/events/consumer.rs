@@ -1,0 +1,295 @@
+//! Idempotent event consumers.
+//!
+//! A consumer handles each event in one transaction of its own service's database that also
+//! records the event id in the `inbox`; a redelivered event finds its id there and changes
+//! nothing. A handler that fails is retried with exponential backoff; after `max_attempts` the
+//! event is parked in `dead_letters` (and acknowledged, so it does not block the ones behind
+//! it). An admin lists parked events and replays them through the same path.
+
+use super::{Bus, Envelope, OutboxWaker};
+use crate::auth::{Principal, Role, Verifier};
+use crate::db::{Db, Tx};
+use crate::http::{Json, Path};
+use crate::problem::Problem;
+use crate::time::{now_us, to_rfc3339};
+use axum::extract::{FromRef, State};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use sqlx::Row;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What a service does with an event, inside the transaction the consumer opened.
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync {
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()>;
+}
+
+#[derive(Clone)]
+pub struct Consumer {
+    name: String,
+    db: Db,
+    handler: Arc<dyn EventHandler>,
+    max_attempts: u32,
+    backoff: Duration,
+    waker: Option<OutboxWaker>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    Parked,
+}
+
+impl Consumer {
+    pub fn new(name: &str, db: Db, handler: Arc<dyn EventHandler>) -> Consumer {
+        Consumer {
+            name: name.to_owned(),
+            db,
+            handler,
+            max_attempts: 5,
+            backoff: Duration::from_millis(50),
+            waker: None,
+        }
+    }
+
+    pub fn with_retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    /// Wakes this service's outbox relay after each commit (handlers often emit events).
+    pub fn waking(mut self, waker: OutboxWaker) -> Self {
+        self.waker = Some(waker);
+        self
+    }
+
+    async fn attempt(&self, env: &Envelope) -> anyhow::Result<Outcome> {
+        let mut tx = self.db.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO inbox (consumer, event_id, processed_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (consumer, event_id) DO NOTHING",
+        )
+        .bind(&self.name)
+        .bind(env.event_id.to_string())
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(Outcome::Duplicate);
+        }
+        self.handler.handle(&mut tx, env).await?;
+        tx.commit().await?;
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
+        Ok(Outcome::Applied)
+    }
+
+    /// Handles one event: applied once, skipped when already applied, parked when it keeps
+    /// failing.
+    pub async fn process(&self, env: &Envelope) -> anyhow::Result<Outcome> {
+        let mut last_error = String::new();
+        for attempt in 1..=self.max_attempts {
+            match self.attempt(env).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => {
+                    last_error = format!("{e:#}");
+                    tracing::warn!(consumer = %self.name, event_id = %env.event_id, event_type = %env.event_type,
+                        attempt, error = %last_error, "event handler failed");
+                    if attempt < self.max_attempts {
+                        let exp = self
+                            .backoff
+                            .saturating_mul(2u32.saturating_pow(attempt - 1))
+                            .min(Duration::from_secs(5));
+                        tokio::time::sleep(jitter(exp)).await;
+                    }
+                }
+            }
+        }
+        self.park(env, &last_error).await?;
+        Ok(Outcome::Parked)
+    }
+
+    async fn park(&self, env: &Envelope, error: &str) -> anyhow::Result<()> {
+        tracing::error!(consumer = %self.name, event_id = %env.event_id, event_type = %env.event_type, error,
+            "event parked in dead letters");
+        sqlx::query(
+            "INSERT INTO dead_letters (id, consumer, event_id, event_type, envelope, error, attempts, parked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(&self.name)
+        .bind(env.event_id.to_string())
+        .bind(&env.event_type)
+        .bind(serde_json::to_string(env)?)
+        .bind(error)
+        .bind(self.max_attempts as i64)
+        .bind(now_us())
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Consumes `event_types` from the bus until `stop`.
+    pub async fn run(
+        self,
+        bus: Arc<dyn Bus>,
+        event_types: Vec<&'static str>,
+        stop: CancellationToken,
+    ) {
+        let mut sub = loop {
+            match bus.subscribe(&self.name, &event_types).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "subscribing failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        loop {
+            let delivery = tokio::select! {
+                _ = stop.cancelled() => return,
+                d = sub.next() => d,
+            };
+            let delivery = match delivery {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "receiving from the bus failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            // Not acknowledged unless handled (or parked): a stop mid-way redelivers it.
+            match self.process(&delivery.envelope).await {
+                Ok(_) => {
+                    if let Err(e) = sub.ack(&delivery).await {
+                        tracing::warn!(consumer = %self.name, error = %e, "ack failed; the event will come again");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "could not handle or park an event; will retry");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    // Full jitter: anywhere up to the exponential bound, so retries of many consumers spread.
+    let ms = d.as_millis().max(1) as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    pub id: String,
+    pub consumer: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub error: String,
+    pub attempts: i64,
+    pub parked_at: String,
+    pub replayed_at: Option<String>,
+    #[schema(value_type = Object)]
+    pub envelope: serde_json::Value,
+}
+
+pub async fn dead_letters(db: &Db) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, consumer, event_id, event_type, envelope, error, attempts, parked_at, replayed_at \
+         FROM dead_letters ORDER BY parked_at",
+    )
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DeadLetter {
+                id: r.try_get("id")?,
+                consumer: r.try_get("consumer")?,
+                event_id: r.try_get("event_id")?,
+                event_type: r.try_get("event_type")?,
+                error: r.try_get("error")?,
+                attempts: r.try_get("attempts")?,
+                parked_at: to_rfc3339(r.try_get("parked_at")?),
+                replayed_at: r.try_get::<Option<i64>, _>("replayed_at")?.map(to_rfc3339),
+                envelope: serde_json::from_str(&r.try_get::<String, _>("envelope")?)
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+#[derive(Clone)]
+struct AdminState {
+    consumer: Consumer,
+    verifier: Verifier,
+}
+
+impl FromRef<AdminState> for Verifier {
+    fn from_ref(s: &AdminState) -> Verifier {
+        s.verifier.clone()
+    }
+}
+
+/// `GET /api/v1/admin/dead-letters` and `POST /api/v1/admin/dead-letters/{id}/replay`, ADMIN only.
+pub fn admin_router(consumer: Consumer, verifier: Verifier) -> Router {
+    Router::new()
+        .route("/api/v1/admin/dead-letters", get(list))
+        .route("/api/v1/admin/dead-letters/{id}/replay", post(replay))
+        .with_state(AdminState { consumer, verifier })
+}
+
+async fn list(
+    State(s): State<AdminState>,
+    p: Principal,
+) -> Result<Json<serde_json::Value>, Problem> {
+    p.require(&[Role::Admin])?;
+    Ok(Json(
+        serde_json::json!({"items": dead_letters(&s.consumer.db).await?}),
+    ))
+}
+
+async fn replay(
+    State(s): State<AdminState>,
+    p: Principal,
+    Path(id): Path<uuid::Uuid>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    p.require(&[Role::Admin])?;
+    let row = sqlx::query("SELECT envelope, replayed_at FROM dead_letters WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(s.consumer.db.reader())
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no dead letter {id}")))?;
+    if row.try_get::<Option<i64>, _>("replayed_at")?.is_some() {
+        return Err(Problem::conflict(
+            "already_replayed",
+            "this dead letter was replayed already",
+        ));
+    }
+    let env: Envelope = serde_json::from_str(&row.try_get::<String, _>("envelope")?)
+        .map_err(|e| Problem::internal(&e))?;
+    // One attempt: an admin replaying wants the answer now, not after a backoff series.
+    let outcome = s.consumer.attempt(&env).await.map_err(|e| {
+        Problem::conflict("replay_failed", format!("the handler failed again: {e:#}"))
+    })?;
+    sqlx::query("UPDATE dead_letters SET replayed_at = $2 WHERE id = $1")
+        .bind(id.to_string())
+        .bind(now_us())
+        .execute(s.consumer.db.writer())
+        .await?;
+    Ok(Json(
+        serde_json::json!({"id": id, "outcome": format!("{outcome:?}").to_lowercase()}),
+    ))
+}

@@ -1,0 +1,194 @@
+//! The outbox → relay → bus → consumer path on the embedded bus: ordered delivery, exactly-once
+//! effects under redelivery, parking and replay, and redelivery of unacknowledged events after a
+//! restart.
+
+use mercato_kit::db::{Db, Migrations, Tx};
+use mercato_kit::events::consumer::{dead_letters, Outcome};
+use mercato_kit::events::{
+    append, Bus, Consumer, EmbeddedBus, Envelope, EventHandler, OutboxWaker, Relay,
+};
+use sqlx::migrate::Migrator;
+use sqlx::Row;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+async fn db(dir: &tempfile::TempDir, name: &str) -> Db {
+    let url = format!("sqlite://{}/{name}.db?mode=rwc", dir.path().display());
+    let none = Migrations {
+        sqlite: Migrator::DEFAULT,
+        postgres: Migrator::DEFAULT,
+    };
+    let db = Db::connect(&url, name, 2, &none).await.unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS effects (event_id TEXT, n BIGINT)")
+        .execute(db.writer())
+        .await
+        .unwrap();
+    db
+}
+
+/// Records each event it sees as a row, unless told to fail.
+struct Recorder {
+    fail: AtomicBool,
+    calls: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Recorder {
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        anyhow::ensure!(!self.fail.load(Ordering::SeqCst), "told to fail");
+        sqlx::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
+            .bind(event.event_id.to_string())
+            .bind(event.payload["n"].as_i64().unwrap_or(0))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn effects(db: &Db) -> Vec<i64> {
+    sqlx::query("SELECT n FROM effects ORDER BY rowid")
+        .fetch_all(db.reader())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get("n"))
+        .collect()
+}
+
+async fn until<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f().await {
+        assert!(Instant::now() < deadline, "not reached in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn event(n: i64) -> Envelope {
+    Envelope::new(
+        "producer",
+        "thing.happened",
+        format!("agg-{}", n % 2),
+        &serde_json::json!({"n": n}),
+    )
+}
+
+#[tokio::test]
+async fn committed_events_reach_the_consumer_once_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let producer = db(&dir, "producer").await;
+    let consumer_db = db(&dir, "consumer").await;
+    let bus: Arc<dyn Bus> = Arc::new(
+        EmbeddedBus::open(&format!(
+            "sqlite://{}/bus.db?mode=rwc",
+            dir.path().display()
+        ))
+        .await
+        .unwrap(),
+    );
+    let waker = OutboxWaker::default();
+    let stop = CancellationToken::new();
+    tokio::spawn(Relay::new(producer.clone(), bus.clone(), waker.clone()).run(stop.clone()));
+    let recorder = Arc::new(Recorder {
+        fail: AtomicBool::new(false),
+        calls: AtomicU32::new(0),
+    });
+    let consumer = Consumer::new("consumer", consumer_db.clone(), recorder.clone());
+    tokio::spawn(
+        consumer
+            .clone()
+            .run(bus.clone(), vec!["thing.happened"], stop.clone()),
+    );
+
+    // A rolled-back transaction's event never leaves.
+    let mut tx = producer.begin().await.unwrap();
+    append(&mut tx, &event(999)).await.unwrap();
+    tx.rollback().await.unwrap();
+    let mut sent = Vec::new();
+    for n in 1..=20 {
+        let e = event(n);
+        let mut tx = producer.begin().await.unwrap();
+        append(&mut tx, &e).await.unwrap();
+        tx.commit().await.unwrap();
+        waker.wake();
+        sent.push(e);
+    }
+    until(|| async { effects(&consumer_db).await.len() == 20 }).await;
+    assert_eq!(effects(&consumer_db).await, (1..=20).collect::<Vec<_>>());
+
+    // Every one of them again, as a redelivering bus would: nothing changes.
+    for e in &sent {
+        assert_eq!(consumer.process(e).await.unwrap(), Outcome::Duplicate);
+    }
+    // And published twice: stored once.
+    bus.publish(&sent[0]).await.unwrap();
+    assert_eq!(effects(&consumer_db).await.len(), 20);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_failing_handler_parks_the_event_and_an_admin_replay_applies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let consumer_db = db(&dir, "consumer").await;
+    let recorder = Arc::new(Recorder {
+        fail: AtomicBool::new(true),
+        calls: AtomicU32::new(0),
+    });
+    let consumer = Consumer::new("c", consumer_db.clone(), recorder.clone())
+        .with_retries(3, Duration::from_millis(1));
+    let e = event(7);
+    assert_eq!(consumer.process(&e).await.unwrap(), Outcome::Parked);
+    assert_eq!(recorder.calls.load(Ordering::SeqCst), 3);
+    assert!(
+        effects(&consumer_db).await.is_empty(),
+        "failed attempts left nothing behind"
+    );
+    let parked = dead_letters(&consumer_db).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].event_id, e.event_id.to_string());
+    assert!(parked[0].error.contains("told to fail"));
+    // Fixed; processing it again applies it exactly once.
+    recorder.fail.store(false, Ordering::SeqCst);
+    assert_eq!(consumer.process(&e).await.unwrap(), Outcome::Applied);
+    assert_eq!(consumer.process(&e).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(effects(&consumer_db).await, vec![7]);
+}
+
+#[tokio::test]
+async fn unacknowledged_events_come_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/bus.db?mode=rwc", dir.path().display());
+    let bus = EmbeddedBus::open(&url).await.unwrap();
+    for n in 1..=3 {
+        bus.publish(&event(n)).await.unwrap();
+    }
+    bus.publish(&Envelope::new("p", "other.type", "x", &1))
+        .await
+        .unwrap();
+    let mut sub = bus.subscribe("c", &["thing.happened"]).await.unwrap();
+    let first = sub.next().await.unwrap();
+    sub.ack(&first).await.unwrap();
+    let second = sub.next().await.unwrap();
+    assert_eq!(second.envelope.payload["n"], 2);
+    drop(sub);
+    bus.close().await;
+    // "Restart": a new bus on the same file, a new subscription under the same name.
+    let bus = EmbeddedBus::open(&url).await.unwrap();
+    let mut sub = bus.subscribe("c", &["thing.happened"]).await.unwrap();
+    let again = sub.next().await.unwrap();
+    assert_eq!(
+        again.envelope.event_id, second.envelope.event_id,
+        "the unacked event is delivered again"
+    );
+    sub.ack(&again).await.unwrap();
+    assert_eq!(sub.next().await.unwrap().envelope.payload["n"], 3);
+    // Another consumer has its own position from the start.
+    let mut other = bus
+        .subscribe("d", &["thing.happened", "other.type"])
+        .await
+        .unwrap();
+    assert_eq!(other.next().await.unwrap().envelope.payload["n"], 1);
+    assert_eq!(bus.all().await.unwrap().len(), 4);
+}
