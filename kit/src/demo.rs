@@ -37,3 +37,33 @@ pub const ADMIN: DemoAccount = DemoAccount {
 };
 
 pub const ACCOUNTS: [&DemoAccount; 3] = [&CUSTOMER, &SELLER, &ADMIN];
+
+/// One product of the demo catalog, with the stock the inventory service starts it with.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DemoProduct {
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub price_cents: i64,
+    pub stock: i64,
+}
+
+/// The demo catalog: 73 products in 8 categories, all sold by [`SELLER`] in USD.
+pub fn products() -> Vec<DemoProduct> {
+    serde_json::from_str(include_str!("../demo/products.json"))
+        .expect("the demo catalog is valid JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn demo_catalog_is_large_and_varied_enough() {
+        let p = super::products();
+        assert!(p.len() >= 50);
+        let cats: std::collections::BTreeSet<_> = p.iter().map(|p| p.category.as_str()).collect();
+        assert!(cats.len() >= 6);
+        let skus: std::collections::BTreeSet<_> = p.iter().map(|p| p.sku.as_str()).collect();
+        assert_eq!(skus.len(), p.len(), "SKUs are unique");
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod contracts;
 pub mod db;
 pub mod demo;
 pub mod events;
