@@ -211,7 +211,7 @@ impl Env {
 }
 
 /// What every service reads the same way.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CommonConfig {
     pub host: String,
     pub data_dir: PathBuf,
@@ -224,6 +224,27 @@ pub struct CommonConfig {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub service_secret: Option<Secret>,
+}
+
+/// Printed at start: the database URL without its password.
+impl fmt::Debug for CommonConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommonConfig")
+            .field("host", &self.host)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(crate::db::redact),
+            )
+            .field("db_pool_size", &self.db_pool_size)
+            .field("request_timeout", &self.request_timeout)
+            .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("auth_url", &self.auth_url)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("service_secret", &self.service_secret)
+            .finish()
+    }
 }
 
 impl CommonConfig {
@@ -320,5 +341,8 @@ mod tests {
         );
         assert!(env.check().is_ok());
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "\"****\"");
+        let mut env = Env::from_pairs([("MERCATO_DATABASE_URL", "postgres://u:hunter2@h/db")]);
+        let c = CommonConfig::read(&mut env);
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

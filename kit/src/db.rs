@@ -40,6 +40,7 @@ pub struct Db {
     backend: Backend,
     write: AnyPool,
     read: AnyPool,
+    waker: crate::events::OutboxWaker,
 }
 
 impl std::fmt::Debug for Db {
@@ -120,6 +121,7 @@ impl Db {
             backend: Backend::Sqlite,
             write,
             read,
+            waker: Default::default(),
         })
     }
 
@@ -153,7 +155,14 @@ impl Db {
             backend: Backend::Postgres,
             write: pool.clone(),
             read: pool,
+            waker: Default::default(),
         })
+    }
+
+    /// Wakes this database's outbox relay; call it after committing a transaction that
+    /// appended events (idempotent handlers and consumers do it for you).
+    pub fn outbox_waker(&self) -> crate::events::OutboxWaker {
+        self.waker.clone()
     }
 
     pub fn backend(&self) -> Backend {

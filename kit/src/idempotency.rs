@@ -290,6 +290,8 @@ impl Claim {
         }
         tx.commit().await?;
         self.done = true;
+        // The effect may have appended events: let the relay publish them now.
+        self.db.outbox_waker().wake();
         Ok(raw_json_response(status, text))
     }
 }

@@ -4,22 +4,26 @@
 
 use anyhow::Context;
 use mercato_kit::config::Env;
+use mercato_kit::events::{Bus, EmbeddedBus};
 use mercato_kit::http::Service;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Every service this build can run, in start order.
-pub const SERVICES: &[&str] = &["auth"];
+pub const SERVICES: &[&str] = &["auth", "catalog"];
 
 /// Services running in this process.
 pub struct Stack {
     /// Base URL of each service, by name.
     pub urls: BTreeMap<&'static str, String>,
     shutdown: CancellationToken,
+    /// The event bus the services share.
+    pub bus: EmbeddedBus,
     handles: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
 
@@ -138,12 +142,21 @@ pub fn ensure_service_secret(env: &mut Env, data_dir: &Path) -> anyhow::Result<(
     Ok(())
 }
 
-async fn build(service: &str, env: &mut Env) -> anyhow::Result<Option<Service>> {
+async fn build(
+    service: &str,
+    env: &mut Env,
+    bus: &Arc<dyn Bus>,
+) -> anyhow::Result<Option<Service>> {
     Ok(match service {
         "auth" => {
             let c = mercato_auth::Config::read(env);
             env.check()?;
             Some(mercato_auth::build(&c).await?)
+        }
+        "catalog" => {
+            let c = mercato_catalog::Config::read(env);
+            env.check()?;
+            Some(mercato_catalog::build(&c, bus.clone()).await?)
         }
         _ => None,
     })
@@ -187,14 +200,25 @@ pub async fn start(mut env: Env, services: &[&str]) -> anyhow::Result<Stack> {
         }
         listeners.push((s, l, bound));
     }
+    // The event bus: a durable log beside the services' data (its own SQLite file, or its own
+    // schema of the shared PostgreSQL database).
+    let bus_url = common.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            common.data_dir.join("bus.db").display()
+        )
+    });
+    let embedded_bus = EmbeddedBus::open(&bus_url).await?;
+    let bus: Arc<dyn Bus> = Arc::new(embedded_bus.clone());
     let shutdown = CancellationToken::new();
     let mut stack = Stack {
         urls: BTreeMap::new(),
         shutdown: shutdown.clone(),
+        bus: embedded_bus,
         handles: Vec::new(),
     };
     for (name, listener, addr) in listeners {
-        let service = match build(name, &mut env).await {
+        let service = match build(name, &mut env, &bus).await {
             Ok(Some(s)) => s,
             Ok(None) => continue,
             Err(e) => {

@@ -155,7 +155,11 @@ impl Subscription for EmbeddedSubscription {
                     serde_json::from_str(&row.try_get::<String, _>("envelope")?)?;
                 return Ok(Delivery { envelope, seq });
             }
-            self.published.changed().await?;
+            // Publishes in this process wake us at once. The timeout is only a safety net for
+            // a log shared through PostgreSQL by several processes, which cannot wake us.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), self.published.changed())
+                    .await;
         }
     }
 

@@ -86,6 +86,7 @@ impl Consumer {
         }
         self.handler.handle(&mut tx, env).await?;
         tx.commit().await?;
+        self.db.outbox_waker().wake();
         if let Some(w) = &self.waker {
             w.wake();
         }

@@ -56,6 +56,14 @@ impl Envelope {
         }
     }
 
+    /// Marks this event as caused by `cause`: same correlation and trace, `causation_id` set.
+    pub fn caused_by_event(mut self, cause: &Envelope) -> Self {
+        self.correlation_id = cause.correlation_id.clone();
+        self.traceparent = cause.traceparent.clone();
+        self.causation_id = Some(cause.event_id);
+        self
+    }
+
     /// Carries the request's correlation id and trace context into the event.
     pub fn caused_by_request(mut self, ctx: &RequestContext) -> Self {
         self.correlation_id = Some(ctx.correlation_id.clone());

@@ -36,7 +36,34 @@ impl TestStack {
 
     /// Starts every service with these extra `MERCATO_*` settings.
     pub async fn start_with(vars: &[(&str, &str)]) -> TestStack {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), vars).await
+    }
+
+    /// Stops the services and starts them again on the same data.
+    pub async fn restart(mut self, vars: &[(&str, &str)]) -> TestStack {
+        if let Some(s) = self.stack.take() {
+            s.stop().await.expect("clean stop");
+        }
+        let pg = self.pg.take();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let mut t = Self::start_in_with_pg(dir, vars, pg).await;
+        t.http = self.http.clone();
+        t
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, vars: &[(&str, &str)]) -> TestStack {
+        let pg = match std::env::var("MERCATO_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(fresh_pg_database(&url).await),
+            _ => None,
+        };
+        Self::start_in_with_pg(dir, vars, pg).await
+    }
+
+    async fn start_in_with_pg(
+        dir: tempfile::TempDir,
+        vars: &[(&str, &str)],
+        pg: Option<(String, String)>,
+    ) -> TestStack {
         let mut env = Env::from_pairs([
             ("MERCATO_DATA_DIR", dir.path().display().to_string()),
             ("MERCATO_ADMIN_EMAIL", ADMIN_EMAIL.into()),
@@ -50,10 +77,6 @@ impl TestStack {
                 "0",
             );
         }
-        let pg = match std::env::var("MERCATO_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => Some(fresh_pg_database(&url).await),
-            _ => None,
-        };
         if let Some((_, db_url)) = &pg {
             env.set("MERCATO_DATABASE_URL", db_url.clone());
             env.set("MERCATO_SERVICE_SECRET", "test-service-secret");

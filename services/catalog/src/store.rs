@@ -1,0 +1,349 @@
+//! The catalog's storage, and the operations that change it.
+//!
+//! One SQL text per query serves SQLite and PostgreSQL (sqlx `Any`, `$n` placeholders). The
+//! operations at the top (`create`, `update`, `deactivate`) are the catalog's business actions:
+//! each writes its row and its outbox event through the caller's transaction, so an HTTP
+//! handler, the demo seeder or a future event consumer all change products the same way and
+//! the caller decides what else (an idempotency record) commits with them.
+//!
+//! Lists page by keyset, never by offset: the next page starts strictly after the last row's
+//! (sort key, id), so rows added or removed meanwhile cannot shift items into a repeat or a gap.
+
+use crate::domain::{
+    ActiveFilter, CategoryCount, Cursor, NewProduct, Product, ProductPatch, ProductQuery, Sort,
+    SortKey,
+};
+use crate::events;
+use mercato_kit::db::{get_bool, is_unique_violation, Tx};
+use mercato_kit::http::RequestContext;
+use mercato_kit::ids::{parse_db_uuid, ProductId, UserId};
+use mercato_kit::time::now_us;
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyPool, Executor, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no product {0}")]
+    NotFound(ProductId),
+    #[error("the sku {0} is already used by another product")]
+    SkuTaken(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations.
+
+/// Creates a product owned by `seller_id` and announces it.
+pub async fn create(
+    tx: &mut Tx,
+    draft: NewProduct,
+    seller_id: UserId,
+    cause: Option<&RequestContext>,
+) -> Result<Product, Error> {
+    let product = Product::new(ProductId::new(), draft, seller_id, now_us());
+    insert(tx, &product).await?;
+    events::announce(tx, events::PRODUCT_CREATED, &product, cause).await?;
+    Ok(product)
+}
+
+/// Applies `patch` to `current` (read with [`lock`] in this transaction) and announces the
+/// change. A patch that changes nothing writes nothing and announces nothing.
+pub async fn update(
+    tx: &mut Tx,
+    current: Product,
+    patch: &ProductPatch,
+    cause: Option<&RequestContext>,
+) -> Result<Product, Error> {
+    let mut after = current.patched(patch);
+    let Some(change) = current.change_to(&after) else {
+        return Ok(current);
+    };
+    // Strictly later than the last change even if the clock stepped back, so "changed since"
+    // comparisons by consumers hold.
+    after.updated_at = now_us().max(current.updated_at + 1);
+    write(tx, &after).await?;
+    events::announce(tx, events::change_type(change), &after, cause).await?;
+    Ok(after)
+}
+
+/// Takes a product off sale. Deactivating an inactive product is a no-op, so a repeated
+/// DELETE neither fails nor announces anything twice.
+pub async fn deactivate(
+    tx: &mut Tx,
+    current: Product,
+    cause: Option<&RequestContext>,
+) -> Result<Product, Error> {
+    let patch = ProductPatch {
+        active: Some(false),
+        ..ProductPatch::default()
+    };
+    update(tx, current, &patch, cause).await
+}
+
+/// Adds a product whose id and times were decided elsewhere (the demo data), unless its id or
+/// its sku exists already, and announces it; true when it was added. Safe to race: when another
+/// replica adds the same product meanwhile, this one does nothing instead of failing.
+pub async fn import(
+    tx: &mut Tx,
+    product: &Product,
+    cause: Option<&RequestContext>,
+) -> Result<bool, Error> {
+    let sql = format!("{INSERT} ON CONFLICT DO NOTHING");
+    let added = bind_insert(&sql, product).execute(&mut **tx).await?;
+    if added.rows_affected() == 0 {
+        return Ok(false);
+    }
+    events::announce(tx, events::PRODUCT_CREATED, product, cause).await?;
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads.
+
+const COLUMNS: &str = "id, sku, name, description, category, price_cents, currency, seller_id, \
+                       active, created_at, updated_at";
+
+fn from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
+    let currency: String = row.try_get("currency")?;
+    Ok(Product {
+        id: ProductId(parse_db_uuid(&row.try_get::<String, _>("id")?)?),
+        sku: row.try_get("sku")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        category: row.try_get("category")?,
+        price_cents: row.try_get("price_cents")?,
+        currency: currency
+            .parse()
+            .map_err(|e: String| sqlx::Error::ColumnDecode {
+                index: "currency".into(),
+                source: e.into(),
+            })?,
+        seller_id: UserId(parse_db_uuid(&row.try_get::<String, _>("seller_id")?)?),
+        active: get_bool(row, "active")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// One product, active or not.
+pub async fn get<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    id: ProductId,
+) -> Result<Option<Product>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
+    sqlx::query(&sql)
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
+}
+
+/// Reads a product to change it, holding it against concurrent writers until the transaction
+/// ends. PostgreSQL needs `FOR UPDATE` for that; SQLite has no such clause and needs none,
+/// since its writes already run one transaction at a time.
+pub async fn lock(tx: &mut Tx, id: ProductId) -> Result<Product, Error> {
+    let for_update = if tx.backend_name() == "PostgreSQL" {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1{for_update}");
+    let row = sqlx::query(&sql)
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(Error::NotFound(id))?;
+    Ok(from_row(&row)?)
+}
+
+/// A page of a list, and where the next one starts (`None` on the last page).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Product>,
+    pub next: Option<Cursor>,
+}
+
+enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+/// A WHERE clause under construction, numbering its placeholders as they are added.
+#[derive(Default)]
+struct Filter {
+    clauses: Vec<String>,
+    args: Vec<Arg>,
+}
+
+impl Filter {
+    fn bind(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("${}", self.args.len())
+    }
+}
+
+pub async fn list(pool: &AnyPool, q: &ProductQuery) -> Result<Page, sqlx::Error> {
+    let mut f = Filter::default();
+    match q.active {
+        ActiveFilter::Active => f.clauses.push("active = 1".into()),
+        ActiveFilter::Inactive => f.clauses.push("active = 0".into()),
+        ActiveFilter::All => {}
+    }
+    for pattern in q.search.like_patterns() {
+        let p = f.bind(Arg::Text(pattern));
+        f.clauses.push(format!("search_text LIKE {p} ESCAPE '\\'"));
+    }
+    if let Some(c) = &q.category {
+        let p = f.bind(Arg::Text(c.as_str().to_owned()));
+        f.clauses.push(format!("category = {p}"));
+    }
+    if let Some(min) = q.min_price_cents {
+        let p = f.bind(Arg::Int(min));
+        f.clauses.push(format!("price_cents >= {p}"));
+    }
+    if let Some(max) = q.max_price_cents {
+        let p = f.bind(Arg::Int(max));
+        f.clauses.push(format!("price_cents <= {p}"));
+    }
+    if let Some(s) = q.seller_id {
+        let p = f.bind(Arg::Text(s.to_string()));
+        f.clauses.push(format!("seller_id = {p}"));
+    }
+    let column = match q.sort {
+        Sort::Newest => "created_at",
+        Sort::PriceAsc | Sort::PriceDesc => "price_cents",
+        Sort::NameAsc | Sort::NameDesc => "name_key",
+    };
+    let (direction, past) = if q.sort.descending() {
+        ("DESC", "<")
+    } else {
+        ("ASC", ">")
+    };
+    if let Some(after) = &q.after {
+        let key = f.bind(match &after.key {
+            SortKey::Int(n) => Arg::Int(*n),
+            SortKey::Text(s) => Arg::Text(s.clone()),
+        });
+        let id = f.bind(Arg::Text(after.id.to_string()));
+        f.clauses
+            .push(format!("({column}, id) {past} ({key}, {id})"));
+    }
+    // One row more than asked tells whether another page follows.
+    let limit = f.bind(Arg::Int(i64::from(q.limit) + 1));
+    let filter = if f.clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", f.clauses.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM products {filter} \
+         ORDER BY {column} {direction}, id {direction} LIMIT {limit}"
+    );
+    let mut query = sqlx::query(&sql);
+    for arg in f.args {
+        query = match arg {
+            Arg::Int(n) => query.bind(n),
+            Arg::Text(s) => query.bind(s),
+        };
+    }
+    let mut items = query
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = if items.len() > q.limit as usize {
+        items.truncate(q.limit as usize);
+        items.last().map(|p| Cursor::after(p, q.sort))
+    } else {
+        None
+    };
+    Ok(Page { items, next })
+}
+
+/// Every category with at least one active product, by slug.
+pub async fn categories(pool: &AnyPool) -> Result<Vec<CategoryCount>, sqlx::Error> {
+    sqlx::query(
+        "SELECT category, COUNT(*) AS product_count FROM products WHERE active = 1 \
+         GROUP BY category ORDER BY category",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(CategoryCount {
+            slug: r.try_get("category")?,
+            product_count: r.try_get("product_count")?,
+        })
+    })
+    .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes.
+
+const INSERT: &str = "INSERT INTO products (id, sku, name, name_key, description, search_text, \
+                      category, price_cents, currency, seller_id, active, created_at, updated_at) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+fn bind_insert<'q>(
+    sql: &'q str,
+    p: &Product,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql)
+        .bind(p.id.to_string())
+        .bind(p.sku.clone())
+        .bind(p.name.clone())
+        .bind(p.name_key())
+        .bind(p.description.clone())
+        .bind(p.search_text())
+        .bind(p.category.clone())
+        .bind(p.price_cents)
+        .bind(p.currency.to_string())
+        .bind(p.seller_id.to_string())
+        .bind(i64::from(p.active))
+        .bind(p.created_at)
+        .bind(p.updated_at)
+}
+
+fn sku_taken(e: sqlx::Error, sku: &str) -> Error {
+    // The sku is the only unique column a caller controls (ids are minted here).
+    if is_unique_violation(&e) {
+        Error::SkuTaken(sku.to_owned())
+    } else {
+        Error::Db(e)
+    }
+}
+
+async fn insert(tx: &mut Tx, p: &Product) -> Result<(), Error> {
+    bind_insert(INSERT, p)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| sku_taken(e, &p.sku))?;
+    Ok(())
+}
+
+async fn write(tx: &mut Tx, p: &Product) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE products SET sku = $2, name = $3, name_key = $4, description = $5, \
+         search_text = $6, category = $7, price_cents = $8, currency = $9, active = $10, \
+         updated_at = $11 WHERE id = $1",
+    )
+    .bind(p.id.to_string())
+    .bind(p.sku.clone())
+    .bind(p.name.clone())
+    .bind(p.name_key())
+    .bind(p.description.clone())
+    .bind(p.search_text())
+    .bind(p.category.clone())
+    .bind(p.price_cents)
+    .bind(p.currency.to_string())
+    .bind(i64::from(p.active))
+    .bind(p.updated_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| sku_taken(e, &p.sku))?;
+    Ok(())
+}
