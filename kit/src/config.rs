@@ -200,6 +200,15 @@ impl Env {
         });
     }
 
+    /// Takes over the errors `other` recorded that this one does not have yet.
+    pub fn absorb_errors(&mut self, other: &Env) {
+        for e in &other.errors {
+            if !self.errors.contains(e) {
+                self.errors.push(e.clone());
+            }
+        }
+    }
+
     /// Every error recorded so far, or `Ok`.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.errors.is_empty() {

@@ -462,13 +462,18 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 }
 
 /// A response body as bytes, for replaying stored answers.
+/// An error status carries a problem document, so it is labelled as one (the problem layer
+/// would otherwise replace a stored problem with a generic one).
 pub fn raw_json_response(status: StatusCode, body: String) -> Response {
     let mut res = Response::new(Body::from(body));
     *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let ct = if status.is_client_error() || status.is_server_error() {
+        PROBLEM_JSON
+    } else {
+        "application/json"
+    };
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     res
 }
 

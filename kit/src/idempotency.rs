@@ -77,6 +77,11 @@ impl IdempotencyKey {
         }
     }
 
+    /// The key the client sent, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
     /// What identifies "the same request": method, path and the request's parsed body.
     pub fn fingerprint<T: Serialize>(&self, body: &T) -> String {
         let mut h = Sha256::new();

@@ -142,6 +142,20 @@ pub fn ensure_service_secret(env: &mut Env, data_dir: &Path) -> anyhow::Result<(
     Ok(())
 }
 
+/// Reads a service's configuration into a scratch copy of `env` and carries its errors over.
+fn validate_config(service: &str, scratch: &mut Env, env: &mut Env) {
+    match service {
+        "auth" => {
+            let _ = mercato_auth::Config::read(scratch);
+        }
+        "catalog" => {
+            let _ = mercato_catalog::Config::read(scratch);
+        }
+        _ => {}
+    }
+    env.absorb_errors(scratch);
+}
+
 async fn build(
     service: &str,
     env: &mut Env,
@@ -176,6 +190,12 @@ pub async fn start(mut env: Env, services: &[&str]) -> anyhow::Result<Stack> {
         );
     }
     let common = mercato_kit::config::CommonConfig::read(&mut env);
+    // Read every service's configuration up front so that all bad values are reported at
+    // once, before anything listens.
+    for &s in &wanted {
+        env.port(&port_var(s), default_port(s));
+        validate_config(s, &mut env.clone(), &mut env);
+    }
     env.check()?;
     if common.database_url.is_none() {
         ensure_service_secret(&mut env, &common.data_dir)?;

@@ -1,0 +1,108 @@
+//! The `mercato` binary as a user runs it: bad configuration is refused with the variable
+//! named, `up` prints its URLs and demo logins, serves, and stops cleanly on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn mercato() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mercato"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
+}
+
+#[test]
+fn bad_configuration_names_every_variable_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mercato()
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("MERCATO_AUTH_PORT", "eighty")
+        .env("MERCATO_REQUEST_TIMEOUT_MS", "-1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MERCATO_REQUEST_TIMEOUT_MS=\"-1\": expected a whole number"),
+        "{err}"
+    );
+    assert!(
+        err.contains("MERCATO_AUTH_PORT=\"eighty\""),
+        "every bad variable at once: {err}"
+    );
+    let out = mercato()
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("MERCATO_AUTH_PORT", "eighty")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MERCATO_AUTH_PORT=\"eighty\": expected a whole number from 0 to 65535"),
+        "{err}"
+    );
+    let out = mercato().args(["serve", "nonsense"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service"));
+}
+
+#[test]
+fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = mercato()
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("MERCATO_AUTH_PORT", "0")
+        .env("MERCATO_CATALOG_PORT", "0")
+        .env("MERCATO_ARGON2_MEMORY_KIB", "4096")
+        .env("MERCATO_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        printed.push(line.clone());
+        if line.contains("Ctrl-C") || Instant::now() > deadline {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    assert!(text.contains("customer@mercato.local"), "{text}");
+    assert!(text.contains("Seller-demo-2026"), "{text}");
+    let catalog = printed
+        .iter()
+        .find(|l| l.trim_start().starts_with("catalog"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("catalog URL printed")
+        .to_owned();
+    let body = reqwest::blocking_get(&format!("{}/products?limit=1", catalog));
+    assert!(body.contains("\"items\""), "{body}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+mod reqwest {
+    /// A tiny blocking GET without pulling reqwest's blocking feature into the build.
+    pub fn blocking_get(url: &str) -> String {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
+    }
+}
