@@ -29,9 +29,11 @@ enum Command {
         #[arg(long)]
         no_seed: bool,
     },
+    /// Place orders against a running Mercato and measure the time to PAID.
+    Load(mercato::load::LoadArgs),
     /// Run one service on its own (configure it with MERCATO_* variables).
     Serve {
-        /// One of: auth, catalog.
+        /// One of: auth, catalog, psp-mock.
         service: String,
     },
 }
@@ -54,6 +56,7 @@ async fn main() -> ExitCode {
             up(env).await
         }
         Command::Serve { service } => serve(env, &service).await,
+        Command::Load(args) => mercato::load::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Every service this build can run, in start order.
-pub const SERVICES: &[&str] = &["auth", "catalog"];
+pub const SERVICES: &[&str] = &["auth", "catalog", "psp-mock"];
 
 /// Services running in this process.
 pub struct Stack {
@@ -151,6 +151,9 @@ fn validate_config(service: &str, scratch: &mut Env, env: &mut Env) {
         "catalog" => {
             let _ = mercato_catalog::Config::read(scratch);
         }
+        "psp-mock" => {
+            let _ = mercato_psp_mock::Config::read(scratch);
+        }
         _ => {}
     }
     env.absorb_errors(scratch);
@@ -172,16 +175,25 @@ async fn build(
             env.check()?;
             Some(mercato_catalog::build(&c, bus.clone()).await?)
         }
+        "psp-mock" => {
+            let c = mercato_psp_mock::Config::read(env);
+            env.check()?;
+            Some(mercato_psp_mock::build(&c).await?)
+        }
         _ => None,
     })
 }
 
 /// Starts `services` (all of [`SERVICES`] when empty) in this process.
 pub async fn start(mut env: Env, services: &[&str]) -> anyhow::Result<Stack> {
+    // psp-mock stands in for a card processor; when one is configured, it is not started.
+    let external_psp = env.raw("MERCATO_PSP_URL").is_some();
     let wanted: Vec<&'static str> = SERVICES
         .iter()
         .copied()
-        .filter(|s| services.is_empty() || services.contains(s))
+        .filter(|s| {
+            services.contains(s) || (services.is_empty() && !(*s == "psp-mock" && external_psp))
+        })
         .collect();
     if let Some(unknown) = services.iter().find(|s| !SERVICES.contains(s)) {
         anyhow::bail!(
@@ -215,10 +227,25 @@ pub async fn start(mut env: Env, services: &[&str]) -> anyhow::Result<Stack> {
         })?;
         let bound = l.local_addr()?;
         env.set(&port_var(s), bound.port().to_string());
-        if s == "auth" && env.raw("MERCATO_AUTH_URL").is_none() {
-            env.set("MERCATO_AUTH_URL", format!("http://{bound}"));
-        }
         listeners.push((s, l, bound));
+    }
+    // Services started together find each other at the addresses just bound (which matters
+    // when the ports were 0), unless told otherwise.
+    for (var, service, path) in [
+        ("MERCATO_AUTH_URL", "auth", ""),
+        ("MERCATO_INVENTORY_URL", "inventory", ""),
+        ("MERCATO_PSP_URL", "psp-mock", ""),
+        (
+            "MERCATO_PSP_WEBHOOK_URL",
+            "payment",
+            "/api/v1/payments/webhook",
+        ),
+    ] {
+        if env.raw(var).is_none() {
+            if let Some((_, _, addr)) = listeners.iter().find(|(s, _, _)| *s == service) {
+                env.set(var, format!("http://{addr}{path}"));
+            }
+        }
     }
     // The event bus: a durable log beside the services' data (its own SQLite file, or its own
     // schema of the shared PostgreSQL database).

@@ -56,6 +56,7 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
         .arg(dir.path())
         .env("MERCATO_AUTH_PORT", "0")
         .env("MERCATO_CATALOG_PORT", "0")
+        .env("MERCATO_PSP_MOCK_PORT", "0")
         .env("MERCATO_ARGON2_MEMORY_KIB", "4096")
         .env("MERCATO_LOG", "warn")
         .stdout(Stdio::piped())
