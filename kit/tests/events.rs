@@ -192,3 +192,38 @@ async fn unacknowledged_events_come_again_after_a_restart() {
     assert_eq!(other.next().await.unwrap().envelope.payload["n"], 1);
     assert_eq!(bus.all().await.unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn an_idle_consumer_shows_no_lag_and_a_rewind_delivers_everything_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(&format!(
+        "sqlite://{}/bus.db?mode=rwc",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    bus.publish(&event(1)).await.unwrap();
+    bus.publish(&Envelope::new("p", "other.type", "x", &1))
+        .await
+        .unwrap();
+    let mut sub = bus.subscribe("c", &["thing.happened"]).await.unwrap();
+    let d = sub.next().await.unwrap();
+    sub.ack(&d).await.unwrap();
+    assert_eq!(
+        bus.lag().await.unwrap(),
+        [("c".to_owned(), 1)],
+        "the other type is still ahead"
+    );
+    // Looking again finds nothing of ours and moves past the rest.
+    assert!(tokio::time::timeout(Duration::from_millis(200), sub.next())
+        .await
+        .is_err());
+    assert_eq!(bus.lag().await.unwrap(), [("c".to_owned(), 0)]);
+    bus.rewind_all_consumers().await.unwrap();
+    assert_eq!(bus.lag().await.unwrap(), [("c".to_owned(), 2)]);
+    let mut again = bus.subscribe("c", &["thing.happened"]).await.unwrap();
+    assert_eq!(
+        again.next().await.unwrap().envelope.event_id,
+        d.envelope.event_id
+    );
+}

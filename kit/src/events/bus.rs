@@ -52,6 +52,10 @@ pub struct Delivery {
 pub struct EmbeddedBus {
     db: Db,
     published: Arc<watch::Sender<u64>>,
+    /// Publishes one at a time, so events become visible in `seq` order and a consumer's
+    /// cursor can never pass an event that commits late. (This is why the embedded bus is
+    /// for one process; several processes share NATS JetStream instead.)
+    publish_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl EmbeddedBus {
@@ -64,6 +68,7 @@ impl EmbeddedBus {
         Ok(EmbeddedBus {
             db,
             published: Arc::new(watch::channel(0).0),
+            publish_lock: Default::default(),
         })
     }
 
@@ -77,6 +82,30 @@ impl EmbeddedBus {
             .collect()
     }
 
+    /// Moves every consumer back to the start of the log, so every event is delivered again:
+    /// what a bus that lost its acknowledgements would do. For tests and drills.
+    pub async fn rewind_all_consumers(&self) -> anyhow::Result<()> {
+        sqlx::query("UPDATE bus_cursors SET last_seq = 0")
+            .execute(self.db.writer())
+            .await?;
+        self.published.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// How many stored events each consumer has yet to acknowledge (of the types it reads,
+    /// or not: a consumer skips the others as it passes them).
+    pub async fn lag(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT c.consumer, (SELECT COUNT(*) FROM bus_messages m WHERE m.seq > c.last_seq) AS behind \
+             FROM bus_cursors c ORDER BY c.consumer",
+        )
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("consumer")?, r.try_get("behind")?)))
+            .collect()
+    }
+
     pub async fn close(&self) {
         self.db.close().await;
     }
@@ -85,6 +114,7 @@ impl EmbeddedBus {
 #[async_trait::async_trait]
 impl Bus for EmbeddedBus {
     async fn publish(&self, env: &Envelope) -> anyhow::Result<()> {
+        let _one_at_a_time = self.publish_lock.lock().await;
         sqlx::query(
             "INSERT INTO bus_messages (event_id, event_type, envelope, stored_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (event_id) DO NOTHING",
@@ -130,6 +160,18 @@ struct EmbeddedSubscription {
     published: watch::Receiver<u64>,
 }
 
+impl EmbeddedSubscription {
+    async fn advance(&mut self, seq: i64) -> anyhow::Result<()> {
+        sqlx::query("UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2")
+            .bind(&self.consumer)
+            .bind(seq)
+            .execute(self.db.writer())
+            .await?;
+        self.cursor = self.cursor.max(seq);
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl Subscription for EmbeddedSubscription {
     async fn next(&mut self) -> anyhow::Result<Delivery> {
@@ -155,6 +197,15 @@ impl Subscription for EmbeddedSubscription {
                     serde_json::from_str(&row.try_get::<String, _>("envelope")?)?;
                 return Ok(Delivery { envelope, seq });
             }
+            // Nothing for us up to the end of the log: move past the events of other types,
+            // so the cursor shows how far behind this consumer really is.
+            let end: Option<i64> = sqlx::query("SELECT MAX(seq) AS end_seq FROM bus_messages")
+                .fetch_one(self.db.reader())
+                .await?
+                .try_get("end_seq")?;
+            if let Some(end) = end.filter(|e| *e > self.cursor) {
+                self.advance(end).await?;
+            }
             // Publishes in this process wake us at once. The timeout is only a safety net for
             // a log shared through PostgreSQL by several processes, which cannot wake us.
             let _ =
@@ -164,12 +215,6 @@ impl Subscription for EmbeddedSubscription {
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> anyhow::Result<()> {
-        sqlx::query("UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2")
-            .bind(&self.consumer)
-            .bind(delivery.seq)
-            .execute(self.db.writer())
-            .await?;
-        self.cursor = self.cursor.max(delivery.seq);
-        Ok(())
+        self.advance(delivery.seq).await
     }
 }
