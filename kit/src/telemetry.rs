@@ -1,5 +1,6 @@
-//! Logging: JSON lines by default (what a log pipeline wants), human-readable when
-//! `MERCATO_LOG_FORMAT=pretty`. `MERCATO_LOG` takes a tracing filter such as `info,sqlx=warn`.
+//! Logging: JSON lines (what a log pipeline wants) unless a person is watching: the default is
+//! `pretty` when stderr is a terminal and `json` otherwise; `MERCATO_LOG_FORMAT` decides
+//! explicitly. `MERCATO_LOG` takes a tracing filter such as `info,sqlx=warn`.
 
 use tracing_subscriber::EnvFilter;
 

@@ -168,16 +168,19 @@ async fn build(
         "auth" => {
             let c = mercato_auth::Config::read(env);
             env.check()?;
+            tracing::info!(service, config = ?c, "configuration");
             Some(mercato_auth::build(&c).await?)
         }
         "catalog" => {
             let c = mercato_catalog::Config::read(env);
             env.check()?;
+            tracing::info!(service, config = ?c, "configuration");
             Some(mercato_catalog::build(&c, bus.clone()).await?)
         }
         "psp-mock" => {
             let c = mercato_psp_mock::Config::read(env);
             env.check()?;
+            tracing::info!(service, config = ?c, "configuration");
             Some(mercato_psp_mock::build(&c).await?)
         }
         _ => None,

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub common: CommonConfig,
     pub port: u16,
@@ -35,6 +35,27 @@ pub struct Config {
     pub admin_password: Option<Secret>,
     pub seed_demo: bool,
     pub argon2_memory_kib: u32,
+}
+
+/// Printed at start: no password of the database URL, no admin password.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("port", &self.port)
+            .field("database_url", &mercato_kit::db::redact(&self.database_url))
+            .field("key_file", &self.key_file)
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .field("login_window", &self.login_window)
+            .field("max_failures_per_account", &self.max_failures_per_account)
+            .field("max_failures_per_address", &self.max_failures_per_address)
+            .field("admin_email", &self.admin_email)
+            .field("admin_password", &self.admin_password)
+            .field("seed_demo", &self.seed_demo)
+            .field("argon2_memory_kib", &self.argon2_memory_kib)
+            .field("common", &self.common)
+            .finish()
+    }
 }
 
 impl Config {
