@@ -187,6 +187,12 @@ impl Subscription for EmbeddedSubscription {
             // Mark the current publish count as seen *before* looking, so a publish that
             // lands after the look still wakes us.
             self.published.borrow_and_update();
+            // The end of the log is read *before* looking for our next event: everything up
+            // to it is then covered by the look, so moving the cursor there skips nothing.
+            let end: Option<i64> = sqlx::query("SELECT MAX(seq) AS end_seq FROM bus_messages")
+                .fetch_one(self.db.reader())
+                .await?
+                .try_get("end_seq")?;
             let mut q = sqlx::query(&sql).bind(self.cursor);
             for t in &self.types {
                 q = q.bind(t);
@@ -197,12 +203,8 @@ impl Subscription for EmbeddedSubscription {
                     serde_json::from_str(&row.try_get::<String, _>("envelope")?)?;
                 return Ok(Delivery { envelope, seq });
             }
-            // Nothing for us up to the end of the log: move past the events of other types,
-            // so the cursor shows how far behind this consumer really is.
-            let end: Option<i64> = sqlx::query("SELECT MAX(seq) AS end_seq FROM bus_messages")
-                .fetch_one(self.db.reader())
-                .await?
-                .try_get("end_seq")?;
+            // Nothing for us up to that end: move past the events of other types, so the
+            // cursor shows how far behind this consumer really is.
             if let Some(end) = end.filter(|e| *e > self.cursor) {
                 self.advance(end).await?;
             }
