@@ -33,7 +33,7 @@ enum Command {
     Load(mercato::load::LoadArgs),
     /// Run one service on its own (configure it with MERCATO_* variables).
     Serve {
-        /// One of: auth, catalog, psp-mock.
+        /// One of: auth, catalog, inventory, order, payment, psp-mock.
         service: String,
     },
 }

@@ -15,7 +15,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Every service this build can run, in start order.
-pub const SERVICES: &[&str] = &["auth", "catalog", "psp-mock"];
+pub const SERVICES: &[&str] = &[
+    "auth",
+    "catalog",
+    "inventory",
+    "order",
+    "payment",
+    "psp-mock",
+];
 
 /// Services running in this process.
 pub struct Stack {
@@ -154,6 +161,15 @@ fn validate_config(service: &str, scratch: &mut Env, env: &mut Env) {
         "psp-mock" => {
             let _ = mercato_psp_mock::Config::read(scratch);
         }
+        "inventory" => {
+            let _ = mercato_inventory::Config::read(scratch);
+        }
+        "order" => {
+            let _ = mercato_order::Config::read(scratch);
+        }
+        "payment" => {
+            let _ = mercato_payment::Config::read(scratch);
+        }
         _ => {}
     }
     env.absorb_errors(scratch);
@@ -182,6 +198,24 @@ async fn build(
             env.check()?;
             tracing::info!(service, config = ?c, "configuration");
             Some(mercato_psp_mock::build(&c).await?)
+        }
+        "inventory" => {
+            let c = mercato_inventory::Config::read(env);
+            env.check()?;
+            tracing::info!(service, config = ?c, "configuration");
+            Some(mercato_inventory::build(&c, bus.clone()).await?)
+        }
+        "order" => {
+            let c = mercato_order::Config::read(env);
+            env.check()?;
+            tracing::info!(service, config = ?c, "configuration");
+            Some(mercato_order::build(&c, bus.clone()).await?)
+        }
+        "payment" => {
+            let c = mercato_payment::Config::read(env);
+            env.check()?;
+            tracing::info!(service, config = ?c, "configuration");
+            Some(mercato_payment::build(&c, bus.clone()).await?)
         }
         _ => None,
     })

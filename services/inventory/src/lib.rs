@@ -1,0 +1,187 @@
+//! The inventory service (port 8086): stock per product, reservations of orders with expiry,
+//! and a ledger of every stock movement.
+//!
+//! It keeps invariant 1 of ARCHITECTURE.md: for every product, on_hand = initial + restocks and
+//! adjustments − committed, reserved = the units of active and held reservations, and
+//! available = on_hand − reserved ≥ 0, under any concurrency (every change is one conditional
+//! update; see `store`). In the checkout saga it reserves on `order.created` (all lines or
+//! none), holds on `order.paid`, commits on `order.fulfilled`, releases on `order.cancelled`,
+//! and releases reservations that expire unpaid (see `sweeper`).
+//!
+//! Rooms: [`domain`] (rules), [`store`] (SQL), [`service`] (use cases), [`events`] (the saga's
+//! events in and out), [`sweeper`] (expiry), [`http`] (routes). [`build`] puts them together;
+//! the `mercato` binary and the tests run the result.
+
+pub mod domain;
+pub mod events;
+pub mod http;
+pub mod service;
+pub mod store;
+pub mod sweeper;
+
+use mercato_kit::auth::Verifier;
+use mercato_kit::config::{CommonConfig, Env};
+use mercato_kit::db::{redact, Db, Migrations};
+use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
+use mercato_kit::health::DbCheck;
+use mercato_kit::http::{HttpSettings, Service};
+use mercato_kit::metrics::Metrics;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const SERVICE: &str = "inventory";
+
+/// The inventory's configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `MERCATO_INVENTORY_PORT`, 8086 by default.
+    pub port: u16,
+    /// `MERCATO_INVENTORY_DATABASE_URL`, else the shared URL, else `inventory.db` in the data
+    /// directory.
+    pub database_url: String,
+    /// `MERCATO_RESERVATION_TTL_SECS` (1 to 86400, default 1800): how long an unpaid
+    /// reservation holds its stock.
+    pub reservation_ttl: Duration,
+    /// `MERCATO_SEED_DEMO` (default false): products of the demo catalog start with their demo
+    /// stock when their stock row is created.
+    pub seed_demo: bool,
+}
+
+impl Config {
+    /// Reads the configuration; bad values are recorded in `env` for its `check`.
+    pub fn read(env: &mut Env) -> Config {
+        let common = CommonConfig::read(env);
+        Config {
+            port: env.port("MERCATO_INVENTORY_PORT", 8086),
+            database_url: common.database_url_for(env, SERVICE),
+            reservation_ttl: env.secs(
+                "MERCATO_RESERVATION_TTL_SECS",
+                1800,
+                1..=domain::TTL_MAX_SECS,
+            ),
+            seed_demo: env.flag("MERCATO_SEED_DEMO", false),
+            common,
+        }
+    }
+
+    pub fn settings(&self) -> service::Settings {
+        service::Settings {
+            reservation_ttl: self.reservation_ttl,
+            seed_demo: self.seed_demo,
+        }
+    }
+}
+
+/// Printed at start, so database passwords are masked, the shared URL's too.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut common = self.common.clone();
+        common.database_url = common.database_url.as_deref().map(redact);
+        f.debug_struct("Config")
+            .field("port", &self.port)
+            .field("database_url", &redact(&self.database_url))
+            .field("reservation_ttl", &self.reservation_ttl)
+            .field("seed_demo", &self.seed_demo)
+            .field("common", &common)
+            .finish()
+    }
+}
+
+/// The inventory's migrations; the kit's are merged in by [`Db::connect`].
+pub fn migrations() -> Migrations {
+    Migrations {
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+        postgres: sqlx::migrate!("./migrations/postgres"),
+    }
+}
+
+/// Opens (and migrates) the inventory's database.
+pub async fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Db> {
+    Db::connect(database_url, SERVICE, pool_size, &migrations()).await
+}
+
+/// Builds the inventory service: database ready, routes, checks, and the background work
+/// (outbox relay, event consumer, expiry sweeper, idempotency purge) in place, not yet
+/// listening.
+pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
+    let common = &config.common;
+    let db = connect(&config.database_url, common.db_pool_size).await?;
+    let waker = OutboxWaker::default();
+    let inv = Arc::new(service::Inventory::new(
+        db.clone(),
+        config.settings(),
+        waker.clone(),
+        service::SweepSignal::default(),
+    ));
+    let relay = Relay::new(db.clone(), bus.clone(), waker.clone());
+    let consumer = Consumer::new(
+        events::CONSUMER,
+        db.clone(),
+        Arc::new(events::Handler::new(inv.clone())),
+    )
+    .waking(waker.clone());
+    let verifier = Verifier::remote(&common.auth_url, &common.jwt_issuer, &common.jwt_audience);
+    let (api, openapi) = http::router(http::AppState {
+        inv: inv.clone(),
+        verifier: verifier.clone(),
+    });
+    let router = api.merge(mercato_kit::events::consumer::admin_router(
+        consumer.clone(),
+        verifier,
+    ));
+    let purge_db = db.clone();
+    Ok(Service::new(
+        SERVICE,
+        router,
+        openapi,
+        Metrics::new(SERVICE),
+        vec![Arc::new(DbCheck(db.clone()))],
+        &HttpSettings::from(common),
+    )
+    .with_task(move |stop| relay.run(stop))
+    .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
+    .with_task(move |stop| sweeper::run(inv, stop))
+    .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
+    .closes(db))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_defaults_ranges_and_masking() {
+        let mut env = Env::from_pairs([("MERCATO_DATA_DIR", "/tmp/m")]);
+        let c = Config::read(&mut env);
+        assert!(env.check().is_ok());
+        assert_eq!(c.port, 8086);
+        assert_eq!(c.reservation_ttl, Duration::from_secs(1800));
+        assert!(!c.seed_demo);
+        assert_eq!(c.database_url, "sqlite:///tmp/m/inventory.db?mode=rwc");
+
+        let mut env = Env::from_pairs([
+            ("MERCATO_INVENTORY_PORT", "9086"),
+            ("MERCATO_RESERVATION_TTL_SECS", "60"),
+            ("MERCATO_SEED_DEMO", "true"),
+            (
+                "MERCATO_INVENTORY_DATABASE_URL",
+                "postgres://inv:s3cret@db/inv",
+            ),
+        ]);
+        let c = Config::read(&mut env);
+        assert!(env.check().is_ok());
+        assert_eq!(
+            (c.port, c.reservation_ttl.as_secs(), c.seed_demo),
+            (9086, 60, true)
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        for bad in ["0", "86401", "soon"] {
+            let mut env = Env::from_pairs([("MERCATO_RESERVATION_TTL_SECS", bad)]);
+            Config::read(&mut env);
+            let err = env.check().unwrap_err().to_string();
+            assert!(err.contains("MERCATO_RESERVATION_TTL_SECS"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The expiry sweeper: releases reservations whose time ran out before the order was paid, and
+//! announces each with `inventory.released` {reason: expired}.
+//!
+//! It sleeps until the earliest `expires_at` of the active reservations (read from the
+//! database, or heard from [`SweepSignal`](crate::service::SweepSignal) when a reservation is
+//! made here), for at most [`SAFETY_NET`] (reservations made by another replica are seen at the
+//! next look), or until shutdown. It never polls at a short fixed interval.
+//!
+//! Any number of sweepers (replicas) may run: each due reservation is expired in a transaction
+//! of its own that starts with `UPDATE ... SET status = 'released' WHERE order_id = $1 AND
+//! status = 'active' AND expires_at <= $now`, and only the sweeper whose update changed the row
+//! releases the stock and emits the event, in that same transaction.
+
+use crate::events;
+use crate::service::{Cause, Error, Inventory, Transition};
+use crate::store;
+use mercato_kit::contracts::ReleaseReason;
+use mercato_kit::time::{now_us, Micros};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The longest the sweeper sleeps without looking at the database.
+pub const SAFETY_NET: Duration = Duration::from_secs(30);
+/// Due reservations handled per query.
+const BATCH: i64 = 100;
+/// Pause when something is due but another sweeper is still committing it.
+const SETTLE: Duration = Duration::from_millis(100);
+
+impl Inventory {
+    /// Expires every reservation due at `now`; returns how many this call expired (another
+    /// sweeper may have taken some, and an order paid meanwhile keeps its reservation).
+    pub async fn sweep(&self, now: Micros) -> Result<usize, Error> {
+        let mut expired = 0;
+        loop {
+            let due = store::due(self.db.reader(), now, BATCH).await?;
+            let mut progressed = 0;
+            for order_id in &due {
+                let mut tx = self.db.begin().await?;
+                match self.expire(&mut tx, *order_id, now).await? {
+                    Transition::Applied(r) => {
+                        events::released(
+                            &mut tx,
+                            r.order_id,
+                            ReleaseReason::Expired,
+                            &Cause::Expiry(&r),
+                        )
+                        .await?;
+                        tx.commit().await?;
+                        self.outbox.wake();
+                        tracing::info!(order_id = %r.order_id, "reservation expired; stock released");
+                        progressed += 1;
+                    }
+                    _ => tx.rollback().await?,
+                }
+            }
+            expired += progressed;
+            if (due.len() as i64) < BATCH || progressed == 0 {
+                return Ok(expired);
+            }
+        }
+    }
+
+    /// How long to sleep after a sweep: until the earliest expiry known, at most [`SAFETY_NET`].
+    pub async fn next_wake(&self, now: Micros) -> Result<Duration, Error> {
+        let stored = store::next_expiry(self.db.reader()).await?;
+        let heard = self.sweep.upcoming(now);
+        let next = match (stored, heard) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(match next {
+            None => SAFETY_NET,
+            Some(t) if t <= now => SETTLE,
+            // One millisecond past the deadline, so the reservation is due when we look.
+            Some(t) => Duration::from_micros((t - now) as u64 + 1_000).min(SAFETY_NET),
+        })
+    }
+}
+
+/// The sweeper as a background task, until `stop`.
+pub async fn run(inv: Arc<Inventory>, stop: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        let pause = match sweep_once(&inv).await {
+            Ok(pause) => {
+                failures = 0;
+                pause
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "reservation sweeper failed; retrying");
+                Duration::from_millis(200 * 2u64.pow(failures.min(7))).min(SAFETY_NET)
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = inv.sweep.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+async fn sweep_once(inv: &Inventory) -> Result<Duration, Error> {
+    inv.sweep(now_us()).await?;
+    inv.next_wake(now_us()).await
+}

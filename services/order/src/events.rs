@@ -1,0 +1,182 @@
+//! The order service's side of the event contracts (`mercato_kit::contracts`): what it
+//! announces for each [`Effect`] of a transition, and [`OrderEvents`], the handler that turns
+//! the events it consumes into the same commands a person's request would.
+//!
+//! Saga events arrive at least once and in any order across producers, so a command the
+//! order's status refuses is a late or repeated event: logged at debug and dropped, never an
+//! error. Only real failures (the database) are returned, to be retried and then parked.
+
+use crate::domain::{Command, Effect, PricedOrder};
+use crate::service::{self, Cause, Error, Orders};
+use crate::store;
+use mercato_kit::contracts::types::*;
+use mercato_kit::contracts::{
+    self, InventoryReleased, InventoryReserved, OrderCancelled, OrderCreated, OrderLine, OrderRef,
+    OrderRefunded, PaymentChanged, PaymentFailed, ProductChanged, ReleaseReason, ReservationFailed,
+};
+use mercato_kit::db::Tx;
+use mercato_kit::events::{Envelope, EventHandler};
+use mercato_kit::ids::{OrderId, UserId};
+use std::sync::Arc;
+
+pub const PRODUCER: &str = "order";
+
+/// Every event type the order service consumes.
+pub const CONSUMED: [&str; 8] = [
+    PRODUCT_CREATED,
+    PRODUCT_UPDATED,
+    PRODUCT_DEACTIVATED,
+    INVENTORY_RESERVED,
+    INVENTORY_RESERVATION_FAILED,
+    INVENTORY_RELEASED,
+    PAYMENT_AUTHORIZED,
+    PAYMENT_FAILED,
+];
+
+/// `order.created`, with each line's seller and price snapshot, so inventory and payment need
+/// nothing else from us.
+pub fn created(id: OrderId, customer: UserId, o: &PricedOrder) -> Envelope {
+    let payload = OrderCreated {
+        order_id: id,
+        customer_id: customer,
+        items: o
+            .items
+            .iter()
+            .map(|i| OrderLine {
+                product_id: i.product_id,
+                quantity: i.quantity,
+                price_cents: i.price_cents,
+                seller_id: i.seller_id,
+            })
+            .collect(),
+        total_cents: o.total_cents,
+        currency: o.currency.to_string(),
+        payment_method: o.payment_method.clone(),
+    };
+    Envelope::new(PRODUCER, ORDER_CREATED, id, &payload)
+}
+
+/// The event a transition's effect announces.
+pub fn announce(id: OrderId, effect: Effect) -> Envelope {
+    let order_ref = OrderRef { order_id: id };
+    match effect {
+        Effect::OrderPaid => Envelope::new(PRODUCER, ORDER_PAID, id, &order_ref),
+        Effect::OrderFulfilled => Envelope::new(PRODUCER, ORDER_FULFILLED, id, &order_ref),
+        Effect::OrderCancelled(reason) => Envelope::new(
+            PRODUCER,
+            ORDER_CANCELLED,
+            id,
+            &OrderCancelled {
+                order_id: id,
+                reason,
+            },
+        ),
+        Effect::OrderRefunded { amount_cents } => Envelope::new(
+            PRODUCER,
+            ORDER_REFUNDED,
+            id,
+            &OrderRefunded {
+                order_id: id,
+                amount_cents,
+            },
+        ),
+    }
+}
+
+/// The time an event happened, in µs: what orders the product announcements.
+fn occurred_us(env: &Envelope) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&env.occurred_at)
+        .map(|t| t.timestamp_micros())
+        .unwrap_or_else(|_| mercato_kit::time::now_us())
+}
+
+/// Consumes product and saga events (consumer name `order`).
+pub struct OrderEvents {
+    orders: Arc<Orders>,
+}
+
+impl OrderEvents {
+    pub fn new(orders: Arc<Orders>) -> Self {
+        OrderEvents { orders }
+    }
+
+    async fn saga(
+        &self,
+        tx: &mut Tx,
+        env: &Envelope,
+        id: OrderId,
+        command: Command,
+    ) -> anyhow::Result<()> {
+        match service::apply(tx, id, command, Cause::Event(env)).await {
+            Ok(applied) => {
+                tracing::info!(order_id = %id, event_type = %env.event_type,
+                    status = applied.order.status.name(), "order moved");
+                // The consumer commits after we return; waiters hear of it after that.
+                self.orders
+                    .feed()
+                    .publish_after_commit(self.orders.db(), id);
+                Ok(())
+            }
+            Err(Error::Refused(r)) => {
+                tracing::debug!(order_id = %id, event_id = %env.event_id, refusal = %r,
+                    "late or repeated event; nothing to do");
+                Ok(())
+            }
+            Err(Error::NotFound(_)) => {
+                // Nothing to retry: no order of ours will ever have this id.
+                tracing::warn!(order_id = %id, event_id = %env.event_id, event_type = %env.event_type,
+                    "event for an unknown order; ignored");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for OrderEvents {
+    async fn handle(&self, tx: &mut Tx, env: &Envelope) -> anyhow::Result<()> {
+        match env.event_type.as_str() {
+            PRODUCT_CREATED | PRODUCT_UPDATED | PRODUCT_DEACTIVATED => {
+                let p: ProductChanged = contracts::payload(env)?;
+                store::upsert_product(tx, &p, occurred_us(env)).await?;
+                Ok(())
+            }
+            INVENTORY_RESERVED => {
+                let e: InventoryReserved = contracts::payload(env)?;
+                self.saga(tx, env, e.order_id, Command::InventoryReserved)
+                    .await
+            }
+            INVENTORY_RESERVATION_FAILED => {
+                let e: ReservationFailed = contracts::payload(env)?;
+                self.saga(tx, env, e.order_id, Command::ReservationFailed)
+                    .await
+            }
+            INVENTORY_RELEASED => {
+                let e: InventoryReleased = contracts::payload(env)?;
+                match e.reason {
+                    ReleaseReason::Expired => {
+                        self.saga(tx, env, e.order_id, Command::InventoryReleasedExpired)
+                            .await
+                    }
+                    // Inventory confirming a release we asked for by cancelling.
+                    ReleaseReason::Cancelled => Ok(()),
+                }
+            }
+            PAYMENT_AUTHORIZED => {
+                let e: PaymentChanged = contracts::payload(env)?;
+                self.saga(tx, env, e.order_id, Command::PaymentAuthorized)
+                    .await
+            }
+            PAYMENT_FAILED => {
+                let e: PaymentFailed = contracts::payload(env)?;
+                tracing::info!(order_id = %e.order_id, decline = %e.reason, "payment failed");
+                self.saga(tx, env, e.order_id, Command::PaymentFailed).await
+            }
+            other => {
+                tracing::debug!(event_type = other, "not an event the order service handles");
+                Ok(())
+            }
+        }
+    }
+}

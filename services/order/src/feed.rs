@@ -1,0 +1,72 @@
+//! The in-process feed of committed status changes, for callers who wait on an order
+//! (`GET /orders/{id}?wait=`, `GET /orders/{id}/stream`) instead of polling it.
+//!
+//! One `tokio::sync::broadcast` channel (mini-redis's pub/sub, one topic): every committed status
+//! change is published after its commit, and every waiter re-reads the order from the database
+//! when woken. A message is only a hint that something changed, so a lagging receiver or a
+//! spurious message costs a read, never a wrong answer. It is per process: a waiter on one
+//! replica is not woken by a change another replica commits, and then answers when its time is
+//! up, as `?wait` promises anyway.
+
+use crate::domain::OrderStatus;
+use crate::store;
+use mercato_kit::db::Db;
+use mercato_kit::ids::OrderId;
+use tokio::sync::broadcast;
+
+/// Enough for bursts; a receiver that falls further behind re-reads (`Lagged`).
+const CAPACITY: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusChange {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+}
+
+#[derive(Clone)]
+pub struct StatusFeed {
+    tx: broadcast::Sender<StatusChange>,
+}
+
+impl Default for StatusFeed {
+    fn default() -> Self {
+        StatusFeed {
+            tx: broadcast::channel(CAPACITY).0,
+        }
+    }
+}
+
+impl StatusFeed {
+    /// Announces a change that is already committed.
+    pub fn publish(&self, order_id: OrderId, status: OrderStatus) {
+        // No receiver is the common case and not an error.
+        let _ = self.tx.send(StatusChange { order_id, status });
+    }
+
+    /// Subscribe *before* reading the order, so a change between the read and the wait is
+    /// still seen.
+    pub fn subscribe(&self) -> broadcast::Receiver<StatusChange> {
+        self.tx.subscribe()
+    }
+
+    /// How many callers are waiting on some order right now (for tests and metrics).
+    pub fn watchers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Announces the change to order `id` that the caller's still-open transaction is making,
+    /// once that transaction has ended (see [`store::committed_status`]). For event handlers,
+    /// whose transaction the kit's consumer commits.
+    pub fn publish_after_commit(&self, db: &Db, id: OrderId) {
+        let (feed, db) = (self.clone(), db.clone());
+        tokio::spawn(async move {
+            match store::committed_status(&db, id).await {
+                Ok(Some(status)) => feed.publish(id, status),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(order_id = %id, error = %e, "reading a committed status failed")
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,203 @@
+//! The order service (port 8083): orders, their items and their history, and the order's side
+//! of the checkout saga.
+//!
+//! A customer places an order (priced from a read model of the catalog fed by `product.*`
+//! events, stock pre-checked with inventory over HTTP); `order.created` starts the saga, and
+//! the inventory and payment events move the order along. Every status change, whoever asks
+//! for it, goes through the one state machine in [`domain::transition`], is compare-and-set in
+//! the database with its history entry and its outbox events, and is announced to in-process
+//! waiters through [`feed`] after it commits.
+//!
+//! Rooms: [`domain`] (rules, no I/O), [`store`] (SQL), [`service`] (use cases, shared by HTTP
+//! and events), [`events`] (contracts in and out), [`http`] (routes), [`inventory`] (the stock
+//! pre-check client) and [`feed`] (status changes for `?wait` and the SSE stream).
+
+pub mod domain;
+pub mod events;
+pub mod feed;
+pub mod http;
+pub mod inventory;
+pub mod service;
+pub mod store;
+
+use mercato_kit::auth::{ServiceTokens, Verifier};
+use mercato_kit::config::{CommonConfig, Env};
+use mercato_kit::db::{redact, Db, Migrations};
+use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
+use mercato_kit::health::DbCheck;
+use mercato_kit::http::{HttpSettings, Service};
+use mercato_kit::metrics::Metrics;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const SERVICE: &str = "order";
+
+/// The order service's configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `MERCATO_ORDER_PORT`, 8083 by default.
+    pub port: u16,
+    /// `MERCATO_ORDER_DATABASE_URL`, else the shared URL, else `order.db` in the data dir.
+    pub database_url: String,
+    /// `MERCATO_INVENTORY_URL`: where the stock pre-check goes.
+    pub inventory_url: String,
+    /// `MERCATO_INVENTORY_TIMEOUT_MS`: how long the pre-check may take before the order is
+    /// accepted without it.
+    pub inventory_timeout: Duration,
+}
+
+impl Config {
+    /// Reads the configuration; bad values are recorded in `env` for its `check`.
+    pub fn read(env: &mut Env) -> Config {
+        let common = CommonConfig::read(env);
+        let port = env.port("MERCATO_ORDER_PORT", 8083);
+        let database_url = common.database_url_for(env, SERVICE);
+        let inventory_url = env
+            .url(
+                "MERCATO_INVENTORY_URL",
+                Some("http://127.0.0.1:8086"),
+                &["http", "https"],
+            )
+            .unwrap_or_default();
+        let inventory_timeout =
+            Duration::from_millis(env.int("MERCATO_INVENTORY_TIMEOUT_MS", 3000, 10..=60_000));
+        Config {
+            common,
+            port,
+            database_url,
+            inventory_url,
+            inventory_timeout,
+        }
+    }
+}
+
+/// Printed at start, so database passwords are masked, including the shared URL.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut common = self.common.clone();
+        common.database_url = common.database_url.as_deref().map(redact);
+        f.debug_struct("Config")
+            .field("port", &self.port)
+            .field("database_url", &redact(&self.database_url))
+            .field("inventory_url", &self.inventory_url)
+            .field("inventory_timeout", &self.inventory_timeout)
+            .field("common", &common)
+            .finish()
+    }
+}
+
+/// The order service's migrations; the kit's are merged in by [`Db::connect`].
+pub fn migrations() -> Migrations {
+    Migrations {
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+        postgres: sqlx::migrate!("./migrations/postgres"),
+    }
+}
+
+/// Opens (and migrates) the order service's database.
+pub async fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Db> {
+    Db::connect(database_url, SERVICE, pool_size, &migrations()).await
+}
+
+/// The longest a held answer (`?wait=`) may take: a little under the kit's request timeout,
+/// which would otherwise answer 503 first.
+pub fn max_wait(request_timeout: Duration) -> Duration {
+    request_timeout
+        .saturating_sub(Duration::from_millis(500))
+        .min(Duration::from_secs(http::MAX_WAIT_SECS))
+}
+
+/// Builds the order service: database ready, routes, checks, the outbox relay, the event
+/// consumer and the idempotency purge in place; not yet listening.
+pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
+    let common = &config.common;
+    let db = connect(&config.database_url, common.db_pool_size).await?;
+    let waker = OutboxWaker::default();
+    let relay = Relay::new(db.clone(), bus.clone(), waker.clone());
+    let tokens = common
+        .service_secret
+        .clone()
+        .map(|secret| ServiceTokens::new(&common.auth_url, SERVICE, secret));
+    let stock =
+        inventory::InventoryClient::new(&config.inventory_url, config.inventory_timeout, tokens);
+    let orders = service::Orders::new(db.clone(), waker.clone(), Arc::new(stock));
+    let handler = events::OrderEvents::new(orders.clone());
+    let consumer = Consumer::new(SERVICE, db.clone(), Arc::new(handler)).waking(waker.clone());
+    let verifier = Verifier::remote(&common.auth_url, &common.jwt_issuer, &common.jwt_audience);
+    let (api_router, openapi) = http::router(http::AppState {
+        orders,
+        verifier: verifier.clone(),
+        max_wait: max_wait(common.request_timeout),
+    });
+    let router = api_router.merge(mercato_kit::events::consumer::admin_router(
+        consumer.clone(),
+        verifier,
+    ));
+    let purge_db = db.clone();
+    Ok(Service::new(
+        SERVICE,
+        router,
+        openapi,
+        Metrics::new(SERVICE),
+        vec![Arc::new(DbCheck(db.clone()))],
+        &HttpSettings::from(common),
+    )
+    .with_task(move |stop| relay.run(stop))
+    .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
+    .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
+    .closes(db))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_defaults_overrides_and_masking() {
+        let mut env = Env::from_pairs([("MERCATO_DATA_DIR", "/tmp/m")]);
+        let c = Config::read(&mut env);
+        assert!(env.check().is_ok());
+        assert_eq!(c.port, 8083);
+        assert_eq!(c.database_url, "sqlite:///tmp/m/order.db?mode=rwc");
+        assert_eq!(c.inventory_url, "http://127.0.0.1:8086");
+        assert_eq!(c.inventory_timeout, Duration::from_secs(3));
+
+        let mut env = Env::from_pairs([
+            ("MERCATO_ORDER_PORT", "9083"),
+            ("MERCATO_INVENTORY_URL", "http://inventory:8086/"),
+            ("MERCATO_INVENTORY_TIMEOUT_MS", "750"),
+            ("MERCATO_ORDER_DATABASE_URL", "postgres://o:s3cret@db/order"),
+        ]);
+        let c = Config::read(&mut env);
+        assert!(env.check().is_ok());
+        assert_eq!(c.port, 9083);
+        assert_eq!(c.inventory_url, "http://inventory:8086");
+        assert_eq!(c.inventory_timeout, Duration::from_millis(750));
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        let mut env = Env::from_pairs([
+            ("MERCATO_ORDER_PORT", "http"),
+            ("MERCATO_INVENTORY_URL", "inventory:8086"),
+            ("MERCATO_INVENTORY_TIMEOUT_MS", "0"),
+        ]);
+        Config::read(&mut env);
+        let err = env.check().unwrap_err().to_string();
+        for var in [
+            "MERCATO_ORDER_PORT",
+            "MERCATO_INVENTORY_URL",
+            "MERCATO_INVENTORY_TIMEOUT_MS",
+        ] {
+            assert!(err.contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_held_answer_beats_the_request_timeout() {
+        assert_eq!(
+            max_wait(Duration::from_secs(15)),
+            Duration::from_millis(14_500)
+        );
+        assert_eq!(max_wait(Duration::from_secs(120)), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,301 @@
+//! The order use cases. HTTP handlers and event handlers call the same functions: the ones that
+//! change something take the caller's transaction (`&mut Tx`), so the state change, its history
+//! entry, its outbox events, and the caller's inbox or idempotency record commit together.
+//!
+//! Every status change goes through [`apply`]: read the order, ask [`domain::transition`],
+//! compare-and-set the status, append the history entry and the announced events.
+
+use crate::domain::{
+    self, Command, CreateOrder, NewOrder, Order, PricedOrder, ShippingAddress, StockCheck,
+};
+use crate::events;
+use crate::feed::StatusFeed;
+use crate::inventory::{StockAnswer, StockCheck as StockChecker};
+use crate::store::{self, HistoryEntry, ListFilter};
+use mercato_kit::db::{Db, Tx};
+use mercato_kit::events::{Envelope, OutboxWaker};
+use mercato_kit::http::RequestContext;
+use mercato_kit::ids::{OrderId, UserId};
+use mercato_kit::time::now_us;
+use mercato_kit::validate::Errors;
+use mercato_kit::Problem;
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+
+/// What the order service's use cases can fail with; mapped to problem documents in one place
+/// (`http`), and to "drop" or "retry" by the event handler.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no order {0}")]
+    NotFound(OrderId),
+    #[error(transparent)]
+    Refused(#[from] domain::Refusal),
+    /// Bad input: a 422 naming every bad field.
+    #[error("{0}")]
+    Invalid(Problem),
+    /// The pre-check found too little stock; inventory's lines.
+    #[error("not enough stock")]
+    InsufficientStock(Vec<serde_json::Value>),
+    #[error("the shipping address of a {0} order can no longer change")]
+    AddressLocked(&'static str),
+    /// Lost the compare-and-set several times in a row: the order is changing right now.
+    #[error("order {0} is being changed concurrently")]
+    Contended(OrderId),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Why something happened, carried into the events it causes (correlation, trace, causation).
+#[derive(Clone, Copy)]
+pub enum Cause<'a> {
+    Request(&'a RequestContext),
+    Event(&'a Envelope),
+}
+
+impl Cause<'_> {
+    pub fn stamp(self, env: Envelope) -> Envelope {
+        match self {
+            Cause::Request(ctx) => env.caused_by_request(ctx),
+            Cause::Event(incoming) => Envelope {
+                correlation_id: incoming.correlation_id.clone(),
+                traceparent: incoming.traceparent.clone(),
+                causation_id: Some(incoming.event_id),
+                ..env
+            },
+        }
+    }
+}
+
+/// The order after a command, and whether the command changed it (a repeated cancel does not).
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub order: Order,
+    pub changed: bool,
+}
+
+/// Compare-and-set attempts before giving up on an order that keeps changing under us.
+const CAS_ATTEMPTS: usize = 3;
+
+/// Reads an order, asks the state machine, and writes the outcome in `tx`. A refusal writes
+/// nothing.
+pub async fn apply(
+    tx: &mut Tx,
+    id: OrderId,
+    command: Command,
+    cause: Cause<'_>,
+) -> Result<Applied, Error> {
+    for _ in 0..CAS_ATTEMPTS {
+        let mut order = store::get_order(tx, id).await?.ok_or(Error::NotFound(id))?;
+        let (next, effects) = domain::transition(order.status, &command)?;
+        if let Command::Refund {
+            amount_cents: Some(amount),
+        } = command
+        {
+            domain::check_refund(amount, order.total_cents)
+                .map_err(|m| Error::Invalid(Problem::field("amount_cents", m)))?;
+        }
+        let now = now_us();
+        if !store::set_status(tx, id, order.status, next, now).await? {
+            // Someone moved it between our read and our write: decide again on what they left.
+            continue;
+        }
+        store::append_history(
+            tx,
+            id,
+            command.history_type(),
+            Some(order.status),
+            next,
+            now,
+        )
+        .await?;
+        for effect in effects {
+            mercato_kit::events::append(tx, &cause.stamp(events::announce(id, effect))).await?;
+        }
+        order.status = next;
+        order.updated_at = now;
+        order.version += 1;
+        return Ok(Applied {
+            order,
+            changed: true,
+        });
+    }
+    Err(Error::Contended(id))
+}
+
+/// Cancels an order. Cancelling a cancelled order answers it as it is: the customer's intent
+/// already holds.
+pub async fn cancel(
+    tx: &mut Tx,
+    id: OrderId,
+    by_admin: bool,
+    cause: Cause<'_>,
+) -> Result<Applied, Error> {
+    match apply(tx, id, Command::Cancel { by_admin }, cause).await {
+        Err(Error::Refused(r)) if r.is_repeated_cancel() => Ok(Applied {
+            order: store::get_order(tx, id).await?.ok_or(Error::NotFound(id))?,
+            changed: false,
+        }),
+        other => other,
+    }
+}
+
+/// Stores a new order (PENDING), its first history entry and `order.created`, in `tx`.
+pub async fn create(
+    tx: &mut Tx,
+    customer: UserId,
+    priced: &PricedOrder,
+    cause: Cause<'_>,
+) -> Result<Order, Error> {
+    let id = OrderId::new();
+    let now = now_us();
+    store::insert_order(tx, id, customer, priced, now).await?;
+    mercato_kit::events::append(tx, &cause.stamp(events::created(id, customer, priced))).await?;
+    Ok(Order {
+        id,
+        customer_id: customer,
+        status: domain::OrderStatus::Pending,
+        items: priced.items.clone(),
+        total_cents: priced.total_cents,
+        currency: priced.currency.to_string(),
+        payment_method: priced.payment_method.clone(),
+        shipping_address: priced.shipping_address.clone(),
+        stock_check: priced.stock_check,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    })
+}
+
+/// Changes where the order goes, until it has left.
+pub async fn change_address(
+    tx: &mut Tx,
+    id: OrderId,
+    address: &ShippingAddress,
+) -> Result<Order, Error> {
+    for _ in 0..CAS_ATTEMPTS {
+        let order = store::get_order(tx, id).await?.ok_or(Error::NotFound(id))?;
+        if !order.status.address_editable() {
+            return Err(Error::AddressLocked(order.status.name()));
+        }
+        let now = now_us();
+        if store::set_address(tx, id, order.status, address, now).await? {
+            return Ok(Order {
+                shipping_address: Some(address.clone()),
+                updated_at: now,
+                version: order.version + 1,
+                ..order
+            });
+        }
+    }
+    Err(Error::Contended(id))
+}
+
+/// The order service's shared parts: its database, its outbox relay's waker, the status feed
+/// and the stock pre-check.
+pub struct Orders {
+    db: Db,
+    feed: StatusFeed,
+    waker: OutboxWaker,
+    stock: Arc<dyn StockChecker>,
+}
+
+impl Orders {
+    pub fn new(db: Db, waker: OutboxWaker, stock: Arc<dyn StockChecker>) -> Arc<Orders> {
+        Arc::new(Orders {
+            db,
+            feed: StatusFeed::default(),
+            waker,
+            stock,
+        })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn feed(&self) -> &StatusFeed {
+        &self.feed
+    }
+
+    /// Checks a new order, prices it from the products read model and pre-checks its stock.
+    /// Runs outside any transaction: the pre-check is an HTTP call.
+    pub async fn prepare(
+        &self,
+        input: &CreateOrder,
+        ctx: Option<&RequestContext>,
+    ) -> Result<PricedOrder, Error> {
+        let mut errors = Errors::new();
+        let new = NewOrder::parse(input, &mut errors);
+        errors.finish().map_err(Error::Invalid)?;
+        let new = new.ok_or_else(|| Error::Invalid(Problem::bad_request("invalid order")))?;
+        let ids: Vec<_> = new.lines.iter().map(|l| l.product_id).collect();
+        let products = {
+            let mut conn = self.db.reader().acquire().await?;
+            store::products(&mut conn, &ids).await?
+        };
+        let mut errors = Errors::new();
+        let priced = domain::price(&new, &products, &mut errors);
+        errors.finish().map_err(Error::Invalid)?;
+        let mut priced =
+            priced.ok_or_else(|| Error::Invalid(Problem::bad_request("invalid order")))?;
+        let lines: Vec<_> = priced
+            .items
+            .iter()
+            .map(|i| (i.product_id, i.quantity))
+            .collect();
+        priced.stock_check = match self.stock.check(&lines, ctx).await {
+            StockAnswer::Available => StockCheck::Passed,
+            StockAnswer::Short(lines) => return Err(Error::InsufficientStock(lines)),
+            StockAnswer::Unknown(_) => StockCheck::Deferred,
+        };
+        Ok(priced)
+    }
+
+    /// After a commit that changed `order` (from HTTP): its events leave now, and whoever
+    /// waits on it looks again.
+    pub fn committed(&self, order: &Order) {
+        self.waker.wake();
+        self.feed.publish(order.id, order.status);
+    }
+
+    pub async fn get(&self, id: OrderId) -> Result<Option<Order>, Error> {
+        let mut conn = self.db.reader().acquire().await?;
+        Ok(store::get_order(&mut conn, id).await?)
+    }
+
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Order>, Error> {
+        let mut conn = self.db.reader().acquire().await?;
+        Ok(store::list_orders(&mut conn, filter).await?)
+    }
+
+    pub async fn history(&self, id: OrderId) -> Result<Vec<HistoryEntry>, Error> {
+        let mut conn = self.db.reader().acquire().await?;
+        Ok(store::history(&mut conn, id).await?)
+    }
+
+    /// The order once it has left PENDING/CONFIRMED, or as it is at `deadline`. Woken by the
+    /// status feed, never by polling; `None` if there is no such order.
+    pub async fn wait_while_in_saga(
+        &self,
+        id: OrderId,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Order>, Error> {
+        let mut changes = self.feed.subscribe();
+        loop {
+            let Some(order) = self.get(id).await? else {
+                return Ok(None);
+            };
+            if !order.status.awaits_saga() {
+                return Ok(Some(order));
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, changes.recv()).await {
+                    Err(_elapsed) => return Ok(Some(order)),
+                    Ok(Ok(change)) if change.order_id != id => continue,
+                    Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => break,
+                    Ok(Err(RecvError::Closed)) => return Ok(Some(order)),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The order service's SQL: orders, their items and history, and the products read model. One
+//! path for SQLite and PostgreSQL (see `mercato_kit::db`).
+//!
+//! Reads take a connection (`&mut **tx` inside a transaction, an acquired pool connection
+//! outside), because reading an order is two queries and must see one state. Status changes
+//! are compare-and-set on the previous status, so two replicas (or a request and an event)
+//! can never both apply a transition to the same order.
+
+use crate::domain::{
+    reason_name, Cursor, Order, OrderItem, OrderStatus, PricedOrder, ProductSnapshot,
+    ShippingAddress, Step, StockCheck,
+};
+use mercato_kit::contracts::ProductChanged;
+use mercato_kit::db::{get_bool, Backend, Db, Tx};
+use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use std::collections::HashMap;
+
+fn decode(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> sqlx::Error {
+    sqlx::Error::Decode(e.into())
+}
+
+fn status_from(row: &AnyRow, status: &str, reason: &str) -> Result<OrderStatus, sqlx::Error> {
+    let s: String = row.try_get(status)?;
+    let r: Option<String> = row.try_get(reason)?;
+    OrderStatus::from_parts(&s, r.as_deref()).map_err(decode)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The products read model.
+
+/// Records a product as announced at `at` (µs), unless a newer announcement is already here.
+pub async fn upsert_product(tx: &mut Tx, p: &ProductChanged, at: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO products (product_id, sku, name, price_cents, currency, seller_id, active, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (product_id) DO UPDATE SET sku = excluded.sku, name = excluded.name, \
+         price_cents = excluded.price_cents, currency = excluded.currency, seller_id = excluded.seller_id, \
+         active = excluded.active, updated_at = excluded.updated_at \
+         WHERE products.updated_at <= excluded.updated_at",
+    )
+    .bind(p.product_id.to_string())
+    .bind(&p.sku)
+    .bind(&p.name)
+    .bind(p.price_cents)
+    .bind(&p.currency)
+    .bind(p.seller_id.to_string())
+    .bind(p.active as i64)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The known products among `ids`.
+pub async fn products(
+    conn: &mut AnyConnection,
+    ids: &[ProductId],
+) -> Result<HashMap<ProductId, ProductSnapshot>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT product_id, sku, name, price_cents, currency, seller_id, active FROM products \
+         WHERE product_id IN ({})",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for id in ids {
+        q = q.bind(id.to_string());
+    }
+    let rows = q.fetch_all(conn).await?;
+    rows.iter()
+        .map(|r| {
+            let p = ProductSnapshot {
+                product_id: ProductId(parse_db_uuid(&r.try_get::<String, _>("product_id")?)?),
+                sku: r.try_get("sku")?,
+                name: r.try_get("name")?,
+                price_cents: r.try_get("price_cents")?,
+                currency: r.try_get("currency")?,
+                seller_id: UserId(parse_db_uuid(&r.try_get::<String, _>("seller_id")?)?),
+                active: get_bool(r, "active")?,
+            };
+            Ok((p.product_id, p))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orders.
+
+const ORDER_COLS: &str =
+    "id, customer_id, status, cancel_reason, total_cents, currency, payment_method, \
+                          shipping_address, stock_check, created_at, updated_at, version";
+
+fn order_from(row: &AnyRow) -> Result<Order, sqlx::Error> {
+    let address: Option<String> = row.try_get("shipping_address")?;
+    let stock: String = row.try_get("stock_check")?;
+    Ok(Order {
+        id: OrderId(parse_db_uuid(&row.try_get::<String, _>("id")?)?),
+        customer_id: UserId(parse_db_uuid(&row.try_get::<String, _>("customer_id")?)?),
+        status: status_from(row, "status", "cancel_reason")?,
+        items: Vec::new(),
+        total_cents: row.try_get("total_cents")?,
+        currency: row.try_get("currency")?,
+        payment_method: row.try_get("payment_method")?,
+        shipping_address: address
+            .map(|a| serde_json::from_str::<ShippingAddress>(&a))
+            .transpose()
+            .map_err(decode)?,
+        stock_check: StockCheck::parse(&stock)
+            .ok_or_else(|| decode(format!("stock_check {stock:?}")))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
+    })
+}
+
+fn item_from(row: &AnyRow) -> Result<(OrderId, OrderItem), sqlx::Error> {
+    Ok((
+        OrderId(parse_db_uuid(&row.try_get::<String, _>("order_id")?)?),
+        OrderItem {
+            product_id: ProductId(parse_db_uuid(&row.try_get::<String, _>("product_id")?)?),
+            seller_id: UserId(parse_db_uuid(&row.try_get::<String, _>("seller_id")?)?),
+            quantity: row.try_get("quantity")?,
+            price_cents: row.try_get("price_cents")?,
+            name: row.try_get("name")?,
+        },
+    ))
+}
+
+fn address_json(a: &Option<ShippingAddress>) -> Result<Option<String>, sqlx::Error> {
+    a.as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+/// Stores a new order (PENDING) with its items and the first entry of its history.
+pub async fn insert_order(
+    tx: &mut Tx,
+    id: OrderId,
+    customer: UserId,
+    order: &PricedOrder,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, status, cancel_reason, total_cents, currency, payment_method, \
+         shipping_address, stock_check, created_at, updated_at, version) \
+         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9, $9, 1)",
+    )
+    .bind(id.to_string())
+    .bind(customer.to_string())
+    .bind(OrderStatus::Pending.name())
+    .bind(order.total_cents)
+    .bind(order.currency.as_str())
+    .bind(&order.payment_method)
+    .bind(address_json(&order.shipping_address)?)
+    .bind(order.stock_check.as_str())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    for (n, item) in order.items.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO order_items (order_id, line_no, product_id, seller_id, quantity, price_cents, name) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id.to_string())
+        .bind(n as i64 + 1)
+        .bind(item.product_id.to_string())
+        .bind(item.seller_id.to_string())
+        .bind(item.quantity)
+        .bind(item.price_cents)
+        .bind(&item.name)
+        .execute(&mut **tx)
+        .await?;
+    }
+    append_history(
+        tx,
+        id,
+        crate::domain::CREATED,
+        None,
+        OrderStatus::Pending,
+        now,
+    )
+    .await
+}
+
+/// One order with its items, as `conn` sees it.
+pub async fn get_order(
+    conn: &mut AnyConnection,
+    id: OrderId,
+) -> Result<Option<Order>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {ORDER_COLS} FROM orders WHERE id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(mut order) = row.as_ref().map(order_from).transpose()? else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT order_id, product_id, seller_id, quantity, price_cents, name FROM order_items \
+         WHERE order_id = $1 ORDER BY line_no",
+    )
+    .bind(id.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    order.items = rows
+        .iter()
+        .map(|r| item_from(r).map(|(_, i)| i))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(order))
+}
+
+/// The order's status alone.
+pub async fn status_of(
+    conn: &mut AnyConnection,
+    id: OrderId,
+) -> Result<Option<OrderStatus>, sqlx::Error> {
+    let row = sqlx::query("SELECT status, cancel_reason FROM orders WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| status_from(&r, "status", "cancel_reason"))
+        .transpose()
+}
+
+/// Moves the order from `from` to `to` if it is still in `from`; false when someone else moved
+/// it first.
+pub async fn set_status(
+    tx: &mut Tx,
+    id: OrderId,
+    from: OrderStatus,
+    to: OrderStatus,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE orders SET status = $3, cancel_reason = $4, updated_at = $5, version = version + 1 \
+         WHERE id = $1 AND status = $2",
+    )
+    .bind(id.to_string())
+    .bind(from.name())
+    .bind(to.name())
+    .bind(to.cancel_reason().map(reason_name))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Changes the shipping address if the order is still in `status`; false when it moved.
+pub async fn set_address(
+    tx: &mut Tx,
+    id: OrderId,
+    status: OrderStatus,
+    address: &ShippingAddress,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE orders SET shipping_address = $3, updated_at = $4, version = version + 1 \
+         WHERE id = $1 AND status = $2",
+    )
+    .bind(id.to_string())
+    .bind(status.name())
+    .bind(address_json(&Some(address.clone()))?)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// History.
+
+/// One entry of an order's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub seq: i64,
+    pub event_type: String,
+    pub from_status: Option<OrderStatus>,
+    pub to_status: OrderStatus,
+    pub at: i64,
+}
+
+impl HistoryEntry {
+    pub fn step(&self) -> Step {
+        Step {
+            event_type: self.event_type.clone(),
+            from: self.from_status,
+            to: self.to_status,
+        }
+    }
+}
+
+/// Appends a step to the order's history. Called only after the compare-and-set that made the
+/// step won, so the next `seq` cannot be taken by a concurrent writer of the same order.
+pub async fn append_history(
+    tx: &mut Tx,
+    id: OrderId,
+    event_type: &str,
+    from: Option<OrderStatus>,
+    to: OrderStatus,
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_history (order_id, seq, event_type, from_status, to_status, reason, at) \
+         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5, $6 FROM order_history WHERE order_id = $1",
+    )
+    .bind(id.to_string())
+    .bind(event_type)
+    .bind(from.map(|s| s.name()))
+    .bind(to.name())
+    .bind(to.cancel_reason().map(reason_name))
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The order's history, oldest first.
+pub async fn history(
+    conn: &mut AnyConnection,
+    id: OrderId,
+) -> Result<Vec<HistoryEntry>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT seq, event_type, from_status, to_status, reason, at FROM order_history \
+         WHERE order_id = $1 ORDER BY seq",
+    )
+    .bind(id.to_string())
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let to = status_from(r, "to_status", "reason")?;
+            let from: Option<String> = r.try_get("from_status")?;
+            // The reason column belongs to `to`; a step never starts from a cancelled order,
+            // so `from` needs none.
+            let from = from
+                .map(|f| OrderStatus::from_parts(&f, None).map_err(decode))
+                .transpose()?;
+            Ok(HistoryEntry {
+                seq: r.try_get("seq")?,
+                event_type: r.try_get("event_type")?,
+                from_status: from,
+                to_status: to,
+                at: r.try_get("at")?,
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lists.
+
+/// Which orders a list shows; every filter given must hold.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub customer_id: Option<UserId>,
+    /// Orders with at least one line of this seller.
+    pub seller_id: Option<UserId>,
+    pub status: Option<&'static str>,
+    pub after: Option<Cursor>,
+    pub limit: i64,
+}
+
+/// Orders newest first, after the cursor.
+pub async fn list_orders(
+    conn: &mut AnyConnection,
+    f: &ListFilter,
+) -> Result<Vec<Order>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ORDER_COLS} FROM orders o \
+         WHERE ($1 IS NULL OR o.customer_id = $1) \
+         AND ($2 IS NULL OR EXISTS (SELECT 1 FROM order_items i WHERE i.order_id = o.id AND i.seller_id = $2)) \
+         AND ($3 IS NULL OR o.status = $3) \
+         AND ($4 IS NULL OR o.created_at < $4 OR (o.created_at = $4 AND o.id < $5)) \
+         ORDER BY o.created_at DESC, o.id DESC LIMIT $6"
+    ))
+    .bind(f.customer_id.map(|c| c.to_string()))
+    .bind(f.seller_id.map(|s| s.to_string()))
+    .bind(f.status)
+    .bind(f.after.map(|c| c.created_at))
+    .bind(f.after.map(|c| c.id.to_string()))
+    .bind(f.limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut orders: Vec<Order> = rows.iter().map(order_from).collect::<Result<_, _>>()?;
+    if orders.is_empty() {
+        return Ok(orders);
+    }
+    let marks: Vec<String> = (1..=orders.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT order_id, product_id, seller_id, quantity, price_cents, name FROM order_items \
+         WHERE order_id IN ({}) ORDER BY order_id, line_no",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for o in &orders {
+        q = q.bind(o.id.to_string());
+    }
+    let mut by_order: HashMap<OrderId, Vec<OrderItem>> = HashMap::new();
+    for row in q.fetch_all(&mut *conn).await? {
+        let (id, item) = item_from(&row)?;
+        by_order.entry(id).or_default().push(item);
+    }
+    for o in &mut orders {
+        o.items = by_order.remove(&o.id).unwrap_or_default();
+    }
+    Ok(orders)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting for another transaction.
+
+/// Waits until no transaction still holds a change to order `id`, then reads its committed
+/// status. An event handler cannot announce a status change after its commit (the consumer
+/// commits), so it hands the announcement to a task that waits here: on SQLite for the one
+/// writer connection the consumer's transaction holds, on PostgreSQL for the row lock its
+/// UPDATE holds. Blocking on the lock is the signal; nothing polls.
+pub async fn committed_status(db: &Db, id: OrderId) -> Result<Option<OrderStatus>, sqlx::Error> {
+    match db.backend() {
+        Backend::Sqlite => {
+            drop(db.writer().acquire().await?);
+            let mut conn = db.reader().acquire().await?;
+            status_of(&mut conn, id).await
+        }
+        Backend::Postgres => {
+            let mut tx = db.begin().await?;
+            let row =
+                sqlx::query("SELECT status, cancel_reason FROM orders WHERE id = $1 FOR SHARE")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            row.map(|r| status_from(&r, "status", "cancel_reason"))
+                .transpose()
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The payment service (port 8084): the money side of the checkout saga.
+//!
+//! It opens a payment when an order's stock is reserved, authorizes it with the card processor
+//! (psp-mock), captures it when the order is fulfilled, voids or refunds it when the order is
+//! cancelled or refunded, and hears late outcomes through the processor's signed webhooks.
+//!
+//! Its central promise is that a customer is never charged twice. The processor is called only
+//! by the processor worker ([`worker`]), outside any database transaction, with an idempotency
+//! key that follows from the payment and the call alone; handlers merely queue the call in the
+//! transaction that asks for it. A timeout, a crash or a redelivered event therefore leads to
+//! the same call with the same key, which the processor answers once.
+//!
+//! Rooms: [`domain`] (states, amounts, backoff), [`store`] (SQL), [`service`] (use cases),
+//! [`events`] (saga events in), [`worker`] and [`psp`] (the processor, out), `http` (routes and
+//! the webhook).
+
+pub mod domain;
+pub mod events;
+mod http;
+pub mod psp;
+pub mod service;
+pub mod store;
+pub mod worker;
+
+pub use http::PaymentView;
+
+use mercato_kit::auth::Verifier;
+use mercato_kit::config::{CommonConfig, Env, Secret};
+use mercato_kit::db::{redact, Db, Migrations};
+use mercato_kit::events::consumer::admin_router;
+use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
+use mercato_kit::health::DbCheck;
+use mercato_kit::http::{HttpSettings, Service};
+use mercato_kit::metrics::Metrics;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const SERVICE: &str = "payment";
+
+#[derive(Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `MERCATO_PAYMENT_PORT`, 8084 by default.
+    pub port: u16,
+    /// `MERCATO_PAYMENT_DATABASE_URL`, else the shared URL, else `payment.db` in the data dir.
+    pub database_url: String,
+    /// `MERCATO_PSP_URL`: the card processor, `http://127.0.0.1:8090` by default.
+    pub psp_url: String,
+    /// `MERCATO_PSP_WEBHOOK_SECRET`: the key of the processor's webhook signatures
+    /// (`whsec_mercato_dev` by default, psp-mock's own default).
+    pub psp_webhook_secret: Secret,
+    /// `MERCATO_PSP_TIMEOUT_MS`: how long one processor call may take, 5000 by default.
+    pub psp_timeout: Duration,
+    /// `MERCATO_PSP_RETRY_MAX_MS`: the longest wait between two attempts of a failing
+    /// processor call (the backoff's cap), 60000 by default.
+    pub psp_retry_max: Duration,
+}
+
+impl Config {
+    pub fn read(env: &mut Env) -> Config {
+        let common = CommonConfig::read(env);
+        Config {
+            port: env.port("MERCATO_PAYMENT_PORT", 8084),
+            database_url: common.database_url_for(env, SERVICE),
+            psp_url: env
+                .url(
+                    "MERCATO_PSP_URL",
+                    Some("http://127.0.0.1:8090"),
+                    &["http", "https"],
+                )
+                .unwrap_or_default(),
+            psp_webhook_secret: env
+                .secret("MERCATO_PSP_WEBHOOK_SECRET")
+                .unwrap_or_else(|| Secret::new(mercato_psp_mock::DEV_WEBHOOK_SECRET)),
+            psp_timeout: Duration::from_millis(env.int(
+                "MERCATO_PSP_TIMEOUT_MS",
+                5000,
+                50..=120_000,
+            )),
+            psp_retry_max: Duration::from_millis(env.int(
+                "MERCATO_PSP_RETRY_MAX_MS",
+                60_000,
+                10..=3_600_000,
+            )),
+            common,
+        }
+    }
+}
+
+/// Printed at start, so database passwords are masked (the webhook secret masks itself).
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut common = self.common.clone();
+        common.database_url = common.database_url.as_deref().map(redact);
+        f.debug_struct("Config")
+            .field("port", &self.port)
+            .field("database_url", &redact(&self.database_url))
+            .field("psp_url", &self.psp_url)
+            .field("psp_webhook_secret", &self.psp_webhook_secret)
+            .field("psp_timeout", &self.psp_timeout)
+            .field("psp_retry_max", &self.psp_retry_max)
+            .field("common", &common)
+            .finish()
+    }
+}
+
+/// The payment service's migrations; the kit's are merged in by [`Db::connect`].
+pub fn migrations() -> Migrations {
+    Migrations {
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+        postgres: sqlx::migrate!("./migrations/postgres"),
+    }
+}
+
+/// The service with its parts, for tests that drive events and read the database directly.
+pub struct Built {
+    pub service: Service,
+    pub payments: Arc<service::Payments>,
+    /// The consumer the service runs, for delivering hand-built envelopes.
+    pub consumer: Consumer,
+}
+
+/// Builds the payment service: database, routes, event consumer, outbox relay and processor
+/// worker, not yet listening.
+pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
+    let c = &config.common;
+    let verifier = Verifier::remote(&c.auth_url, &c.jwt_issuer, &c.jwt_audience);
+    Ok(assemble(config, bus, verifier).await?.service)
+}
+
+/// [`build`] with the token verifier given, so tests can sign their own tokens.
+pub async fn assemble(
+    config: &Config,
+    bus: Arc<dyn Bus>,
+    verifier: Verifier,
+) -> anyhow::Result<Built> {
+    let c = &config.common;
+    let db = Db::connect(&config.database_url, SERVICE, c.db_pool_size, &migrations()).await?;
+    let waker = OutboxWaker::default();
+    let mut settings =
+        service::Settings::new(config.psp_webhook_secret.clone(), config.psp_timeout);
+    settings.retry_cap = config.psp_retry_max;
+    settings.retry_base = settings.retry_base.min(settings.retry_cap);
+    let payments = service::Payments::new(db.clone(), settings, waker.clone());
+    let worker = worker::Worker::new(
+        payments.clone(),
+        psp::PspClient::new(&config.psp_url, config.psp_timeout)?,
+    );
+    let relay = Relay::new(db.clone(), bus.clone(), waker.clone());
+    let consumer = Consumer::new(
+        events::CONSUMER,
+        db.clone(),
+        Arc::new(events::Handler::new(payments.clone())),
+    )
+    .waking(waker);
+    let consumer_bus: Arc<dyn Bus> =
+        Arc::new(events::WakingBus::new(bus, payments.worker_signal()));
+    let (api, openapi) = http::router(http::AppState {
+        payments: payments.clone(),
+        verifier: verifier.clone(),
+    });
+    let router = api.merge(admin_router(consumer.clone(), verifier));
+    let purge_db = db.clone();
+    let running = consumer.clone();
+    let service = Service::new(
+        SERVICE,
+        router,
+        openapi,
+        Metrics::new(SERVICE),
+        vec![Arc::new(DbCheck(db.clone()))],
+        &HttpSettings::from(c),
+    )
+    .with_task(move |stop| relay.run(stop))
+    .with_task(move |stop| running.run(consumer_bus, events::CONSUMED.to_vec(), stop))
+    .with_task(move |stop| worker.run(stop))
+    .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
+    .closes(db);
+    Ok(Built {
+        service,
+        payments,
+        consumer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_defaults_overrides_and_masking() {
+        let mut env = Env::from_pairs([("MERCATO_DATA_DIR", "/tmp/m")]);
+        let c = Config::read(&mut env);
+        assert!(env.check().is_ok());
+        assert_eq!(c.port, 8084);
+        assert_eq!(c.database_url, "sqlite:///tmp/m/payment.db?mode=rwc");
+        assert_eq!(c.psp_url, "http://127.0.0.1:8090");
+        assert_eq!(c.psp_webhook_secret.expose(), "whsec_mercato_dev");
+        assert_eq!(c.psp_timeout, Duration::from_millis(5000));
+        assert_eq!(c.psp_retry_max, Duration::from_secs(60));
+
+        let mut env = Env::from_pairs([
+            ("MERCATO_PAYMENT_PORT", "9084"),
+            ("MERCATO_PSP_URL", "http://psp:8090/"),
+            ("MERCATO_PSP_WEBHOOK_SECRET", "whsec_s3cret"),
+            ("MERCATO_PSP_TIMEOUT_MS", "1500"),
+            (
+                "MERCATO_PAYMENT_DATABASE_URL",
+                "postgres://pay:hunter2@db/pay",
+            ),
+        ]);
+        let c = Config::read(&mut env);
+        assert!(env.check().is_ok());
+        assert_eq!(c.port, 9084);
+        assert_eq!(c.psp_url, "http://psp:8090");
+        assert_eq!(c.psp_timeout, Duration::from_millis(1500));
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+
+        let mut env = Env::from_pairs([
+            ("MERCATO_PAYMENT_PORT", "http"),
+            ("MERCATO_PSP_URL", "ftp://x"),
+            ("MERCATO_PSP_TIMEOUT_MS", "0"),
+        ]);
+        Config::read(&mut env);
+        let err = env.check().unwrap_err().to_string();
+        for var in [
+            "MERCATO_PAYMENT_PORT",
+            "MERCATO_PSP_URL",
+            "MERCATO_PSP_TIMEOUT_MS",
+        ] {
+            assert!(err.contains(var), "{var} missing from {err}");
+        }
+    }
+}
