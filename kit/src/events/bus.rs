@@ -167,7 +167,7 @@ impl EmbeddedSubscription {
             .bind(seq)
             .execute(self.db.writer())
             .await?;
-        self.cursor = self.cursor.max(seq);
+        self.cursor = seq;
         Ok(())
     }
 }
@@ -187,6 +187,12 @@ impl Subscription for EmbeddedSubscription {
             // Mark the current publish count as seen *before* looking, so a publish that
             // lands after the look still wakes us.
             self.published.borrow_and_update();
+            // The stored cursor is the truth (an operator may have rewound it).
+            self.cursor = sqlx::query("SELECT last_seq FROM bus_cursors WHERE consumer = $1")
+                .bind(&self.consumer)
+                .fetch_one(self.db.reader())
+                .await?
+                .try_get("last_seq")?;
             // The end of the log is read *before* looking for our next event: everything up
             // to it is then covered by the look, so moving the cursor there skips nothing.
             let end: Option<i64> = sqlx::query("SELECT MAX(seq) AS end_seq FROM bus_messages")

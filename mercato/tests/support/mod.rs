@@ -245,3 +245,191 @@ async fn drop_pg_database(admin_url: &str, db_url: &str) {
             .await;
     }
 }
+
+/// A shop with a seller, a customer and an admin, for saga scenarios.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Shop {
+    pub t: TestStack,
+    pub seller: String,
+    pub customer: String,
+    pub admin: String,
+}
+
+impl Shop {
+    pub async fn open(vars: &[(&str, &str)]) -> Shop {
+        let t = TestStack::start_with(vars).await;
+        let (_, seller) = t.user("SELLER").await;
+        let (_, customer) = t.user("CUSTOMER").await;
+        let admin = t.admin().await;
+        Shop {
+            t,
+            seller,
+            customer,
+            admin,
+        }
+    }
+
+    /// A product of the seller with `stock` units on hand, known to every service.
+    pub async fn product(&self, price_cents: i64, stock: i64) -> String {
+        let sku = format!(
+            "SKU-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8].to_uppercase()
+        );
+        let res = self
+            .t
+            .http
+            .post(self.t.api("catalog", "/products"))
+            .bearer_auth(&self.seller)
+            .json(&json!({"sku": sku, "name": "Saga Test Widget", "category": "widgets", "price_cents": price_cents}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let id = res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // The product reaches inventory and order through events.
+        eventually(WAIT, || async {
+            let r = self
+                .t
+                .http
+                .get(self.t.api("inventory", &format!("/inventory/{id}")))
+                .send()
+                .await
+                .unwrap();
+            (r.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+        let res = self
+            .t
+            .http
+            .put(self.t.api("inventory", &format!("/inventory/{id}")))
+            .bearer_auth(&self.seller)
+            .json(&json!({"on_hand": stock}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "{}",
+            res.text().await.unwrap()
+        );
+        id
+    }
+
+    pub async fn order(&self, items: Value, payment_method: &str) -> reqwest::Response {
+        self.t
+            .http
+            .post(self.t.api("order", "/orders"))
+            .bearer_auth(&self.customer)
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .json(&json!({"items": items, "payment_method": payment_method,
+                "shipping_address": {"name": "Casey", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Places an order that the pre-check accepts and returns its id.
+    pub async fn place(&self, product: &str, quantity: i64, payment_method: &str) -> String {
+        let res = self
+            .order(
+                json!([{"product_id": product, "quantity": quantity}]),
+                payment_method,
+            )
+            .await;
+        assert_eq!(
+            res.status(),
+            StatusCode::CREATED,
+            "{}",
+            res.text().await.unwrap()
+        );
+        let o: Value = res.json().await.unwrap();
+        assert_eq!(o["status"], "PENDING");
+        o["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get_order(&self, id: &str) -> Value {
+        let res = self
+            .t
+            .http
+            .get(self.t.api("order", &format!("/orders/{id}")))
+            .bearer_auth(&self.customer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+
+    pub async fn status_becomes(&self, id: &str, status: &str) -> Value {
+        eventually(WAIT, || async {
+            let o = self.get_order(id).await;
+            (o["status"] == status).then_some(o)
+        })
+        .await
+    }
+
+    pub async fn stock(&self, product: &str) -> Value {
+        self.t
+            .http
+            .get(self.t.api("inventory", &format!("/inventory/{product}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn payment(&self, order: &str) -> Option<Value> {
+        let v: Value = self
+            .t
+            .http
+            .get(format!(
+                "{}?order_id={order}",
+                self.t.api("payment", "/payments")
+            ))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = v.get("items").cloned().unwrap_or(v);
+        items.as_array().and_then(|a| a.first().cloned())
+    }
+
+    pub async fn payment_becomes(&self, order: &str, status: &str) -> Value {
+        eventually(WAIT, || async {
+            self.payment(order).await.filter(|p| p["status"] == status)
+        })
+        .await
+    }
+
+    pub async fn seller_post(&self, order: &str, action: &str) -> reqwest::Response {
+        self.t
+            .http
+            .post(self.t.api("order", &format!("/orders/{order}/{action}")))
+            .bearer_auth(&self.seller)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn psp_stats(&self) -> Value {
+        self.t
+            .http
+            .get(format!("{}/v1/test/stats", self.t.base("psp-mock")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
