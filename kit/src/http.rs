@@ -169,7 +169,13 @@ async fn metrics_layer(State(metrics): State<Metrics>, req: Request, next: Next)
     res
 }
 
-async fn timeout_layer(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+/// How long a request may run before the timeout layer answers for it. Work that must outlive
+/// no request (an idempotency claim's lease) is sized from it.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestTimeout(pub Duration);
+
+async fn timeout_layer(State(limit): State<Duration>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(RequestTimeout(limit));
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(res) => res,
         Err(_) => Problem::new(

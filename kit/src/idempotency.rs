@@ -31,8 +31,11 @@ use std::time::Duration;
 
 /// How long a record is kept.
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
-/// How long a claim holds a key before a retry may take it over (the process died).
-const LEASE: Duration = Duration::from_secs(60);
+/// How long a claim holds a key before a retry may take it over (the process died), beyond
+/// the request's own timeout: no live request holds a claim longer than that.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// The lease when the request's timeout is unknown (outside the kit's HTTP stack).
+const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// The `Idempotency-Key` header of a request, if it has one, and what identifies the request.
 #[derive(Debug, Clone)]
@@ -40,6 +43,7 @@ pub struct IdempotencyKey {
     key: Option<String>,
     method: String,
     path: String,
+    lease: Duration,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
@@ -60,10 +64,16 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
                 Some(k.to_owned())
             }
         };
+        let lease = parts
+            .extensions
+            .get::<crate::http::RequestTimeout>()
+            .map(|t| t.0 + LEASE_MARGIN)
+            .unwrap_or(DEFAULT_LEASE);
         Ok(IdempotencyKey {
             key,
             method: parts.method.to_string(),
             path: parts.uri.path().to_owned(),
+            lease,
         })
     }
 }
@@ -74,6 +84,7 @@ impl IdempotencyKey {
             key: None,
             method: String::new(),
             path: String::new(),
+            lease: DEFAULT_LEASE,
         }
     }
 
@@ -111,7 +122,7 @@ impl IdempotencyKey {
         };
         let fingerprint = self.fingerprint(body);
         let now = now_us();
-        let lease_until = now + LEASE.as_micros() as i64;
+        let lease_until = now + self.lease.as_micros() as i64;
         let expired_before = now - RETENTION.as_micros() as i64;
         let mut tx = db.begin().await?;
         let row = sqlx::query(
@@ -371,6 +382,7 @@ mod tests {
             key: Some(k.into()),
             method: "POST".into(),
             path: "/x".into(),
+            lease: DEFAULT_LEASE,
         }
     }
 
