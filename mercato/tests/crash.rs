@@ -58,6 +58,8 @@ fn up(dir: &std::path::Path, env: &[(String, String)]) -> Child {
             return child;
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("mercato up did not come up");
 }
 
@@ -210,7 +212,7 @@ async fn a_killed_process_finishes_every_saga_once_after_restart() {
     // when the process dies; the kill comes once half of the answers are in.
     let keys: Vec<String> = (0..24).map(|i| format!("crash-order-{i}")).collect();
     let card = |i: usize| {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             "pm_card_processingError"
         } else {
             "pm_card_visa"
