@@ -133,11 +133,12 @@ impl Db {
             .await
             .with_context(|| format!("connecting to {}", redact(url)))?;
         setup
-            .execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
+            .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
             .await
             .ok();
         setup.close().await;
-        let search_path = format!("SET search_path TO {schema}");
+        // Quoted: a service may be named like a keyword ("order").
+        let search_path = format!("SET search_path TO \"{schema}\"");
         let pool = AnyPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(30))

@@ -1,7 +1,7 @@
 //! No oversell under concurrency: many orders racing for the last units, through the use case
 //! and through the event consumer, while a reader watches the levels.
 //!
-//! On SQLite the writers queue behind one connection; on PostgreSQL (`MERCATO_TEST_POSTGRES_URL`)
+//! On SQLite the writers queue behind one connection; on PostgreSQL (`MERCATO_TEST_DATABASE_URL`)
 //! they really interleave, and the conditional updates are what keeps the count right.
 
 mod common;

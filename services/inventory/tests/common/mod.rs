@@ -1,7 +1,7 @@
 //! What the inventory's integration tests share: a fresh database per test, the service wired
 //! as `build` wires it (minus the bus), and hand-built events of the other services.
 //!
-//! Storage is a temporary SQLite file by default. Set `MERCATO_TEST_POSTGRES_URL` (for example
+//! Storage is a temporary SQLite file by default. Set `MERCATO_TEST_DATABASE_URL` (for example
 //! `postgres://postgres@127.0.0.1:5432/postgres`) to run the same tests on PostgreSQL, each in a
 //! schema of its own.
 
@@ -32,7 +32,7 @@ pub struct TestDb {
 impl TestDb {
     pub fn new() -> TestDb {
         let schema = format!("inventory_test_{}", uuid::Uuid::new_v4().simple());
-        match std::env::var("MERCATO_TEST_POSTGRES_URL") {
+        match std::env::var("MERCATO_TEST_DATABASE_URL") {
             Ok(url) if !url.is_empty() => TestDb {
                 url,
                 schema,

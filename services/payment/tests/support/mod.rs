@@ -3,7 +3,7 @@
 //! tokens signed by a fixed test key, and helpers that build saga envelopes and wait for the
 //! worker by polling the database against a deadline.
 //!
-//! Set `MERCATO_TEST_POSTGRES_URL` (for example `postgres://postgres@127.0.0.1:5432/postgres`)
+//! Set `MERCATO_TEST_DATABASE_URL` (for example `postgres://postgres@127.0.0.1:5432/postgres`)
 //! to run every test on PostgreSQL instead, each in a fresh database of its own.
 
 #![allow(dead_code)]
@@ -127,7 +127,7 @@ impl Harness {
         let configured_psp_url = opts.psp_url.clone().unwrap_or_else(|| psp_url.clone());
         let mut postgres = None;
         let mut pairs = vec![];
-        if let Ok(server) = std::env::var("MERCATO_TEST_POSTGRES_URL") {
+        if let Ok(server) = std::env::var("MERCATO_TEST_DATABASE_URL") {
             let (name, url) = fresh_postgres(&server).await;
             pairs.push(("MERCATO_PAYMENT_DATABASE_URL", url));
             // Tests run side by side against one server (100 connections by default): a pool
