@@ -46,6 +46,16 @@ fn mercato(args: &[&str], dir: &std::path::Path, env: &[(String, String)]) -> Co
     c
 }
 
+/// A child process that is killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `mercato up` and waits until it says it is up.
 fn up(dir: &std::path::Path, env: &[(String, String)]) -> Child {
     let mut child = mercato(&["up"], dir, env)
@@ -152,22 +162,24 @@ async fn a_killed_process_finishes_every_saga_once_after_restart() {
     // Claims of requests that died with the process are taken over after the request timeout.
     env.push(("MERCATO_REQUEST_TIMEOUT_MS".into(), "3000".into()));
     let payment_port = ports.0.iter().find(|(s, _)| *s == "PAYMENT").unwrap().1;
-    let mut psp = mercato(
-        &["serve", "psp-mock"],
-        psp_dir.path(),
-        &[
-            ("MERCATO_PSP_MOCK_PORT".into(), psp_port.to_string()),
-            (
-                "MERCATO_PSP_WEBHOOK_URL".into(),
-                format!("http://127.0.0.1:{payment_port}/api/v1/payments/webhook"),
-            ),
-        ],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap();
+    let _psp = Killed(
+        mercato(
+            &["serve", "psp-mock"],
+            psp_dir.path(),
+            &[
+                ("MERCATO_PSP_MOCK_PORT".into(), psp_port.to_string()),
+                (
+                    "MERCATO_PSP_WEBHOOK_URL".into(),
+                    format!("http://127.0.0.1:{payment_port}/api/v1/payments/webhook"),
+                ),
+            ],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
 
-    let mut running = up(dir.path(), &env);
+    let mut running = Killed(up(dir.path(), &env));
     let http = Client::new();
     let admin = login(&http, &ports, "admin@mercato.local", "Admin-demo-2026").await;
     let customer = login(
@@ -239,11 +251,11 @@ async fn a_killed_process_finishes_every_saga_once_after_restart() {
         let _ = rx.recv().await.unwrap();
         answered += 1;
     }
-    running.kill().unwrap(); // SIGKILL: no graceful anything
-    running.wait().unwrap();
+    running.0.kill().unwrap(); // SIGKILL: no graceful anything
+    running.0.wait().unwrap();
     while rx.recv().await.is_some() {}
 
-    let mut running = up(dir.path(), &env);
+    let _running = Killed(up(dir.path(), &env));
     // The client retries every order with its own key: one order per key, whatever happened.
     let mut ids = std::collections::BTreeSet::new();
     for (i, key) in keys.iter().enumerate() {
@@ -314,8 +326,4 @@ async fn a_killed_process_finishes_every_saga_once_after_restart() {
         (Some(100), Some(keys.len() as i64)),
         "{stock}"
     );
-
-    running.kill().unwrap();
-    psp.kill().unwrap();
-    let _ = (running.wait(), psp.wait());
 }
