@@ -95,7 +95,7 @@ async fn every_saga_endpoint_refuses_bad_input_and_writes_nothing() {
         );
         let prob = problem(res, status).await;
         assert!(
-            prob["detail"].is_string() || !prob["errors"].as_array().map_or(true, |e| e.is_empty()),
+            prob["detail"].is_string() || prob["errors"].as_array().is_some_and(|e| !e.is_empty()),
             "names the problem: {prob}"
         );
     }
