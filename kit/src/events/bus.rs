@@ -53,8 +53,9 @@ pub struct EmbeddedBus {
     db: Db,
     published: Arc<watch::Sender<u64>>,
     /// Publishes one at a time, so events become visible in `seq` order and a consumer's
-    /// cursor can never pass an event that commits late. (This is why the embedded bus is
-    /// for one process; several processes share NATS JetStream instead.)
+    /// cursor can never pass an event that commits late. On PostgreSQL an advisory lock does
+    /// the same across processes; they are woken only by a one-second safety poll, though,
+    /// so several processes are better served by NATS JetStream.
     publish_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -115,6 +116,14 @@ impl EmbeddedBus {
 impl Bus for EmbeddedBus {
     async fn publish(&self, env: &Envelope) -> anyhow::Result<()> {
         let _one_at_a_time = self.publish_lock.lock().await;
+        let mut tx = self.db.begin().await?;
+        if self.db.backend() == crate::db::Backend::Postgres {
+            // Other processes may publish to the same log: a transaction-scoped advisory lock
+            // makes them take turns, so sequence numbers become visible in order everywhere.
+            sqlx::query("SELECT pg_advisory_xact_lock(7243017001)")
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO bus_messages (event_id, event_type, envelope, stored_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (event_id) DO NOTHING",
@@ -123,8 +132,9 @@ impl Bus for EmbeddedBus {
         .bind(&env.event_type)
         .bind(serde_json::to_string(env)?)
         .bind(now_us())
-        .execute(self.db.writer())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.published.send_modify(|n| *n += 1);
         Ok(())
     }
