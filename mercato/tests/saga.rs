@@ -228,13 +228,19 @@ async fn customers_cancel_before_fulfillment_in_every_state() {
                 .unwrap()
         }
     };
-    // PENDING (or as far as it got): cancelled at once.
+    // CONFIRMED, waiting for a pending card: the pending authorization is voided at the
+    // processor. (PENDING itself lasts only milliseconds here; the order crate's tests cancel
+    // from it.)
     let id = s.place(&p, 1, "pm_card_pending").await;
+    s.status_becomes(&id, "CONFIRMED").await;
     assert_eq!(cancel(id.clone()).await.status(), StatusCode::OK);
     assert_eq!(
         s.status_becomes(&id, "CANCELLED").await["cancel_reason"],
         "customer_cancelled"
     );
+    s.payment_becomes(&id, "VOIDED").await;
+    // Cancelling again is harmless and answers the cancelled order.
+    assert_eq!(cancel(id.clone()).await.status(), StatusCode::OK);
     // PAID: the authorization is voided.
     let id = s.place(&p, 1, "pm_card_visa").await;
     s.status_becomes(&id, "PAID").await;
