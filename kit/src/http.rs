@@ -261,6 +261,37 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
+/// A JSON body that may be left out: a bare POST (no Content-Type, empty body) reads as
+/// `T::default()`. Routes whose every field is optional (capture, refund) take it; anything
+/// declared as a body goes through [`Json`] and its rejections.
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        if req.headers().contains_key(header::CONTENT_TYPE) {
+            let Json(v) = Json::<T>::from_request(req, state).await?;
+            return Ok(OptionalJson(v));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| Problem::for_status(r.status(), Some(r.body_text())))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            Ok(OptionalJson(T::default()))
+        } else {
+            Err(Problem::for_status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some("expected a body with Content-Type: application/json".into()),
+            ))
+        }
+    }
+}
+
 /// Query-string extractor whose rejection is a 400 problem naming the parameter.
 #[derive(Debug, Clone, Default)]
 pub struct Query<T>(pub T);

@@ -10,18 +10,17 @@ use crate::domain::{Request, Status, MAX_AMOUNT_CENTS};
 use crate::service::{Open, Opened, Payments, WebhookEvent};
 use crate::store::{self, Cause, Payment};
 use axum::body::Bytes;
-use axum::extract::{FromRef, FromRequest, Request as HttpRequest, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRef, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use mercato_kit::auth::{Principal, Role, Verifier};
-use mercato_kit::http::{BearerAuth, Json, Path, Query, RequestContext};
+use mercato_kit::http::{BearerAuth, Json, OptionalJson, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{Currency, OrderId, UserId};
 use mercato_kit::time::{now_us, to_rfc3339};
 use mercato_kit::validate::{self, Errors};
 use mercato_kit::Problem;
 use mercato_psp_mock::signature;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -221,36 +220,6 @@ async fn authorize(
     };
     let tx = s.payments.db.begin().await?;
     claim.finish(tx, status, &PaymentView::from(&payment)).await
-}
-
-/// A JSON body that may be left out: capture and refund default their amount, so a bare POST
-/// is a whole request (kit's `Json` would refuse it for lacking a Content-Type).
-pub struct OptionalJson<T>(pub T);
-
-impl<T, S> FromRequest<S> for OptionalJson<T>
-where
-    T: DeserializeOwned + Default,
-    S: Send + Sync,
-{
-    type Rejection = Problem;
-
-    async fn from_request(req: HttpRequest, state: &S) -> Result<Self, Problem> {
-        if req.headers().contains_key(header::CONTENT_TYPE) {
-            let Json(v) = Json::<T>::from_request(req, state).await?;
-            return Ok(OptionalJson(v));
-        }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|r| Problem::for_status(r.status(), Some(r.body_text())))?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            Ok(OptionalJson(T::default()))
-        } else {
-            Err(Problem::for_status(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Some("expected a body with Content-Type: application/json".into()),
-            ))
-        }
-    }
 }
 
 #[derive(Default, Deserialize, Serialize, ToSchema)]

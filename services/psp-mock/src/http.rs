@@ -6,18 +6,18 @@
 
 use crate::domain::{self, CardNumber, Command, Outcome, Payment, MAX_AMOUNT_CENTS};
 use crate::processor::{Answer, Authorization, Keyed, PaymentMethod, Processor, Stats};
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Datelike;
-use mercato_kit::http::{json_response, Json, Path, IDEMPOTENCY_KEY, IDEMPOTENCY_REPLAYED};
+use mercato_kit::http::{
+    json_response, Json, OptionalJson, Path, IDEMPOTENCY_KEY, IDEMPOTENCY_REPLAYED,
+};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::Currency;
 use mercato_kit::problem::PROBLEM_JSON;
 use mercato_kit::validate::{self, Errors};
 use mercato_kit::Problem;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{OpenApi, ToSchema};
@@ -84,37 +84,6 @@ fn optional_amount(v: Option<i64>) -> Result<Option<u64>, Problem> {
     v.map(amount)
         .transpose()
         .map_err(|m| Problem::field("amount_cents", m))
-}
-
-/// A JSON body that may be left out entirely. Capture and refund default their amount, so a
-/// bare `POST` is a complete request; kit's [`Json`] (which this defers to whenever a body is
-/// declared) would refuse it for lacking a Content-Type.
-struct JsonOrEmpty<T>(T);
-
-impl<T, S> FromRequest<S> for JsonOrEmpty<T>
-where
-    T: DeserializeOwned + Default,
-    S: Send + Sync,
-{
-    type Rejection = Problem;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        if req.headers().contains_key(header::CONTENT_TYPE) {
-            let Json(v) = Json::<T>::from_request(req, state).await?;
-            return Ok(JsonOrEmpty(v));
-        }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|r| Problem::for_status(r.status(), Some(r.body_text())))?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            Ok(JsonOrEmpty(T::default()))
-        } else {
-            Err(Problem::for_status(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Some("expected a body with Content-Type: application/json".into()),
-            ))
-        }
-    }
 }
 
 /// A card to tokenize. Deliberately not `Debug`: nothing may print the number.
@@ -263,7 +232,7 @@ async fn capture(
     Path(id): Path<String>,
     key: IdempotencyKey,
     headers: HeaderMap,
-    JsonOrEmpty(input): JsonOrEmpty<AmountInput>,
+    OptionalJson(input): OptionalJson<AmountInput>,
 ) -> Result<Answer, Problem> {
     let amount_cents = optional_amount(input.amount_cents)?;
     let keyed = keyed(&key, &headers, &input);
@@ -297,7 +266,7 @@ async fn refund(
     Path(id): Path<String>,
     key: IdempotencyKey,
     headers: HeaderMap,
-    JsonOrEmpty(input): JsonOrEmpty<AmountInput>,
+    OptionalJson(input): OptionalJson<AmountInput>,
 ) -> Result<Answer, Problem> {
     let amount_cents = optional_amount(input.amount_cents)?;
     let keyed = keyed(&key, &headers, &input);
