@@ -67,9 +67,15 @@ impl Stack {
             (name, res)
         };
         tokio::select! {
+            biased;
             _ = token.cancelled() => {}
             (name, res) = watch => {
-                first_failure = Some(format!("{name} stopped unexpectedly: {res:?}"));
+                // A service that finished cleanly because shutdown began is no failure; the
+                // two can be ready at once.
+                let clean_stop = token.is_cancelled() && matches!(res, Ok(Ok(())));
+                if !clean_stop {
+                    first_failure = Some(format!("{name} stopped unexpectedly: {res:?}"));
+                }
                 token.cancel();
             }
         }
