@@ -17,6 +17,8 @@ pub mod ids;
 pub mod metrics;
 pub mod problem;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod validate;
 

@@ -3,65 +3,21 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::http::StatusCode;
 use common::*;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use mercato_inventory::http::{router, AppState};
-use mercato_kit::auth::{Claims, Role, Verifier};
+use mercato_kit::auth::Role;
 use mercato_kit::contracts::types::*;
 use mercato_kit::contracts::{payload, InventoryReleased, ReleaseReason};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::metrics::Metrics;
-use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey, LineEnding};
+use mercato_kit::testing::Answer;
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::Duration;
-use tower::ServiceExt;
-
-const KID: &str = "test-key";
-const ISSUER: &str = "test-issuer";
-const AUDIENCE: &str = "test-audience";
-
-struct Keys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-}
-
-/// One key pair for the whole test binary: generating RSA keys is slow.
-fn keys() -> &'static Keys {
-    static KEYS: OnceLock<Keys> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-        let private_pem = private.to_pkcs1_pem(LineEnding::LF).unwrap();
-        let public_pem = private
-            .to_public_key()
-            .to_pkcs1_pem(LineEnding::LF)
-            .unwrap();
-        Keys {
-            encoding: EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap(),
-            decoding: DecodingKey::from_rsa_pem(public_pem.as_bytes()).unwrap(),
-        }
-    })
-}
 
 fn token_for(subject: &str, role: Role) -> String {
-    let now = mercato_kit::time::now_us() / 1_000_000;
-    let claims = Claims {
-        sub: subject.into(),
-        role,
-        email: None,
-        iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
-        exp: now + 600,
-        iat: now,
-        jti: uuid::Uuid::new_v4().to_string(),
-    };
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(KID.into());
-    jsonwebtoken::encode(&header, &claims, &keys().encoding).unwrap()
+    mercato_kit::testing::token(subject, role)
 }
 
 fn service_token() -> String {
@@ -81,37 +37,9 @@ struct App {
     router: axum::Router,
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn fields(&self) -> Vec<&str> {
-        self.body["errors"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect())
-            .unwrap_or_default()
-    }
-
-    fn problem(&self, status: u16, code: &str) {
-        assert_eq!(self.status.as_u16(), status, "{}", self.body);
-        assert_eq!(self.body["code"], code, "{}", self.body);
-        assert_eq!(
-            self.headers[header::CONTENT_TYPE],
-            "application/problem+json"
-        );
-    }
-}
-
 async fn app() -> App {
     let w = World::new().await;
-    let verifier = Verifier::local(
-        HashMap::from([(KID.to_owned(), keys().decoding.clone())]),
-        ISSUER,
-        AUDIENCE,
-    );
+    let verifier = mercato_kit::testing::verifier();
     let (api, openapi) = router(AppState {
         inv: w.inv.clone(),
         verifier,
@@ -143,36 +71,7 @@ impl App {
         key: Option<&str>,
         body: Option<Value>,
     ) -> Answer {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        if let Some(k) = key {
-            req = req.header("idempotency-key", k);
-        }
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        mercato_kit::testing::call(&self.router, method, uri, token, key, body).await
     }
 
     async fn get(&self, uri: &str, token: Option<&str>) -> Answer {

@@ -7,8 +7,7 @@ mod support;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use futures::StreamExt;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
-use mercato_kit::auth::{Claims, Role, Verifier};
+use mercato_kit::auth::Role;
 use mercato_kit::contracts::ReleaseReason;
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::ids::UserId;
@@ -16,49 +15,13 @@ use mercato_kit::metrics::Metrics;
 use mercato_order::domain::OrderStatus;
 use mercato_order::http::{router, AppState};
 use mercato_order::inventory::StockAnswer;
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use support::*;
 use tower::ServiceExt;
 
-const ISSUER: &str = "mercato-auth";
-const AUDIENCE: &str = "mercato";
-
-/// One RSA key for the whole test binary: generating it is the slow part.
-fn keys() -> &'static (EncodingKey, DecodingKey) {
-    static KEYS: OnceLock<(EncodingKey, DecodingKey)> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-        let pem = private.to_pkcs8_pem(LineEnding::LF).unwrap();
-        let public = private
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap();
-        (
-            EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
-            DecodingKey::from_rsa_pem(public.as_bytes()).unwrap(),
-        )
-    })
-}
-
 fn token(subject: &str, role: Role) -> String {
-    let now = mercato_kit::time::now_us() / 1_000_000;
-    let claims = Claims {
-        sub: subject.into(),
-        role,
-        email: None,
-        iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
-        exp: now + 600,
-        iat: now,
-        jti: uuid::Uuid::now_v7().to_string(),
-    };
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("test".into());
-    jsonwebtoken::encode(&header, &claims, &keys().0).unwrap()
+    mercato_kit::testing::token(subject, role)
 }
 
 struct Api {
@@ -74,11 +37,7 @@ struct Answer {
 
 async fn api() -> Api {
     let h = harness().await;
-    let verifier = Verifier::local(
-        HashMap::from([("test".to_owned(), keys().1.clone())]),
-        ISSUER,
-        AUDIENCE,
-    );
+    let verifier = mercato_kit::testing::verifier();
     let (routes, openapi) = router(AppState {
         orders: h.orders.clone(),
         verifier,

@@ -1,0 +1,135 @@
+//! Test support for the services' own tests (cargo feature `testing`): one RSA key per test
+//! process that signs tokens a [`Verifier`] built here accepts, and a one-shot HTTP call
+//! through a router. Each service's HTTP tests used to carry their own copy of both.
+
+use crate::auth::{Claims, Role, Verifier};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey, LineEnding};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use tower::ServiceExt;
+
+pub const KID: &str = "test-key";
+pub const ISSUER: &str = "test-issuer";
+pub const AUDIENCE: &str = "test-audience";
+
+struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+/// One key pair for the whole test binary: generating RSA keys is slow.
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("an RSA key");
+        let private_pem = private.to_pkcs1_pem(LineEnding::LF).expect("PEM");
+        let public_pem = private
+            .to_public_key()
+            .to_pkcs1_pem(LineEnding::LF)
+            .expect("PEM");
+        Keys {
+            encoding: EncodingKey::from_rsa_pem(private_pem.as_bytes()).expect("encoding key"),
+            decoding: DecodingKey::from_rsa_pem(public_pem.as_bytes()).expect("decoding key"),
+        }
+    })
+}
+
+/// A verifier that accepts the tokens of [`token`].
+pub fn verifier() -> Verifier {
+    Verifier::local(
+        HashMap::from([(KID.to_owned(), keys().decoding.clone())]),
+        ISSUER,
+        AUDIENCE,
+    )
+}
+
+/// A token for `subject` (a user id, or `service:<name>`) with `role`, valid for ten minutes.
+pub fn token(subject: &str, role: Role) -> String {
+    let now = crate::time::now_us() / 1_000_000;
+    let claims = Claims {
+        sub: subject.to_owned(),
+        role,
+        email: None,
+        iss: ISSUER.into(),
+        aud: AUDIENCE.into(),
+        exp: now + 600,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+    };
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(KID.into());
+    jsonwebtoken::encode(&header, &claims, &keys().encoding).expect("a signed token")
+}
+
+/// What a router answered.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The fields a validation problem names.
+    pub fn fields(&self) -> Vec<&str> {
+        self.body["errors"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Asserts this is a problem document with `status` and `code`.
+    pub fn problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "{}", self.body);
+        assert_eq!(self.body["code"], code, "{}", self.body);
+        assert_eq!(
+            self.headers[header::CONTENT_TYPE],
+            crate::problem::PROBLEM_JSON
+        );
+    }
+}
+
+/// Sends one request through `router`: optional Bearer token, Idempotency-Key and JSON body.
+pub async fn call(
+    router: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    idempotency_key: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if let Some(k) = idempotency_key {
+        req = req.header("idempotency-key", k);
+    }
+    let req = match body {
+        Some(b) => req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .expect("a request");
+    let res = router.clone().oneshot(req).await.expect("an answer");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 22)
+        .await
+        .expect("a body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
