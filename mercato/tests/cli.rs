@@ -57,12 +57,25 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
         .env("MERCATO_AUTH_PORT", "0")
         .env("MERCATO_CATALOG_PORT", "0")
         .env("MERCATO_PSP_MOCK_PORT", "0")
+        .env("MERCATO_INVENTORY_PORT", "0")
+        .env("MERCATO_ORDER_PORT", "0")
+        .env("MERCATO_PAYMENT_PORT", "0")
         .env("MERCATO_ARGON2_MEMORY_KIB", "4096")
         .env("MERCATO_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // However the test ends, no Mercato is left running.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _guard = KillOnDrop(child.id());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut printed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
