@@ -98,12 +98,12 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
     let body = reqwest::blocking_get(&format!("{}/products?limit=1", catalog));
     assert!(body.contains("\"items\""), "{body}");
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < deadline, "did not stop after SIGTERM");
