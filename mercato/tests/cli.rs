@@ -67,16 +67,17 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     // However the test ends, no Mercato is left running.
-    struct KillOnDrop(u32);
+    struct KillOnDrop(std::process::Child);
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
         }
     }
-    let _guard = KillOnDrop(child.id());
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = KillOnDrop(child);
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let mut printed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     for line in lines.by_ref() {
