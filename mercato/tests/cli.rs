@@ -51,7 +51,7 @@ fn bad_configuration_names_every_variable_and_exits_2() {
 #[test]
 fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = mercato()
+    let child = mercato()
         .args(["up", "--data-dir"])
         .arg(dir.path())
         .env("MERCATO_AUTH_PORT", "0")
