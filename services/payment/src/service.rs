@@ -872,12 +872,25 @@ impl Payments {
                 self.authorized(tx, payment, provider_ref, cause).await?;
             }
             (JobKind::Authorize, Reply::Pending { provider_ref }) if status == Status::Pending => {
+                let mut current = payment.clone();
                 if payment.provider_ref.is_none() {
                     let mut next = payment.clone();
                     next.provider_ref = Some(provider_ref.clone());
-                    self.save(tx, &payment, next).await?;
+                    current = self.save(tx, &payment, next).await?;
                 }
-                tracing::info!(payment = %job.payment_id, "authorization pending; waiting for the processor's webhook");
+                if store::is_cancelled(&mut **tx, payment.order_id).await? {
+                    // The order was cancelled while this call was on its way: cancel the
+                    // pending authorization now rather than wait for a decision that may
+                    // never come.
+                    let void = Queued {
+                        kind: JobKind::Void,
+                        amount_cents: None,
+                    };
+                    self.queue(tx, &current, void, cause).await?;
+                    tracing::info!(payment = %job.payment_id, "authorization pending for a cancelled order; voiding it");
+                } else {
+                    tracing::info!(payment = %job.payment_id, "authorization pending; waiting for the processor's webhook");
+                }
             }
             (
                 JobKind::Authorize,

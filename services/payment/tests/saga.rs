@@ -306,6 +306,22 @@ async fn a_cancellation_while_pending_voids_it_at_the_processor_at_once() {
 }
 
 #[tokio::test]
+async fn a_cancellation_racing_a_pending_authorization_ends_voided() {
+    // Whether the cancellation lands before the call, during it, or after its "pending"
+    // answer, the pending hold is released without any settlement.
+    for _ in 0..5 {
+        let h = Harness::start().await;
+        let order = OrderId::new();
+        h.deliver(&reserved(order, UserId::new(), 1500, "pm_card_pending"))
+            .await;
+        h.deliver(&cancelled(order)).await;
+        let p = h.settled(order, Status::Voided).await;
+        assert!(h.emitted_of(PAYMENT_AUTHORIZED, &p).await.is_empty());
+        h.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn fulfilment_captures_once() {
     let h = Harness::start().await;
     let order = OrderId::new();
