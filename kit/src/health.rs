@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 pub trait HealthCheck: Send + Sync {
     fn name(&self) -> &str;
     async fn check(&self) -> Result<(), String>;
+    /// Whether readiness waits for this dependency. A gateway that lists every upstream in
+    /// `/health/deep` must stay ready while one of them is down, or one failing service would
+    /// take the whole front door out of its load balancer.
+    fn required(&self) -> bool {
+        true
+    }
 }
 
 /// The service's own database.
@@ -68,8 +74,9 @@ async fn live(State(s): State<HealthState>) -> Response {
     axum::Json(serde_json::json!({"status": "ok", "service": s.service})).into_response()
 }
 
-async fn run_checks(s: &HealthState) -> Vec<CheckResult> {
-    let futs = s.checks.iter().map(|c| async move {
+async fn run_checks(s: &HealthState, required_only: bool) -> Vec<CheckResult> {
+    let wanted = s.checks.iter().filter(|c| !required_only || c.required());
+    let futs = wanted.map(|c| async move {
         let t = Instant::now();
         let r = tokio::time::timeout(Duration::from_secs(2), c.check())
             .await
@@ -85,7 +92,7 @@ async fn run_checks(s: &HealthState) -> Vec<CheckResult> {
 }
 
 async fn ready(State(s): State<HealthState>) -> Response {
-    let results = run_checks(&s).await;
+    let results = run_checks(&s, true).await;
     let draining = s.draining.load(Ordering::SeqCst);
     let ok = !draining && results.iter().all(|r| r.error.is_none());
     let status = if ok {
@@ -108,7 +115,7 @@ async fn ready(State(s): State<HealthState>) -> Response {
 }
 
 async fn deep(State(s): State<HealthState>) -> Response {
-    let results = run_checks(&s).await;
+    let results = run_checks(&s, false).await;
     let ok = results.iter().all(|r| r.error.is_none());
     let status = if ok {
         StatusCode::OK

@@ -195,12 +195,14 @@ async fn problem_layer(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
-    let is_problem = res
+    // A JSON answer was written on purpose (a problem, or a health report's 503 with every
+    // check in it); only framework plain text is replaced.
+    let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
-    if is_problem {
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON) || v.starts_with("application/json"));
+    if is_json {
         return res;
     }
     let (parts, body) = res.into_parts();
@@ -368,19 +370,23 @@ impl Service {
     pub fn new(
         name: &'static str,
         api: Router,
-        openapi: utoipa::openapi::OpenApi,
+        openapi: impl Into<Option<utoipa::openapi::OpenApi>>,
         metrics: Metrics,
         checks: Vec<Arc<dyn HealthCheck>>,
         settings: &HttpSettings,
     ) -> Service {
         let draining = Arc::new(AtomicBool::new(false));
-        let openapi = Arc::new(openapi);
-        let ops = health::router(name, checks, draining.clone())
-            .route("/metrics", get(render_metrics).with_state(metrics.clone()))
-            .route(
+        let mut ops = health::router(name, checks, draining.clone())
+            .route("/metrics", get(render_metrics).with_state(metrics.clone()));
+        // Without a document the API router serves its own `/openapi.json` (the gateway's is
+        // assembled from every service's at request time).
+        if let Some(openapi) = openapi.into() {
+            let openapi = Arc::new(openapi);
+            ops = ops.route(
                 "/openapi.json",
                 get(move || async move { axum::Json((*openapi).clone()) }),
             );
+        }
         let app = api
             .merge(ops)
             .fallback(|| async { Problem::not_found("no such route") })

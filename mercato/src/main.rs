@@ -33,7 +33,7 @@ enum Command {
     Load(mercato::load::LoadArgs),
     /// Run one service on its own (configure it with MERCATO_* variables).
     Serve {
-        /// One of: auth, catalog, inventory, order, payment, psp-mock.
+        /// One of: auth, catalog, inventory, order, cart, payment, psp-mock, gateway.
         service: String,
     },
 }
@@ -83,14 +83,19 @@ async fn up(env: Env) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let running = stack::start(env, &[]).await?;
     println!(
-        "\nMercato is up in {:.1} s. Services:",
+        "\nMercato is up in {:.1} s.",
         started.elapsed().as_secs_f64()
     );
-    for (name, url) in &running.urls {
+    if let Some(gw) = running.urls.get("gateway") {
+        println!("\n  API        {gw}/api/v1");
+        println!("  API docs   {gw}/docs   (OpenAPI {gw}/openapi.json)");
+    }
+    println!("\nEach service also answers on its own port:");
+    for (name, url) in running.urls.iter().filter(|(n, _)| **n != "gateway") {
         println!("  {name:<10} {url}/api/v1   (health {url}/health/ready, API {url}/openapi.json)");
     }
     if seeded {
-        println!("\nDemo logins (POST /api/v1/auth/login on auth):");
+        println!("\nDemo logins (POST /api/v1/auth/login):");
         for a in mercato_kit::demo::ACCOUNTS {
             println!("  {:<9} {:<24} {}", a.role.as_str(), a.email, a.password);
         }

@@ -20,8 +20,11 @@ pub const SERVICES: &[&str] = &[
     "catalog",
     "inventory",
     "order",
+    "cart",
     "payment",
     "psp-mock",
+    // Last: it fronts every service above and learns their addresses from them.
+    "gateway",
 ];
 
 /// Services running in this process.
@@ -176,6 +179,12 @@ fn validate_config(service: &str, scratch: &mut Env, env: &mut Env) {
         "payment" => {
             let _ = mercato_payment::Config::read(scratch);
         }
+        "cart" => {
+            let _ = mercato_cart::Config::read(scratch);
+        }
+        "gateway" => {
+            let _ = mercato_gateway::Config::read(scratch);
+        }
         _ => {}
     }
     env.absorb_errors(scratch);
@@ -222,6 +231,18 @@ async fn build(
             env.check()?;
             tracing::info!(service, config = ?c, "configuration");
             Some(mercato_payment::build(&c, bus.clone()).await?)
+        }
+        "cart" => {
+            let c = mercato_cart::Config::read(env);
+            env.check()?;
+            tracing::info!(service, config = ?c, "configuration");
+            Some(mercato_cart::build(&c, bus.clone()).await?)
+        }
+        "gateway" => {
+            let c = mercato_gateway::Config::read(env);
+            env.check()?;
+            tracing::info!(service, config = ?c, "configuration");
+            Some(mercato_gateway::build(&c).await?)
         }
         _ => None,
     })
@@ -277,6 +298,10 @@ pub async fn start(mut env: Env, services: &[&str]) -> anyhow::Result<Stack> {
     for (var, service, path) in [
         ("MERCATO_AUTH_URL", "auth", ""),
         ("MERCATO_INVENTORY_URL", "inventory", ""),
+        ("MERCATO_CATALOG_URL", "catalog", ""),
+        ("MERCATO_ORDER_URL", "order", ""),
+        ("MERCATO_PAYMENT_URL", "payment", ""),
+        ("MERCATO_CART_URL", "cart", ""),
         ("MERCATO_PSP_URL", "psp-mock", ""),
         (
             "MERCATO_PSP_WEBHOOK_URL",

@@ -60,6 +60,8 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
         .env("MERCATO_INVENTORY_PORT", "0")
         .env("MERCATO_ORDER_PORT", "0")
         .env("MERCATO_PAYMENT_PORT", "0")
+        .env("MERCATO_CART_PORT", "0")
+        .env("MERCATO_GATEWAY_PORT", "0")
         .env("MERCATO_ARGON2_MEMORY_KIB", "4096")
         .env("MERCATO_LOG", "warn")
         .stdout(Stdio::piped())
@@ -98,6 +100,15 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
         .to_owned();
     let body = reqwest::blocking_get(&format!("{}/products?limit=1", catalog));
     assert!(body.contains("\"items\""), "{body}");
+    // The front door is printed first and serves the same catalog.
+    let api = printed
+        .iter()
+        .find(|l| l.trim_start().starts_with("API "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("API URL printed")
+        .to_owned();
+    let via_gateway = reqwest::blocking_get(&format!("{}/products?limit=1", api));
+    assert_eq!(via_gateway, body);
     Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()

@@ -9,7 +9,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SERVICES: [&str; 5] = ["AUTH", "CATALOG", "INVENTORY", "ORDER", "PAYMENT"];
+const SERVICES: [&str; 7] = [
+    "AUTH",
+    "CATALOG",
+    "INVENTORY",
+    "ORDER",
+    "PAYMENT",
+    "CART",
+    "GATEWAY",
+];
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,149 @@
+//! What the catalog says about products now: the cart stores no names or prices, so every time
+//! a cart is shown or changed it asks the catalog service
+//! (`GET {MERCATO_CATALOG_URL}/api/v1/products/{id}`), one request per line, all at once.
+//!
+//! Every call has a deadline; when the catalog cannot answer (unreachable, slow, failing) the
+//! whole lookup fails, and the cart answers 503 naming the catalog rather than showing a cart
+//! with made-up prices.
+
+use crate::domain::{ProductInfo, Products};
+use mercato_kit::http::{RequestContext, CORRELATION_ID, TRACEPARENT};
+use mercato_kit::ids::{Currency, ProductId};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Why the catalog could not be asked, for the log and the 503's detail.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// Looks products up.
+#[async_trait::async_trait]
+pub trait Catalog: Send + Sync {
+    /// The catalog's answer for each of `ids` (`None`: no such product).
+    async fn products(
+        &self,
+        ids: &[ProductId],
+        ctx: Option<&RequestContext>,
+    ) -> Result<Products, Unavailable>;
+}
+
+/// The catalog service over HTTP.
+pub struct CatalogClient {
+    base: String,
+    timeout: Duration,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct ProductAnswer {
+    name: String,
+    price_cents: i64,
+    currency: Currency,
+    active: bool,
+}
+
+impl CatalogClient {
+    pub fn new(base_url: &str, timeout: Duration) -> CatalogClient {
+        CatalogClient {
+            base: format!("{}/api/v1/products", base_url.trim_end_matches('/')),
+            timeout,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn one(
+        &self,
+        id: ProductId,
+        ctx: Option<&RequestContext>,
+    ) -> Result<(ProductId, Option<ProductInfo>), Unavailable> {
+        let mut req = self
+            .http
+            .get(format!("{}/{id}", self.base))
+            .timeout(self.timeout);
+        if let Some(ctx) = ctx {
+            req = req
+                .header(CORRELATION_ID, &ctx.correlation_id)
+                .header(TRACEPARENT, &ctx.traceparent);
+        }
+        let res = req
+            .send()
+            .await
+            .map_err(|e| Unavailable(format!("the catalog service did not answer: {e}")))?;
+        match res.status() {
+            StatusCode::OK => {
+                let p: ProductAnswer = res.json().await.map_err(|e| {
+                    Unavailable(format!("the catalog service answered unreadably: {e}"))
+                })?;
+                Ok((
+                    id,
+                    Some(ProductInfo {
+                        name: p.name,
+                        price_cents: p.price_cents,
+                        currency: p.currency,
+                        active: p.active,
+                    }),
+                ))
+            }
+            StatusCode::NOT_FOUND => Ok((id, None)),
+            other => Err(Unavailable(format!("the catalog service answered {other}"))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for CatalogClient {
+    async fn products(
+        &self,
+        ids: &[ProductId],
+        ctx: Option<&RequestContext>,
+    ) -> Result<Products, Unavailable> {
+        let answers =
+            futures::future::try_join_all(ids.iter().map(|id| self.one(*id, ctx))).await?;
+        Ok(answers.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn an_unreachable_catalog_is_unavailable_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let c = CatalogClient::new(&format!("http://{addr}"), Duration::from_secs(2));
+        let err = c.products(&[ProductId::new()], None).await.unwrap_err();
+        assert!(err.0.contains("catalog"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_catalog_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let c = CatalogClient::new(&format!("http://{addr}"), Duration::from_millis(200));
+        let started = Instant::now();
+        assert!(c.products(&[ProductId::new()], None).await.is_err());
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn no_lines_ask_nothing() {
+        let c = CatalogClient::new("http://127.0.0.1:9", Duration::from_millis(100));
+        assert!(c.products(&[], None).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,247 @@
+//! The cart service (port 8085): each customer's cart, kept for a while after its last change,
+//! priced from the catalog as it is now, and checked out into an order.
+//!
+//! A cart is one document in a key-value store with expiry ([`store::KvStore`]; on the service's
+//! SQL database for now, Redis when scaled out), changed only by compare-and-set. Names and
+//! prices come from the catalog service over HTTP ([`catalog`]) whenever a cart is shown;
+//! checkout places the order through the order service over HTTP ([`orders`]) on the customer's
+//! behalf, and the cart learns the order's fate from `order.paid` / `order.cancelled`
+//! ([`events`]): paid, what was ordered leaves the cart; cancelled, the cart stays for another
+//! try.
+//!
+//! Rooms: [`domain`] (rules, no I/O), [`store`] (the key-value store), [`service`] (use cases,
+//! shared by HTTP and events), [`http`] (routes), [`events`] (the consumer), [`catalog`] and
+//! [`orders`] (the two services it calls).
+
+pub mod catalog;
+pub mod domain;
+pub mod events;
+pub mod http;
+pub mod orders;
+pub mod service;
+pub mod store;
+
+use mercato_kit::auth::Verifier;
+use mercato_kit::config::{CommonConfig, Env};
+use mercato_kit::db::{redact, Db, Migrations};
+use mercato_kit::events::{Bus, Consumer};
+use mercato_kit::health::DbCheck;
+use mercato_kit::http::{HttpSettings, Service};
+use mercato_kit::metrics::Metrics;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const SERVICE: &str = "cart";
+
+/// The most lines `MERCATO_CART_MAX_LINES` may allow: a cart is checked out as one order, and
+/// an order takes at most 50 lines.
+pub const MAX_LINES_LIMIT: u64 = 50;
+
+/// The cart service's configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `MERCATO_CART_PORT`, 8085 by default.
+    pub port: u16,
+    /// `MERCATO_CART_DATABASE_URL`, else the shared URL, else `cart.db` in the data dir.
+    pub database_url: String,
+    /// `MERCATO_CATALOG_URL`: where names and prices are looked up.
+    pub catalog_url: String,
+    /// `MERCATO_ORDER_URL`: where checkout places orders.
+    pub order_url: String,
+    /// `MERCATO_CART_TTL_SECS`: how long a cart lives after its last change.
+    pub ttl: Duration,
+    /// `MERCATO_CART_MAX_LINES`: how many different products a cart holds.
+    pub max_lines: usize,
+}
+
+impl Config {
+    /// Reads the configuration; bad values are recorded in `env` for its `check`.
+    pub fn read(env: &mut Env) -> Config {
+        let common = CommonConfig::read(env);
+        let port = env.port("MERCATO_CART_PORT", 8085);
+        let database_url = common.database_url_for(env, SERVICE);
+        let catalog_url = env
+            .url(
+                "MERCATO_CATALOG_URL",
+                Some("http://127.0.0.1:8082"),
+                &["http", "https"],
+            )
+            .unwrap_or_default();
+        let order_url = env
+            .url(
+                "MERCATO_ORDER_URL",
+                Some("http://127.0.0.1:8083"),
+                &["http", "https"],
+            )
+            .unwrap_or_default();
+        let ttl = env.secs("MERCATO_CART_TTL_SECS", 3600, 1..=30 * 24 * 3600);
+        let max_lines = env.int("MERCATO_CART_MAX_LINES", 50, 1..=MAX_LINES_LIMIT) as usize;
+        Config {
+            common,
+            port,
+            database_url,
+            catalog_url,
+            order_url,
+            ttl,
+            max_lines,
+        }
+    }
+
+    /// How long a catalog lookup may take: a cart is shown by one round of lookups, so a slow
+    /// catalog must answer 503 well before the request times out.
+    pub fn catalog_timeout(&self) -> Duration {
+        (self.common.request_timeout / 3).min(Duration::from_secs(3))
+    }
+
+    /// How long placing the order may take: most of the request's time (the order service
+    /// itself waits up to its stock pre-check's deadline), but not all of it, so the customer
+    /// hears "the order service" named rather than a bare timeout.
+    pub fn order_timeout(&self) -> Duration {
+        let t = self.common.request_timeout;
+        t.saturating_sub(Duration::from_secs(1)).max(t / 2)
+    }
+}
+
+/// Printed at start, so database passwords are masked, including the shared URL.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut common = self.common.clone();
+        common.database_url = common.database_url.as_deref().map(redact);
+        f.debug_struct("Config")
+            .field("port", &self.port)
+            .field("database_url", &redact(&self.database_url))
+            .field("catalog_url", &self.catalog_url)
+            .field("order_url", &self.order_url)
+            .field("ttl", &self.ttl)
+            .field("max_lines", &self.max_lines)
+            .field("common", &common)
+            .finish()
+    }
+}
+
+/// The cart service's migrations; the kit's (idempotency, inbox, dead letters) are merged in by
+/// [`Db::connect`].
+pub fn migrations() -> Migrations {
+    Migrations {
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+        postgres: sqlx::migrate!("./migrations/postgres"),
+    }
+}
+
+/// Opens (and migrates) the cart service's database.
+pub async fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Db> {
+    Db::connect(database_url, SERVICE, pool_size, &migrations()).await
+}
+
+/// Builds the cart service: database ready, routes, the event consumer and the purges in
+/// place; not yet listening.
+pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
+    let common = &config.common;
+    let db = connect(&config.database_url, common.db_pool_size).await?;
+    let store: Arc<dyn store::KvStore> = Arc::new(store::SqlKv::new(db.clone()));
+    let carts = Arc::new(service::Carts::new(
+        db.clone(),
+        store.clone(),
+        Arc::new(catalog::CatalogClient::new(
+            &config.catalog_url,
+            config.catalog_timeout(),
+        )),
+        Arc::new(orders::OrderClient::new(
+            &config.order_url,
+            config.order_timeout(),
+        )),
+        service::Settings {
+            ttl: config.ttl,
+            limits: domain::Limits {
+                max_lines: config.max_lines,
+            },
+        },
+    ));
+    let consumer = Consumer::new(
+        SERVICE,
+        db.clone(),
+        Arc::new(events::CartEvents::new(carts.clone())),
+    );
+    let verifier = Verifier::remote(&common.auth_url, &common.jwt_issuer, &common.jwt_audience);
+    let (api_router, openapi) = http::router(http::AppState {
+        carts,
+        verifier: verifier.clone(),
+    });
+    let router = api_router.merge(mercato_kit::events::consumer::admin_router(
+        consumer.clone(),
+        verifier,
+    ));
+    let purge_db = db.clone();
+    Ok(Service::new(
+        SERVICE,
+        router,
+        openapi,
+        Metrics::new(SERVICE),
+        vec![Arc::new(DbCheck(db.clone()))],
+        &HttpSettings::from(common),
+    )
+    .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
+    .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
+    .with_task(move |stop| store::purge_task(store, stop))
+    .closes(db))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_defaults_overrides_and_masking() {
+        let mut env = Env::from_pairs([("MERCATO_DATA_DIR", "/tmp/m")]);
+        let c = Config::read(&mut env);
+        assert!(env.check().is_ok());
+        assert_eq!(c.port, 8085);
+        assert_eq!(c.database_url, "sqlite:///tmp/m/cart.db?mode=rwc");
+        assert_eq!(c.catalog_url, "http://127.0.0.1:8082");
+        assert_eq!(c.order_url, "http://127.0.0.1:8083");
+        assert_eq!(c.ttl, Duration::from_secs(3600));
+        assert_eq!(c.max_lines, 50);
+        assert_eq!(c.catalog_timeout(), Duration::from_secs(3));
+        assert_eq!(c.order_timeout(), Duration::from_secs(14));
+
+        let mut env = Env::from_pairs([
+            ("MERCATO_CART_PORT", "9085"),
+            ("MERCATO_CATALOG_URL", "http://catalog:8082/"),
+            ("MERCATO_ORDER_URL", "https://order"),
+            ("MERCATO_CART_TTL_SECS", "1"),
+            ("MERCATO_CART_MAX_LINES", "3"),
+            ("MERCATO_REQUEST_TIMEOUT_MS", "600"),
+            ("MERCATO_CART_DATABASE_URL", "postgres://c:s3cret@db/cart"),
+        ]);
+        let c = Config::read(&mut env);
+        assert!(env.check().is_ok());
+        assert_eq!(c.port, 9085);
+        assert_eq!(c.catalog_url, "http://catalog:8082");
+        assert_eq!(c.order_url, "https://order");
+        assert_eq!(c.ttl, Duration::from_secs(1));
+        assert_eq!(c.max_lines, 3);
+        assert_eq!(c.catalog_timeout(), Duration::from_millis(200));
+        assert_eq!(c.order_timeout(), Duration::from_millis(300));
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        let mut env = Env::from_pairs([
+            ("MERCATO_CART_PORT", "http"),
+            ("MERCATO_CATALOG_URL", "catalog:8082"),
+            ("MERCATO_ORDER_URL", "ftp://order"),
+            ("MERCATO_CART_TTL_SECS", "0"),
+            ("MERCATO_CART_MAX_LINES", "51"),
+        ]);
+        Config::read(&mut env);
+        let err = env.check().unwrap_err().to_string();
+        for var in [
+            "MERCATO_CART_PORT",
+            "MERCATO_CATALOG_URL",
+            "MERCATO_ORDER_URL",
+            "MERCATO_CART_TTL_SECS",
+            "MERCATO_CART_MAX_LINES",
+        ] {
+            assert!(err.contains(var), "{var}: {err}");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Placing the order at checkout: `POST {MERCATO_ORDER_URL}/api/v1/orders` on the customer's
+//! behalf (their own `Authorization` header, so the order is theirs and the order service checks
+//! them as it checks anyone), with an Idempotency-Key derived from the checkout's and the
+//! request's correlation id and trace context.
+//!
+//! The order service's answer is the checkout's answer: a placed order (201) is passed on with
+//! its body, and so is a refusal (409 `insufficient_stock`, 422, 401...), exactly as it came.
+//! Only when the order service cannot answer (unreachable, out of time, failing with a 5xx) does
+//! the cart answer for it, with a 503 naming it; the client retries with the same key, and the
+//! derived key makes sure an order that was placed after all is not placed twice.
+
+use mercato_kit::http::{RequestContext, CORRELATION_ID, IDEMPOTENCY_KEY, TRACEPARENT};
+use mercato_kit::ids::OrderId;
+use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Why the order service could not be asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// What the order service answered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OrderAnswer {
+    /// The order exists (placed now, or replayed for the same key).
+    Placed {
+        status: StatusCode,
+        order_id: OrderId,
+        body: Value,
+    },
+    /// It refused; passed on to the customer as it came.
+    Refused {
+        status: StatusCode,
+        body: String,
+        retry_after: Option<HeaderValue>,
+    },
+}
+
+/// Places orders.
+#[async_trait::async_trait]
+pub trait OrderService: Send + Sync {
+    /// Places `order` (the order service's `POST /orders` body) with `key` as its
+    /// Idempotency-Key, as the caller whose `Authorization` header this is.
+    async fn place(
+        &self,
+        order: &Value,
+        key: &str,
+        authorization: &str,
+        ctx: &RequestContext,
+    ) -> Result<OrderAnswer, Unavailable>;
+}
+
+/// The order service over HTTP.
+pub struct OrderClient {
+    url: String,
+    timeout: Duration,
+    http: reqwest::Client,
+}
+
+impl OrderClient {
+    pub fn new(base_url: &str, timeout: Duration) -> OrderClient {
+        OrderClient {
+            url: format!("{}/api/v1/orders", base_url.trim_end_matches('/')),
+            timeout,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl OrderService for OrderClient {
+    async fn place(
+        &self,
+        order: &Value,
+        key: &str,
+        authorization: &str,
+        ctx: &RequestContext,
+    ) -> Result<OrderAnswer, Unavailable> {
+        let res = self
+            .http
+            .post(&self.url)
+            .timeout(self.timeout)
+            .header(AUTHORIZATION, authorization)
+            .header(IDEMPOTENCY_KEY, key)
+            .header(CORRELATION_ID, &ctx.correlation_id)
+            .header(TRACEPARENT, &ctx.traceparent)
+            .json(order)
+            .send()
+            .await
+            .map_err(|e| Unavailable(format!("the order service did not answer: {e}")))?;
+        let status = res.status();
+        if status.is_server_error() {
+            return Err(Unavailable(format!("the order service answered {status}")));
+        }
+        if !status.is_success() {
+            let retry_after = res.headers().get(RETRY_AFTER).cloned();
+            let body = res
+                .text()
+                .await
+                .map_err(|e| Unavailable(format!("the order service's answer was cut off: {e}")))?;
+            return Ok(OrderAnswer::Refused {
+                status,
+                body,
+                retry_after,
+            });
+        }
+        let body: Value = res
+            .json()
+            .await
+            .map_err(|e| Unavailable(format!("the order service answered unreadably: {e}")))?;
+        let order_id = body["id"]
+            .as_str()
+            .and_then(|s| s.parse::<OrderId>().ok())
+            .ok_or_else(|| Unavailable("the order service answered without an order id".into()))?;
+        Ok(OrderAnswer::Placed {
+            status,
+            order_id,
+            body,
+        })
+    }
+}

@@ -1,0 +1,439 @@
+//! The reverse proxy: one pooled HTTP client, bodies streamed both ways (so Server-Sent Events
+//! pass through as they are written), the caller's request id, correlation id and trace passed
+//! on, and a problem document naming the service when it cannot answer.
+
+use crate::routes;
+use crate::upstream::Upstreams;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mercato_kit::http::{RequestContext, CORRELATION_ID, REQUEST_ID, TRACEPARENT};
+use mercato_kit::problem::Problem;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Per-service request counts and latencies, beside the kit's per-route metrics (which see
+/// only the gateway's one catch-all route).
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    requests: IntCounterVec,
+    seconds: HistogramVec,
+}
+
+impl ProxyMetrics {
+    pub fn register(registry: &prometheus::Registry) -> anyhow::Result<ProxyMetrics> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_requests_total",
+                "Requests forwarded, by upstream service and outcome (the status, or the failure)",
+            ),
+            // Not `service`: every series already carries the gateway's own `service` label.
+            &["upstream", "outcome"],
+        )?;
+        let seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_upstream_duration_seconds",
+                "Time until the service's response headers arrived",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(seconds.clone()))?;
+        Ok(ProxyMetrics { requests, seconds })
+    }
+}
+
+pub struct Proxy {
+    client: Client<HttpConnector, Body>,
+    upstreams: Arc<Upstreams>,
+    timeout: Duration,
+    body_limit: usize,
+    metrics: ProxyMetrics,
+}
+
+impl Proxy {
+    pub fn new(
+        upstreams: Arc<Upstreams>,
+        timeout: Duration,
+        body_limit: usize,
+        metrics: ProxyMetrics,
+    ) -> Proxy {
+        let mut connector = HttpConnector::new();
+        // A stopped service refuses at once; an unreachable host must not hold the caller
+        // for the whole request timeout before we can say so.
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Proxy {
+            client,
+            upstreams,
+            timeout,
+            body_limit,
+            metrics,
+        }
+    }
+}
+
+/// Why a forwarded request got no answer from the service.
+enum Failure {
+    /// No connection could be made: the request never left.
+    Connect(String),
+    /// The answer did not start within the timeout.
+    Timeout,
+    /// The client's body was larger than allowed (found while streaming it).
+    BodyTooLarge,
+    /// The connection broke after the request was sent.
+    Broken(String),
+}
+
+/// The catch-all handler: every routed path lands here.
+pub async fn forward(
+    State(proxy): State<Arc<Proxy>>,
+    ctx: RequestContext,
+    req: Request,
+) -> Response {
+    let Some(route) = routes::route(req.uri().path()) else {
+        return Problem::not_found("no such route").into_response();
+    };
+    let Some(upstream) = proxy.upstreams.get(route.service) else {
+        return unavailable(route.service, "is not configured on this gateway");
+    };
+    if let Some(len) = content_length(req.headers()) {
+        if len > proxy.body_limit as u64 {
+            return too_large(proxy.body_limit);
+        }
+    }
+    let (parts, body) = req.into_parts();
+    // Only a request without a body can be sent again to another replica: a streamed body
+    // is gone once sent.
+    let bodyless = content_length(&parts.headers) == Some(0)
+        || (!parts.headers.contains_key(header::TRANSFER_ENCODING)
+            && content_length(&parts.headers).is_none()
+            && matches!(
+                parts.method,
+                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+            ));
+    let headers = outgoing_headers(&parts.headers, &ctx);
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let mut body = Some(Body::new(http_body_util::Limited::new(
+        body,
+        proxy.body_limit,
+    )));
+    let started = Instant::now();
+    let mut last_failure = None;
+    for replica in upstream.candidates() {
+        let uri: Uri = match format!("{}{}{}", replica.base, route.path, query).parse() {
+            Ok(u) => u,
+            Err(e) => return Problem::internal(&format!("bad upstream URI: {e}")).into_response(),
+        };
+        let mut out = axum::http::Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(axum::http::Version::HTTP_11);
+        if let Some(h) = out.headers_mut() {
+            *h = headers.clone();
+        }
+        let out = match out.body(body.take().unwrap_or_else(Body::empty)) {
+            Ok(r) => r,
+            Err(e) => return Problem::internal(&e).into_response(),
+        };
+        let failure = match tokio::time::timeout(proxy.timeout, proxy.client.request(out)).await {
+            Ok(Ok(res)) => {
+                replica.restore();
+                let status = res.status();
+                proxy
+                    .metrics
+                    .requests
+                    .with_label_values(&[route.service, status.as_str()])
+                    .inc();
+                proxy
+                    .metrics
+                    .seconds
+                    .with_label_values(&[route.service])
+                    .observe(started.elapsed().as_secs_f64());
+                return incoming(res);
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                replica.bench();
+                Failure::Connect(error_chain(&e))
+            }
+            Ok(Err(e)) if is_length_limit(&e) => Failure::BodyTooLarge,
+            Ok(Err(e)) => Failure::Broken(error_chain(&e)),
+            Err(_) => Failure::Timeout,
+        };
+        let retry = matches!(failure, Failure::Connect(_)) && bodyless;
+        last_failure = Some(failure);
+        if !retry {
+            break;
+        }
+    }
+    let service = route.service;
+    let (outcome, res) = match last_failure {
+        Some(Failure::BodyTooLarge) => ("body_too_large", too_large(proxy.body_limit)),
+        Some(Failure::Timeout) => (
+            "timeout",
+            Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "A service did not answer in time",
+            )
+            .with_detail(format!(
+                "the {service} service did not answer within {} ms",
+                proxy.timeout.as_millis()
+            ))
+            .with_extension("service", service.into())
+            .into_response(),
+        ),
+        Some(Failure::Connect(e)) => {
+            tracing::warn!(service, error = %e, "service unreachable");
+            (
+                "unreachable",
+                Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    "A service cannot be reached",
+                )
+                .with_detail(format!("the {service} service is not reachable"))
+                .with_extension("service", service.into())
+                .into_response(),
+            )
+        }
+        Some(Failure::Broken(e)) => {
+            tracing::warn!(service, error = %e, "service connection failed");
+            (
+                "broken",
+                Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    "A service failed to answer",
+                )
+                .with_detail(format!("the connection to the {service} service failed"))
+                .with_extension("service", service.into())
+                .into_response(),
+            )
+        }
+        None => (
+            "unconfigured",
+            unavailable(service, "has no replicas configured"),
+        ),
+    };
+    proxy
+        .metrics
+        .requests
+        .with_label_values(&[service, outcome])
+        .inc();
+    res
+}
+
+fn unavailable(service: &str, why: &str) -> Response {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_unavailable",
+        "A service is not available",
+    )
+    .with_detail(format!("the {service} service {why}"))
+    .with_extension("service", service.into())
+    .into_response()
+}
+
+fn too_large(limit: usize) -> Response {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "The request body is too large",
+    )
+    .with_detail(format!("the body may be at most {limit} bytes"))
+    .into_response()
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        parts.push(err.to_string());
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+/// The client's headers minus the connection's own, plus who asked and under which trace.
+fn outgoing_headers(incoming: &HeaderMap, ctx: &RequestContext) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(incoming.len() + 6);
+    for (name, value) in incoming {
+        if name == header::HOST || is_hop_by_hop(name, incoming) {
+            continue;
+        }
+        h.append(name.clone(), value.clone());
+    }
+    let mut set = |name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    set(REQUEST_ID, &ctx.request_id);
+    set(CORRELATION_ID, &ctx.correlation_id);
+    set(TRACEPARENT, &child_traceparent(&ctx.traceparent));
+    if let Some(ip) = ctx.client_ip {
+        let forwarded = match incoming
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            // The kit already took the first hop as the client when the peer is local.
+            Some(prior)
+                if ctx
+                    .client_ip
+                    .is_some_and(|c| prior.contains(&c.to_string())) =>
+            {
+                prior.to_owned()
+            }
+            Some(prior) => format!("{prior}, {ip}"),
+            None => ip.to_string(),
+        };
+        set(HeaderName::from_static("x-forwarded-for"), &forwarded);
+    }
+    if let Some(host) = incoming.get(header::HOST).and_then(|v| v.to_str().ok()) {
+        set(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    set(HeaderName::from_static("x-forwarded-proto"), "http");
+    h
+}
+
+fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
+    if HOP_BY_HOP.contains(&name.as_str()) {
+        return true;
+    }
+    // Headers the client listed in `Connection` are hop-by-hop too.
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+}
+
+/// The gateway's hop as a child span of the caller's trace: same trace id, new parent id.
+fn child_traceparent(tp: &str) -> String {
+    let parts: Vec<&str> = tp.split('-').collect();
+    if parts.len() != 4 {
+        return tp.to_owned();
+    }
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("{}-{}-{span}-{}", parts[0], parts[1], parts[3])
+}
+
+fn incoming(res: axum::http::Response<hyper::body::Incoming>) -> Response {
+    let (mut parts, body) = res.into_parts();
+    let listed: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n, &parts.headers))
+        .cloned()
+        .collect();
+    for name in listed {
+        parts.headers.remove(name);
+    }
+    Response::from_parts(parts, Body::new(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> RequestContext {
+        RequestContext {
+            request_id: "req-1".into(),
+            correlation_id: "corr-1".into(),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            client_ip: Some("203.0.113.9".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind_and_the_context_goes_on() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::HOST, "shop.example".parse().unwrap());
+        incoming.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
+        incoming.insert("x-secret-hop", "1".parse().unwrap());
+        incoming.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        incoming.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        incoming.insert("idempotency-key", "k1".parse().unwrap());
+        let out = outgoing_headers(&incoming, &ctx());
+        for gone in ["host", "connection", "x-secret-hop", "transfer-encoding"] {
+            assert!(!out.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(out[header::AUTHORIZATION], "Bearer abc");
+        assert_eq!(out["idempotency-key"], "k1");
+        assert_eq!(out[REQUEST_ID], "req-1");
+        assert_eq!(out[CORRELATION_ID], "corr-1");
+        assert_eq!(out["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(out["x-forwarded-host"], "shop.example");
+        let tp = out[TRACEPARENT].to_str().unwrap();
+        assert!(
+            tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{tp}"
+        );
+        assert!(!tp.contains("b7ad6b7169203331"), "a new span id: {tp}");
+    }
+
+    #[test]
+    fn a_forwarded_chain_is_extended_once() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert("x-forwarded-for", "198.51.100.1".parse().unwrap());
+        let out = outgoing_headers(&incoming, &ctx());
+        assert_eq!(out["x-forwarded-for"], "198.51.100.1, 203.0.113.9");
+        incoming.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        let out = outgoing_headers(&incoming, &ctx());
+        assert_eq!(out["x-forwarded-for"], "203.0.113.9");
+    }
+}
