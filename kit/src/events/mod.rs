@@ -6,10 +6,12 @@
 
 pub mod bus;
 pub mod consumer;
+pub mod nats;
 pub mod relay;
 
 pub use bus::{Bus, Delivery, EmbeddedBus, Subscription};
 pub use consumer::{Consumer, EventHandler};
+pub use nats::{NatsBus, NatsOptions};
 pub use relay::{OutboxWaker, Relay};
 
 use crate::db::Tx;

@@ -1,0 +1,555 @@
+//! The event bus on NATS JetStream, for distributed mode: the same [`Bus`] as the embedded one,
+//! shared by every process of every service.
+//!
+//! Layout, for a prefix `mercato`:
+//! - an event of type `order.created` travels on the subject `mercato.events.order.created`;
+//! - the first token of a type names its domain (the producing service: `order`, `payment`, and
+//!   `product` for the catalog), and each domain has a stream of its own, `MERCATO_ORDER`
+//!   capturing `mercato.events.order.>`. Streams are created on demand by whoever publishes or
+//!   subscribes first: file storage, kept by limits (seven days by default), and a duplicate
+//!   window in which a second publish of the same `Nats-Msg-Id` (the event id) is dropped. A
+//!   relay that crashed between publishing and marking its outbox row publishes again; the
+//!   window absorbs that, and consumers' inboxes absorb anything older.
+//! - a consumer name is one durable pull consumer on each stream whose types it reads; the
+//!   replicas of a service subscribe with the same name and so share that consumer: each event is
+//!   handed to one of them, and one that dies holding an event loses it to another after
+//!   `ack_wait`.
+//!
+//! Order. By default a durable consumer lets one event be outstanding at a time
+//! (`max_ack_pending` 1), which gives every consumer the events of a stream in publish order,
+//! across all its replicas and through redeliveries. Handlers are written to tolerate
+//! out-of-order events, but order per aggregate keeps the saga from taking detours. The cost is
+//! throughput: replicas give failover, not parallelism, within one stream. Raising
+//! [`NatsOptions::max_ack_pending`] trades that order for parallel handling.
+//!
+//! Acknowledgements are double acks, confirmed by the server before the consumer moves on. An
+//! event the subscriber received but did not acknowledge before asking for the next one is
+//! handed back at once (a negative ack), so a consumer whose handling failed sees it again
+//! without waiting for `ack_wait`, as it would on the embedded bus.
+//!
+//! NATS does not cap deliveries by default ([`NatsOptions::max_deliver`] is unlimited): the
+//! kit's [`Consumer`](super::Consumer) parks an event that keeps failing in its own dead
+//! letters and acknowledges it, so a cap on the server would only ever drop events whose
+//! consumer could not even park them (its database down), silently. An event held by a replica
+//! that died comes again after `ack_wait` (30 s); NATS refuses a redelivery backoff without a
+//! cap, so there is none by default.
+//!
+//! Servers before 2.10 filter a consumer by one subject only; there a consumer reads all the
+//! types of a domain's stream and acknowledges the ones it did not ask for without handing them
+//! out. Newer servers filter by the exact subjects.
+
+use super::bus::{Bus, Delivery, Subscription};
+use super::Envelope;
+use anyhow::{anyhow, bail, Context as _};
+use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+/// How a [`NatsBus`] names and configures what it creates on the server.
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// The root of every subject (`<prefix>.events.<type>`) and, upper-cased, of every stream
+    /// name (`<PREFIX>_<DOMAIN>`). Tests use a unique one to keep to themselves.
+    pub prefix: String,
+    /// How long a delivered event may go unacknowledged before NATS hands it out again.
+    pub ack_wait: Duration,
+    /// The waits for the second, third, … delivery of an event; the last one repeats. Empty:
+    /// `ack_wait` every time. NATS takes a backoff only with a finite `max_deliver` above its
+    /// length.
+    pub redelivery_backoff: Vec<Duration>,
+    /// Deliveries of one event before NATS gives up on it; -1 for no limit (see the module doc).
+    pub max_deliver: i64,
+    /// Events outstanding at once per consumer and stream; 1 keeps them in order.
+    pub max_ack_pending: i64,
+    /// How long a stream keeps an event.
+    pub max_age: Duration,
+    /// How long a stream remembers event ids to drop duplicate publishes.
+    pub duplicate_window: Duration,
+    /// Copies of each stream in a JetStream cluster.
+    pub replicas: usize,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            prefix: "mercato".to_owned(),
+            ack_wait: Duration::from_secs(30),
+            redelivery_backoff: Vec::new(),
+            max_deliver: -1,
+            max_ack_pending: 1,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+/// The [`Bus`] on NATS JetStream. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    options: Arc<NatsOptions>,
+    /// Streams known to exist, so a publish does not ask the server each time.
+    streams: Arc<Mutex<HashSet<String>>>,
+    /// Whether the server filters a consumer by several subjects (2.10 and later).
+    multi_filter: bool,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("server", &self.client.server_info().version)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl NatsBus {
+    /// Connects with the default options (prefix `mercato`).
+    pub async fn connect(url: &str) -> anyhow::Result<NatsBus> {
+        NatsBus::connect_with(url, NatsOptions::default()).await
+    }
+
+    /// Connects, and checks that the server has JetStream: failing here beats failing at the
+    /// first publish. The client reconnects on its own afterwards.
+    pub async fn connect_with(url: &str, options: NatsOptions) -> anyhow::Result<NatsBus> {
+        anyhow::ensure!(
+            is_token(&options.prefix),
+            "the NATS prefix {:?} is not a subject token (letters, digits, '-' and '_')",
+            options.prefix
+        );
+        anyhow::ensure!(
+            options.max_ack_pending >= 1,
+            "max_ack_pending must be at least 1"
+        );
+        anyhow::ensure!(
+            options.redelivery_backoff.is_empty()
+                || options.max_deliver > options.redelivery_backoff.len() as i64 + 1,
+            "a redelivery backoff needs a max_deliver above its length + 1 (NATS refuses it otherwise)"
+        );
+        let client = async_nats::ConnectOptions::new()
+            .name("mercato")
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected; reconnecting")
+                    }
+                    other => tracing::warn!(event = %other, "NATS event"),
+                }
+            })
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to NATS at {url}"))?;
+        let js = jetstream::new(client.clone());
+        // A plain request rather than `query_account`, whose answer type follows the newest
+        // servers and fails to parse what older ones send.
+        let reply = client
+            .request("$JS.API.INFO", Default::default())
+            .await
+            .with_context(|| format!("JetStream is not available at {url}"))?;
+        let info: serde_json::Value = serde_json::from_slice(&reply.payload)
+            .with_context(|| format!("JetStream at {url} answered something else"))?;
+        if let Some(error) = info.get("error") {
+            bail!("JetStream is not available at {url}: {error}");
+        }
+        let multi_filter = server_at_least(&client.server_info().version, (2, 10));
+        Ok(NatsBus {
+            client,
+            js,
+            options: Arc::new(options),
+            streams: Default::default(),
+            multi_filter,
+        })
+    }
+
+    pub fn options(&self) -> &NatsOptions {
+        &self.options
+    }
+
+    /// The subject an event of this type travels on.
+    pub fn subject(&self, event_type: &str) -> String {
+        format!("{}.events.{event_type}", self.options.prefix)
+    }
+
+    /// The stream that keeps the events of this domain (the first token of their types).
+    pub fn stream_name(&self, domain: &str) -> String {
+        format!("{}_{}", self.options.prefix, domain).to_uppercase()
+    }
+
+    /// Creates the domain's stream unless it exists. A stream that exists is left as it is,
+    /// even with other settings: an operator may have tuned it.
+    async fn ensure_stream(&self, domain: &str) -> anyhow::Result<String> {
+        let name = self.stream_name(domain);
+        if self.streams.lock().expect("poisoned").contains(&name) {
+            return Ok(name);
+        }
+        let config = stream::Config {
+            name: name.clone(),
+            description: Some(format!("Mercato {domain} events")),
+            subjects: vec![format!("{}.events.{domain}.>", self.options.prefix)],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            max_age: self.options.max_age,
+            duplicate_window: self.options.duplicate_window,
+            num_replicas: self.options.replicas,
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .with_context(|| format!("creating the NATS stream {name}"))?;
+        self.streams.lock().expect("poisoned").insert(name.clone());
+        Ok(name)
+    }
+
+    fn consumer_config(&self, consumer: &str, domain: &str, types: &[&str]) -> pull::Config {
+        let backoff = if self.options.redelivery_backoff.is_empty() {
+            Vec::new()
+        } else {
+            // The server takes the first backoff as the wait for the first delivery.
+            std::iter::once(self.options.ack_wait)
+                .chain(self.options.redelivery_backoff.iter().copied())
+                .collect()
+        };
+        let mut config = pull::Config {
+            durable_name: Some(consumer.to_owned()),
+            description: Some(format!("Mercato consumer {consumer}")),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.options.ack_wait,
+            max_deliver: self.options.max_deliver,
+            backoff,
+            max_ack_pending: self.options.max_ack_pending,
+            num_replicas: self.options.replicas,
+            ..Default::default()
+        };
+        if self.multi_filter {
+            config.filter_subjects = types.iter().map(|t| self.subject(t)).collect();
+        } else {
+            // One filter subject only, and changing it is refused before 2.10: the whole
+            // domain, so the consumer stays the same whatever types a new release reads.
+            config.filter_subject = format!("{}.events.{domain}.>", self.options.prefix);
+        }
+        config
+    }
+
+    async fn ensure_consumer(&self, source: &Source) -> anyhow::Result<pull::Stream> {
+        let stream = self.ensure_stream(&source.domain).await?;
+        let consumer: PullConsumer = self
+            .js
+            .create_consumer_on_stream(source.config.clone(), &stream)
+            .await
+            .with_context(|| {
+                format!(
+                    "creating the NATS consumer {} on {stream}",
+                    source.config.durable_name.as_deref().unwrap_or_default()
+                )
+            })?;
+        let batch = usize::try_from(self.options.max_ack_pending)
+            .unwrap_or(1)
+            .clamp(1, 200);
+        consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .with_context(|| format!("pulling from the NATS stream {stream}"))
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, env: &Envelope) -> anyhow::Result<()> {
+        let domain = domain_of(&env.event_type)?;
+        let subject = self.subject(&env.event_type);
+        let payload = serde_json::to_vec(env)?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            env.event_id.to_string().as_str(),
+        );
+        let stream = self.ensure_stream(domain).await?;
+        let send = || async {
+            self.js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone().into())
+                .await?
+                .await
+        };
+        let acked = match send().await {
+            // Someone deleted the stream since we saw it: create it again, once.
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                self.streams.lock().expect("poisoned").remove(&stream);
+                self.ensure_stream(domain).await?;
+                send().await
+            }
+            other => other,
+        };
+        let ack = acked.map_err(|e| {
+            anyhow!(e).context(format!(
+                "publishing {} {} to NATS",
+                env.event_type, env.event_id
+            ))
+        })?;
+        if ack.duplicate {
+            tracing::debug!(event_id = %env.event_id, stream = %ack.stream,
+                "NATS dropped a duplicate publish");
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        consumer: &str,
+        event_types: &[&str],
+    ) -> anyhow::Result<Box<dyn Subscription>> {
+        anyhow::ensure!(
+            is_token(consumer),
+            "the consumer name {consumer:?} is not a NATS name (letters, digits, '-' and '_')"
+        );
+        anyhow::ensure!(!event_types.is_empty(), "no event types to subscribe to");
+        let mut by_domain: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for t in event_types {
+            by_domain.entry(domain_of(t)?).or_default().push(t);
+        }
+        let mut sources = Vec::new();
+        for (domain, types) in by_domain {
+            let mut source = Source {
+                domain: domain.to_owned(),
+                config: self.consumer_config(consumer, domain, &types),
+                messages: None,
+            };
+            source.messages = Some(self.ensure_consumer(&source).await?);
+            sources.push(source);
+        }
+        Ok(Box::new(NatsSubscription {
+            bus: self.clone(),
+            consumer: consumer.to_owned(),
+            wanted: event_types.iter().map(|t| self.subject(t)).collect(),
+            sources,
+            turn: 0,
+            counter: 0,
+            unacked: HashMap::new(),
+        }))
+    }
+}
+
+/// One stream a subscription reads, through its durable consumer there.
+struct Source {
+    domain: String,
+    config: pull::Config,
+    /// `None` once the pull ended (its consumer was deleted, say): made again on the next `next`.
+    messages: Option<pull::Stream>,
+}
+
+struct NatsSubscription {
+    bus: NatsBus,
+    consumer: String,
+    /// The subjects of the wanted types; others reach us only from servers before 2.10.
+    wanted: BTreeSet<String>,
+    sources: Vec<Source>,
+    /// The source polled first next time, so a busy stream cannot starve the others.
+    turn: usize,
+    /// Numbers deliveries: stream sequences are not unique across the streams we read.
+    counter: i64,
+    unacked: HashMap<i64, jetstream::Message>,
+}
+
+impl NatsSubscription {
+    /// Pulls again from every source whose pull ended.
+    async fn revive(&mut self) -> anyhow::Result<()> {
+        for source in self.sources.iter_mut().filter(|s| s.messages.is_none()) {
+            source.messages = Some(self.bus.ensure_consumer(source).await?);
+            tracing::info!(consumer = %self.consumer, domain = %source.domain, "NATS pull resumed");
+        }
+        Ok(())
+    }
+
+    /// The next message of any source, trying them in turn.
+    async fn receive(
+        &mut self,
+    ) -> (
+        usize,
+        Option<Result<jetstream::Message, pull::MessagesError>>,
+    ) {
+        let sources = &mut self.sources;
+        let turn = &mut self.turn;
+        futures::future::poll_fn(|cx| {
+            let n = sources.len();
+            for k in 0..n {
+                let i = (*turn + k) % n;
+                if let Some(messages) = sources[i].messages.as_mut() {
+                    if let Poll::Ready(item) = messages.poll_next_unpin(cx) {
+                        *turn = (i + 1) % n;
+                        return Poll::Ready((i, item));
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Turns a message into a delivery, or settles it here when it is not for the handler.
+    async fn accept(&mut self, msg: jetstream::Message) -> Option<Delivery> {
+        let (stream, stream_seq) = msg
+            .info()
+            .map(|i| (i.stream.to_owned(), i.stream_sequence))
+            .unwrap_or_default();
+        if !self.wanted.contains(msg.subject.as_str()) {
+            if let Err(e) = msg.double_ack().await {
+                tracing::debug!(consumer = %self.consumer, error = %e, "acknowledging an unwanted event failed");
+            }
+            return None;
+        }
+        match serde_json::from_slice::<Envelope>(&msg.payload) {
+            Ok(envelope) => {
+                self.counter += 1;
+                self.unacked.insert(self.counter, msg);
+                Some(Delivery {
+                    envelope,
+                    seq: self.counter,
+                })
+            }
+            Err(e) => {
+                // Not an envelope: no handler can ever take it, and redelivering it would hold
+                // up every event behind it.
+                tracing::error!(consumer = %self.consumer, subject = %msg.subject, %stream, stream_seq,
+                    error = %e, "dropping a NATS message that is not an event envelope");
+                if let Err(e) = msg.double_ack_with(AckKind::Term).await {
+                    tracing::warn!(consumer = %self.consumer, error = %e, "terminating a malformed message failed");
+                }
+                None
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Subscription for NatsSubscription {
+    async fn next(&mut self) -> anyhow::Result<Delivery> {
+        // An event handed out and not acknowledged goes back now rather than after ack_wait.
+        for (_, msg) in self.unacked.drain() {
+            if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+                tracing::debug!(consumer = %self.consumer, error = %e,
+                    "handing back an unacknowledged event failed; it returns after ack_wait");
+            }
+        }
+        loop {
+            self.revive().await?;
+            let (i, item) = self.receive().await;
+            match item {
+                Some(Ok(msg)) => {
+                    if let Some(delivery) = self.accept(msg).await {
+                        return Ok(delivery);
+                    }
+                }
+                Some(Err(e)) => {
+                    // A failed pull request is retried by the client itself. Anything else
+                    // (missed heartbeats: the consumer is gone or the server lost it) ends
+                    // this pull, and `revive` makes the consumer and the pull again next time;
+                    // nothing arrived for a while, so nothing waiting is dropped with it.
+                    if e.kind() != MessagesErrorKind::Pull {
+                        self.sources[i].messages = None;
+                    }
+                    let stream = self.bus.stream_name(&self.sources[i].domain);
+                    return Err(
+                        anyhow!(e).context(format!("pulling from the NATS stream {stream}"))
+                    );
+                }
+                None => {
+                    self.sources[i].messages = None;
+                    let stream = self.bus.stream_name(&self.sources[i].domain);
+                    bail!("the pull from the NATS stream {stream} ended; it will be made again");
+                }
+            }
+        }
+    }
+
+    async fn ack(&mut self, delivery: &Delivery) -> anyhow::Result<()> {
+        let msg = self.unacked.remove(&delivery.seq).ok_or_else(|| {
+            anyhow!(
+                "event {} is not outstanding on this subscription",
+                delivery.envelope.event_id
+            )
+        })?;
+        match msg.double_ack().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Kept, so the next `next` hands it back instead of leaving it to ack_wait.
+                self.unacked.insert(delivery.seq, msg);
+                Err(anyhow!(e).context(format!(
+                    "acknowledging event {} on NATS",
+                    delivery.envelope.event_id
+                )))
+            }
+        }
+    }
+}
+
+/// The domain of an event type: its first token (`order` of `order.created`).
+fn domain_of(event_type: &str) -> anyhow::Result<&str> {
+    let mut tokens = event_type.split('.');
+    let domain = tokens.next().unwrap_or_default();
+    let rest: Vec<&str> = tokens.collect();
+    if !is_token(domain) || rest.is_empty() || !rest.iter().all(|t| is_token(t)) {
+        bail!("the event type {event_type:?} is not <domain>.<name> made of NATS subject tokens");
+    }
+    Ok(domain)
+}
+
+/// A subject token that is also a valid stream and consumer name: no wildcards, no dots.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Whether a server version such as `2.10.3` is at least `major.minor`.
+fn server_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_name_their_domain() {
+        assert_eq!(domain_of("order.created").unwrap(), "order");
+        assert_eq!(
+            domain_of("inventory.reservation_failed").unwrap(),
+            "inventory"
+        );
+        for bad in [
+            "order", "order.", ".created", "order.*", "order.>", "a b.c", "",
+        ] {
+            assert!(domain_of(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn server_versions_compare_by_major_and_minor() {
+        assert!(!server_at_least("2.9.10", (2, 10)));
+        assert!(server_at_least("2.10.0", (2, 10)));
+        assert!(server_at_least("2.11.1-beta", (2, 10)));
+        assert!(server_at_least("3.0.0", (2, 10)));
+        assert!(!server_at_least("", (2, 10)));
+    }
+}

@@ -1,0 +1,503 @@
+//! The NATS JetStream bus against a real server: publish de-duplication, durable consumers
+//! shared by replicas in publish order, redelivery of what was not acknowledged, several streams
+//! in one subscription, and the kit's consumer on top of it.
+//!
+//! Runs only when `MERCATO_TEST_NATS_URL` names a server with JetStream (CI sets it). Each test
+//! works under a prefix of its own and deletes its streams at the end.
+
+use async_nats::jetstream;
+use mercato_kit::db::{Db, Migrations, Tx};
+use mercato_kit::events::{
+    Bus, Consumer, Delivery, Envelope, EventHandler, NatsBus, NatsOptions, Subscription,
+};
+use sqlx::migrate::Migrator;
+use sqlx::Row;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Long enough for a loaded CI machine, short enough to fail a hung test soon.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+fn nats_url() -> Option<String> {
+    let url = std::env::var("MERCATO_TEST_NATS_URL").ok();
+    if url.is_none() {
+        println!("skipped: MERCATO_TEST_NATS_URL not set");
+    }
+    url
+}
+
+/// A bus under a prefix no other test uses; `tune` adjusts the options.
+struct TestBus {
+    bus: NatsBus,
+    js: jetstream::Context,
+}
+
+impl TestBus {
+    async fn new(url: &str, tune: impl FnOnce(&mut NatsOptions)) -> TestBus {
+        let mut options = NatsOptions {
+            prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+            // Leftovers of a failed run go away on their own.
+            max_age: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        tune(&mut options);
+        let bus = NatsBus::connect_with(url, options).await.unwrap();
+        let js = jetstream::new(async_nats::connect(url).await.unwrap());
+        TestBus { bus, js }
+    }
+
+    async fn consumer_state(&self, domain: &str, consumer: &str) -> (u64, usize) {
+        let stream = self
+            .js
+            .get_stream(self.bus.stream_name(domain))
+            .await
+            .unwrap();
+        let info = stream.consumer_info(consumer).await.expect("consumer info");
+        (info.num_pending, info.num_ack_pending)
+    }
+
+    /// Deletes the streams of these domains (and their consumers with them).
+    async fn cleanup(&self, domains: &[&str]) {
+        for d in domains {
+            let _ = self.js.delete_stream(self.bus.stream_name(d)).await;
+        }
+    }
+}
+
+fn event(event_type: &str, n: i64) -> Envelope {
+    Envelope::new(
+        event_type.split('.').next().unwrap(),
+        event_type,
+        format!("agg-{}", n % 3),
+        &serde_json::json!({ "n": n }),
+    )
+}
+
+async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
+    tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("no delivery in time")
+        .expect("next failed")
+}
+
+/// Whether anything arrives within `wait`: for asserting that nothing more comes.
+async fn nothing_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> bool {
+    tokio::time::timeout(wait, sub.next()).await.is_err()
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + PATIENCE;
+    while !f().await {
+        assert!(Instant::now() < deadline, "not reached in time: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_made_before_any_event_receives_the_ones_published_later() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |_| {}).await;
+    // Subscribing creates the (empty) stream and the consumer; nothing is there to read yet.
+    let mut sub = t
+        .bus
+        .subscribe("shipping", &["order.created"])
+        .await
+        .unwrap();
+    assert!(nothing_within(&mut sub, Duration::from_millis(300)).await);
+
+    let e = event("order.created", 1);
+    t.bus.publish(&e).await.unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!(d.envelope, e);
+    sub.ack(&d).await.unwrap();
+    assert_eq!(t.consumer_state("order", "shipping").await, (0, 0));
+    t.cleanup(&["order"]).await;
+}
+
+#[tokio::test]
+async fn events_published_before_the_first_subscription_are_delivered_in_order() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |_| {}).await;
+    let sent: Vec<Envelope> = (1..=5).map(|n| event("order.created", n)).collect();
+    for e in &sent {
+        t.bus.publish(e).await.unwrap();
+    }
+    let mut sub = t
+        .bus
+        .subscribe("shipping", &["order.created"])
+        .await
+        .unwrap();
+    for e in &sent {
+        let d = next(&mut sub).await;
+        assert_eq!(&d.envelope, e);
+        sub.ack(&d).await.unwrap();
+    }
+    t.cleanup(&["order"]).await;
+}
+
+#[tokio::test]
+async fn publishing_one_event_id_twice_delivers_it_once() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |_| {}).await;
+    let e = event("order.created", 1);
+    t.bus.publish(&e).await.unwrap();
+    // A relay that crashed before marking its outbox row publishes the same event again.
+    t.bus.publish(&e).await.unwrap();
+    let after = event("order.created", 2);
+    t.bus.publish(&after).await.unwrap();
+
+    let mut sub = t
+        .bus
+        .subscribe("shipping", &["order.created"])
+        .await
+        .unwrap();
+    let first = next(&mut sub).await;
+    assert_eq!(first.envelope, e);
+    sub.ack(&first).await.unwrap();
+    let second = next(&mut sub).await;
+    assert_eq!(second.envelope, after, "the duplicate was stored");
+    sub.ack(&second).await.unwrap();
+    let stream =
+        t.js.get_stream(t.bus.stream_name("order"))
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap();
+    assert_eq!(stream.state.messages, 2);
+    t.cleanup(&["order"]).await;
+}
+
+#[tokio::test]
+async fn replicas_with_one_consumer_name_share_the_events_in_publish_order() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |_| {}).await;
+    let replicas = [
+        t.bus
+            .subscribe("inventory", &["order.created"])
+            .await
+            .unwrap(),
+        t.bus
+            .subscribe("inventory", &["order.created"])
+            .await
+            .unwrap(),
+    ];
+    let sent: Vec<Envelope> = (1..=50).map(|n| event("order.created", n)).collect();
+    for e in &sent {
+        t.bus.publish(e).await.unwrap();
+    }
+
+    // Both replicas handle what they get and note it in one shared log, before acknowledging.
+    let log: Arc<Mutex<Vec<(usize, uuid::Uuid)>>> = Default::default();
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (r, mut sub) in replicas.into_iter().enumerate() {
+        let (log, stop) = (log.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let d = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    d = sub.next() => d.unwrap(),
+                };
+                log.lock().unwrap().push((r, d.envelope.event_id));
+                sub.ack(&d).await.unwrap();
+            }
+        }));
+    }
+    until("50 events handled", || async {
+        log.lock().unwrap().len() >= 50
+    })
+    .await;
+    until("every event acknowledged", || async {
+        t.consumer_state("order", "inventory").await == (0, 0)
+    })
+    .await;
+    stop.cancel();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let log = log.lock().unwrap().clone();
+    let handled: Vec<uuid::Uuid> = log.iter().map(|(_, id)| *id).collect();
+    let expected: Vec<uuid::Uuid> = sent.iter().map(|e| e.event_id).collect();
+    assert_eq!(handled, expected, "each exactly once, in publish order");
+    for r in 0..2 {
+        assert!(
+            log.iter().any(|(who, _)| *who == r),
+            "replica {r} got nothing: {log:?}"
+        );
+    }
+    t.cleanup(&["order"]).await;
+}
+
+#[tokio::test]
+async fn an_event_not_acknowledged_comes_again_to_the_next_subscriber() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |o| {
+        o.ack_wait = Duration::from_secs(1);
+        o.redelivery_backoff = vec![];
+    })
+    .await;
+    let e = event("payment.authorized", 1);
+    t.bus.publish(&e).await.unwrap();
+
+    let mut crashed = t
+        .bus
+        .subscribe("order", &["payment.authorized"])
+        .await
+        .unwrap();
+    assert_eq!(next(&mut crashed).await.envelope, e);
+    // Gone without a word, as a killed replica would be.
+    drop(crashed);
+
+    let mut replica = t
+        .bus
+        .subscribe("order", &["payment.authorized"])
+        .await
+        .unwrap();
+    let again = next(&mut replica).await;
+    assert_eq!(again.envelope, e);
+    replica.ack(&again).await.unwrap();
+    assert_eq!(t.consumer_state("payment", "order").await, (0, 0));
+    t.cleanup(&["payment"]).await;
+}
+
+#[tokio::test]
+async fn asking_for_the_next_event_without_acknowledging_hands_the_last_one_back_at_once() {
+    let Some(url) = nats_url() else { return };
+    // ack_wait far beyond the patience of `next`: only the hand-back can bring it again in time.
+    let t = TestBus::new(&url, |o| o.ack_wait = Duration::from_secs(120)).await;
+    let first = event("payment.authorized", 1);
+    let second = event("payment.authorized", 2);
+    t.bus.publish(&first).await.unwrap();
+    t.bus.publish(&second).await.unwrap();
+
+    let mut sub = t
+        .bus
+        .subscribe("order", &["payment.authorized"])
+        .await
+        .unwrap();
+    assert_eq!(next(&mut sub).await.envelope, first);
+    // The handler failed: no ack. The same event comes again, still before the second.
+    let again = next(&mut sub).await;
+    assert_eq!(again.envelope, first);
+    sub.ack(&again).await.unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!(d.envelope, second);
+    sub.ack(&d).await.unwrap();
+    t.cleanup(&["payment"]).await;
+}
+
+#[tokio::test]
+async fn one_subscription_reads_the_streams_of_several_producers() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |_| {}).await;
+    let mut sub = t
+        .bus
+        .subscribe("order", &["inventory.reserved", "payment.authorized"])
+        .await
+        .unwrap();
+    let reserved = event("inventory.reserved", 1);
+    let not_asked_for = event("payment.captured", 2);
+    let authorized = event("payment.authorized", 3);
+    for e in [&reserved, &not_asked_for, &authorized] {
+        t.bus.publish(e).await.unwrap();
+    }
+    let mut got = HashSet::new();
+    for _ in 0..2 {
+        let d = next(&mut sub).await;
+        got.insert(d.envelope.event_id);
+        sub.ack(&d).await.unwrap();
+    }
+    assert_eq!(got, HashSet::from([reserved.event_id, authorized.event_id]));
+    assert!(nothing_within(&mut sub, Duration::from_millis(300)).await);
+    assert_eq!(t.consumer_state("inventory", "order").await, (0, 0));
+    assert_eq!(t.consumer_state("payment", "order").await, (0, 0));
+    t.cleanup(&["inventory", "payment"]).await;
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_an_envelope_does_not_hold_up_the_ones_behind_it() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |_| {}).await;
+    let mut sub = t.bus.subscribe("order", &["payment.failed"]).await.unwrap();
+    t.js.publish(t.bus.subject("payment.failed"), "{not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let good = event("payment.failed", 1);
+    t.bus.publish(&good).await.unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!(d.envelope, good);
+    sub.ack(&d).await.unwrap();
+    assert_eq!(t.consumer_state("payment", "order").await, (0, 0));
+    t.cleanup(&["payment"]).await;
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_is_reported_and_made_again() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |_| {}).await;
+    let mut sub = t.bus.subscribe("order", &["payment.failed"]).await.unwrap();
+    let first = event("payment.failed", 1);
+    t.bus.publish(&first).await.unwrap();
+    let d = next(&mut sub).await;
+    sub.ack(&d).await.unwrap();
+
+    // An operator removes the consumer (or the server lost it). The subscription reports it,
+    // then carries on with a new consumer, which starts from the beginning of the stream: the
+    // inbox of a real consumer absorbs the replay.
+    t.js.get_stream(t.bus.stream_name("payment"))
+        .await
+        .unwrap()
+        .delete_consumer("order")
+        .await
+        .unwrap();
+    let second = event("payment.failed", 2);
+    t.bus.publish(&second).await.unwrap();
+    // Servers before 2.10 do not tell a pull that its consumer went: missed heartbeats do.
+    let patience = Duration::from_secs(40);
+    let mut seen = Vec::new();
+    let mut errors = 0;
+    let deadline = Instant::now() + patience;
+    while !seen.contains(&second.event_id) {
+        assert!(Instant::now() < deadline, "no recovery: {seen:?}");
+        match tokio::time::timeout(patience, sub.next()).await {
+            Ok(Ok(d)) => {
+                seen.push(d.envelope.event_id);
+                sub.ack(&d).await.unwrap();
+            }
+            Ok(Err(_)) => {
+                errors += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(_) => panic!("neither an event nor an error"),
+        }
+    }
+    assert!(errors > 0, "the loss of the consumer went unreported");
+    assert_eq!(seen, vec![first.event_id, second.event_id]);
+    t.cleanup(&["payment"]).await;
+}
+
+#[tokio::test]
+async fn a_stream_deleted_under_a_publisher_is_made_again() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |_| {}).await;
+    t.bus.publish(&event("order.paid", 1)).await.unwrap();
+    t.cleanup(&["order"]).await;
+    let e = event("order.paid", 2);
+    t.bus.publish(&e).await.unwrap();
+    let mut sub = t.bus.subscribe("payment", &["order.paid"]).await.unwrap();
+    assert_eq!(next(&mut sub).await.envelope, e);
+    t.cleanup(&["order"]).await;
+}
+
+#[tokio::test]
+async fn names_that_are_not_nats_tokens_are_refused() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |_| {}).await;
+    assert!(t.bus.subscribe("a.b", &["order.created"]).await.is_err());
+    assert!(t.bus.subscribe("order", &["order.*"]).await.is_err());
+    assert!(t.bus.subscribe("order", &[]).await.is_err());
+    assert!(t.bus.publish(&event("nodomain", 1)).await.is_err());
+}
+
+// The kit's consumer on top of the bus.
+
+/// Records each event it applies; counts how often it was called at all.
+struct Recorder {
+    calls: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Recorder {
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        sqlx::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
+            .bind(event.event_id.to_string())
+            .bind(event.payload["n"].as_i64().unwrap_or(0))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn effects(db: &Db) -> Vec<i64> {
+    sqlx::query("SELECT n FROM effects ORDER BY rowid")
+        .fetch_all(db.reader())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get("n"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_kit_consumer_applies_each_event_once_through_duplicates_and_redeliveries() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |o| {
+        o.ack_wait = Duration::from_secs(1);
+        o.redelivery_backoff = vec![];
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let none = Migrations {
+        sqlite: Migrator::DEFAULT,
+        postgres: Migrator::DEFAULT,
+    };
+    let db = Db::connect(
+        &format!("sqlite://{}/c.db?mode=rwc", dir.path().display()),
+        "c",
+        2,
+        &none,
+    )
+    .await
+    .unwrap();
+    sqlx::query("CREATE TABLE effects (event_id TEXT, n BIGINT)")
+        .execute(db.writer())
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder {
+        calls: AtomicU32::new(0),
+    });
+    let consumer = Consumer::new("order", db.clone(), recorder.clone());
+
+    let first = event("payment.authorized", 1);
+    let second = event("payment.authorized", 2);
+    t.bus.publish(&first).await.unwrap();
+    t.bus.publish(&first).await.unwrap();
+
+    // A replica handles the first event, then dies before acknowledging it.
+    let mut dying = t
+        .bus
+        .subscribe("order", &["payment.authorized"])
+        .await
+        .unwrap();
+    let d = next(&mut dying).await;
+    assert_eq!(d.envelope, first);
+    consumer.process(&d.envelope).await.unwrap();
+    drop(dying);
+
+    t.bus.publish(&second).await.unwrap();
+    let stop = CancellationToken::new();
+    let bus: Arc<dyn Bus> = Arc::new(t.bus.clone());
+    let running = tokio::spawn(consumer.run(bus, vec!["payment.authorized"], stop.clone()));
+    // NATS redelivers the first to the survivor; the inbox turns it away, and it is acked.
+    until("both handled and everything acknowledged", || async {
+        effects(&db).await.len() >= 2 && t.consumer_state("payment", "order").await == (0, 0)
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap();
+    assert_eq!(effects(&db).await, vec![1, 2]);
+    assert_eq!(
+        recorder.calls.load(Ordering::SeqCst),
+        2,
+        "the handler saw a duplicate"
+    );
+    t.cleanup(&["payment"]).await;
+}
