@@ -31,6 +31,11 @@ enum Command {
     },
     /// Place orders against a running Mercato and measure the time to PAID.
     Load(mercato::load::LoadArgs),
+    /// Apply the database migrations of every service (or the ones named) and exit.
+    Migrate {
+        /// Services to migrate; all of them when none is named.
+        services: Vec<String>,
+    },
     /// Run one service on its own (configure it with MERCATO_* variables).
     Serve {
         /// One of: auth, catalog, inventory, order, cart, payment, psp-mock, gateway.
@@ -56,6 +61,7 @@ async fn main() -> ExitCode {
             up(env).await
         }
         Command::Serve { service } => serve(env, &service).await,
+        Command::Migrate { services } => migrate(env, &services).await,
         Command::Load(args) => mercato::load::run(args).await,
     };
     match result {
@@ -81,7 +87,7 @@ async fn up(env: Env) -> anyhow::Result<()> {
         .to_owned();
     eprintln!("Starting Mercato (embedded, data in {data_dir})...");
     let started = std::time::Instant::now();
-    let running = stack::start(env, &[]).await?;
+    let running = stack::start_until(env, &[], stopped_by_signal()).await?;
     println!(
         "\nMercato is up in {:.1} s.",
         started.elapsed().as_secs_f64()
@@ -109,8 +115,27 @@ async fn up(env: Env) -> anyhow::Result<()> {
     running.wait().await
 }
 
+/// A token cancelled on SIGINT/SIGTERM, so a start that is waiting for its backends can be
+/// stopped too.
+fn stopped_by_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        mercato_kit::http::shutdown_signal().await;
+        t.cancel();
+    });
+    token
+}
+
+async fn migrate(env: Env, services: &[String]) -> anyhow::Result<()> {
+    let names: Vec<&str> = services.iter().map(String::as_str).collect();
+    let done = stack::migrate(env, &names, stopped_by_signal()).await?;
+    println!("migrations applied: {}", done.join(", "));
+    Ok(())
+}
+
 async fn serve(env: Env, service: &str) -> anyhow::Result<()> {
-    let running = stack::start(env, &[service]).await?;
+    let running = stack::start_until(env, &[service], stopped_by_signal()).await?;
     for (name, url) in &running.urls {
         tracing::info!(service = name, %url, "listening");
     }

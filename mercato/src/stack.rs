@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use mercato_kit::config::Env;
-use mercato_kit::events::{Bus, EmbeddedBus};
+use mercato_kit::events::{Bus, EmbeddedBus, NatsBus, NatsOptions};
 use mercato_kit::http::Service;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,7 +33,9 @@ pub struct Stack {
     pub urls: BTreeMap<&'static str, String>,
     shutdown: CancellationToken,
     /// The event bus the services share.
-    pub bus: EmbeddedBus,
+    pub bus: Arc<dyn Bus>,
+    /// The same bus when it is the embedded log (tests inspect it).
+    pub embedded_bus: Option<EmbeddedBus>,
     handles: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
 
@@ -249,22 +251,143 @@ async fn build(
 }
 
 /// Starts `services` (all of [`SERVICES`] when empty) in this process.
-pub async fn start(mut env: Env, services: &[&str]) -> anyhow::Result<Stack> {
-    // psp-mock stands in for a card processor; when one is configured, it is not started.
-    let external_psp = env.raw("MERCATO_PSP_URL").is_some();
-    let wanted: Vec<&'static str> = SERVICES
-        .iter()
-        .copied()
-        .filter(|s| {
-            services.contains(s) || (services.is_empty() && !(*s == "psp-mock" && external_psp))
-        })
-        .collect();
+pub async fn start(env: Env, services: &[&str]) -> anyhow::Result<Stack> {
+    start_until(env, services, CancellationToken::new()).await
+}
+
+/// The services to run: those named, or all (but psp-mock when a real processor is set).
+fn wanted(env: &Env, services: &[&str]) -> anyhow::Result<Vec<&'static str>> {
     if let Some(unknown) = services.iter().find(|s| !SERVICES.contains(s)) {
         anyhow::bail!(
             "unknown service {unknown:?}; known: {}",
             SERVICES.join(", ")
         );
     }
+    // psp-mock stands in for a card processor; when one is configured, it is not started.
+    let external_psp = env.raw("MERCATO_PSP_URL").is_some();
+    Ok(SERVICES
+        .iter()
+        .copied()
+        .filter(|s| {
+            services.contains(s) || (services.is_empty() && !(*s == "psp-mock" && external_psp))
+        })
+        .collect())
+}
+
+/// Whether a failure to start is worth waiting out: a backend that cannot be reached (yet),
+/// as when every container of a deployment starts at once. Anything else (a bad key file, a
+/// migration that does not apply) is reported and ends the start.
+pub fn unreachable_backend(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.is::<std::io::Error>()
+            || matches!(
+                cause.downcast_ref::<sqlx::Error>(),
+                Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_))
+            )
+            || cause.is::<async_nats::ConnectError>()
+            || cause.to_string().contains("JetStream is not available")
+    })
+}
+
+/// Runs `attempt` until it succeeds, waiting out unreachable backends with a growing pause
+/// (and saying so each time), or until `stop`.
+pub async fn with_retries<T, F, Fut>(
+    what: &str,
+    stop: &CancellationToken,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut pause = std::time::Duration::from_millis(500);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if unreachable_backend(&e) => {
+                tracing::warn!(
+                    what,
+                    error = format!("{e:#}"),
+                    retry_in_ms = pause.as_millis() as u64,
+                    "a backend is unreachable; not ready, retrying"
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => anyhow::bail!("stopped while {what} waited for its backend: {e:#}"),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(std::time::Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The event bus every service of this process uses: NATS JetStream when `MERCATO_NATS_URL` is
+/// set, else the embedded log (its own SQLite file, or its own schema of the shared
+/// PostgreSQL database).
+async fn open_bus(
+    env: &Env,
+    common: &mercato_kit::config::CommonConfig,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn Bus>, Option<EmbeddedBus>)> {
+    if let Some(url) = env.raw("MERCATO_NATS_URL") {
+        let options = NatsOptions {
+            prefix: env
+                .raw("MERCATO_NATS_PREFIX")
+                .unwrap_or("mercato")
+                .to_owned(),
+            ..NatsOptions::default()
+        };
+        let bus = with_retries("the event bus (NATS)", stop, || {
+            NatsBus::connect_with(url, options.clone())
+        })
+        .await?;
+        return Ok((Arc::new(bus), None));
+    }
+    let bus_url = common.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            common.data_dir.join("bus.db").display()
+        )
+    });
+    let bus = with_retries("the event bus", stop, || EmbeddedBus::open(&bus_url)).await?;
+    Ok((Arc::new(bus.clone()), Some(bus)))
+}
+
+/// What a port answers while its service waits for a backend: alive, not ready.
+fn starting_router(service: &'static str) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let not_yet = move || async move {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "starting", "service": service})),
+        )
+    };
+    axum::Router::new()
+        .route(
+            "/health/live",
+            get(move || async move {
+                axum::Json(serde_json::json!({"status": "ok", "service": service}))
+            }),
+        )
+        .route("/health/ready", get(not_yet))
+        .route("/health/deep", get(not_yet))
+        .fallback(move || async move {
+            mercato_kit::problem::Problem::unavailable(format!(
+                "the {service} service is starting: waiting for its backends"
+            ))
+            .with_retry_after(1)
+        })
+}
+
+/// Like [`start`], giving up the wait for unreachable backends when `stop` fires.
+pub async fn start_until(
+    mut env: Env,
+    services: &[&str],
+    stop: CancellationToken,
+) -> anyhow::Result<Stack> {
+    let wanted = wanted(&env, services)?;
     let common = mercato_kit::config::CommonConfig::read(&mut env);
     // Read every service's configuration up front so that all bad values are reported at
     // once, before anything listens.
@@ -272,26 +395,43 @@ pub async fn start(mut env: Env, services: &[&str]) -> anyhow::Result<Stack> {
         env.port(&port_var(s), default_port(s));
         validate_config(s, &mut env.clone(), &mut env);
     }
+    if env.raw("MERCATO_NATS_URL").is_some() {
+        env.url("MERCATO_NATS_URL", None, &["nats", "tls"]);
+    }
     env.check()?;
     if common.database_url.is_none() {
         ensure_service_secret(&mut env, &common.data_dir)?;
     }
+    let shutdown = CancellationToken::new();
     let mut listeners = Vec::new();
+    let mut starters = Vec::new();
     for &s in &wanted {
         let port = env.port(&port_var(s), default_port(s));
         env.check()?;
         let addr: SocketAddr = format!("{}:{port}", common.host)
             .parse()
             .with_context(|| format!("MERCATO_HOST={:?} is not an IP address", common.host))?;
-        let l = TcpListener::bind(addr).await.with_context(|| {
+        let l = std::net::TcpListener::bind(addr).with_context(|| {
             format!(
                 "{s} cannot listen on {addr}: is another Mercato running? (set {} to move it)",
                 port_var(s)
             )
         })?;
+        l.set_nonblocking(true)?;
         let bound = l.local_addr()?;
         env.set(&port_var(s), bound.port().to_string());
-        listeners.push((s, l, bound));
+        // Until the service is built, a second handle on the same socket answers "starting":
+        // probes see a live, not-ready process instead of a refused connection.
+        let starter_stop = CancellationToken::new();
+        let starter = TcpListener::from_std(l.try_clone()?)?;
+        let token = starter_stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(starter, starting_router(s))
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+        });
+        starters.push((s, starter_stop));
+        listeners.push((s, TcpListener::from_std(l)?, bound));
     }
     // Services started together find each other at the addresses just bound (which matters
     // when the ports were 0), unless told otherwise.
@@ -315,32 +455,43 @@ pub async fn start(mut env: Env, services: &[&str]) -> anyhow::Result<Stack> {
             }
         }
     }
-    // The event bus: a durable log beside the services' data (its own SQLite file, or its own
-    // schema of the shared PostgreSQL database).
-    let bus_url = common.database_url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rwc",
-            common.data_dir.join("bus.db").display()
-        )
-    });
-    let embedded_bus = EmbeddedBus::open(&bus_url).await?;
-    let bus: Arc<dyn Bus> = Arc::new(embedded_bus.clone());
-    let shutdown = CancellationToken::new();
+    let stop_starters = |starters: &[(&str, CancellationToken)]| {
+        starters.iter().for_each(|(_, t)| t.cancel());
+    };
+    let (bus, embedded_bus) = match open_bus(&env, &common, &stop).await {
+        Ok(b) => b,
+        Err(e) => {
+            stop_starters(&starters);
+            return Err(e);
+        }
+    };
     let mut stack = Stack {
         urls: BTreeMap::new(),
         shutdown: shutdown.clone(),
-        bus: embedded_bus,
+        bus,
+        embedded_bus,
         handles: Vec::new(),
     };
     for (name, listener, addr) in listeners {
-        let service = match build(name, &mut env, &bus).await {
+        let bus = stack.bus.clone();
+        let built = with_retries(name, &stop, || {
+            let mut env = env.clone();
+            let bus = bus.clone();
+            async move { build(name, &mut env, &bus).await }
+        })
+        .await;
+        let service = match built {
             Ok(Some(s)) => s,
             Ok(None) => continue,
             Err(e) => {
+                stop_starters(&starters);
                 let _ = stack.stop_remaining().await;
                 return Err(e.context(format!("starting {name}")));
             }
         };
+        if let Some((_, t)) = starters.iter().find(|(s, _)| *s == name) {
+            t.cancel();
+        }
         stack.urls.insert(name, format!("http://{addr}"));
         stack.handles.push((
             name,
@@ -348,4 +499,40 @@ pub async fn start(mut env: Env, services: &[&str]) -> anyhow::Result<Stack> {
         ));
     }
     Ok(stack)
+}
+
+/// Applies every service's migrations to its database and returns what was migrated.
+pub async fn migrate(
+    mut env: Env,
+    services: &[&str],
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<&'static str>> {
+    use mercato_kit::db::{Db, Migrations};
+    let wanted = wanted(&env, services)?;
+    let common = mercato_kit::config::CommonConfig::read(&mut env);
+    let mut plan: Vec<(&'static str, String, Migrations)> = Vec::new();
+    for &s in &wanted {
+        let migrations = match s {
+            "auth" => mercato_auth::migrations(),
+            "catalog" => mercato_catalog::migrations(),
+            "inventory" => mercato_inventory::migrations(),
+            "order" => mercato_order::migrations(),
+            "cart" => mercato_cart::migrations(),
+            "payment" => mercato_payment::migrations(),
+            _ => continue,
+        };
+        plan.push((s, common.database_url_for(&mut env, s), migrations));
+    }
+    env.check()?;
+    let mut done = Vec::new();
+    for (service, url, migrations) in plan {
+        let db = with_retries(service, &stop, || {
+            Db::connect(&url, service, 1, &migrations)
+        })
+        .await?;
+        db.close().await;
+        tracing::info!(service, "migrations applied");
+        done.push(service);
+    }
+    Ok(done)
 }

@@ -127,9 +127,9 @@ fn line<'a>(cart: &'a Value, product: &str) -> &'a Value {
 
 /// Waits until the cart's event consumer has handled every event on the bus.
 async fn cart_caught_up(s: &Shop) {
-    let bus = &s.t.stack.as_ref().unwrap().bus;
+    let bus = s.t.bus().await;
     eventually(WAIT, || async {
-        let lag = bus.lag().await.unwrap();
+        let lag = bus.lag().await;
         lag.iter()
             .any(|(consumer, behind)| consumer == "cart" && *behind == 0)
             .then_some(())
@@ -139,11 +139,10 @@ async fn cart_caught_up(s: &Shop) {
 
 /// Waits until `event_type` for `order` is on the bus.
 async fn published(s: &Shop, event_type: &str, order: &str) {
-    let bus = &s.t.stack.as_ref().unwrap().bus;
+    let bus = s.t.bus().await;
     eventually(WAIT, || async {
         bus.all()
             .await
-            .unwrap()
             .iter()
             .any(|e| e.event_type == event_type && e.aggregate_id == order)
             .then_some(())
@@ -500,13 +499,7 @@ async fn checkout_places_one_order_per_key_and_the_paid_order_leaves_the_cart() 
         .collect();
     assert_eq!(ids, [id.as_str()], "exactly one order");
     // A redelivery of every event changes nothing more.
-    s.t.stack
-        .as_ref()
-        .unwrap()
-        .bus
-        .rewind_all_consumers()
-        .await
-        .unwrap();
+    s.t.bus().await.rewind_all_consumers().await;
     cart_caught_up(&s).await;
     assert_eq!(lines(&cart(&s).await), [(b.clone(), 1)]);
     s.t.stop().await;

@@ -186,9 +186,9 @@ async fn sellers_manage_their_own_products_only() {
     .await;
 
     // Every change went to the outbox as an event, and the relay published them to the bus.
-    let stack = t.stack.as_ref().unwrap();
+    let bus = t.bus().await;
     let events = eventually(std::time::Duration::from_secs(5), || async {
-        let all = stack.bus.all().await.unwrap();
+        let all = bus.all().await;
         (all.len() >= 4).then_some(all)
     })
     .await;

@@ -3,7 +3,7 @@
 
 mod support;
 
-use mercato_kit::events::{Bus, Envelope};
+use mercato_kit::events::Envelope;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::*;

@@ -407,11 +407,10 @@ async fn the_context_of_a_request_reaches_the_service_and_its_events() {
     assert_eq!(res.headers()["x-correlation-id"], "checkout-42");
     let order: Value = res.json().await.unwrap();
     let id = order["id"].as_str().unwrap().to_owned();
-    let bus = t.stack.as_ref().unwrap().bus.clone();
+    let bus = t.bus().await;
     let created = eventually(WAIT, || async {
         bus.all()
             .await
-            .unwrap()
             .into_iter()
             .find(|e| e.event_type == "order.created" && e.payload["order_id"] == id.as_str())
     })

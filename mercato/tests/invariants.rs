@@ -32,20 +32,14 @@ async fn snapshot(s: &Shop, orders: &[String], products: &[String]) -> Value {
     for id in products {
         p.push(s.stock(id).await);
     }
-    json!({"orders": o, "stock": p, "psp": s.psp_stats().await, "events": s.t.stack.as_ref().unwrap().bus.all().await.unwrap().len()})
+    json!({"orders": o, "stock": p, "psp": s.psp_stats().await, "events": s.t.bus().await.all().await.len()})
 }
 
 async fn caught_up(s: &Shop) {
-    let bus = &s.t.stack.as_ref().unwrap().bus;
+    let bus = s.t.bus().await;
     let done = tokio::time::timeout(WAIT, async {
         loop {
-            if bus
-                .lag()
-                .await
-                .unwrap()
-                .iter()
-                .all(|(_, behind)| *behind == 0)
-            {
+            if bus.lag().await.iter().all(|(_, behind)| *behind == 0) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -55,7 +49,7 @@ async fn caught_up(s: &Shop) {
     assert!(
         done.is_ok(),
         "consumers did not catch up: {:?}",
-        bus.lag().await.unwrap()
+        bus.lag().await
     );
 }
 
@@ -198,13 +192,7 @@ async fn every_event_delivered_again_changes_nothing() {
     let before = snapshot(&s, &orders, std::slice::from_ref(&p)).await;
 
     // The bus forgets every acknowledgement and delivers the whole log again.
-    s.t.stack
-        .as_ref()
-        .unwrap()
-        .bus
-        .rewind_all_consumers()
-        .await
-        .unwrap();
+    s.t.bus().await.rewind_all_consumers().await;
     caught_up(&s).await;
     let after = snapshot(&s, &orders, std::slice::from_ref(&p)).await;
     assert_eq!(before, after);
@@ -319,15 +307,7 @@ async fn run_steps(steps: Vec<Step>) {
                         .unwrap();
                 assert_eq!(res.status(), StatusCode::OK);
             }
-            Step::Redeliver => {
-                s.t.stack
-                    .as_ref()
-                    .unwrap()
-                    .bus
-                    .rewind_all_consumers()
-                    .await
-                    .unwrap()
-            }
+            Step::Redeliver => s.t.bus().await.rewind_all_consumers().await,
             _ => {}
         }
         holds(&s, &products, &orders).await;

@@ -22,6 +22,8 @@ pub struct TestStack {
     pub http: Client,
     pub dir: tempfile::TempDir,
     pg: Option<(String, String)>,
+    /// With `MERCATO_TEST_NATS_URL`: the server and this stack's own subject/stream prefix.
+    nats: Option<(String, String)>,
 }
 
 pub struct Tokens {
@@ -45,8 +47,9 @@ impl TestStack {
             s.stop().await.expect("clean stop");
         }
         let pg = self.pg.take();
+        let nats = self.nats.take();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let mut t = Self::start_in_with_pg(dir, vars, pg).await;
+        let mut t = Self::start_in_with_backends(dir, vars, pg, nats).await;
         t.http = self.http.clone();
         t
     }
@@ -56,13 +59,21 @@ impl TestStack {
             Ok(url) if !url.is_empty() => Some(fresh_pg_database(&url).await),
             _ => None,
         };
-        Self::start_in_with_pg(dir, vars, pg).await
+        let nats = match std::env::var("MERCATO_TEST_NATS_URL") {
+            Ok(url) if !url.is_empty() => Some((
+                url,
+                format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            )),
+            _ => None,
+        };
+        Self::start_in_with_backends(dir, vars, pg, nats).await
     }
 
-    async fn start_in_with_pg(
+    async fn start_in_with_backends(
         dir: tempfile::TempDir,
         vars: &[(&str, &str)],
         pg: Option<(String, String)>,
+        nats: Option<(String, String)>,
     ) -> TestStack {
         let mut env = Env::from_pairs([
             ("MERCATO_DATA_DIR", dir.path().display().to_string()),
@@ -81,6 +92,10 @@ impl TestStack {
             env.set("MERCATO_DATABASE_URL", db_url.clone());
             env.set("MERCATO_SERVICE_SECRET", "test-service-secret");
         }
+        if let Some((url, prefix)) = &nats {
+            env.set("MERCATO_NATS_URL", url.clone());
+            env.set("MERCATO_NATS_PREFIX", prefix.clone());
+        }
         for (k, v) in vars {
             env.set(k, *v);
         }
@@ -90,6 +105,20 @@ impl TestStack {
             http: Client::new(),
             dir,
             pg,
+            nats,
+        }
+    }
+
+    /// The event bus as the tests inspect it, whichever backend carries it.
+    pub async fn bus(&self) -> BusProbe {
+        if let Some(b) = self.stack.as_ref().and_then(|s| s.embedded_bus.clone()) {
+            return BusProbe::Embedded(b);
+        }
+        let (url, prefix) = self.nats.clone().expect("a bus");
+        let client = async_nats::connect(&url).await.expect("NATS reachable");
+        BusProbe::Nats {
+            js: async_nats::jetstream::new(client),
+            prefix,
         }
     }
 
@@ -99,6 +128,13 @@ impl TestStack {
         }
         if let Some((admin_url, db_url)) = self.pg.take() {
             drop_pg_database(&admin_url, &db_url).await;
+        }
+        if self.nats.is_some() {
+            if let BusProbe::Nats { js, prefix } = self.bus().await {
+                for stream in nats_streams(&js, &prefix).await {
+                    let _ = js.delete_stream(&stream).await;
+                }
+            }
         }
     }
 
@@ -431,5 +467,102 @@ impl Shop {
             .json()
             .await
             .unwrap()
+    }
+}
+
+/// The event bus seen from a test: every event published, how far behind each consumer is,
+/// and a full redelivery.
+pub enum BusProbe {
+    Embedded(mercato_kit::events::EmbeddedBus),
+    Nats {
+        js: async_nats::jetstream::Context,
+        prefix: String,
+    },
+}
+
+async fn nats_streams(js: &async_nats::jetstream::Context, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let mine = format!("{}_", prefix.to_uppercase());
+    js.stream_names()
+        .try_collect::<Vec<String>>()
+        .await
+        .expect("stream names")
+        .into_iter()
+        .filter(|n| n.starts_with(&mine))
+        .collect()
+}
+
+impl BusProbe {
+    /// Every event published so far.
+    pub async fn all(&self) -> Vec<mercato_kit::events::Envelope> {
+        match self {
+            BusProbe::Embedded(b) => b.all().await.unwrap(),
+            BusProbe::Nats { js, prefix } => {
+                let mut out = Vec::new();
+                for name in nats_streams(js, prefix).await {
+                    let mut stream = js.get_stream(&name).await.unwrap();
+                    let state = stream.info().await.unwrap().state.clone();
+                    if state.messages == 0 {
+                        continue;
+                    }
+                    for seq in state.first_sequence..=state.last_sequence {
+                        if let Ok(m) = stream.get_raw_message(seq).await {
+                            out.push(serde_json::from_slice(&m.payload).unwrap());
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Events each consumer has yet to finish, by consumer.
+    pub async fn lag(&self) -> Vec<(String, i64)> {
+        match self {
+            BusProbe::Embedded(b) => b.lag().await.unwrap(),
+            BusProbe::Nats { js, prefix } => {
+                use futures::TryStreamExt;
+                // One consumer name spans the streams it reads: added up per name.
+                let mut by_name = std::collections::BTreeMap::<String, i64>::new();
+                for name in nats_streams(js, prefix).await {
+                    let stream = js.get_stream(&name).await.unwrap();
+                    let consumers: Vec<_> = stream.consumers().try_collect().await.unwrap();
+                    for c in consumers {
+                        *by_name.entry(c.name.clone()).or_default() +=
+                            (c.num_pending + c.num_ack_pending as u64) as i64;
+                    }
+                }
+                by_name.into_iter().collect()
+            }
+        }
+    }
+
+    /// Every consumer starts again from the first event.
+    pub async fn rewind_all_consumers(&self) {
+        match self {
+            BusProbe::Embedded(b) => b.rewind_all_consumers().await.unwrap(),
+            BusProbe::Nats { js, prefix } => {
+                use futures::TryStreamExt;
+                let mut deleted = Vec::new();
+                for name in nats_streams(js, prefix).await {
+                    let stream = js.get_stream(&name).await.unwrap();
+                    let names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+                    for c in names {
+                        stream.delete_consumer(&c).await.unwrap();
+                        deleted.push((name.clone(), c));
+                    }
+                }
+                // The services' subscriptions notice and recreate their consumers, which start
+                // from the beginning of the stream; until then nothing is "behind", so wait.
+                eventually(Duration::from_secs(60), || async {
+                    for (stream, consumer) in &deleted {
+                        let s = js.get_stream(stream).await.ok()?;
+                        s.consumer_info(consumer).await.ok()?;
+                    }
+                    Some(())
+                })
+                .await;
+            }
+        }
     }
 }

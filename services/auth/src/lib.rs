@@ -100,14 +100,23 @@ impl Config {
     }
 }
 
-/// Builds the auth service: database, signing key, bootstrap accounts, routes.
-pub async fn build(config: &Config) -> anyhow::Result<Service> {
-    let migrations = Migrations {
+/// The auth service's migrations; the kit's are merged in by [`Db::connect`].
+pub fn migrations() -> Migrations {
+    Migrations {
         sqlite: sqlx::migrate!("./migrations/sqlite"),
         postgres: sqlx::migrate!("./migrations/postgres"),
-    };
+    }
+}
+
+/// Opens (and migrates) the auth service's database.
+pub async fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Db> {
+    Db::connect(database_url, "auth", pool_size, &migrations()).await
+}
+
+/// Builds the auth service: database, signing key, bootstrap accounts, routes.
+pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let c = &config.common;
-    let db = Db::connect(&config.database_url, "auth", c.db_pool_size, &migrations).await?;
+    let db = connect(&config.database_url, c.db_pool_size).await?;
     let key_file = config.key_file.clone();
     let key =
         tokio::task::spawn_blocking(move || keys::SigningKey::load_or_create(&key_file)).await??;
