@@ -96,6 +96,16 @@ impl TestStack {
             env.set("MERCATO_NATS_URL", url.clone());
             env.set("MERCATO_NATS_PREFIX", prefix.clone());
         }
+        // Carts and rate limits in Redis, under a prefix of this stack's own that outlives a
+        // restart (the data directory does); the keys expire by themselves.
+        if let Ok(url) = std::env::var("MERCATO_TEST_REDIS_URL") {
+            if !url.is_empty() {
+                let dir_name = dir.path().file_name().unwrap_or_default().to_string_lossy();
+                let prefix = format!("test:{}:{dir_name}:", std::process::id());
+                env.set("MERCATO_REDIS_URL", url);
+                env.set("MERCATO_REDIS_PREFIX", prefix);
+            }
+        }
         for (k, v) in vars {
             env.set(k, *v);
         }
@@ -255,7 +265,7 @@ where
     }
 }
 
-async fn fresh_pg_database(admin_url: &str) -> (String, String) {
+pub async fn fresh_pg_database(admin_url: &str) -> (String, String) {
     use sqlx::Connection;
     let name = format!("mercato_t_{}", uuid::Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect(admin_url)
@@ -272,7 +282,7 @@ async fn fresh_pg_database(admin_url: &str) -> (String, String) {
     (admin_url.to_owned(), format!("{base}/{name}"))
 }
 
-async fn drop_pg_database(admin_url: &str, db_url: &str) {
+pub async fn drop_pg_database(admin_url: &str, db_url: &str) {
     use sqlx::Connection;
     let name = db_url.rsplit('/').next().unwrap();
     if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
@@ -480,7 +490,7 @@ pub enum BusProbe {
     },
 }
 
-async fn nats_streams(js: &async_nats::jetstream::Context, prefix: &str) -> Vec<String> {
+pub async fn nats_streams(js: &async_nats::jetstream::Context, prefix: &str) -> Vec<String> {
     use futures::TryStreamExt;
     let mine = format!("{}_", prefix.to_uppercase());
     js.stream_names()

@@ -1,0 +1,515 @@
+//! Two replicas of every service, each its own `mercato serve` process, on PostgreSQL and NATS
+//! JetStream (and Redis when given): parallel orders keep the invariants, and after one replica
+//! of each service is killed with SIGKILL in the middle of the load, every saga still
+//! completes, none twice.
+//!
+//! Needs `MERCATO_TEST_DATABASE_URL` and `MERCATO_TEST_NATS_URL` (`MERCATO_TEST_REDIS_URL` is
+//! used when set); CI's backend tier sets them. Without them the test says it did not run.
+//!
+//! There is no load balancer here, so the first gateway replica stands in for one (a
+//! Kubernetes Service in production): services reach each other through it, and it is the one
+//! gateway replica left running. Clients use both gateway replicas until the second is killed.
+
+mod support;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{eventually, ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD};
+
+/// Every replicated service; psp-mock stands in for the external card processor (one).
+const REPLICATED: [&str; 7] = [
+    "auth",
+    "catalog",
+    "inventory",
+    "order",
+    "payment",
+    "cart",
+    "gateway",
+];
+const ORDERS: usize = 48;
+const CONCURRENCY: usize = 8;
+const KILL_AFTER: usize = 16;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn port_var(service: &str) -> String {
+    format!(
+        "MERCATO_{}_PORT",
+        service.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// A running `mercato serve` process, killed when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(
+    service: &str,
+    replica: usize,
+    port: u16,
+    env: &[(String, String)],
+    dir: &std::path::Path,
+) -> Proc {
+    let data = dir.join(format!("{service}-{replica}"));
+    std::fs::create_dir_all(&data).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .args(["serve", service])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MERCATO_DATA_DIR", &data)
+        .env("MERCATO_LOG", "error")
+        .env(port_var(service), port.to_string())
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc {
+        name: format!("{service}#{replica}"),
+        child,
+    }
+}
+
+async fn ready(http: &Client, base: &str) {
+    eventually(Duration::from_secs(60), || async {
+        let r = http.get(format!("{base}/health/ready")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+struct Cluster {
+    procs: Vec<Proc>,
+    psp: String,
+    /// Base URLs of each service's replicas, in replica order.
+    urls: BTreeMap<&'static str, Vec<String>>,
+}
+
+impl Cluster {
+    fn url(&self, service: &str, replica: usize) -> &str {
+        &self.urls[service][replica]
+    }
+
+    /// SIGKILL (the `kill` of std is SIGKILL on Unix): no draining, no goodbyes.
+    fn kill(&mut self, name: &str) {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("{name} not running"));
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+    }
+}
+
+async fn start_cluster(
+    http: &Client,
+    dir: &std::path::Path,
+    common: Vec<(String, String)>,
+) -> Cluster {
+    let mut urls: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    let mut ports: BTreeMap<&'static str, Vec<u16>> = BTreeMap::new();
+    for s in REPLICATED {
+        let p = vec![free_port(), free_port()];
+        urls.insert(
+            s,
+            p.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(),
+        );
+        ports.insert(s, p);
+    }
+    let psp_port = free_port();
+    let psp = format!("http://127.0.0.1:{psp_port}");
+    let lb = urls["gateway"][0].clone();
+    let mut env = common;
+    env.extend(
+        [
+            ("MERCATO_AUTH_URL", lb.clone()),
+            ("MERCATO_INVENTORY_URL", lb.clone()),
+            ("MERCATO_CATALOG_URL", lb.clone()),
+            ("MERCATO_ORDER_URL", lb.clone()),
+            ("MERCATO_PSP_URL", psp.clone()),
+            (
+                "MERCATO_PSP_WEBHOOK_URL",
+                format!("{lb}/api/v1/payments/webhook"),
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    // The gateways know every replica.
+    for s in REPLICATED.iter().filter(|s| **s != "gateway") {
+        env.push((
+            format!("MERCATO_{}_URLS", s.to_ascii_uppercase()),
+            urls[s].join(","),
+        ));
+    }
+    let mut procs = vec![serve("psp-mock", 0, psp_port, &env, dir)];
+    // The first auth replica creates the shared signing key and the admin; then the rest.
+    procs.push(serve("auth", 0, ports["auth"][0], &env, dir));
+    ready(http, &urls["auth"][0]).await;
+    for s in REPLICATED {
+        for r in 0..2 {
+            if s == "auth" && r == 0 {
+                continue;
+            }
+            procs.push(serve(s, r, ports[s][r], &env, dir));
+        }
+    }
+    ready(http, &psp).await;
+    for s in REPLICATED {
+        for u in &urls[s] {
+            ready(http, u).await;
+        }
+    }
+    Cluster { procs, psp, urls }
+}
+
+async fn login(http: &Client, gw: &str, email: &str, password: &str) -> String {
+    let v: Value = http
+        .post(format!("{gw}/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("login {email}: {v}"))
+        .to_owned()
+}
+
+/// Places one order as a careful client does: on a lost connection, a 5xx or a key still in
+/// flight it tries again (same key, the other gateway if it is up) until it gets an answer.
+async fn place(
+    http: &Client,
+    gateways: &[String],
+    token: &str,
+    key: &str,
+    product: &str,
+    card: &str,
+    attempt: &AtomicUsize,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let gw = &gateways[attempt.fetch_add(1, Ordering::Relaxed) % gateways.len()];
+        let res = http
+            .post(format!("{gw}/api/v1/orders"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(
+                &json!({"items": [{"product_id": product, "quantity": 1}], "payment_method": card}),
+            )
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status() == StatusCode::CREATED => return r.json().await.unwrap(),
+            Ok(r) if r.status().is_server_error() || r.status() == StatusCode::CONFLICT => {}
+            Ok(r) => panic!("order refused: {} {}", r.status(), r.text().await.unwrap()),
+            Err(_) => {}
+        }
+        assert!(Instant::now() < deadline, "order {key} never accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_the_work_and_survive_a_kill_of_one_replica_of_each_service() {
+    let (Ok(pg), Ok(nats)) = (
+        std::env::var("MERCATO_TEST_DATABASE_URL"),
+        std::env::var("MERCATO_TEST_NATS_URL"),
+    ) else {
+        eprintln!(
+            "replicas: NOT RUN: needs MERCATO_TEST_DATABASE_URL and MERCATO_TEST_NATS_URL (CI's backend tier)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_url, db_url) = support::fresh_pg_database(&pg).await;
+    let prefix = format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut common: Vec<(String, String)> = [
+        ("MERCATO_DATABASE_URL", db_url.clone()),
+        ("MERCATO_NATS_URL", nats.clone()),
+        ("MERCATO_NATS_PREFIX", prefix.clone()),
+        ("MERCATO_SERVICE_SECRET", "replica-test-secret".into()),
+        (
+            "MERCATO_AUTH_KEY_FILE",
+            dir.path().join("auth-key.pem").display().to_string(),
+        ),
+        ("MERCATO_ADMIN_EMAIL", ADMIN_EMAIL.into()),
+        ("MERCATO_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+        ("MERCATO_ARGON2_MEMORY_KIB", "4096".into()),
+        // A request that died with its process frees its idempotency key sooner.
+        ("MERCATO_REQUEST_TIMEOUT_MS", "4000".into()),
+        ("MERCATO_RATE_LIMIT_IP_PER_SEC", "0".into()),
+        ("MERCATO_RATE_LIMIT_USER_PER_SEC", "0".into()),
+        ("MERCATO_DB_POOL_SIZE", "4".into()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .to_vec();
+    if let Ok(redis) = std::env::var("MERCATO_TEST_REDIS_URL") {
+        common.push(("MERCATO_REDIS_URL".into(), redis));
+        common.push(("MERCATO_REDIS_PREFIX".into(), format!("{prefix}:")));
+    }
+    let http = Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let mut cluster = start_cluster(&http, dir.path(), common).await;
+    let gw = cluster.url("gateway", 0).to_owned();
+
+    // A seller's products with more stock than the load needs, so every order is reserved.
+    let admin = login(&http, &gw, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let mut products = Vec::new();
+    for i in 0..2 {
+        let res = http
+            .post(format!("{gw}/api/v1/products"))
+            .bearer_auth(&admin)
+            .json(&json!({"sku": format!("REPL-{i}"), "name": format!("Replica Kettle {i}"), "category": "kitchen", "price_cents": 2500 + i}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let id = res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        eventually(Duration::from_secs(30), || async {
+            let r = http
+                .put(format!("{gw}/api/v1/inventory/{id}"))
+                .bearer_auth(&admin)
+                .json(&json!({"on_hand": 100}))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+        products.push(id);
+    }
+    let mut customers = Vec::new();
+    for i in 0..4 {
+        let email = format!("replica-{i}-{prefix}@test.local");
+        let res = http
+            .post(format!("{gw}/api/v1/auth/register"))
+            .json(&json!({"email": email, "password": PASSWORD, "name": "Replica Shopper"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        customers.push(login(&http, &gw, &email, PASSWORD).await);
+    }
+    // The order service learns products from catalog events; wait until it can price them.
+    for p in &products {
+        eventually(Duration::from_secs(30), || async {
+            let r = http
+                .get(format!("{gw}/api/v1/products/{p}"))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+
+    // The load: ORDERS orders, CONCURRENCY at a time, through both gateways; every fifth card
+    // is declined. Halfway in, one replica of every service dies.
+    let gateways = Arc::new(std::sync::Mutex::new(vec![
+        cluster.url("gateway", 0).to_owned(),
+        cluster.url("gateway", 1).to_owned(),
+    ]));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let placed = Arc::new(tokio::sync::Mutex::new(Vec::<(
+        String,
+        String,
+        String,
+        String,
+    )>::new()));
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (http, gateways, accepted, attempts, next, placed, customers, products) = (
+            http.clone(),
+            gateways.clone(),
+            accepted.clone(),
+            attempts.clone(),
+            next.clone(),
+            placed.clone(),
+            customers.clone(),
+            products.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= ORDERS {
+                    return;
+                }
+                let token = &customers[i % customers.len()];
+                let product = &products[i % products.len()];
+                let card = if i % 5 == 4 {
+                    "pm_card_chargeDeclined"
+                } else {
+                    "pm_card_visa"
+                };
+                let key = format!("replica-order-{i}");
+                let gws = gateways.lock().unwrap().clone();
+                let order = place(&http, &gws, token, &key, product, card, &attempts).await;
+                accepted.fetch_add(1, Ordering::SeqCst);
+                placed.lock().await.push((
+                    order["id"].as_str().unwrap().to_owned(),
+                    token.clone(),
+                    product.clone(),
+                    card.to_owned(),
+                ));
+            }
+        }));
+    }
+    eventually(Duration::from_secs(120), || async {
+        (accepted.load(Ordering::SeqCst) >= KILL_AFTER).then_some(())
+    })
+    .await;
+    gateways.lock().unwrap().truncate(1);
+    for s in REPLICATED {
+        cluster.kill(&format!("{s}#1"));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let placed = placed.lock().await.clone();
+    assert_eq!(placed.len(), ORDERS);
+    eprintln!(
+        "replicas: {ORDERS} orders accepted after {} attempts (retries after the kill)",
+        attempts.load(Ordering::SeqCst)
+    );
+
+    // Every saga completes: visa orders are PAID, declined ones CANCELLED for that reason.
+    let mut final_state = BTreeMap::new();
+    for (id, token, _, card) in &placed {
+        let want = if card == "pm_card_visa" {
+            "PAID"
+        } else {
+            "CANCELLED"
+        };
+        let o = eventually(Duration::from_secs(120), || async {
+            let o: Value = http
+                .get(format!("{gw}/api/v1/orders/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (o["status"] == want).then_some(o)
+        })
+        .await;
+        if want == "CANCELLED" {
+            assert_eq!(o["cancel_reason"], "payment_declined", "{o}");
+        }
+        final_state.insert(id.clone(), o);
+    }
+
+    // None twice: each customer has exactly the orders it placed (one per key)...
+    for token in &customers {
+        let mine: BTreeSet<String> = placed
+            .iter()
+            .filter(|(_, t, _, _)| t == token)
+            .map(|(id, _, _, _)| id.clone())
+            .collect();
+        let listed: Value = http
+            .get(format!("{gw}/api/v1/orders?limit=100"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let listed: BTreeSet<String> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(listed, mine, "one order per key, no more");
+    }
+    // ...each order was authorized once (no double charge)...
+    let stats: Value = http
+        .get(format!("{}/v1/test/stats", cluster.psp))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["authorizations"], ORDERS,
+        "one authorization per order: {stats}"
+    );
+    for (id, _, _, card) in &placed {
+        let payments: Value = http
+            .get(format!("{gw}/api/v1/payments?order_id={id}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = payments["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "one payment for {id}: {payments}");
+        let want = if card == "pm_card_visa" {
+            "AUTHORIZED"
+        } else {
+            "FAILED"
+        };
+        assert_eq!(items[0]["status"], want, "{payments}");
+    }
+    // ...and stock is conserved: what PAID orders hold is reserved, nothing oversold.
+    for p in &products {
+        let held = placed
+            .iter()
+            .filter(|(id, _, prod, _)| prod == p && final_state[id]["status"] == "PAID")
+            .count() as i64;
+        let stock: Value = http
+            .get(format!("{gw}/api/v1/inventory/{p}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stock["on_hand"], 100, "{stock}");
+        assert_eq!(stock["reserved"], held, "{stock}");
+        assert_eq!(stock["available"], 100 - held, "{stock}");
+    }
+
+    drop(cluster);
+    support::drop_pg_database(&admin_url, &db_url).await;
+    let client = async_nats::connect(&nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    for s in support::nats_streams(&js, &prefix).await {
+        let _ = js.delete_stream(&s).await;
+    }
+}
