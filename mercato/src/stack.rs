@@ -302,7 +302,11 @@ where
 {
     let mut pause = std::time::Duration::from_millis(500);
     loop {
-        match attempt().await {
+        let outcome = tokio::select! {
+            r = attempt() => r,
+            _ = stop.cancelled() => anyhow::bail!("stopped while {what} waited for its backend"),
+        };
+        match outcome {
             Ok(v) => return Ok(v),
             Err(e) if unreachable_backend(&e) => {
                 tracing::warn!(

@@ -124,6 +124,46 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+#[test]
+fn migrate_applies_every_services_migrations_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mercato()
+        .arg("migrate")
+        .env("MERCATO_DATA_DIR", dir.path())
+        .env("MERCATO_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("migrations applied: auth, catalog, inventory, order, cart, payment"),
+        "{stdout}"
+    );
+    for db in ["auth", "catalog", "inventory", "order", "cart", "payment"] {
+        assert!(dir.path().join(format!("{db}.db")).exists(), "{db}.db");
+    }
+    // Once more changes nothing and still succeeds; one service can be named.
+    let again = mercato()
+        .args(["migrate", "order"])
+        .env("MERCATO_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("migrations applied: order"));
+
+    let unknown = mercato()
+        .args(["migrate", "warehouse"])
+        .env("MERCATO_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown service \"warehouse\""));
+}
+
 mod reqwest {
     /// A tiny blocking GET without pulling reqwest's blocking feature into the build.
     pub fn blocking_get(url: &str) -> String {
