@@ -233,6 +233,9 @@ pub struct CommonConfig {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub service_secret: Option<Secret>,
+    /// `MERCATO_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed (loopback by
+    /// default); behind a load balancer or the gateway in a cluster, their network.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Printed at start: the database URL without its password.
@@ -252,8 +255,34 @@ impl fmt::Debug for CommonConfig {
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("service_secret", &self.service_secret)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
+}
+
+/// Loopback only: on one machine the gateway forwards from there.
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
+
+/// `MERCATO_TRUSTED_PROXIES`: comma-separated networks (`10.0.0.0/8`) or addresses.
+fn trusted_proxies(env: &mut Env) -> Vec<ipnet::IpNet> {
+    let raw = env.string("MERCATO_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES);
+    let mut out = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(net) => out.push(net),
+            Err(_) => {
+                env.reject(
+                    "MERCATO_TRUSTED_PROXIES",
+                    "comma-separated networks (10.0.0.0/8) or addresses",
+                );
+                break;
+            }
+        }
+    }
+    out
 }
 
 impl CommonConfig {
@@ -287,6 +316,7 @@ impl CommonConfig {
             jwt_issuer: env.string("MERCATO_JWT_ISSUER", "mercato-auth"),
             jwt_audience: env.string("MERCATO_JWT_AUDIENCE", "mercato"),
             service_secret: env.secret("MERCATO_SERVICE_SECRET"),
+            trusted_proxies: trusted_proxies(env),
         }
     }
 

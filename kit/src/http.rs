@@ -81,28 +81,41 @@ fn mint_traceparent() -> String {
     format!("00-{trace}-{span}-01")
 }
 
-/// The client's address: the first `X-Forwarded-For` hop when a proxy on this machine (the
-/// gateway) forwarded the request, else the peer address.
-fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    if peer.is_some_and(|p| p.is_loopback()) {
-        if let Some(fwd) = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            if let Some(ip) = fwd.split(',').next().and_then(|s| s.trim().parse().ok()) {
-                return Some(ip);
+/// The client's address. A request from a trusted proxy (the gateway, a load balancer) carries
+/// the chain of addresses it came through in `X-Forwarded-For`, each proxy appending its own
+/// peer; read from the right, the first address that is not a trusted proxy is the client.
+/// Anything further left was written by the client itself and proves nothing.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer = peer?;
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for hop in forwarded_for.unwrap_or("").rsplit(',') {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
             }
+            // A malformed hop: stop believing the chain there.
+            Err(_) => break,
         }
     }
-    peer
+    Some(client)
 }
 
-async fn context_layer(mut req: Request, next: Next) -> Response {
+async fn context_layer(
+    State(trusted): State<Arc<Vec<ipnet::IpNet>>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let headers = req.headers();
     let request_id =
         sane_header(headers, &REQUEST_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
@@ -115,7 +128,15 @@ async fn context_layer(mut req: Request, next: Next) -> Response {
         request_id,
         correlation_id,
         traceparent,
-        client_ip: client_ip(&req),
+        client_ip: client_ip(
+            req.extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+            req.headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok()),
+            &trusted,
+        ),
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -341,6 +362,21 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
 pub struct HttpSettings {
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
+    /// Peers whose `X-Forwarded-For` is believed (see [`client_ip`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            request_timeout: Duration::from_secs(15),
+            body_limit_bytes: 256 * 1024,
+            trusted_proxies: crate::config::DEFAULT_TRUSTED_PROXIES
+                .split(',')
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+        }
+    }
 }
 
 impl From<&crate::config::CommonConfig> for HttpSettings {
@@ -348,6 +384,7 @@ impl From<&crate::config::CommonConfig> for HttpSettings {
         HttpSettings {
             request_timeout: c.request_timeout,
             body_limit_bytes: c.body_limit_bytes,
+            trusted_proxies: c.trusted_proxies.clone(),
         }
     }
 }
@@ -398,7 +435,10 @@ impl Service {
             ))
             .layer(middleware::from_fn_with_state(metrics, metrics_layer))
             .layer(tower_http::catch_panic::CatchPanicLayer::new())
-            .layer(middleware::from_fn(context_layer));
+            .layer(middleware::from_fn_with_state(
+                Arc::new(settings.trusted_proxies.clone()),
+                context_layer,
+            ));
         Service {
             name,
             app,
@@ -553,5 +593,45 @@ mod tests {
         ));
         assert!(!valid_traceparent("garbage"));
         assert!(valid_traceparent(&mint_traceparent()));
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        // Straight from a client: its own address, whatever it claims.
+        assert_eq!(
+            client_ip(ip("203.0.113.7"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.7")
+        );
+        // Through the gateway (10.0.0.5) behind a load balancer (10.0.0.9).
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), Some("203.0.113.7, 10.0.0.9"), &trusted),
+            ip("203.0.113.7")
+        );
+        // A client that forged a hop is still seen as itself.
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), Some("1.2.3.4, 203.0.113.7"), &trusted),
+            ip("203.0.113.7")
+        );
+        // A trusted peer without a chain is the client (a local tool).
+        assert_eq!(client_ip(ip("127.0.0.1"), None, &trusted), ip("127.0.0.1"));
+        // A malformed hop ends the chain where it stands.
+        assert_eq!(
+            client_ip(
+                ip("10.0.0.5"),
+                Some("203.0.113.7, junk, 10.0.0.9"),
+                &trusted
+            ),
+            ip("10.0.0.9")
+        );
+        // Nobody trusted: the peer, always.
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), Some("203.0.113.7"), &[]),
+            ip("10.0.0.5")
+        );
     }
 }

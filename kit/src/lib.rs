@@ -16,6 +16,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod metrics;
 pub mod problem;
+pub mod redis;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

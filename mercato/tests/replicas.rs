@@ -167,11 +167,11 @@ async fn start_cluster(
     procs.push(serve("auth", 0, ports["auth"][0], &env, dir));
     ready(http, &urls["auth"][0]).await;
     for s in REPLICATED {
-        for r in 0..2 {
+        for (r, port) in ports[s].iter().enumerate() {
             if s == "auth" && r == 0 {
                 continue;
             }
-            procs.push(serve(s, r, ports[s][r], &env, dir));
+            procs.push(serve(s, r, *port, &env, dir));
         }
     }
     ready(http, &psp).await;

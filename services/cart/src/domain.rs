@@ -18,6 +18,10 @@ pub const MAX_QUANTITY: i64 = 1000;
 /// has at most a few checkouts in flight at once.
 const SETTLED_MEMORY: usize = 20;
 
+/// How many keyed changes a cart remembers having applied (see [`Cart::applied`]). A retry
+/// comes within seconds of its first try, a few changes later at most.
+const APPLIED_MEMORY: usize = 20;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     pub product_id: ProductId,
@@ -33,6 +37,11 @@ pub struct Cart {
     /// The latest checkouts taken out of this cart (see [`Cart::settle`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub settled: Vec<OrderId>,
+    /// The latest changes made with an Idempotency-Key ([`request_id`]s). The request's
+    /// idempotency record is committed after the cart is written when the cart is not in the
+    /// SQL database (Redis); if that commit fails, the client's retry must not add twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<String>,
 }
 
 /// What the catalog says about a product now.
@@ -231,6 +240,20 @@ impl Cart {
         }
     }
 
+    /// Whether the keyed change `request` (a [`request_id`]) was applied to this cart already.
+    pub fn has_applied(&self, request: &str) -> bool {
+        self.applied.iter().any(|r| r == request)
+    }
+
+    /// Remembers that the keyed change `request` was applied, forgetting the oldest beyond
+    /// what a retry can need.
+    pub fn remember_applied(&mut self, request: &str) {
+        self.applied.push(request.to_owned());
+        if self.applied.len() > APPLIED_MEMORY {
+            self.applied.remove(0);
+        }
+    }
+
     /// Takes a paid checkout's `ordered` lines out of the cart: each product's quantity goes
     /// down by what was ordered, and lines that reach zero go. What the customer added after
     /// checking out stays. Returns false, changing nothing, when `order` was taken out already.
@@ -403,6 +426,19 @@ pub fn order_key(key: &str) -> String {
         use sha2::{Digest, Sha256};
         format!("{PREFIX}sha256:{:x}", Sha256::digest(key.as_bytes()))
     }
+}
+
+/// What identifies a keyed change in [`Cart::applied`]: the client's Idempotency-Key with the
+/// request's fingerprint (a key reused for another request is another request), hashed so a
+/// cart never holds 20 keys of 255 characters.
+pub fn request_id(idempotency_key: &str, fingerprint: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(idempotency_key.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(fingerprint.as_bytes())
+        .finalize();
+    format!("{digest:x}")[..32].to_owned()
 }
 
 pub fn cart_key(customer: UserId) -> String {
@@ -698,6 +734,33 @@ mod tests {
         }
         assert_eq!(cart.settled.len(), SETTLED_MEMORY);
         assert!(!cart.settled.contains(&first));
+    }
+
+    #[test]
+    fn keyed_changes_are_remembered_boundedly_and_told_apart_by_key_and_request() {
+        let first = request_id("k1", "fp");
+        assert_eq!(first, request_id("k1", "fp"));
+        assert_eq!(first.len(), 32);
+        assert_ne!(first, request_id("k1", "other body"));
+        assert_ne!(first, request_id("k2", "fp"));
+        // The separator keeps "ab"+"c" apart from "a"+"bc".
+        assert_ne!(request_id("ab", "c"), request_id("a", "bc"));
+
+        let mut cart = Cart::default();
+        assert!(!cart.has_applied(&first));
+        cart.remember_applied(&first);
+        assert!(cart.has_applied(&first));
+        for i in 0..APPLIED_MEMORY {
+            cart.remember_applied(&request_id(&i.to_string(), "fp"));
+        }
+        assert_eq!(cart.applied.len(), APPLIED_MEMORY);
+        assert!(!cart.has_applied(&first), "the oldest is forgotten");
+        // Stored only when there is something to store.
+        let json = serde_json::to_value(Cart::default()).unwrap();
+        assert!(json.get("applied").is_none(), "{json}");
+        let old: Cart =
+            serde_json::from_value(serde_json::json!({"lines": [], "currency": null})).unwrap();
+        assert!(old.applied.is_empty());
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! Adding and setting take an optional `Idempotency-Key` (a retried add must not add twice);
 //! checkout requires one, because it places an order.
 
-use crate::domain::{Change, PricedLine, Refusal};
+use crate::domain::{request_id, Change, PricedLine, Refusal};
 use crate::service::{Carts, Error, Shown};
+use crate::store::StoreError;
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::Response;
@@ -111,6 +112,16 @@ impl From<Error> for Problem {
             ),
             e @ Error::Contended => {
                 Problem::conflict("concurrent_update", e.to_string()).with_retry_after(1)
+            }
+            Error::Store(StoreError::Redis(why)) => {
+                tracing::warn!(error = %why, "the cart store failed");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "The cart store is unavailable",
+                )
+                .with_detail("carts cannot be read or changed right now; try again shortly")
+                .with_retry_after(1)
             }
             Error::Store(e) => Problem::internal(&e),
             Error::Db(e) => e.into(),
@@ -251,7 +262,7 @@ pub struct CheckoutInput {
         (status = 200, description = "The cart (empty when there is none)", body = CartBody),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a customer", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`catalog_unavailable`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`catalog_unavailable`, or `store_unavailable` (Redis)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_cart(
     State(s): State<AppState>,
@@ -267,6 +278,7 @@ async fn get_cart(
     responses(
         (status = 200, description = "The empty cart", body = CartBody),
         (status = 403, description = "Not a customer", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable` (Redis)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn clear_cart(State(s): State<AppState>, c: Customer) -> Result<Json<CartBody>, Problem> {
     let shown = s.carts.clear(c.id).await?;
@@ -281,7 +293,7 @@ async fn clear_cart(State(s): State<AppState>, c: Customer) -> Result<Json<CartB
         (status = 200, description = "The cart", body = CartBody),
         (status = 403, description = "Not a customer", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`unknown_product`, `product_inactive`, `currency_mismatch`, `too_many_lines`, or a quantity outside 1..=1000 (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`catalog_unavailable`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`catalog_unavailable`, or `store_unavailable` (Redis)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn add_item(
     State(s): State<AppState>,
@@ -298,7 +310,11 @@ async fn add_item(
         product_id: input.product_id,
         quantity: input.quantity,
     };
-    let (tx, shown) = s.carts.change(c.id, change, &ctx).await?;
+    let request = key.key().map(|k| request_id(k, &key.fingerprint(&input)));
+    let (tx, shown) = s
+        .carts
+        .change(c.id, change, request.as_deref(), &ctx)
+        .await?;
     claim
         .finish(tx, StatusCode::OK, &CartBody::from(&shown))
         .await
@@ -316,7 +332,7 @@ async fn add_item(
         (status = 403, description = "Not a customer", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The product is not in the cart", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A quantity outside 1..=1000", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`catalog_unavailable`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`catalog_unavailable`, or `store_unavailable` (Redis)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn set_quantity(
     State(s): State<AppState>,
@@ -334,7 +350,11 @@ async fn set_quantity(
         product_id,
         quantity: input.quantity,
     };
-    let (tx, shown) = s.carts.change(c.id, change, &ctx).await?;
+    let request = key.key().map(|k| request_id(k, &key.fingerprint(&input)));
+    let (tx, shown) = s
+        .carts
+        .change(c.id, change, request.as_deref(), &ctx)
+        .await?;
     claim
         .finish(tx, StatusCode::OK, &CartBody::from(&shown))
         .await
@@ -347,7 +367,7 @@ async fn set_quantity(
         (status = 200, description = "The cart", body = CartBody),
         (status = 403, description = "Not a customer", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The product is not in the cart", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`catalog_unavailable`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`catalog_unavailable`, or `store_unavailable` (Redis)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn remove_item(
     State(s): State<AppState>,
@@ -357,7 +377,7 @@ async fn remove_item(
 ) -> Result<Json<CartBody>, Problem> {
     let (tx, shown) = s
         .carts
-        .change(c.id, Change::Remove { product_id }, &ctx)
+        .change(c.id, Change::Remove { product_id }, None, &ctx)
         .await?;
     tx.commit().await?;
     Ok(Json(CartBody::from(&shown)))
@@ -375,7 +395,7 @@ async fn remove_item(
         (status = 403, description = "Not a customer", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`cart_empty`, the order service's `insufficient_stock`, or the same key in flight", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The order service's refusal (a bad payment method or address, a product off sale), or the key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`order_service_unavailable`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`order_service_unavailable`, or `store_unavailable` (Redis)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn checkout(
     State(s): State<AppState>,

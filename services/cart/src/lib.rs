@@ -1,23 +1,26 @@
 //! The cart service (port 8085): each customer's cart, kept for a while after its last change,
 //! priced from the catalog as it is now, and checked out into an order.
 //!
-//! A cart is one document in a key-value store with expiry ([`store::KvStore`]; on the service's
-//! SQL database for now, Redis when scaled out), changed only by compare-and-set. Names and
+//! A cart is one document in a key-value store with expiry ([`store::KvStore`]: on the
+//! service's SQL database by default, on Redis ([`redis_store`]) when `MERCATO_REDIS_URL` is
+//! set), changed only by compare-and-set. The SQL database stays in either case for what must
+//! commit with an effect: idempotency records, the event inbox, dead letters. Names and
 //! prices come from the catalog service over HTTP ([`catalog`]) whenever a cart is shown;
 //! checkout places the order through the order service over HTTP ([`orders`]) on the customer's
 //! behalf, and the cart learns the order's fate from `order.paid` / `order.cancelled`
 //! ([`events`]): paid, what was ordered leaves the cart; cancelled, the cart stays for another
 //! try.
 //!
-//! Rooms: [`domain`] (rules, no I/O), [`store`] (the key-value store), [`service`] (use cases,
-//! shared by HTTP and events), [`http`] (routes), [`events`] (the consumer), [`catalog`] and
-//! [`orders`] (the two services it calls).
+//! Rooms: [`domain`] (rules, no I/O), [`store`] (the key-value store, and [`redis_store`] its
+//! Redis flavour), [`service`] (use cases, shared by HTTP and events), [`http`] (routes),
+//! [`events`] (the consumer), [`catalog`] and [`orders`] (the two services it calls).
 
 pub mod catalog;
 pub mod domain;
 pub mod events;
 pub mod http;
 pub mod orders;
+pub mod redis_store;
 pub mod service;
 pub mod store;
 
@@ -25,9 +28,10 @@ use mercato_kit::auth::Verifier;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{redact, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer};
-use mercato_kit::health::DbCheck;
+use mercato_kit::health::{DbCheck, HealthCheck};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::Metrics;
+use mercato_kit::redis::{self as kit_redis, RedisCheck, RedisConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +57,8 @@ pub struct Config {
     pub ttl: Duration,
     /// `MERCATO_CART_MAX_LINES`: how many different products a cart holds.
     pub max_lines: usize,
+    /// `MERCATO_REDIS_URL` / `MERCATO_REDIS_PREFIX`: carts on Redis instead of the database.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Config {
@@ -77,6 +83,7 @@ impl Config {
             .unwrap_or_default();
         let ttl = env.secs("MERCATO_CART_TTL_SECS", 3600, 1..=30 * 24 * 3600);
         let max_lines = env.int("MERCATO_CART_MAX_LINES", 50, 1..=MAX_LINES_LIMIT) as usize;
+        let redis = RedisConfig::read(env);
         Config {
             common,
             port,
@@ -85,6 +92,7 @@ impl Config {
             order_url,
             ttl,
             max_lines,
+            redis,
         }
     }
 
@@ -115,6 +123,7 @@ impl std::fmt::Debug for Config {
             .field("order_url", &self.order_url)
             .field("ttl", &self.ttl)
             .field("max_lines", &self.max_lines)
+            .field("redis", &self.redis)
             .field("common", &common)
             .finish()
     }
@@ -134,12 +143,40 @@ pub async fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Db> {
     Db::connect(database_url, SERVICE, pool_size, &migrations()).await
 }
 
-/// Builds the cart service: database ready, routes, the event consumer and the purges in
-/// place; not yet listening.
+/// How the consumer waits out a Redis that is briefly unreachable before it parks an event:
+/// about 16 s in all (the kit caps each wait at 5 s), enough for a failover or a restart, and
+/// still within the bus's 30 s acknowledgement deadline.
+const REDIS_EVENT_RETRIES: (u32, Duration) = (9, Duration::from_millis(100));
+
+/// Builds the cart service: database ready (and Redis, when configured), routes, the event
+/// consumer and the purges in place; not yet listening.
+///
+/// Redis being unreachable does not stop the build: carts answer 503 (`store_unavailable`)
+/// and readiness fails until it is back.
 pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
     let common = &config.common;
     let db = connect(&config.database_url, common.db_pool_size).await?;
-    let store: Arc<dyn store::KvStore> = Arc::new(store::SqlKv::new(db.clone()));
+    let mut checks: Vec<Arc<dyn HealthCheck>> = vec![Arc::new(DbCheck(db.clone()))];
+    let store: Arc<dyn store::KvStore> = match &config.redis {
+        None => Arc::new(store::SqlKv::new(db.clone())),
+        Some(redis) => {
+            let conn = kit_redis::connect(&redis.url)?;
+            match tokio::time::timeout(Duration::from_secs(2), kit_redis::ping(&conn)).await {
+                Ok(Ok(())) => tracing::info!(prefix = %redis.prefix, "carts are kept in Redis"),
+                Ok(Err(e)) => tracing::warn!(error = %e,
+                    "Redis is unreachable; carts answer 503 until it is back"),
+                Err(_) => tracing::warn!(
+                    "Redis did not answer within 2 s; carts answer 503 until it does"
+                ),
+            }
+            checks.push(Arc::new(RedisCheck {
+                conn: conn.clone(),
+                // Carts live there: not ready without it.
+                required: true,
+            }));
+            Arc::new(redis_store::RedisKv::new(conn, &redis.prefix))
+        }
+    };
     let carts = Arc::new(service::Carts::new(
         db.clone(),
         store.clone(),
@@ -158,11 +195,15 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
             },
         },
     ));
-    let consumer = Consumer::new(
+    let mut consumer = Consumer::new(
         SERVICE,
         db.clone(),
         Arc::new(events::CartEvents::new(carts.clone())),
     );
+    if config.redis.is_some() {
+        let (attempts, backoff) = REDIS_EVENT_RETRIES;
+        consumer = consumer.with_retries(attempts, backoff);
+    }
     let verifier = Verifier::remote(&common.auth_url, &common.jwt_issuer, &common.jwt_audience);
     let (api_router, openapi) = http::router(http::AppState {
         carts,
@@ -173,18 +214,21 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         verifier,
     ));
     let purge_db = db.clone();
-    Ok(Service::new(
+    let mut service = Service::new(
         SERVICE,
         router,
         openapi,
         Metrics::new(SERVICE),
-        vec![Arc::new(DbCheck(db.clone()))],
+        checks,
         &HttpSettings::from(common),
     )
     .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
-    .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
-    .with_task(move |stop| store::purge_task(store, stop))
-    .closes(db))
+    .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop));
+    // Redis drops expired carts itself.
+    if config.redis.is_none() {
+        service = service.with_task(move |stop| store::purge_task(store, stop));
+    }
+    Ok(service.closes(db))
 }
 
 #[cfg(test)]
@@ -202,6 +246,7 @@ mod tests {
         assert_eq!(c.order_url, "http://127.0.0.1:8083");
         assert_eq!(c.ttl, Duration::from_secs(3600));
         assert_eq!(c.max_lines, 50);
+        assert_eq!(c.redis, None);
         assert_eq!(c.catalog_timeout(), Duration::from_secs(3));
         assert_eq!(c.order_timeout(), Duration::from_secs(14));
 
@@ -213,6 +258,8 @@ mod tests {
             ("MERCATO_CART_MAX_LINES", "3"),
             ("MERCATO_REQUEST_TIMEOUT_MS", "600"),
             ("MERCATO_CART_DATABASE_URL", "postgres://c:s3cret@db/cart"),
+            ("MERCATO_REDIS_URL", "redis://:r3dis-pw@redis:6379"),
+            ("MERCATO_REDIS_PREFIX", "shop1:"),
         ]);
         let c = Config::read(&mut env);
         assert!(env.check().is_ok());
@@ -223,7 +270,9 @@ mod tests {
         assert_eq!(c.max_lines, 3);
         assert_eq!(c.catalog_timeout(), Duration::from_millis(200));
         assert_eq!(c.order_timeout(), Duration::from_millis(300));
+        assert_eq!(c.redis.as_ref().unwrap().prefix, "shop1:");
         assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!format!("{c:?}").contains("r3dis-pw"), "{c:?}");
 
         let mut env = Env::from_pairs([
             ("MERCATO_CART_PORT", "http"),

@@ -9,6 +9,13 @@
 //! would hold the only writer for as long as the catalog takes). A change that commits returns
 //! its transaction to the caller, who commits it with the request's idempotency record.
 //!
+//! Nothing here relies on that transaction for correctness, because a store outside the SQL
+//! database (Redis) writes at once, whatever becomes of the transaction: a change made with
+//! an Idempotency-Key is remembered in the cart itself (`Cart::applied`), so a retry after the
+//! idempotency record failed to commit finds it applied and does not add twice; a change whose
+//! cart holds a product not looked up yet is not written at all (rather than written and rolled
+//! back); and settling a checkout is idempotent step by step (see below).
+//!
 //! Checkout and its order's fate, with `checkout:<order_id>` in between:
 //! the checkout places the order through the order service and records which lines of whose
 //! cart it ordered; `order.paid` takes those lines out of that cart (so what was added after
@@ -162,13 +169,18 @@ impl Carts {
 
     /// Applies a customer's change, extending the cart's life. Returns the open transaction the
     /// change is written in, and the cart as it will be shown.
+    ///
+    /// `request` identifies a change made with an Idempotency-Key (`domain::request_id`): one
+    /// the cart remembers applying is not applied again, and the cart is shown as it is.
     pub async fn change(
         &self,
         customer: UserId,
         change: Change,
+        request: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<(Tx, Shown), Error> {
         let key = cart_key(customer);
+        let limits = self.settings.limits;
         let mut products = Products::new();
         for _ in 0..LOOKUP_ROUNDS {
             let current = get_typed::<Cart>(self.store(), &key).await?;
@@ -182,22 +194,33 @@ impl Carts {
             products.extend(self.lookup(&wanted, ctx).await?);
 
             let mut tx = self.db.begin().await?;
-            let (cart, expires_at) = {
+            let updated = {
                 let kv = self.store.within(&mut tx);
                 update_cart(&*kv, &key, self.settings.ttl, |cart| {
-                    change.apply(cart, &products, self.settings.limits)
+                    // Another tab added a product not looked up yet: look it up first.
+                    if cart
+                        .lines
+                        .iter()
+                        .any(|l| !products.contains_key(&l.product_id))
+                    {
+                        return Ok(Edit::LookUpFirst);
+                    }
+                    if request.is_some_and(|r| cart.has_applied(r)) {
+                        return Ok(Edit::Unchanged);
+                    }
+                    change.apply(cart, &products, limits)?;
+                    if let Some(r) = request {
+                        cart.remember_applied(r);
+                    }
+                    Ok(Edit::Changed)
                 })
                 .await?
             };
-            if cart
-                .lines
-                .iter()
-                .all(|l| products.contains_key(&l.product_id))
-            {
-                return Ok((tx, shown(&cart, Some(expires_at), &products)));
+            match updated {
+                Some((cart, expires_at)) => return Ok((tx, shown(&cart, expires_at, &products))),
+                // Nothing was written.
+                None => tx.rollback().await?,
             }
-            // Another tab added a product not looked up yet: undo and look it up first.
-            tx.rollback().await?;
         }
         Err(Error::Contended)
     }
@@ -270,25 +293,40 @@ impl Carts {
     }
 }
 
-/// Reads the cart (an empty one when there is none), applies `f`, and writes it back for
-/// another `ttl`, again and again until no one else wrote in between.
+/// What an edit of a cart decided.
+enum Edit {
+    /// Write the edited cart.
+    Changed,
+    /// Write nothing; the cart stays as it was read.
+    Unchanged,
+    /// Write nothing, and give up on this read.
+    LookUpFirst,
+}
+
+/// Reads the cart (an empty one when there is none), edits it with `f`, and writes it back for
+/// another `ttl` when `f` changed it, again and again until no one else wrote in between.
+/// Returns the cart and when it expires (`None`: there is none), or `None` when `f` gave up.
 async fn update_cart<F>(
     kv: &dyn KvStore,
     key: &str,
     ttl: Duration,
     mut f: F,
-) -> Result<(Cart, Micros), Error>
+) -> Result<Option<(Cart, Option<Micros>)>, Error>
 where
-    F: FnMut(&mut Cart) -> Result<(), Refusal>,
+    F: FnMut(&mut Cart) -> Result<Edit, Refusal>,
 {
     for _ in 0..CAS_ATTEMPTS {
-        let (mut cart, expect) = match get_typed::<Cart>(kv, key).await? {
-            Some((cart, version, _)) => (cart, Expect::Version(version)),
-            None => (Cart::default(), Expect::Absent),
+        let (mut cart, expect, expires_at) = match get_typed::<Cart>(kv, key).await? {
+            Some((cart, version, expires_at)) => (cart, Expect::Version(version), Some(expires_at)),
+            None => (Cart::default(), Expect::Absent, None),
         };
-        f(&mut cart)?;
+        match f(&mut cart)? {
+            Edit::Changed => {}
+            Edit::Unchanged => return Ok(Some((cart, expires_at))),
+            Edit::LookUpFirst => return Ok(None),
+        }
         if let Some(w) = kv.put(key, &to_value(key, &cart)?, expect, ttl).await? {
-            return Ok((cart, w.expires_at));
+            return Ok(Some((cart, Some(w.expires_at))));
         }
     }
     Err(Error::Contended)

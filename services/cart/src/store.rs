@@ -8,15 +8,16 @@
 //!
 //! [`SqlKv`] implements it on the service's SQL database (SQLite embedded, PostgreSQL
 //! scaled out) in a `kv` table: an expired row is invisible to every read and write at once,
-//! and [`purge_task`] deletes it later.
+//! and [`purge_task`] deletes it later. [`RedisKv`](crate::redis_store::RedisKv) implements it
+//! on Redis, selected by `MERCATO_REDIS_URL`.
 //!
 //! Event handlers run inside the kit consumer's transaction, and on SQLite that transaction
 //! holds the only write connection: a write through the pool from inside it would wait for
 //! itself. So [`KvStore::within`] gives the store as seen from inside a transaction; the SQL
 //! store then writes in it, and its effect commits together with the inbox row (and with the
 //! idempotency record, at checkout). A store that is not the SQL database (Redis) returns
-//! itself: its writes are not part of the transaction, which the handlers allow for by being
-//! idempotent on their own (see `domain::Cart::settle`).
+//! itself: its writes are not part of the transaction, which the use cases allow for by being
+//! idempotent on their own (see `service`, `domain::Cart::settle` and `domain::Cart::applied`).
 
 use mercato_kit::db::{Db, Tx};
 use mercato_kit::time::{now_us, Micros};
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 /// A key's version: what a compare-and-set compares. Opaque; a key never gets a version it had
 /// before, not even after it expired or was deleted and written again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Version(i64);
+pub struct Version(pub(crate) i64);
 
 /// A live key.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +61,9 @@ pub struct Written {
 pub enum StoreError {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// Redis could not be reached or did not answer in time (or, rarely, refused a command).
+    #[error("the Redis store failed: {0}")]
+    Redis(#[from] redis::RedisError),
     #[error("stored value under {key} is not valid: {cause}")]
     Corrupt { key: String, cause: String },
 }

@@ -1,20 +1,26 @@
 //! The cart's HTTP API with stand-ins for the catalog and the order service, so what crosses to
 //! them can be checked: checkout forwards the customer's own token, a key derived from theirs
 //! and the request's correlation id; the order service's answers come back as they went out;
-//! either service being down is a 503 naming it and changes nothing.
+//! either service being down is a 503 naming it and changes nothing; so is Redis, when carts
+//! are kept there, which also takes the service out of readiness.
 //!
-//! Runs on SQLite (the scenario tests in `mercato/tests/cart.rs` cover PostgreSQL end to end).
+//! Runs on SQLite (the scenario tests in `mercato/tests/cart.rs` cover PostgreSQL and Redis
+//! end to end).
 
 use mercato_cart::catalog::{self, Catalog};
 use mercato_cart::domain::{checkout_key, CheckoutRecord, Limits, ProductInfo, Products};
 use mercato_cart::orders::{self, OrderAnswer, OrderService};
+use mercato_cart::redis_store::RedisKv;
 use mercato_cart::service::{Carts, Settings};
 use mercato_cart::store::{get_typed, KvStore, SqlKv};
 use mercato_cart::{http, SERVICE};
 use mercato_kit::auth::Role;
+use mercato_kit::db::Db;
+use mercato_kit::health::HealthCheck;
 use mercato_kit::http::{HttpSettings, RequestContext, Service};
 use mercato_kit::ids::{Currency, OrderId, ProductId, UserId};
 use mercato_kit::metrics::Metrics;
+use mercato_kit::redis::{self as redis_store, RedisCheck};
 use mercato_kit::testing::{call, token, verifier};
 use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
@@ -98,10 +104,18 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(|db| Arc::new(SqlKv::new(db)), vec![]).await
+}
+
+/// The cart service with carts in the store `store` makes, and these readiness checks.
+async fn harness_with(
+    store: impl FnOnce(Db) -> Arc<dyn KvStore>,
+    checks: Vec<Arc<dyn HealthCheck>>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/cart.db?mode=rwc", dir.path().display());
     let db = mercato_cart::connect(&url, 4).await.unwrap();
-    let store: Arc<dyn KvStore> = Arc::new(SqlKv::new(db.clone()));
+    let store = store(db.clone());
     let product = ProductId::new();
     let catalog = Arc::new(FakeCatalog {
         product,
@@ -131,10 +145,11 @@ async fn harness() -> Harness {
         router,
         openapi,
         Metrics::new(SERVICE),
-        vec![],
+        checks,
         &HttpSettings {
             request_timeout: Duration::from_secs(10),
             body_limit_bytes: 64 * 1024,
+            ..Default::default()
         },
     );
     Harness {
@@ -320,6 +335,72 @@ async fn a_catalog_that_cannot_answer_is_named_and_nothing_changes() {
     h.catalog.down.store(false, Ordering::SeqCst);
     let a = call(&h.app, "GET", "/api/v1/cart", Some(&t), None, None).await;
     assert_eq!(a.body["items"][0]["quantity"], 1, "{}", a.body);
+}
+
+#[tokio::test]
+async fn a_redis_out_of_reach_is_named_and_takes_the_service_out_of_readiness() {
+    // A port nothing listens on.
+    let port = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let conn = redis_store::connect(&format!("redis://127.0.0.1:{port}")).unwrap();
+    let h = harness_with(
+        |_| Arc::new(RedisKv::new(conn.clone(), "mercato:")),
+        vec![Arc::new(RedisCheck {
+            conn: conn.clone(),
+            required: true,
+        })],
+    )
+    .await;
+    let t = token(&UserId::new().to_string(), Role::Customer);
+    let a = call(&h.app, "GET", "/api/v1/cart", Some(&t), None, None).await;
+    a.problem(503, "store_unavailable");
+    assert!(a.headers.contains_key("retry-after"));
+    let add = json!({"product_id": h.product, "quantity": 1});
+    let a = call(
+        &h.app,
+        "POST",
+        "/api/v1/cart/items",
+        Some(&t),
+        Some("add-1"),
+        Some(add.clone()),
+    )
+    .await;
+    a.problem(503, "store_unavailable");
+    // Nothing was kept of it: the same key tries again (once the failed attempt let go of
+    // it) rather than replaying the 503.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = call(
+            &h.app,
+            "POST",
+            "/api/v1/cart/items",
+            Some(&t),
+            Some("add-1"),
+            Some(add.clone()),
+        )
+        .await;
+        if a.body["code"] != "idempotency_key_in_use" {
+            a.problem(503, "store_unavailable");
+            assert!(a.headers.get("idempotency-replayed").is_none());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key was never freed"
+        );
+        tokio::task::yield_now().await;
+    }
+    let a = call(&h.app, "DELETE", "/api/v1/cart", Some(&t), None, None).await;
+    a.problem(503, "store_unavailable");
+
+    let a = call(&h.app, "GET", "/health/ready", None, None, None).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(a.body["checks"][0]["name"], "redis", "{}", a.body);
+    assert_eq!(a.body["checks"][0]["status"], "down", "{}", a.body);
+    let a = call(&h.app, "GET", "/health/live", None, None, None).await;
+    assert_eq!(a.status, StatusCode::OK);
 }
 
 #[tokio::test]

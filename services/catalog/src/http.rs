@@ -356,6 +356,7 @@ mod tests {
         let settings = HttpSettings {
             request_timeout: Duration::from_secs(10),
             body_limit_bytes: 64 * 1024,
+            ..Default::default()
         };
         let service = Service::new(
             "catalog",

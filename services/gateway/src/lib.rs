@@ -3,7 +3,8 @@
 //! It forwards `/api/v1/...` to the service that owns the path ([`routes`]) over pooled
 //! connections with streamed bodies ([`proxy`]), spreading requests over each service's
 //! replicas ([`upstream`]). Before forwarding it applies the edge rules ([`edge`]): rate limits
-//! per client address and per user ([`ratelimit`]), bad tokens refused (each service still
+//! per client address and per user ([`ratelimit`]; in Redis, shared by every replica, when
+//! `MERCATO_REDIS_URL` is set: `mercato_kit::redis`), bad tokens refused (each service still
 //! verifies good ones itself), body limits and security headers. It serves one OpenAPI document
 //! merged from every service's and an offline API explorer ([`docs`]), plus the kit's own
 //! `/health/*` and `/metrics`. It keeps no data of its own.
@@ -23,7 +24,8 @@ use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::health::HealthCheck;
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::Metrics;
-use ratelimit::{Limit, MemoryRateLimit, RateLimit};
+use mercato_kit::redis::{self as kit_redis, RedisCheck, RedisConfig};
+use ratelimit::{Limit, MemoryRateLimit, RateLimit, RedisRateLimit};
 use std::sync::Arc;
 use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -64,6 +66,9 @@ pub struct Config {
     /// `MERCATO_CORS_ORIGINS`: origins allowed to call from a browser (comma-separated, or
     /// `*`); none by default (the dashboard is served from the same origin).
     pub cors_origins: Vec<String>,
+    /// `MERCATO_REDIS_URL` / `MERCATO_REDIS_PREFIX`: rate-limit buckets shared by every
+    /// replica; each replica's own when not set.
+    pub redis: Option<RedisConfig>,
 }
 
 /// Reads `MERCATO_<SERVICE>_URLS` or `_URL` as a list of base URLs.
@@ -154,6 +159,7 @@ impl Config {
         {
             env.reject("MERCATO_CORS_ORIGINS", "comma-separated origins, or *");
         }
+        let redis = RedisConfig::read(env);
         Config {
             common,
             port,
@@ -162,6 +168,7 @@ impl Config {
             ip_limit,
             user_limit,
             cors_origins,
+            redis,
         }
     }
 }
@@ -274,14 +281,41 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         .find(|(s, _)| *s == "auth")
         .and_then(|(_, b)| b.first().cloned())
         .unwrap_or_else(|| config.common.auth_url.clone());
-    let limiters: Vec<Arc<dyn RateLimit>>;
-    let per_ip = config
-        .ip_limit
-        .map(|l| Arc::new(MemoryRateLimit::new(l)) as Arc<dyn RateLimit>);
-    let per_user = config
-        .user_limit
-        .map(|l| Arc::new(MemoryRateLimit::new(l)) as Arc<dyn RateLimit>);
-    limiters = per_ip.iter().chain(per_user.iter()).cloned().collect();
+    let fallbacks = ratelimit::fallback_counter(metrics.registry())?;
+    let mut extra_checks: Vec<Arc<dyn HealthCheck>> = Vec::new();
+    let limiter: Box<dyn Fn(Limit) -> Arc<dyn RateLimit>> = match &config.redis {
+        None => Box::new(|l| Arc::new(MemoryRateLimit::new(l)) as Arc<dyn RateLimit>),
+        Some(redis) => {
+            let conn = kit_redis::connect(&redis.url)?;
+            match tokio::time::timeout(Duration::from_secs(2), kit_redis::ping(&conn)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(prefix = %redis.prefix, "rate limits are kept in Redis")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e,
+                    "Redis is unreachable; rate limits are per replica until it is back"),
+                Err(_) => tracing::warn!(
+                    "Redis did not answer within 2 s; rate limits are per replica until it does"
+                ),
+            }
+            extra_checks.push(Arc::new(RedisCheck {
+                conn: conn.clone(),
+                // Without Redis the limits fall back to each replica's memory: the shop stays open.
+                required: false,
+            }));
+            let prefix = redis.prefix.clone();
+            Box::new(move |l| {
+                Arc::new(RedisRateLimit::new(
+                    conn.clone(),
+                    &prefix,
+                    l,
+                    fallbacks.clone(),
+                )) as Arc<dyn RateLimit>
+            })
+        }
+    };
+    let per_ip = config.ip_limit.map(&limiter);
+    let per_user = config.user_limit.map(&limiter);
+    let limiters: Vec<Arc<dyn RateLimit>> = per_ip.iter().chain(per_user.iter()).cloned().collect();
     let edge = edge::Edge {
         verifier: Verifier::remote(
             &auth_base,
@@ -316,12 +350,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
                 http: http.clone(),
             }) as Arc<dyn HealthCheck>
         })
+        .chain(extra_checks)
         .collect();
     // The gateway's own deadline sits just past the upstream timeout, so the answer that
     // names the slow service is the one the client gets.
     let settings = HttpSettings {
         request_timeout: config.upstream_timeout + Duration::from_secs(1),
         body_limit_bytes: config.common.body_limit_bytes,
+        trusted_proxies: config.common.trusted_proxies.clone(),
     };
     Ok(Service::new(
         SERVICE,
@@ -361,6 +397,7 @@ mod tests {
             })
         );
         assert!(c.cors_origins.is_empty());
+        assert_eq!(c.redis, None);
 
         let mut env = Env::from_pairs([
             ("MERCATO_ORDER_URLS", "http://o1:8083, http://o2:8083/"),

@@ -137,7 +137,11 @@ pub async fn forward(
                 parts.method,
                 Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
             ));
-    let headers = outgoing_headers(&parts.headers, &ctx);
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let headers = outgoing_headers(&parts.headers, &ctx, peer);
     let query = parts
         .uri
         .query()
@@ -305,7 +309,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The client's headers minus the connection's own, plus who asked and under which trace.
-fn outgoing_headers(incoming: &HeaderMap, ctx: &RequestContext) -> HeaderMap {
+/// `X-Forwarded-For` gets this hop's peer appended, as every proxy does; the service reads the
+/// chain from the right, believing only its trusted proxies (see the kit's `client_ip`).
+fn outgoing_headers(
+    incoming: &HeaderMap,
+    ctx: &RequestContext,
+    peer: Option<std::net::IpAddr>,
+) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(incoming.len() + 6);
     for (name, value) in incoming {
         if name == header::HOST || is_hop_by_hop(name, incoming) {
@@ -321,23 +331,19 @@ fn outgoing_headers(incoming: &HeaderMap, ctx: &RequestContext) -> HeaderMap {
     set(REQUEST_ID, &ctx.request_id);
     set(CORRELATION_ID, &ctx.correlation_id);
     set(TRACEPARENT, &child_traceparent(&ctx.traceparent));
-    if let Some(ip) = ctx.client_ip {
-        let forwarded = match incoming
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            // The kit already took the first hop as the client when the peer is local.
-            Some(prior)
-                if ctx
-                    .client_ip
-                    .is_some_and(|c| prior.contains(&c.to_string())) =>
-            {
-                prior.to_owned()
-            }
-            Some(prior) => format!("{prior}, {ip}"),
-            None => ip.to_string(),
+    if let Some(peer) = peer {
+        let prior = incoming
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let chain = if prior.is_empty() {
+            peer.to_string()
+        } else {
+            format!("{prior}, {peer}")
         };
-        set(HeaderName::from_static("x-forwarded-for"), &forwarded);
+        set(HeaderName::from_static("x-forwarded-for"), &chain);
     }
     if let Some(host) = incoming.get(header::HOST).and_then(|v| v.to_str().ok()) {
         set(HeaderName::from_static("x-forwarded-host"), host);
@@ -408,7 +414,7 @@ mod tests {
         incoming.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         incoming.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
         incoming.insert("idempotency-key", "k1".parse().unwrap());
-        let out = outgoing_headers(&incoming, &ctx());
+        let out = outgoing_headers(&incoming, &ctx(), Some("203.0.113.9".parse().unwrap()));
         for gone in ["host", "connection", "x-secret-hop", "transfer-encoding"] {
             assert!(!out.contains_key(gone), "{gone} was forwarded");
         }
@@ -427,13 +433,13 @@ mod tests {
     }
 
     #[test]
-    fn a_forwarded_chain_is_extended_once() {
+    fn the_forwarded_chain_gets_this_hops_peer() {
+        let peer = Some("10.1.2.3".parse().unwrap());
+        let out = outgoing_headers(&HeaderMap::new(), &ctx(), peer);
+        assert_eq!(out["x-forwarded-for"], "10.1.2.3");
         let mut incoming = HeaderMap::new();
         incoming.insert("x-forwarded-for", "198.51.100.1".parse().unwrap());
-        let out = outgoing_headers(&incoming, &ctx());
-        assert_eq!(out["x-forwarded-for"], "198.51.100.1, 203.0.113.9");
-        incoming.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
-        let out = outgoing_headers(&incoming, &ctx());
-        assert_eq!(out["x-forwarded-for"], "203.0.113.9");
+        let out = outgoing_headers(&incoming, &ctx(), peer);
+        assert_eq!(out["x-forwarded-for"], "198.51.100.1, 10.1.2.3");
     }
 }

@@ -52,6 +52,7 @@ async fn api() -> Api {
         &HttpSettings {
             request_timeout: Duration::from_secs(15),
             body_limit_bytes: 256 * 1024,
+            ..Default::default()
         },
     );
     Api {
