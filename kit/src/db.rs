@@ -132,11 +132,9 @@ impl Db {
             .connect(url)
             .await
             .with_context(|| format!("connecting to {}", redact(url)))?;
-        setup
-            .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
-            .await
-            .ok();
+        let made = ensure_schema(&setup, &schema).await;
         setup.close().await;
+        made?;
         // Quoted: a service may be named like a keyword ("order").
         let search_path = format!("SET search_path TO \"{schema}\"");
         let pool = AnyPoolOptions::new()
@@ -199,6 +197,32 @@ impl Db {
     }
 }
 
+/// Creates the schema unless it exists. Asked only when missing: `CREATE SCHEMA` checks the
+/// privilege to create before it looks, so a user given a ready-made schema could not even say
+/// `IF NOT EXISTS`. Two processes starting together may both find it missing; the loser's
+/// create fails on the catalog's unique index once the winner commits, and finding the schema
+/// there then is success.
+async fn ensure_schema(pool: &AnyPool, schema: &str) -> anyhow::Result<()> {
+    let exists = || async {
+        sqlx::query("SELECT 1 AS found FROM pg_namespace WHERE nspname = $1")
+            .bind(schema)
+            .fetch_optional(pool)
+            .await
+            .map(|r| r.is_some())
+    };
+    if exists().await? {
+        return Ok(());
+    }
+    match pool
+        .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(_) if exists().await? => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating the schema {schema}")),
+    }
+}
+
 fn schema_name(service: &str) -> String {
     service
         .chars()
@@ -223,6 +247,11 @@ fn merged(kit: &Migrator, own: &Migrator) -> Migrator {
     all.sort_by_key(|m| m.version);
     Migrator {
         migrations: Cow::Owned(all),
+        // On PostgreSQL, sqlx holds a session advisory lock (keyed by the database's name)
+        // while it checks and applies, so processes starting together migrate one after
+        // another and the later ones find everything applied. The key does not depend on the
+        // schema: services sharing one database wait for each other too, briefly.
+        locking: true,
         ..Migrator::DEFAULT
     }
 }

@@ -227,3 +227,121 @@ async fn an_idle_consumer_shows_no_lag_and_a_rewind_delivers_everything_again() 
         d.envelope.event_id
     );
 }
+
+/// Never finishes with the event whose payload says `poison`, as a handler that crashes the
+/// process or hangs would; records the others.
+struct Poisoned {
+    poison_calls: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Poisoned {
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
+        if event.payload["poison"] == true {
+            self.poison_calls.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        sqlx::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
+            .bind(event.event_id.to_string())
+            .bind(event.payload["n"].as_i64().unwrap_or(0))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/bus.db?mode=rwc", dir.path().display());
+    let consumer_db = db(&dir, "consumer").await;
+    let handler = Arc::new(Poisoned {
+        poison_calls: AtomicU32::new(0),
+    });
+    let consumer = Consumer::new("c", consumer_db.clone(), handler.clone()).with_delivery_limit(2);
+    let poison = Envelope::new(
+        "p",
+        "thing.happened",
+        "agg",
+        &serde_json::json!({"n": 1, "poison": true}),
+    );
+    {
+        let bus = EmbeddedBus::open(&url).await.unwrap();
+        bus.publish(&poison).await.unwrap();
+        bus.publish(&event(2)).await.unwrap();
+        bus.close().await;
+    }
+    // Twice the process dies while handling it; each restart opens the bus afresh, so the
+    // count must be the bus's durable one.
+    for crash in 1..=2 {
+        let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&url).await.unwrap());
+        let task = tokio::spawn(consumer.clone().run(
+            bus,
+            vec!["thing.happened"],
+            CancellationToken::new(),
+        ));
+        until(|| async { handler.poison_calls.load(Ordering::SeqCst) == crash }).await;
+        task.abort();
+        let _ = task.await;
+    }
+    // The third delivery passes the limit: parked without running the handler, and the event
+    // behind it is handled.
+    let bus = EmbeddedBus::open(&url).await.unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer.clone().run(
+        Arc::new(bus.clone()),
+        vec!["thing.happened"],
+        stop.clone(),
+    ));
+    until(|| async { effects(&consumer_db).await == vec![2] }).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(handler.poison_calls.load(Ordering::SeqCst), 2);
+    let parked = dead_letters(&consumer_db).await.unwrap();
+    assert_eq!(parked.len(), 1, "parked once");
+    assert_eq!(parked[0].event_id, poison.event_id.to_string());
+    assert_eq!(parked[0].attempts, 3);
+    assert!(
+        parked[0].error.contains("delivered 3 times"),
+        "{}",
+        parked[0].error
+    );
+    assert_eq!(bus.lag().await.unwrap(), [("c".to_owned(), 0)]);
+}
+
+#[tokio::test]
+async fn the_embedded_bus_counts_deliveries_until_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(&format!(
+        "sqlite://{}/bus.db?mode=rwc",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    bus.publish(&event(1)).await.unwrap();
+    bus.publish(&event(2)).await.unwrap();
+    let mut sub = bus.subscribe("c", &["thing.happened"]).await.unwrap();
+    let first = sub.next().await.unwrap();
+    assert_eq!(first.attempt, 1);
+    // Not acknowledged: it comes again, counted, also to another subscription of the name.
+    assert_eq!(sub.next().await.unwrap().attempt, 2);
+    let mut other = bus.subscribe("c", &["thing.happened"]).await.unwrap();
+    let again = other.next().await.unwrap();
+    assert_eq!(
+        (again.envelope.event_id, again.attempt),
+        (first.envelope.event_id, 3)
+    );
+    other.ack(&again).await.unwrap();
+    let second = other.next().await.unwrap();
+    assert_eq!(
+        (second.envelope.payload["n"].as_i64(), second.attempt),
+        (Some(2), 1)
+    );
+    // Another consumer counts on its own.
+    let mut d = bus.subscribe("d", &["thing.happened"]).await.unwrap();
+    assert_eq!(d.next().await.unwrap().attempt, 1);
+    // A rewind starts every count again.
+    other.ack(&second).await.unwrap();
+    bus.rewind_all_consumers().await.unwrap();
+    assert_eq!(other.next().await.unwrap().attempt, 1);
+}

@@ -501,3 +501,123 @@ async fn the_kit_consumer_applies_each_event_once_through_duplicates_and_redeliv
     );
     t.cleanup(&["payment"]).await;
 }
+
+/// Never finishes with an event whose payload says `poison`, as a handler that crashes the
+/// process or hangs would; records the others.
+struct Poisoned {
+    poison_calls: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Poisoned {
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
+        if event.payload["poison"] == true {
+            self.poison_calls.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        sqlx::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
+            .bind(event.event_id.to_string())
+            .bind(event.payload["n"].as_i64().unwrap_or(0))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |o| {
+        o.ack_wait = Duration::from_secs(1);
+        o.redelivery_backoff = vec![];
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let none = Migrations {
+        sqlite: Migrator::DEFAULT,
+        postgres: Migrator::DEFAULT,
+    };
+    let db = Db::connect(
+        &format!("sqlite://{}/c.db?mode=rwc", dir.path().display()),
+        "c",
+        2,
+        &none,
+    )
+    .await
+    .unwrap();
+    sqlx::query("CREATE TABLE effects (event_id TEXT, n BIGINT)")
+        .execute(db.writer())
+        .await
+        .unwrap();
+    let handler = Arc::new(Poisoned {
+        poison_calls: AtomicU32::new(0),
+    });
+    let consumer = Consumer::new("order", db.clone(), handler.clone()).with_delivery_limit(2);
+    let poison = Envelope::new(
+        "payment",
+        "payment.authorized",
+        "agg",
+        &serde_json::json!({"n": 1, "poison": true}),
+    );
+    t.bus.publish(&poison).await.unwrap();
+    t.bus
+        .publish(&event("payment.authorized", 2))
+        .await
+        .unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(t.bus.clone());
+
+    // Two replicas in turn take it and die handling it; NATS hands it out again after ack_wait.
+    for crash in 1..=2 {
+        let task = tokio::spawn(consumer.clone().run(
+            bus.clone(),
+            vec!["payment.authorized"],
+            CancellationToken::new(),
+        ));
+        until("the poison handled once more", || async {
+            handler.poison_calls.load(Ordering::SeqCst) == crash
+        })
+        .await;
+        task.abort();
+        let _ = task.await;
+    }
+    // The third delivery is past the limit: parked unhandled, and the event behind it flows.
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer.clone().run(
+        bus.clone(),
+        vec!["payment.authorized"],
+        stop.clone(),
+    ));
+    until("the next event handled and all acknowledged", || async {
+        effects(&db).await == vec![2] && t.consumer_state("payment", "order").await == (0, 0)
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(handler.poison_calls.load(Ordering::SeqCst), 2);
+    let parked = mercato_kit::events::consumer::dead_letters(&db)
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].event_id, poison.event_id.to_string());
+    assert_eq!(parked[0].attempts, 3);
+    t.cleanup(&["payment"]).await;
+}
+
+#[tokio::test]
+async fn a_delivery_carries_the_servers_delivery_count() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |o| o.ack_wait = Duration::from_secs(120)).await;
+    let e = event("payment.authorized", 1);
+    t.bus.publish(&e).await.unwrap();
+    let mut sub = t
+        .bus
+        .subscribe("order", &["payment.authorized"])
+        .await
+        .unwrap();
+    assert_eq!(next(&mut sub).await.attempt, 1);
+    // Not acknowledged: handed back and delivered again, counted by the server.
+    let again = next(&mut sub).await;
+    assert_eq!((again.envelope.event_id, again.attempt), (e.event_id, 2));
+    sub.ack(&again).await.unwrap();
+    t.cleanup(&["payment"]).await;
+}

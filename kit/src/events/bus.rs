@@ -7,7 +7,9 @@
 //!
 //! The embedded bus is a small durable log in its own SQLite file: one table of messages and
 //! one cursor per consumer. Consumers handle events one at a time in publish order, which is
-//! all the embedded mode needs and keeps per-aggregate order for free.
+//! all the embedded mode needs and keeps per-aggregate order for free. It counts how often it
+//! handed out each event a consumer has not acknowledged yet (`bus_deliveries`), durably, so a
+//! handler that crashes the process every time is noticed after the restarts too.
 
 use super::Envelope;
 use crate::db::Db;
@@ -45,6 +47,10 @@ pub struct Delivery {
     pub envelope: Envelope,
     /// The bus's position of this event, for acknowledging it.
     pub seq: i64,
+    /// How many times this event has been handed to this consumer, this time included (1 the
+    /// first time). A consumer that died or hung while handling it raises the count, and the
+    /// kit's [`Consumer`](super::Consumer) parks an event whose count passes its limit.
+    pub attempt: u32,
 }
 
 /// The embedded bus: a durable log in a SQLite (or any) database of its own.
@@ -66,6 +72,22 @@ impl EmbeddedBus {
             postgres: sqlx::migrate::Migrator::DEFAULT,
         };
         let db = Db::connect(url, "bus", 4, &none).await?;
+        // Created here rather than by a migration: this table belongs to the bus alone, and a
+        // migration version of its own would trip any other migrator opening the same file.
+        let mut tx = db.begin().await?;
+        if db.backend() == crate::db::Backend::Postgres {
+            // Two processes opening the bus at once would race on the catalog.
+            sqlx::query("SELECT pg_advisory_xact_lock(7243017002)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS bus_deliveries (consumer TEXT NOT NULL, seq BIGINT NOT NULL, \
+             delivered BIGINT NOT NULL, PRIMARY KEY (consumer, seq))",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(EmbeddedBus {
             db,
             published: Arc::new(watch::channel(0).0),
@@ -87,6 +109,9 @@ impl EmbeddedBus {
     /// what a bus that lost its acknowledgements would do. For tests and drills.
     pub async fn rewind_all_consumers(&self) -> anyhow::Result<()> {
         sqlx::query("UPDATE bus_cursors SET last_seq = 0")
+            .execute(self.db.writer())
+            .await?;
+        sqlx::query("DELETE FROM bus_deliveries")
             .execute(self.db.writer())
             .await?;
         self.published.send_modify(|n| *n += 1);
@@ -180,6 +205,21 @@ impl EmbeddedSubscription {
         self.cursor = seq;
         Ok(())
     }
+
+    /// Counts one more delivery of `seq` to this consumer; returns the count.
+    async fn count_delivery(&self, seq: i64) -> anyhow::Result<u32> {
+        let delivered: i64 = sqlx::query(
+            "INSERT INTO bus_deliveries (consumer, seq, delivered) VALUES ($1, $2, 1) \
+             ON CONFLICT (consumer, seq) DO UPDATE SET delivered = bus_deliveries.delivered + 1 \
+             RETURNING delivered",
+        )
+        .bind(&self.consumer)
+        .bind(seq)
+        .fetch_one(self.db.writer())
+        .await?
+        .try_get("delivered")?;
+        Ok(u32::try_from(delivered).unwrap_or(u32::MAX))
+    }
 }
 
 #[async_trait::async_trait]
@@ -217,7 +257,12 @@ impl Subscription for EmbeddedSubscription {
                 let seq: i64 = row.try_get("seq")?;
                 let envelope: Envelope =
                     serde_json::from_str(&row.try_get::<String, _>("envelope")?)?;
-                return Ok(Delivery { envelope, seq });
+                let attempt = self.count_delivery(seq).await?;
+                return Ok(Delivery {
+                    envelope,
+                    seq,
+                    attempt,
+                });
             }
             // Nothing for us up to that end: move past the events of other types, so the
             // cursor shows how far behind this consumer really is.
@@ -233,6 +278,13 @@ impl Subscription for EmbeddedSubscription {
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> anyhow::Result<()> {
-        self.advance(delivery.seq).await
+        self.advance(delivery.seq).await?;
+        // Behind the cursor a count means nothing (a rewind starts them all again).
+        sqlx::query("DELETE FROM bus_deliveries WHERE consumer = $1 AND seq <= $2")
+            .bind(&self.consumer)
+            .bind(delivery.seq)
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
     }
 }

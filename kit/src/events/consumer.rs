@@ -5,8 +5,13 @@
 //! nothing. A handler that fails is retried with exponential backoff; after `max_attempts` the
 //! event is parked in `dead_letters` (and acknowledged, so it does not block the ones behind
 //! it). An admin lists parked events and replays them through the same path.
+//!
+//! Those retries happen inside one delivery. An event whose handling never returns an error
+//! because it kills the process, or hangs until the bus hands it to another replica, is
+//! redelivered instead; the bus counts those deliveries ([`Delivery::attempt`]), and once the
+//! count passes `max_deliveries` the event is parked without running the handler again.
 
-use super::{Bus, Envelope, OutboxWaker};
+use super::{Bus, Delivery, Envelope, OutboxWaker};
 use crate::auth::{Principal, Role, Verifier};
 use crate::db::{Db, Tx};
 use crate::http::{Json, Path};
@@ -33,9 +38,15 @@ pub struct Consumer {
     db: Db,
     handler: Arc<dyn EventHandler>,
     max_attempts: u32,
+    max_deliveries: u32,
     backoff: Duration,
     waker: Option<OutboxWaker>,
 }
+
+/// Deliveries of one event before it is parked unhandled: enough for a few crashes or
+/// redeliveries of ordinary bad luck (a deploy, a lost replica), few enough that a poison event
+/// stops taking replicas down soon.
+pub const MAX_DELIVERIES: u32 = 10;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -51,6 +62,7 @@ impl Consumer {
             db,
             handler,
             max_attempts: 5,
+            max_deliveries: MAX_DELIVERIES,
             backoff: Duration::from_millis(50),
             waker: None,
         }
@@ -59,6 +71,13 @@ impl Consumer {
     pub fn with_retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
         self.max_attempts = max_attempts.max(1);
         self.backoff = backoff;
+        self
+    }
+
+    /// Parks an event delivered more than `max_deliveries` times without running its handler
+    /// again (see the module doc).
+    pub fn with_delivery_limit(mut self, max_deliveries: u32) -> Self {
+        self.max_deliveries = max_deliveries.max(1);
         self
     }
 
@@ -114,16 +133,46 @@ impl Consumer {
                 }
             }
         }
-        self.park(env, &last_error).await?;
+        self.park(env, &last_error, self.max_attempts).await?;
         Ok(Outcome::Parked)
     }
 
-    async fn park(&self, env: &Envelope, error: &str) -> anyhow::Result<()> {
+    /// Handles one delivery from the bus: as [`process`](Self::process), unless the bus has
+    /// delivered it more than `max_deliveries` times already; then the handler, which
+    /// evidently never finished with it, is not run again and the event is parked.
+    pub async fn deliver(&self, delivery: &Delivery) -> anyhow::Result<Outcome> {
+        let env = &delivery.envelope;
+        if delivery.attempt <= self.max_deliveries {
+            return self.process(env).await;
+        }
+        // Applied by a handler whose acknowledgement was lost: nothing to park.
+        let seen = sqlx::query("SELECT 1 AS seen FROM inbox WHERE consumer = $1 AND event_id = $2")
+            .bind(&self.name)
+            .bind(env.event_id.to_string())
+            .fetch_optional(self.db.reader())
+            .await?
+            .is_some();
+        if seen {
+            return Ok(Outcome::Duplicate);
+        }
+        let error = format!(
+            "delivered {} times without being acknowledged (the limit is {}): its handling \
+             crashed or hung every time, so it was not handled again",
+            delivery.attempt, self.max_deliveries
+        );
+        self.park(env, &error, delivery.attempt).await?;
+        Ok(Outcome::Parked)
+    }
+
+    async fn park(&self, env: &Envelope, error: &str, attempts: u32) -> anyhow::Result<()> {
         tracing::error!(consumer = %self.name, event_id = %env.event_id, event_type = %env.event_type, error,
             "event parked in dead letters");
+        // Once: parked but not acknowledged (the ack was lost), the event comes again and may
+        // be parked again; an open dead letter for it is enough.
         sqlx::query(
             "INSERT INTO dead_letters (id, consumer, event_id, event_type, envelope, error, attempts, parked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE NOT EXISTS \
+             (SELECT 1 FROM dead_letters WHERE consumer = $2 AND event_id = $3 AND replayed_at IS NULL)",
         )
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(&self.name)
@@ -131,7 +180,7 @@ impl Consumer {
         .bind(&env.event_type)
         .bind(serde_json::to_string(env)?)
         .bind(error)
-        .bind(self.max_attempts as i64)
+        .bind(attempts as i64)
         .bind(now_us())
         .execute(self.db.writer())
         .await?;
@@ -170,16 +219,25 @@ impl Consumer {
                     continue;
                 }
             };
-            // Not acknowledged unless handled (or parked): a stop mid-way redelivers it.
-            match self.process(&delivery.envelope).await {
-                Ok(_) => {
-                    if let Err(e) = sub.ack(&delivery).await {
-                        tracing::warn!(consumer = %self.name, error = %e, "ack failed; the event will come again");
+            // Not acknowledged unless handled (or parked): a stop mid-way redelivers it. When
+            // not even parking worked (the database is down), the same delivery is tried again
+            // here rather than asked for anew, so an outage does not count as deliveries
+            // towards the limit.
+            loop {
+                match self.deliver(&delivery).await {
+                    Ok(_) => {
+                        if let Err(e) = sub.ack(&delivery).await {
+                            tracing::warn!(consumer = %self.name, error = %e, "ack failed; the event will come again");
+                        }
+                        break;
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(consumer = %self.name, error = %e, "could not handle or park an event; will retry");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Err(e) => {
+                        tracing::warn!(consumer = %self.name, error = %e, "could not handle or park an event; will retry");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
                 }
             }
         }

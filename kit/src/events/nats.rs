@@ -32,7 +32,10 @@
 //! letters and acknowledges it, so a cap on the server would only ever drop events whose
 //! consumer could not even park them (its database down), silently. An event held by a replica
 //! that died comes again after `ack_wait` (30 s); NATS refuses a redelivery backoff without a
-//! cap, so there is none by default.
+//! cap, so there is none by default. The server's delivery count travels with each delivery
+//! ([`Delivery::attempt`]), and the consumer parks an event delivered more often than its
+//! limit without handling it again: that is what stops an event whose handling kills the
+//! process, or hangs past `ack_wait`, from coming back forever.
 //!
 //! Servers before 2.10 filter a consumer by one subject only; there a consumer reads all the
 //! types of a domain's stream and acknowledges the ones it did not ask for without handing them
@@ -404,9 +407,9 @@ impl NatsSubscription {
 
     /// Turns a message into a delivery, or settles it here when it is not for the handler.
     async fn accept(&mut self, msg: jetstream::Message) -> Option<Delivery> {
-        let (stream, stream_seq) = msg
+        let (stream, stream_seq, delivered) = msg
             .info()
-            .map(|i| (i.stream.to_owned(), i.stream_sequence))
+            .map(|i| (i.stream.to_owned(), i.stream_sequence, i.delivered))
             .unwrap_or_default();
         if !self.wanted.contains(msg.subject.as_str()) {
             if let Err(e) = msg.double_ack().await {
@@ -421,6 +424,8 @@ impl NatsSubscription {
                 Some(Delivery {
                     envelope,
                     seq: self.counter,
+                    // Counted by the server across every replica sharing the consumer.
+                    attempt: u32::try_from(delivered.max(1)).unwrap_or(u32::MAX),
                 })
             }
             Err(e) => {

@@ -1,20 +1,46 @@
 //! The outbox relay: publishes a service's committed outbox rows to the bus, in `seq` order.
 //!
 //! It wakes when a transaction that wrote an outbox row commits ([`OutboxWaker::wake`]), so an
-//! event leaves within milliseconds, not at the next tick of a timer. A slow safety sweep
-//! catches anything committed without a wake (for example by a process that died just after
-//! committing). Publishing is at-least-once: a crash between publish and marking the row
-//! publishes it again, which the bus (dedup by event id) and the consumers (inbox) absorb.
+//! event leaves within milliseconds, not at the next tick of a timer. It also polls: a row
+//! committed without a wake (by a process that died just after committing, or by another
+//! replica whose relay is gone) is published at the next look. Publishing is at-least-once: a
+//! crash between publish and marking the row publishes it again, which the bus (dedup by event
+//! id) and the consumers (inbox) absorb.
+//!
+//! Replicas. On SQLite one process owns the database, so the relay reads pending rows and marks
+//! each after publishing it. On PostgreSQL every replica of a service runs a relay over the same
+//! outbox, and a relay claims its batch in a transaction with `FOR UPDATE SKIP LOCKED`,
+//! publishes it, marks it and commits: two relays never hold the same row, so a row is
+//! published once (a relay that dies mid-batch rolls back and the rows are published again).
+//!
+//! Order. One relay publishes in `seq` order, so events leave in the order their transactions
+//! wrote them (per aggregate that is the order of its changes: a change holds the aggregate's
+//! row lock until it commits). SKIP LOCKED alone would let a second relay publish the rows
+//! *behind* the batch another relay is still publishing, overtaking them. So a relay publishes
+//! only the part of its claim that no other relay's rows precede: it compares its claim with
+//! every pending row up to the claim's end and stops at the first one it does not hold. When
+//! that cuts its claim short, it releases the rest and looks again shortly; the relay ahead of
+//! it usually publishes them first anyway. Relays therefore take turns rather than work side by
+//! side, and events leave in `seq` order across replicas, which costs nothing that matters: a
+//! service's outbox is small and publishing is cheap. (Handlers tolerate out-of-order events,
+//! but order keeps the saga from taking detours.)
 
-use super::{pending, Bus};
-use crate::db::Db;
+use super::{pending, Bus, Envelope};
+use crate::db::{Backend, Db};
 use crate::time::now_us;
+use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-const SAFETY_SWEEP: Duration = Duration::from_secs(5);
+/// How often a relay looks without being woken. One process owns a SQLite database, so there
+/// it only catches commits that forgot to wake it.
+const POLL_SQLITE: Duration = Duration::from_secs(5);
+/// On PostgreSQL another replica's commit cannot wake this relay.
+const POLL_POSTGRES: Duration = Duration::from_secs(1);
+/// How soon to look again after finding the head of the outbox held by another relay.
+const BUSY_RETRY: Duration = Duration::from_millis(100);
 const BATCH: i64 = 200;
 
 /// Tells the relay that an outbox row was committed.
@@ -32,40 +58,143 @@ pub struct Relay {
     db: Db,
     bus: Arc<dyn Bus>,
     waker: OutboxWaker,
+    poll: Duration,
+}
+
+/// What one drain did.
+#[derive(Debug, Default)]
+struct Drained {
+    published: usize,
+    /// Stopped behind rows another relay holds.
+    behind_another: bool,
 }
 
 impl Relay {
     pub fn new(db: Db, bus: Arc<dyn Bus>, waker: OutboxWaker) -> Relay {
-        Relay { db, bus, waker }
+        let poll = match db.backend() {
+            Backend::Sqlite => POLL_SQLITE,
+            Backend::Postgres => POLL_POSTGRES,
+        };
+        Relay {
+            db,
+            bus,
+            waker,
+            poll,
+        }
     }
 
-    /// Publishes every pending row; returns how many.
+    /// Looks at the outbox at least this often, woken or not.
+    pub fn with_poll(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
+    }
+
+    /// Publishes every pending row this relay may publish now; returns how many. On PostgreSQL
+    /// that stops short of rows another relay is publishing (see the module doc).
     pub async fn drain(&self) -> anyhow::Result<usize> {
-        let mut total = 0;
+        Ok(self.drain_all().await?.published)
+    }
+
+    async fn drain_all(&self) -> anyhow::Result<Drained> {
+        let mut total = Drained::default();
         loop {
-            let batch = pending(self.db.reader(), BATCH).await?;
-            if batch.is_empty() {
+            let round = match self.db.backend() {
+                Backend::Sqlite => self.publish_pending().await?,
+                Backend::Postgres => self.publish_claimed().await?,
+            };
+            total.published += round.published;
+            if round.behind_another || round.published == 0 {
+                total.behind_another = round.behind_another;
                 return Ok(total);
             }
-            for (seq, env) in &batch {
-                self.bus.publish(env).await?;
-                sqlx::query("UPDATE outbox SET published_at = $2 WHERE seq = $1")
-                    .bind(seq)
-                    .bind(now_us())
-                    .execute(self.db.writer())
-                    .await?;
-                total += 1;
-            }
         }
+    }
+
+    /// One batch, SQLite: this process is the only writer.
+    async fn publish_pending(&self) -> anyhow::Result<Drained> {
+        let batch = pending(self.db.reader(), BATCH).await?;
+        for (seq, env) in &batch {
+            self.bus.publish(env).await?;
+            sqlx::query("UPDATE outbox SET published_at = $2 WHERE seq = $1")
+                .bind(seq)
+                .bind(now_us())
+                .execute(self.db.writer())
+                .await?;
+        }
+        Ok(Drained {
+            published: batch.len(),
+            behind_another: false,
+        })
+    }
+
+    /// One batch, PostgreSQL: claimed, published and marked in one transaction.
+    async fn publish_claimed(&self) -> anyhow::Result<Drained> {
+        let mut tx = self.db.begin().await?;
+        let claimed = sqlx::query(
+            "SELECT seq, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1 \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = claimed.last() else {
+            tx.rollback().await?;
+            return Ok(Drained::default());
+        };
+        let last: i64 = last.try_get("seq")?;
+        // Every row still pending up to the end of the claim, held by us or not. A row another
+        // relay has published and committed meanwhile is no longer here, so it does not stop us.
+        let ahead: Vec<i64> = sqlx::query(
+            "SELECT seq FROM outbox WHERE published_at IS NULL AND seq <= $1 ORDER BY seq",
+        )
+        .bind(last)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get("seq"))
+        .collect::<Result<_, _>>()?;
+        let mut published = 0;
+        let mut failure = None;
+        for (row, seq_ahead) in claimed.iter().zip(&ahead) {
+            let seq: i64 = row.try_get("seq")?;
+            if seq != *seq_ahead {
+                // Another relay holds an earlier row: publishing this one would overtake it.
+                break;
+            }
+            let env: Envelope = serde_json::from_str(&row.try_get::<String, _>("envelope")?)?;
+            if let Err(e) = self.bus.publish(&env).await {
+                failure = Some(e);
+                break;
+            }
+            sqlx::query("UPDATE outbox SET published_at = $2 WHERE seq = $1")
+                .bind(seq)
+                .bind(now_us())
+                .execute(&mut *tx)
+                .await?;
+            published += 1;
+        }
+        // What was published is marked even when the bus failed part-way.
+        tx.commit().await?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(Drained {
+            published,
+            behind_another: published < claimed.len(),
+        })
     }
 
     pub async fn run(self, stop: CancellationToken) {
         let mut failures = 0u32;
         loop {
-            let pause = match self.drain().await {
-                Ok(_) => {
+            let pause = match self.drain_all().await {
+                Ok(d) => {
                     failures = 0;
-                    SAFETY_SWEEP
+                    if d.behind_another {
+                        BUSY_RETRY
+                    } else {
+                        self.poll
+                    }
                 }
                 Err(e) => {
                     failures += 1;

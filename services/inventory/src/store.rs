@@ -465,6 +465,28 @@ pub async fn due(pool: &AnyPool, now: Micros, limit: i64) -> Result<Vec<OrderId>
     .collect()
 }
 
+/// Takes one due reservation for the caller's transaction to expire (PostgreSQL only): locked
+/// until that transaction ends, and skipped by every other sweeper meanwhile, so sweepers of
+/// several replicas work through different reservations instead of queueing on the same row.
+pub async fn claim_due(
+    conn: &mut AnyConnection,
+    now: Micros,
+) -> Result<Option<OrderId>, sqlx::Error> {
+    sqlx::query(
+        "SELECT order_id FROM reservations WHERE status = 'active' AND expires_at <= $1 \
+         ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(now)
+    .fetch_optional(conn)
+    .await?
+    .map(|r| {
+        Ok(OrderId(parse_db_uuid(
+            &r.try_get::<String, _>("order_id")?,
+        )?))
+    })
+    .transpose()
+}
+
 /// When the next active reservation expires, if any is active.
 pub async fn next_expiry(pool: &AnyPool) -> Result<Option<Micros>, sqlx::Error> {
     let row = sqlx::query(

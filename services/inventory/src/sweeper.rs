@@ -9,12 +9,17 @@
 //! Any number of sweepers (replicas) may run: each due reservation is expired in a transaction
 //! of its own that starts with `UPDATE ... SET status = 'released' WHERE order_id = $1 AND
 //! status = 'active' AND expires_at <= $now`, and only the sweeper whose update changed the row
-//! releases the stock and emits the event, in that same transaction.
+//! releases the stock and emits the event, in that same transaction. On PostgreSQL (where
+//! replicas really run side by side) each transaction first claims its reservation with
+//! `FOR UPDATE SKIP LOCKED`, so two sweepers take different reservations rather than one
+//! waiting for the other's row lock only to find the work done; the conditional update stays
+//! the guarantee. On SQLite one writer at a time makes claiming pointless.
 
 use crate::events;
 use crate::service::{Cause, Error, Inventory, Transition};
 use crate::store;
 use mercato_kit::contracts::ReleaseReason;
+use mercato_kit::db::Backend;
 use mercato_kit::time::{now_us, Micros};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +36,9 @@ impl Inventory {
     /// Expires every reservation due at `now`; returns how many this call expired (another
     /// sweeper may have taken some, and an order paid meanwhile keeps its reservation).
     pub async fn sweep(&self, now: Micros) -> Result<usize, Error> {
+        if self.db.backend() == Backend::Postgres {
+            return self.sweep_claiming(now).await;
+        }
         let mut expired = 0;
         loop {
             let due = store::due(self.db.reader(), now, BATCH).await?;
@@ -57,6 +65,40 @@ impl Inventory {
             expired += progressed;
             if (due.len() as i64) < BATCH || progressed == 0 {
                 return Ok(expired);
+            }
+        }
+    }
+
+    /// [`sweep`](Self::sweep) on PostgreSQL: one claimed reservation per transaction.
+    async fn sweep_claiming(&self, now: Micros) -> Result<usize, Error> {
+        let mut expired = 0;
+        loop {
+            let mut tx = self.db.begin().await?;
+            let Some(order_id) = store::claim_due(&mut tx, now).await? else {
+                tx.rollback().await?;
+                return Ok(expired);
+            };
+            match self.expire(&mut tx, order_id, now).await? {
+                Transition::Applied(r) => {
+                    events::released(
+                        &mut tx,
+                        r.order_id,
+                        ReleaseReason::Expired,
+                        &Cause::Expiry(&r),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    self.outbox.wake();
+                    tracing::info!(order_id = %r.order_id, "reservation expired; stock released");
+                    expired += 1;
+                }
+                other => {
+                    // Claimed while active and due, under its lock: this cannot happen. Stop
+                    // rather than claim the same row forever.
+                    tx.rollback().await?;
+                    tracing::error!(%order_id, outcome = ?other, "a claimed reservation did not expire");
+                    return Ok(expired);
+                }
             }
         }
     }

@@ -95,6 +95,68 @@ async fn two_sweeps_at_the_same_instant_expire_each_reservation_once() {
     w.assert_books().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sweepers_of_two_processes_racing_over_many_reservations_expire_each_once() {
+    // Two handles on one database stand for two processes; on PostgreSQL their transactions
+    // really run side by side.
+    let w = World::new().await;
+    let products = [w.product(1_000).await, w.product(1_000).await];
+    let orders: Vec<OrderId> = (0..60).map(|_| OrderId::new()).collect();
+    for (i, o) in orders.iter().enumerate() {
+        // Two lines each, in both orders, so releases cross products both ways.
+        let (a, b) = (products[i % 2], products[(i + 1) % 2]);
+        w.deliver(&order_created(*o, &[(a, 2), (b, 1)])).await;
+    }
+    let replicas = [w.inv.clone(), w.replica().await, w.replica().await];
+    let later = now_us() + 3600 * SECOND;
+    let sweeps: Vec<_> = replicas
+        .iter()
+        .map(|inv| {
+            let inv = inv.clone();
+            tokio::spawn(async move { inv.sweep(later).await.unwrap() })
+        })
+        .collect();
+    let mut expired = 0;
+    for s in sweeps {
+        expired += s.await.unwrap();
+    }
+    assert_eq!(expired, orders.len(), "each reservation counted once");
+
+    let released = w.outbox_of(INVENTORY_RELEASED).await;
+    assert_eq!(released.len(), orders.len());
+    use sqlx::Row;
+    for o in &orders {
+        assert_eq!(
+            released
+                .iter()
+                .filter(|e| e.aggregate_id == o.to_string())
+                .count(),
+            1,
+            "one event for {o}"
+        );
+        // One release per line: the stock went back once.
+        let releases: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM stock_ledger WHERE order_id = $1 AND kind = 'release'",
+        )
+        .bind(o.to_string())
+        .fetch_one(w.db.reader())
+        .await
+        .unwrap()
+        .get("n");
+        assert_eq!(releases, 2, "{o}");
+    }
+    for p in products {
+        assert_eq!(
+            w.levels(p).await,
+            Levels {
+                on_hand: 1_000,
+                reserved: 0
+            }
+        );
+    }
+    w.assert_books().await;
+}
+
 #[tokio::test]
 async fn only_active_reservations_that_are_due_expire() {
     let w = World::new().await;

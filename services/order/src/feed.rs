@@ -4,15 +4,26 @@
 //! One `tokio::sync::broadcast` channel (mini-redis's pub/sub, one topic): every committed status
 //! change is published after its commit, and every waiter re-reads the order from the database
 //! when woken. A message is only a hint that something changed, so a lagging receiver or a
-//! spurious message costs a read, never a wrong answer. It is per process: a waiter on one
-//! replica is not woken by a change another replica commits, and then answers when its time is
-//! up, as `?wait` promises anyway.
+//! spurious message costs a read, never a wrong answer.
+//!
+//! The channel is per process, and with several replicas the change a waiter waits for is as
+//! likely committed by another one (whichever consumed the event). So waiters also re-read the
+//! order every [`REREAD`]: one primary-key read per waiter four times a second, bounded by how
+//! long a wait may last, on either engine, with nothing to set up. PostgreSQL `LISTEN/NOTIFY`
+//! would wake them sooner but needs a connection of its own per replica held outside the pool,
+//! a `NOTIFY` in every transaction that changes a status, and a fallback for SQLite anyway; a
+//! quarter of a second on top of a saga that takes longer is not worth that.
 
 use crate::domain::OrderStatus;
 use crate::store;
 use mercato_kit::db::Db;
 use mercato_kit::ids::OrderId;
+use std::time::Duration;
 use tokio::sync::broadcast;
+
+/// How often a waiter reads the order again without being woken, to notice changes committed
+/// by another replica.
+pub const REREAD: Duration = Duration::from_millis(250);
 
 /// Enough for bursts; a receiver that falls further behind re-reads (`Lagged`).
 const CAPACITY: usize = 1024;

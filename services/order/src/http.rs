@@ -702,10 +702,14 @@ impl Watch {
             return None;
         }
         loop {
-            match tokio::time::timeout_at(self.until, self.changes.recv()).await {
-                Err(_) | Ok(Err(RecvError::Closed)) => return None,
+            // Woken by this process's feed, or looking again anyway: another replica may have
+            // made the change.
+            let look = (tokio::time::Instant::now() + crate::feed::REREAD).min(self.until);
+            match tokio::time::timeout_at(look, self.changes.recv()).await {
+                Err(_) if look >= self.until => return None,
+                Ok(Err(RecvError::Closed)) => return None,
                 Ok(Ok(change)) if change.order_id != self.id => continue,
-                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {
+                Err(_) | Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {
                     let status = match self.orders.get(self.id).await {
                         Ok(Some(o)) => o.status,
                         Ok(None) => return None,

@@ -6,7 +6,8 @@
 //! the inventory and payment events move the order along. Every status change, whoever asks
 //! for it, goes through the one state machine in [`domain::transition`], is compare-and-set in
 //! the database with its history entry and its outbox events, and is announced to in-process
-//! waiters through [`feed`] after it commits.
+//! waiters through [`feed`] after it commits (waiters also re-read now and then, for changes
+//! another replica committed).
 //!
 //! Rooms: [`domain`] (rules, no I/O), [`store`] (SQL), [`service`] (use cases, shared by HTTP
 //! and events), [`events`] (contracts in and out), [`http`] (routes), [`inventory`] (the stock

@@ -274,7 +274,8 @@ impl Orders {
     }
 
     /// The order once it has left PENDING/CONFIRMED, or as it is at `deadline`. Woken by the
-    /// status feed, never by polling; `None` if there is no such order.
+    /// status feed, and reading again every [`REREAD`](crate::feed::REREAD) for changes other
+    /// replicas commit; `None` if there is no such order.
     pub async fn wait_while_in_saga(
         &self,
         id: OrderId,
@@ -289,8 +290,12 @@ impl Orders {
                 return Ok(Some(order));
             }
             loop {
-                match tokio::time::timeout_at(deadline, changes.recv()).await {
-                    Err(_elapsed) => return Ok(Some(order)),
+                // Woken by this process's feed, or looking again anyway: another replica may
+                // have made the change.
+                let look = (tokio::time::Instant::now() + crate::feed::REREAD).min(deadline);
+                match tokio::time::timeout_at(look, changes.recv()).await {
+                    Err(_elapsed) if look >= deadline => return Ok(Some(order)),
+                    Err(_elapsed) => break,
                     Ok(Ok(change)) if change.order_id != id => continue,
                     Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => break,
                     Ok(Err(RecvError::Closed)) => return Ok(Some(order)),

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use futures::StreamExt;
 use mercato_kit::auth::Role;
 use mercato_kit::contracts::ReleaseReason;
+use mercato_kit::events::consumer::Outcome;
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::ids::UserId;
 use mercato_kit::metrics::Metrics;
@@ -687,6 +688,80 @@ async fn the_stream_sends_the_current_status_then_each_change_and_ends_at_the_la
     req.headers_mut()
         .insert("last-event-id", "CANCELLED".parse().unwrap());
     assert_eq!(api.send(req).await.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_wait_and_a_stream_on_one_replica_hear_of_changes_another_replica_makes() {
+    // Replica A answers the requests; replica B, on the same database with a status feed of
+    // its own, consumes the saga's events, so A's feed never hears of them.
+    let api = api().await;
+    let b = api.h.replica().await;
+    let (customer, seller) = (user(Role::Customer), user(Role::Seller));
+    let o = api.order(&customer, &seller).await;
+    let order = api.h.order(id_of(&o)).await;
+    let uri = format!("/api/v1/orders/{}", order.id);
+
+    let res = api
+        .app
+        .clone()
+        .oneshot(api.request(
+            Method::GET,
+            &format!("{uri}/stream"),
+            Some(&customer),
+            None,
+            None,
+        ))
+        .await
+        .unwrap();
+    let mut body = res.into_body().into_data_stream();
+    let mut text = String::new();
+    let mut next_event = async || loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("an event in time");
+        let chunk = chunk?;
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        if text.ends_with("\n\n") {
+            return Some(std::mem::take(&mut text));
+        }
+    };
+    assert_eq!(
+        status_events(&next_event().await.unwrap())[0]["status"],
+        "PENDING"
+    );
+
+    let started = Instant::now();
+    let waiting = api.send(api.request(
+        Method::GET,
+        &format!("{uri}?wait=20"),
+        Some(&customer),
+        None,
+        None,
+    ));
+    let feed = api.h.orders.feed().clone();
+    let saga = async {
+        // The stream and the wait are both listening on A.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while feed.watchers() < 2 {
+            assert!(Instant::now() < deadline, "the request never waited");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(b.deliver(&reserved(&order)).await, Outcome::Applied);
+        let confirmed = status_events(&next_event().await.unwrap());
+        assert_eq!(confirmed[0]["status"], "CONFIRMED");
+        assert_eq!(
+            b.deliver(&released(&order, ReleaseReason::Expired)).await,
+            Outcome::Applied
+        );
+        let cancelled = status_events(&next_event().await.unwrap());
+        assert_eq!(cancelled[0]["status"], "CANCELLED");
+        assert!(next_event().await.is_none(), "the stream ends");
+    };
+    let (a, ()) = tokio::join!(waiting, saga);
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["status"], "CANCELLED", "{}", a.body);
+    assert_eq!(a.body["cancel_reason"], "reservation_expired");
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[tokio::test]

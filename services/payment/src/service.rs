@@ -48,6 +48,10 @@ pub mod reasons {
     pub const ORDER_CANCELLED: &str = "order_cancelled";
 }
 
+/// How often a caller waiting for the processor's answer reads the queue again, for answers
+/// recorded by another replica.
+const REREAD: Duration = Duration::from_millis(250);
+
 /// Tunables of the use cases and the worker.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -253,6 +257,9 @@ impl Payments {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return Ok((payment, false)) },
                 _ = tokio::time::sleep_until(deadline) => return Ok((payment, false)),
+                // The worker of another replica may make the call, and its commit wakes only
+                // its own process: look again now and then.
+                _ = tokio::time::sleep(REREAD) => {}
             }
         }
     }
@@ -435,6 +442,12 @@ impl Payments {
         cause: &Cause,
     ) -> Result<(), Problem> {
         store::mark_cancelled(tx, order_id, reason).await?;
+        // Read the payment only under its row lock. An answer (or webhook) being recorded
+        // saves the payment and then looks for the cancellation; without the lock, on
+        // PostgreSQL, each could miss the other's uncommitted half (the answer sees no
+        // cancellation, this sees no processor reference yet) and a pending hold would never
+        // be voided. With it, whichever commits second sees the first.
+        store::lock_payment_of_order(tx, order_id).await?;
         let Some(payment) = store::payment_by_order(&mut **tx, order_id).await? else {
             tracing::debug!(order = %order_id, "order cancelled before any payment; marked");
             return Ok(());

@@ -341,21 +341,30 @@ pub async fn next_due(pool: &AnyPool) -> Result<Option<i64>, sqlx::Error> {
     Ok(next)
 }
 
-/// Takes a call for one attempt until `lease_until`, counting the attempt; false when another
-/// worker holds it.
+/// Takes a call, as `job` read it, for one attempt until `lease_until`, counting the attempt;
+/// false when another worker holds it or has made an attempt since `job` was read.
+///
+/// The attempt count is the row's version: every claim raises it, so a worker whose read is
+/// stale (another replica claimed the call, got a transient error and put it back for later)
+/// claims nothing, instead of calling the processor again early with the old picture of the
+/// call (its `ambiguous` flag, its deadline). One conditional update, so on PostgreSQL two
+/// workers claiming the same call at once wait for each other for a moment only, and the
+/// second finds the count moved.
 pub async fn claim_job(
     pool: &AnyPool,
-    seq: i64,
+    job: &Job,
     now: i64,
     lease_until: i64,
 ) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
         "UPDATE processor_jobs SET locked_until = $3, attempts = attempts + 1 \
-         WHERE seq = $1 AND (locked_until IS NULL OR locked_until <= $2)",
+         WHERE seq = $1 AND attempts = $4 AND not_before <= $2 \
+         AND (locked_until IS NULL OR locked_until <= $2)",
     )
-    .bind(seq)
+    .bind(job.seq)
     .bind(now)
     .bind(lease_until)
+    .bind(job.attempts)
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -508,6 +517,17 @@ pub async fn transactions_of(
             })
         })
         .collect()
+}
+
+/// Takes the write lock of the order's payment row, if it has one, until the transaction ends
+/// (a write that changes nothing: `FOR UPDATE` is PostgreSQL only, and SQLite's single writer
+/// holds the lock anyway).
+pub async fn lock_payment_of_order(tx: &mut Tx, order_id: OrderId) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE payments SET version = version WHERE order_id = $1")
+        .bind(order_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Marks an order cancelled; true when it was not marked before.

@@ -108,7 +108,7 @@ impl Worker {
         }
         let now = now_us();
         let lease = self.payments.settings.lease.as_micros() as i64;
-        if !store::claim_job(db.writer(), job.seq, now, now + lease).await? {
+        if !store::claim_job(db.writer(), &job, now, now + lease).await? {
             return Ok(());
         }
         let attempt = job.attempts + 1;

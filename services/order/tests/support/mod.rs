@@ -47,23 +47,33 @@ pub struct Harness {
     pub consumer: Consumer,
     pub stock: Arc<FixedStock>,
     pub waker: OutboxWaker,
-    _dir: Option<tempfile::TempDir>,
+    /// Where the database is: URL and, on PostgreSQL, the test's schema.
+    url: String,
+    schema: Option<String>,
+    _dir: Option<Arc<tempfile::TempDir>>,
 }
 
 pub async fn harness() -> Harness {
-    let (db, dir) = match std::env::var("MERCATO_TEST_DATABASE_URL") {
+    let (url, schema, dir) = match std::env::var("MERCATO_TEST_DATABASE_URL") {
         Ok(url) => {
             let schema = format!("order_test_{}", uuid::Uuid::new_v4().simple());
-            let db = mercato_kit::db::Db::connect(&url, &schema, 4, &mercato_order::migrations())
-                .await
-                .unwrap();
-            (db, None)
+            (url, Some(schema), None)
         }
         Err(_) => {
             let dir = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}/order.db?mode=rwc", dir.path().display());
-            (mercato_order::connect(&url, 4).await.unwrap(), Some(dir))
+            (url, None, Some(Arc::new(dir)))
         }
+    };
+    open(url, schema, dir).await
+}
+
+async fn open(url: String, schema: Option<String>, dir: Option<Arc<tempfile::TempDir>>) -> Harness {
+    let db = match &schema {
+        Some(schema) => mercato_kit::db::Db::connect(&url, schema, 4, &mercato_order::migrations())
+            .await
+            .unwrap(),
+        None => mercato_order::connect(&url, 4).await.unwrap(),
     };
     let stock = Arc::new(FixedStock {
         answer: Mutex::new(StockAnswer::Available),
@@ -84,7 +94,17 @@ pub async fn harness() -> Harness {
         consumer,
         stock,
         waker,
+        url,
+        schema,
         _dir: dir,
+    }
+}
+
+impl Harness {
+    /// Another process of the service on the same database: connections, status feed and
+    /// consumer of its own.
+    pub async fn replica(&self) -> Harness {
+        open(self.url.clone(), self.schema.clone(), self._dir.clone()).await
     }
 }
 

@@ -18,8 +18,10 @@ use mercato_kit::events::{Consumer, EmbeddedBus, Envelope};
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::time::{now_us, to_rfc3339};
 use mercato_payment::domain::Status;
+use mercato_payment::psp::PspClient;
 use mercato_payment::service::Payments;
 use mercato_payment::store::{self, Payment};
+use mercato_payment::worker::Worker;
 use sqlx::Row;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -70,6 +72,9 @@ pub struct Harness {
     pub psp_url: String,
     /// The processor the service was configured with.
     pub configured_psp_url: String,
+    /// The service's database, for replicas of it.
+    database_url: String,
+    psp_timeout: Duration,
     pub bus: EmbeddedBus,
     pub http: reqwest::Client,
     stop: CancellationToken,
@@ -146,6 +151,7 @@ impl Harness {
         ]));
         let config = mercato_payment::Config::read(&mut env);
         env.check().unwrap();
+        let database_url = config.database_url.clone();
         let bus = EmbeddedBus::open(&format!("sqlite://{data}/bus.db?mode=rwc"))
             .await
             .unwrap();
@@ -172,6 +178,8 @@ impl Harness {
             url,
             psp_url,
             configured_psp_url,
+            database_url,
+            psp_timeout: Duration::from_millis(opts.psp_timeout_ms),
             bus,
             http: reqwest::Client::new(),
             stop,
@@ -194,6 +202,35 @@ impl Harness {
                 .await;
             admin.close().await;
         }
+    }
+
+    /// Whether the service runs on PostgreSQL (several processes may share it) rather than on
+    /// SQLite (one process owns the file).
+    pub fn on_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    /// Another process of the service on the same database: connections, in-process signals
+    /// and worker of its own, the same processor and settings. Not running: the test drives it.
+    pub async fn replica(&self) -> Replica {
+        let db = mercato_kit::db::Db::connect(
+            &self.database_url,
+            mercato_payment::SERVICE,
+            3,
+            &mercato_payment::migrations(),
+        )
+        .await
+        .unwrap();
+        let payments = Payments::new(
+            db,
+            self.payments.settings.clone(),
+            mercato_kit::events::OutboxWaker::default(),
+        );
+        let worker = Worker::new(
+            payments.clone(),
+            PspClient::new(&self.configured_psp_url, self.psp_timeout).unwrap(),
+        );
+        Replica { payments, worker }
     }
 
     /// Handles an event as the consumer would, then wakes the worker as the bus's
@@ -334,6 +371,12 @@ impl Harness {
             .unwrap();
         assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     }
+}
+
+/// A second process of the payment service (see [`Harness::replica`]).
+pub struct Replica {
+    pub payments: Arc<Payments>,
+    pub worker: Worker,
 }
 
 /// Polls `check` until it gives a value, failing the test after the deadline.
