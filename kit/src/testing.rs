@@ -133,3 +133,46 @@ pub async fn call(
         body,
     }
 }
+
+/// Deletes every Redis key under a test's own prefix when the test ends, passed or failed.
+pub struct RedisKeys {
+    pub client: ::redis::Client,
+    pub prefix: String,
+}
+
+impl RedisKeys {
+    pub fn new(url: &str, prefix: impl Into<String>) -> RedisKeys {
+        RedisKeys {
+            client: ::redis::Client::open(url).expect("a Redis URL"),
+            prefix: prefix.into(),
+        }
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(mut conn) = self.client.get_connection() else {
+            return;
+        };
+        let mut cursor: u64 = 0;
+        loop {
+            let Ok((next, keys)): ::redis::RedisResult<(u64, Vec<String>)> = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut conn)
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _: ::redis::RedisResult<()> = ::redis::cmd("DEL").arg(&keys).query(&mut conn);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+}

@@ -24,6 +24,8 @@ pub struct TestStack {
     pg: Option<(String, String)>,
     /// With `MERCATO_TEST_NATS_URL`: the server and this stack's own subject/stream prefix.
     nats: Option<(String, String)>,
+    /// With `MERCATO_TEST_REDIS_URL`: deletes this stack's keys when the test ends.
+    redis_keys: Option<mercato_kit::testing::RedisKeys>,
 }
 
 pub struct Tokens {
@@ -51,6 +53,8 @@ impl TestStack {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let mut t = Self::start_in_with_backends(dir, vars, pg, nats).await;
         t.http = self.http.clone();
+        // The same keys, kept: the restarted services find their carts again.
+        t.redis_keys = self.redis_keys.take();
         t
     }
 
@@ -66,7 +70,10 @@ impl TestStack {
             )),
             _ => None,
         };
-        Self::start_in_with_backends(dir, vars, pg, nats).await
+        let mut t = Self::start_in_with_backends(dir, vars, pg, nats).await;
+        t.redis_keys = test_redis()
+            .map(|url| mercato_kit::testing::RedisKeys::new(&url, redis_prefix(t.dir.path())));
+        t
     }
 
     async fn start_in_with_backends(
@@ -97,14 +104,10 @@ impl TestStack {
             env.set("MERCATO_NATS_PREFIX", prefix.clone());
         }
         // Carts and rate limits in Redis, under a prefix of this stack's own that outlives a
-        // restart (the data directory does); the keys expire by themselves.
-        if let Ok(url) = std::env::var("MERCATO_TEST_REDIS_URL") {
-            if !url.is_empty() {
-                let dir_name = dir.path().file_name().unwrap_or_default().to_string_lossy();
-                let prefix = format!("test:{}:{dir_name}:", std::process::id());
-                env.set("MERCATO_REDIS_URL", url);
-                env.set("MERCATO_REDIS_PREFIX", prefix);
-            }
+        // restart (the data directory does); the keys are deleted when the test ends.
+        if let Some(url) = test_redis() {
+            env.set("MERCATO_REDIS_URL", url);
+            env.set("MERCATO_REDIS_PREFIX", redis_prefix(dir.path()));
         }
         for (k, v) in vars {
             env.set(k, *v);
@@ -116,6 +119,7 @@ impl TestStack {
             dir,
             pg,
             nats,
+            redis_keys: None,
         }
     }
 
@@ -217,6 +221,18 @@ impl TestStack {
         }
         (id, self.login(&email, PASSWORD).await.access)
     }
+}
+
+fn test_redis() -> Option<String> {
+    std::env::var("MERCATO_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// This stack's Redis prefix: the data directory outlives a restart, so the prefix does too.
+fn redis_prefix(dir: &std::path::Path) -> String {
+    let dir_name = dir.file_name().unwrap_or_default().to_string_lossy();
+    format!("test:{}:{dir_name}:", std::process::id())
 }
 
 /// Asserts the response is a problem document with this status and returns it.

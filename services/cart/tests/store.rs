@@ -25,6 +25,7 @@ use mercato_kit::db::Db;
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{Currency, OrderId, ProductId, UserId};
 use mercato_kit::redis as redis_store;
+use mercato_kit::testing::RedisKeys;
 use mercato_kit::time::{now_us, Micros};
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
@@ -148,40 +149,6 @@ impl Time {
 enum Kind {
     Sql,
     Redis,
-}
-
-/// Deletes a Redis test's keys when it ends, passed or failed.
-struct RedisKeys {
-    client: redis::Client,
-    prefix: String,
-}
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(mut conn) = self.client.get_connection() else {
-            return;
-        };
-        let mut cursor: u64 = 0;
-        loop {
-            let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut conn)
-            else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
-    }
 }
 
 /// A store under test, with the clock its keys expire by, and the cart service's SQL database

@@ -9,42 +9,9 @@
 
 use mercato_gateway::ratelimit::{fallback_counter, Limit, RateLimit, RedisRateLimit};
 use mercato_kit::redis as redis_conn;
+use mercato_kit::testing::RedisKeys;
 use prometheus::{IntCounter, Registry};
 use std::time::{Duration, Instant};
-
-/// Deletes a test's keys when it ends, passed or failed.
-struct RedisKeys {
-    client: redis::Client,
-    prefix: String,
-}
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(mut conn) = self.client.get_connection() else {
-            return;
-        };
-        let mut cursor: u64 = 0;
-        loop {
-            let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut conn)
-            else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
-    }
-}
 
 /// The test Redis and a prefix of this test's own, or `None` (skipped).
 fn test_redis() -> Option<(String, RedisKeys)> {
