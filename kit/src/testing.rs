@@ -176,3 +176,23 @@ impl Drop for RedisKeys {
         }
     }
 }
+
+/// Polls `f` until it returns `Some` or `timeout` passes: how tests wait for something that
+/// happens in the background, instead of sleeping a guessed time.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached within {timeout:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -11,7 +11,7 @@ use mercato::stack::{self, Stack};
 use mercato_kit::config::Env;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const ADMIN_EMAIL: &str = "root@test.local";
 pub const ADMIN_PASSWORD: &str = "Root-password-1";
@@ -262,24 +262,8 @@ pub async fn problem(res: Response, status: u16) -> Value {
     v
 }
 
-/// Polls `f` until it returns `Some` or `timeout` passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Polls until a condition holds, with a deadline (the kit's, shared by every test suite).
+pub use mercato_kit::testing::eventually;
 
 pub async fn fresh_pg_database(admin_url: &str) -> (String, String) {
     use sqlx::Connection;

@@ -20,7 +20,7 @@ use mercato_kit::events::{Consumer, Envelope, OutboxWaker};
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::time::now_us;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A database for one test, openable more than once (two handles stand for two replicas).
 pub struct TestDb {
@@ -264,21 +264,6 @@ pub fn order_cancelled(order: OrderId) -> Envelope {
     Envelope::new("order", ORDER_CANCELLED, order, &c)
 }
 
-/// Polls `f` until it returns `Some` or `timeout` passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Polls until a condition holds, with a deadline (the kit's, shared by every test suite).
+#[allow(unused_imports)] // not every test binary that includes this module waits
+pub use mercato_kit::testing::eventually;
