@@ -267,7 +267,12 @@ async fn replicas_share_the_work_and_survive_a_kill_of_one_replica_of_each_servi
     ]
     .map(|(k, v)| (k.to_owned(), v))
     .to_vec();
+    let mut _redis_keys = None;
     if let Ok(redis) = std::env::var("MERCATO_TEST_REDIS_URL") {
+        _redis_keys = Some(mercato_kit::testing::RedisKeys::new(
+            &redis,
+            format!("{prefix}:"),
+        ));
         common.push(("MERCATO_REDIS_URL".into(), redis));
         common.push(("MERCATO_REDIS_PREFIX".into(), format!("{prefix}:")));
     }
