@@ -111,11 +111,9 @@ impl Config {
     }
 }
 
-/// Printed at start, so database passwords are masked, including the shared URL.
+/// Printed at start, so database passwords are masked (`CommonConfig` masks the shared URL).
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut common = self.common.clone();
-        common.database_url = common.database_url.as_deref().map(redact);
         f.debug_struct("Config")
             .field("port", &self.port)
             .field("database_url", &redact(&self.database_url))
@@ -124,7 +122,7 @@ impl std::fmt::Debug for Config {
             .field("ttl", &self.ttl)
             .field("max_lines", &self.max_lines)
             .field("redis", &self.redis)
-            .field("common", &common)
+            .field("common", &self.common)
             .finish()
     }
 }

@@ -90,8 +90,6 @@ impl Config {
 /// Printed at start, so database passwords are masked (the webhook secret masks itself).
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut common = self.common.clone();
-        common.database_url = common.database_url.as_deref().map(redact);
         f.debug_struct("Config")
             .field("port", &self.port)
             .field("database_url", &redact(&self.database_url))
@@ -99,7 +97,7 @@ impl std::fmt::Debug for Config {
             .field("psp_webhook_secret", &self.psp_webhook_secret)
             .field("psp_timeout", &self.psp_timeout)
             .field("psp_retry_max", &self.psp_retry_max)
-            .field("common", &common)
+            .field("common", &self.common)
             .finish()
     }
 }
