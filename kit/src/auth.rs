@@ -120,7 +120,42 @@ struct JwksCache {
 /// tokens cannot turn into a flood of requests to the auth service.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Attempts per JWKS fetch: a GET of a small document, safe to repeat, and every request that
+/// carries a new key waits on it.
+const FETCH_ATTEMPTS: u32 = 3;
+
 impl JwksCache {
+    async fn fetch(&self) -> Result<JwkSet, Problem> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                self.http
+                    .get(&self.url)
+                    .timeout(Duration::from_secs(3))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json::<JwkSet>()
+                    .await
+            }
+            .await;
+            match result {
+                Ok(set) => return Ok(set),
+                Err(e) if attempt < FETCH_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, url = %self.url, "fetching JWKS failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, url = %self.url, "fetching JWKS failed");
+                    return Err(Problem::unavailable(
+                        "the signing keys could not be fetched from the auth service",
+                    ));
+                }
+            }
+        }
+    }
+
     async fn key(&self, kid: &str) -> Result<DecodingKey, Problem> {
         if let Some(k) = self.keys.read().await.get(kid) {
             return Ok(k.clone());
@@ -135,21 +170,11 @@ impl JwksCache {
                 "the token was signed by an unknown key",
             ));
         }
+        // Only a fetch that worked starts the interval: after a failed one (auth restarting,
+        // a lost answer) the next request tries again, and meanwhile callers hear 503, not a
+        // 401 that would tell a valid token it is not.
+        let set = self.fetch().await?;
         *last = Some(Instant::now());
-        let set: JwkSet = self
-            .http
-            .get(&self.url)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| {
-                tracing::warn!(error = %e, url = %self.url, "fetching JWKS failed");
-                Problem::unavailable("the signing keys could not be fetched from the auth service")
-            })?
-            .json()
-            .await
-            .map_err(|e| Problem::internal(&format!("JWKS is not valid: {e}")))?;
         let mut fresh = HashMap::new();
         for jwk in &set.keys {
             if let (Some(id), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) {

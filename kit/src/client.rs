@@ -109,6 +109,10 @@ pub struct RetryPolicy {
     /// A `Retry-After` longer than this is not waited for: the failure is returned instead, and
     /// the caller decides (a gateway passes the 429 on with its header).
     pub max_retry_after: Duration,
+    /// Whether an attempt that timed out is retried. A caller with a fallback (the order
+    /// service's stock pre-check) turns it off: a second full timeout would only make its
+    /// customer wait twice as long for the same fallback.
+    pub retry_timeouts: bool,
     pub budget: BudgetPolicy,
 }
 
@@ -119,6 +123,7 @@ impl Default for RetryPolicy {
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             max_retry_after: Duration::from_secs(5),
+            retry_timeouts: true,
             budget: BudgetPolicy::default(),
         }
     }
@@ -154,6 +159,10 @@ pub struct BreakerPolicy {
     pub reset_after: Duration,
     /// Successful trials needed to close; also the most trials in flight at once.
     pub trial_calls: u32,
+    /// Says of a 5xx answer that it is about the request, not the dependency's health, so the
+    /// breaker does not count it: the card processor's `processing_error` for one card is a
+    /// healthy processor speaking. The answer is still an [`Error::Status`] to the caller.
+    pub excused: Option<fn(&Response) -> bool>,
 }
 
 impl Default for BreakerPolicy {
@@ -164,6 +173,7 @@ impl Default for BreakerPolicy {
             window: Duration::from_secs(10),
             reset_after: Duration::from_secs(10),
             trial_calls: 3,
+            excused: None,
         }
     }
 }
@@ -795,7 +805,11 @@ impl Dependency {
             let repeatable = is_idempotent(request.method(), request.headers());
             let (outcome, result) = self.attempt(request).await;
             s.metrics.count(outcome);
-            let healthy = matches!(outcome, Outcome::Ok | Outcome::Throttled);
+            let excused = match (&result, s.policy.breaker.excused) {
+                (Err(Error::Status { response, .. }), Some(excused)) => excused(response),
+                _ => false,
+            };
+            let healthy = excused || matches!(outcome, Outcome::Ok | Outcome::Throttled);
             ticket.record(healthy);
             let error = match result {
                 Ok(response) => return Ok(response),
@@ -828,6 +842,7 @@ impl Dependency {
     fn retry_wait(&self, error: &Error, retry: u32) -> Option<Duration> {
         let policy = &self.shared.policy.retry;
         match error {
+            Error::Timeout { .. } if !policy.retry_timeouts => return None,
             Error::Timeout { .. } | Error::Connect { .. } | Error::Transport { .. } => {}
             Error::Status { response, .. } => {
                 if !matches!(
@@ -965,6 +980,78 @@ impl Dependency {
     }
 }
 
+/// How an exchange made outside [`Dependency::send`] ended (see [`Dependency::admit_call`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The dependency answered with this status (a 5xx counts against it).
+    Answered(StatusCode),
+    Timeout,
+    Connect,
+    /// The exchange broke after connecting.
+    Transport,
+}
+
+/// A call admitted by the breaker and the bulkhead, for a caller that makes the exchange
+/// itself: the gateway streams bodies both ways, which [`Dependency::send`] (whole answers,
+/// requests rebuilt per attempt) cannot. Holds a bulkhead place until dropped; a call dropped
+/// without [`Admitted::finish`] gives its breaker slot back uncounted.
+pub struct Admitted<'a> {
+    held: Held<'a>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Admitted<'_> {
+    /// Records how the attempt ended: counted in `http_client_requests_total` and by the
+    /// breaker.
+    pub fn finish(mut self, ended: Ended) {
+        let outcome = match ended {
+            Ended::Answered(status) if status.is_server_error() => Outcome::ErrorStatus,
+            Ended::Answered(StatusCode::TOO_MANY_REQUESTS) => Outcome::Throttled,
+            Ended::Answered(_) => Outcome::Ok,
+            Ended::Timeout => Outcome::Timeout,
+            Ended::Connect => Outcome::Connect,
+            Ended::Transport => Outcome::Transport,
+        };
+        self.held.dependency.shared.metrics.count(outcome);
+        self.held
+            .record(matches!(outcome, Outcome::Ok | Outcome::Throttled));
+    }
+}
+
+impl Dependency {
+    /// Lets one call through the breaker and the bulkhead, or says why not (counted as
+    /// `breaker_open` / `bulkhead_full`). For exchanges [`Dependency::send`] cannot make.
+    pub fn admit_call(&self) -> Result<Admitted<'_>, Error> {
+        let s = &*self.shared;
+        let Some(held) = self.admit() else {
+            s.metrics.count(Outcome::BreakerOpen);
+            return Err(Error::BreakerOpen {
+                dependency: s.name.clone(),
+            });
+        };
+        let Ok(permit) = s.bulkhead.try_acquire() else {
+            s.metrics.count(Outcome::BulkheadFull);
+            return Err(Error::BulkheadFull {
+                dependency: s.name.clone(),
+            });
+        };
+        Ok(Admitted {
+            held,
+            _permit: permit,
+        })
+    }
+
+    /// Counts a retry made outside [`Dependency::send`] (the gateway's next replica).
+    pub fn count_retry(&self) {
+        self.shared.metrics.retries.inc();
+    }
+
+    /// How long an open breaker stays open, for a `Retry-After`.
+    pub fn reset_after(&self) -> Duration {
+        self.shared.policy.breaker.reset_after
+    }
+}
+
 struct Held<'a> {
     dependency: &'a Dependency,
     ticket: Option<Ticket>,
@@ -1026,6 +1113,7 @@ mod tests {
             window: Duration::from_secs(10),
             reset_after: Duration::from_secs(5),
             trial_calls: 2,
+            excused: None,
         }
     }
 

@@ -236,6 +236,8 @@ pub struct CommonConfig {
     /// `MERCATO_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed (loopback by
     /// default); behind a load balancer or the gateway in a cluster, their network.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `CHAOS_MODE=true`: start with the default chaos profile (5% errors, see `chaos`).
+    pub chaos_mode: bool,
 }
 
 /// Printed at start: the database URL without its password.
@@ -256,6 +258,7 @@ impl fmt::Debug for CommonConfig {
             .field("jwt_audience", &self.jwt_audience)
             .field("service_secret", &self.service_secret)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("chaos_mode", &self.chaos_mode)
             .finish()
     }
 }
@@ -317,6 +320,7 @@ impl CommonConfig {
             jwt_audience: env.string("MERCATO_JWT_AUDIENCE", "mercato"),
             service_secret: env.secret("MERCATO_SERVICE_SECRET"),
             trusted_proxies: trusted_proxies(env),
+            chaos_mode: env.flag("CHAOS_MODE", false),
         }
     }
 

@@ -9,6 +9,9 @@
 //! Expiry → `inventory.released` (reason expired) → order CANCELLED reservation_expired →
 //! `order.cancelled` (payment voids). Fulfil → `order.fulfilled` → inventory commits, payment
 //! captures. Admin refund → `order.refunded` → payment refunds.
+//! While the processor cannot be reached, every failed authorization attempt announces
+//! `payment.delayed` (the CONFIRMED order shows why it waits; nothing changes state), until an
+//! attempt gets an answer or the reservation expires.
 
 use crate::ids::{OrderId, ProductId, UserId};
 use serde::{Deserialize, Serialize};
@@ -31,6 +34,7 @@ pub mod types {
     pub const PAYMENT_CAPTURED: &str = "payment.captured";
     pub const PAYMENT_VOIDED: &str = "payment.voided";
     pub const PAYMENT_REFUNDED: &str = "payment.refunded";
+    pub const PAYMENT_DELAYED: &str = "payment.delayed";
 }
 
 /// `product.created`, `product.updated`, `product.deactivated` (catalog).
@@ -168,6 +172,25 @@ pub struct PaymentFailed {
     pub payment_id: uuid::Uuid,
     /// The processor's decline code (`generic_decline`, `insufficient_funds`, ...).
     pub reason: String,
+}
+
+/// `payment.delayed` (payment): an authorization attempt ended without an answer worth keeping
+/// (the processor unreachable, too slow, overloaded, or its circuit breaker open), and the
+/// payment will try again. One per failed attempt; it changes no state anywhere, it only says
+/// why the order is still waiting, so a consumer keeps the one with the highest `attempt`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PaymentDelayed {
+    pub order_id: OrderId,
+    pub payment_id: uuid::Uuid,
+    /// For people, short: "the card processor is unavailable (circuit breaker open)".
+    pub reason: String,
+    /// The attempt that failed, from 1.
+    pub attempt: i64,
+    /// RFC 3339: when the next attempt is due.
+    pub next_attempt_at: String,
+    /// RFC 3339: the last moment an attempt is made (the reservation's expiry), when known;
+    /// past it the payment fails and the order is cancelled.
+    pub retry_until: Option<String>,
 }
 
 /// Reads an event's payload as `T`, refusing versions this build does not know.

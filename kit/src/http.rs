@@ -364,6 +364,8 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     /// Peers whose `X-Forwarded-For` is believed (see [`client_ip`]).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The chaos profile the service starts with (`CHAOS_MODE`); off by default.
+    pub chaos: crate::chaos::Profile,
 }
 
 impl Default for HttpSettings {
@@ -375,6 +377,7 @@ impl Default for HttpSettings {
                 .split(',')
                 .filter_map(|n| n.parse().ok())
                 .collect(),
+            chaos: crate::chaos::Profile::default(),
         }
     }
 }
@@ -385,6 +388,11 @@ impl From<&crate::config::CommonConfig> for HttpSettings {
             request_timeout: c.request_timeout,
             body_limit_bytes: c.body_limit_bytes,
             trusted_proxies: c.trusted_proxies.clone(),
+            chaos: if c.chaos_mode {
+                crate::chaos::Profile::default_mode()
+            } else {
+                crate::chaos::Profile::default()
+            },
         }
     }
 }
@@ -395,7 +403,11 @@ type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
 /// work that runs beside it. `mercato up`, `mercato serve` and the tests all run it the same way.
 pub struct Service {
     pub name: &'static str,
-    app: Router,
+    api: Router,
+    ops: Router,
+    metrics: Metrics,
+    settings: HttpSettings,
+    chaos: crate::chaos::Chaos,
     tasks: Vec<Task>,
     draining: Arc<AtomicBool>,
     on_stop: Vec<crate::db::Db>,
@@ -424,24 +436,21 @@ impl Service {
                 get(move || async move { axum::Json((*openapi).clone()) }),
             );
         }
-        let app = api
-            .merge(ops)
-            .fallback(|| async { Problem::not_found("no such route") })
-            .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-            .layer(middleware::from_fn(problem_layer))
-            .layer(middleware::from_fn_with_state(
-                settings.request_timeout,
-                timeout_layer,
-            ))
-            .layer(middleware::from_fn_with_state(metrics, metrics_layer))
-            .layer(tower_http::catch_panic::CatchPanicLayer::new())
-            .layer(middleware::from_fn_with_state(
-                Arc::new(settings.trusted_proxies.clone()),
-                context_layer,
-            ));
+        // Chaos sits in front of the API routes only: health, metrics and the admin routes stay
+        // reachable whatever it does, so its effect can be watched and switched off.
+        let chaos = crate::chaos::Chaos::new(metrics.registry(), settings.chaos.clone())
+            .expect("one chaos switch per service registry");
+        let api = api.layer(middleware::from_fn_with_state(
+            chaos.clone(),
+            crate::chaos::Chaos::layer,
+        ));
         Service {
             name,
-            app,
+            api,
+            ops,
+            metrics,
+            settings: settings.clone(),
+            chaos,
             tasks: Vec::new(),
             draining,
             on_stop: Vec::new(),
@@ -458,15 +467,48 @@ impl Service {
         self
     }
 
+    /// This service's chaos switch (see [`crate::chaos`]).
+    pub fn chaos(&self) -> &crate::chaos::Chaos {
+        &self.chaos
+    }
+
     /// Closes this database's pools after the last request has finished.
     pub fn closes(mut self, db: crate::db::Db) -> Self {
         self.on_stop.push(db);
         self
     }
 
+    /// Adds the admin routes every service has, `GET/PUT/DELETE /api/v1/admin/chaos`, checked
+    /// with `verifier` (ADMIN only).
+    pub fn with_admin(mut self, verifier: crate::auth::Verifier) -> Self {
+        self.api = self
+            .api
+            .merge(crate::chaos::admin_router(self.chaos.clone(), verifier));
+        self
+    }
+
     /// The router, for tests that drive it without a socket.
     pub fn router(&self) -> Router {
-        self.app.clone()
+        let settings = &self.settings;
+        self.api
+            .clone()
+            .merge(self.ops.clone())
+            .fallback(|| async { Problem::not_found("no such route") })
+            .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+            .layer(middleware::from_fn(problem_layer))
+            .layer(middleware::from_fn_with_state(
+                settings.request_timeout,
+                timeout_layer,
+            ))
+            .layer(middleware::from_fn_with_state(
+                self.metrics.clone(),
+                metrics_layer,
+            ))
+            .layer(tower_http::catch_panic::CatchPanicLayer::new())
+            .layer(middleware::from_fn_with_state(
+                Arc::new(settings.trusted_proxies.clone()),
+                context_layer,
+            ))
     }
 
     /// Serves until `shutdown` is cancelled: then stops accepting, lets in-flight requests
@@ -476,6 +518,7 @@ impl Service {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
+        let app = self.router();
         let tasks_token = CancellationToken::new();
         let handles: Vec<_> = self
             .tasks
@@ -487,7 +530,7 @@ impl Service {
         let stop = shutdown.clone();
         let served = axum::serve(
             listener,
-            self.app.into_make_service_with_connect_info::<SocketAddr>(),
+            app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
             stop.cancelled().await;

@@ -5,6 +5,7 @@
 //! envelope). It deliberately holds no business rules: those live in each service's `domain`.
 
 pub mod auth;
+pub mod chaos;
 pub mod client;
 pub mod config;
 pub mod contracts;

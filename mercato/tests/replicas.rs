@@ -10,12 +10,14 @@
 //! Kubernetes Service in production): services reach each other through it, and it is the one
 //! gateway replica left running. Clients use both gateway replicas until the second is killed.
 
+#[path = "support/procs.rs"]
+mod procs;
 mod support;
 
+use procs::{free_port, login, ready, serve, Proc};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,69 +36,6 @@ const REPLICATED: [&str; 7] = [
 const ORDERS: usize = 48;
 const CONCURRENCY: usize = 8;
 const KILL_AFTER: usize = 16;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn port_var(service: &str) -> String {
-    format!(
-        "MERCATO_{}_PORT",
-        service.to_ascii_uppercase().replace('-', "_")
-    )
-}
-
-/// A running `mercato serve` process, killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(
-    service: &str,
-    replica: usize,
-    port: u16,
-    env: &[(String, String)],
-    dir: &std::path::Path,
-) -> Proc {
-    let data = dir.join(format!("{service}-{replica}"));
-    std::fs::create_dir_all(&data).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mercato"))
-        .args(["serve", service])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MERCATO_DATA_DIR", &data)
-        .env("MERCATO_LOG", "error")
-        .env(port_var(service), port.to_string())
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc {
-        name: format!("{service}#{replica}"),
-        child,
-    }
-}
-
-async fn ready(http: &Client, base: &str) {
-    eventually(Duration::from_secs(60), || async {
-        let r = http.get(format!("{base}/health/ready")).send().await.ok()?;
-        (r.status() == StatusCode::OK).then_some(())
-    })
-    .await;
-}
 
 struct Cluster {
     procs: Vec<Proc>,
@@ -117,8 +56,7 @@ impl Cluster {
             .iter_mut()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("{name} not running"));
-        p.child.kill().unwrap();
-        p.child.wait().unwrap();
+        p.kill();
     }
 }
 
@@ -181,22 +119,6 @@ async fn start_cluster(
         }
     }
     Cluster { procs, psp, urls }
-}
-
-async fn login(http: &Client, gw: &str, email: &str, password: &str) -> String {
-    let v: Value = http
-        .post(format!("{gw}/api/v1/auth/login"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("login {email}: {v}"))
-        .to_owned()
 }
 
 /// Places one order as a careful client does: on a lost connection, a 5xx or a key still in

@@ -154,7 +154,10 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
                 .await?;
         }
     }
-    let (router, openapi) = http::router(http::AppState { auth, verifier });
+    let (router, openapi) = http::router(http::AppState {
+        auth,
+        verifier: verifier.clone(),
+    });
     let purge_db = db.clone();
     Ok(Service::new(
         "auth",
@@ -164,6 +167,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         vec![Arc::new(DbCheck(db.clone()))],
         &HttpSettings::from(c),
     )
+    .with_admin(verifier)
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
     .closes(db))
 }

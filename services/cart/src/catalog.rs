@@ -2,12 +2,15 @@
 //! a cart is shown or changed it asks the catalog service
 //! (`GET {MERCATO_CATALOG_URL}/api/v1/products/{id}`), one request per line, all at once.
 //!
-//! Every call has a deadline; when the catalog cannot answer (unreachable, slow, failing) the
-//! whole lookup fails, and the cart answers 503 naming the catalog rather than showing a cart
-//! with made-up prices.
+//! Every call goes through the kit's resilient client (dependency `catalog`): a deadline, one
+//! retry after a refused connection or a 502/503/504 (not after a timeout, which has used the
+//! time already), a circuit breaker and a bulkhead. When the catalog cannot answer
+//! (unreachable, slow, failing) the whole lookup fails, and the cart answers 503 naming the
+//! catalog rather than showing a cart with made-up prices.
 
 use crate::domain::{ProductInfo, Products};
-use mercato_kit::http::{RequestContext, CORRELATION_ID, TRACEPARENT};
+use mercato_kit::client::{Dependency, Policy};
+use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{Currency, ProductId};
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -32,8 +35,16 @@ pub trait Catalog: Send + Sync {
 /// The catalog service over HTTP.
 pub struct CatalogClient {
     base: String,
-    timeout: Duration,
-    http: reqwest::Client,
+    catalog: Dependency,
+}
+
+/// The catalog's policy: `timeout` per attempt, the default breaker (reset 10 s).
+pub fn policy(timeout: Duration) -> Policy {
+    let mut policy = Policy::new(timeout, Duration::from_secs(10));
+    policy.retry.max_retries = 1;
+    policy.retry.retry_timeouts = false;
+    policy.retry.max_retry_after = Duration::from_millis(500);
+    policy
 }
 
 #[derive(Deserialize)]
@@ -45,11 +56,10 @@ struct ProductAnswer {
 }
 
 impl CatalogClient {
-    pub fn new(base_url: &str, timeout: Duration) -> CatalogClient {
+    pub fn new(base_url: &str, catalog: Dependency) -> CatalogClient {
         CatalogClient {
             base: format!("{}/api/v1/products", base_url.trim_end_matches('/')),
-            timeout,
-            http: reqwest::Client::new(),
+            catalog,
         }
     }
 
@@ -58,22 +68,15 @@ impl CatalogClient {
         id: ProductId,
         ctx: Option<&RequestContext>,
     ) -> Result<(ProductId, Option<ProductInfo>), Unavailable> {
-        let mut req = self
-            .http
-            .get(format!("{}/{id}", self.base))
-            .timeout(self.timeout);
-        if let Some(ctx) = ctx {
-            req = req
-                .header(CORRELATION_ID, &ctx.correlation_id)
-                .header(TRACEPARENT, &ctx.traceparent);
-        }
-        let res = req
-            .send()
+        let url = format!("{}/{id}", self.base);
+        let res = self
+            .catalog
+            .send(ctx, |http| http.get(&url))
             .await
             .map_err(|e| Unavailable(format!("the catalog service did not answer: {e}")))?;
-        match res.status() {
+        match res.status {
             StatusCode::OK => {
-                let p: ProductAnswer = res.json().await.map_err(|e| {
+                let p: ProductAnswer = res.json().map_err(|e| {
                     Unavailable(format!("the catalog service answered unreadably: {e}"))
                 })?;
                 Ok((
@@ -110,12 +113,20 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    fn client(base: &str, timeout: Duration) -> CatalogClient {
+        let registry = prometheus::Registry::new();
+        CatalogClient::new(
+            base,
+            Dependency::new("catalog", policy(timeout), &registry).unwrap(),
+        )
+    }
+
     #[tokio::test]
     async fn an_unreachable_catalog_is_unavailable_at_once() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let c = CatalogClient::new(&format!("http://{addr}"), Duration::from_secs(2));
+        let c = client(&format!("http://{addr}"), Duration::from_secs(2));
         let err = c.products(&[ProductId::new()], None).await.unwrap_err();
         assert!(err.0.contains("catalog"), "{err}");
     }
@@ -130,7 +141,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let c = CatalogClient::new(&format!("http://{addr}"), Duration::from_millis(200));
+        let c = client(&format!("http://{addr}"), Duration::from_millis(200));
         let started = Instant::now();
         assert!(c.products(&[ProductId::new()], None).await.is_err());
         let took = started.elapsed();
@@ -143,7 +154,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_lines_ask_nothing() {
-        let c = CatalogClient::new("http://127.0.0.1:9", Duration::from_millis(100));
+        let c = client("http://127.0.0.1:9", Duration::from_millis(100));
         assert!(c.products(&[], None).await.unwrap().is_empty());
     }
 }

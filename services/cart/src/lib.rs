@@ -25,6 +25,7 @@ pub mod service;
 pub mod store;
 
 use mercato_kit::auth::Verifier;
+use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{redact, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer};
@@ -175,16 +176,25 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
             Arc::new(redis_store::RedisKv::new(conn, &redis.prefix))
         }
     };
+    let metrics = Metrics::new(SERVICE);
     let carts = Arc::new(service::Carts::new(
         db.clone(),
         store.clone(),
         Arc::new(catalog::CatalogClient::new(
             &config.catalog_url,
-            config.catalog_timeout(),
+            Dependency::new(
+                "catalog",
+                catalog::policy(config.catalog_timeout()),
+                metrics.registry(),
+            )?,
         )),
         Arc::new(orders::OrderClient::new(
             &config.order_url,
-            config.order_timeout(),
+            Dependency::new(
+                "order",
+                orders::policy(config.order_timeout()),
+                metrics.registry(),
+            )?,
         )),
         service::Settings {
             ttl: config.ttl,
@@ -209,17 +219,18 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     });
     let router = api_router.merge(mercato_kit::events::consumer::admin_router(
         consumer.clone(),
-        verifier,
+        verifier.clone(),
     ));
     let purge_db = db.clone();
     let mut service = Service::new(
         SERVICE,
         router,
         openapi,
-        Metrics::new(SERVICE),
+        metrics,
         checks,
         &HttpSettings::from(common),
     )
+    .with_admin(verifier)
     .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop));
     // Redis drops expired carts itself.

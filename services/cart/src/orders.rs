@@ -8,8 +8,13 @@
 //! Only when the order service cannot answer (unreachable, out of time, failing with a 5xx) does
 //! the cart answer for it, with a 503 naming it; the client retries with the same key, and the
 //! derived key makes sure an order that was placed after all is not placed twice.
+//!
+//! The call goes through the kit's resilient client (dependency `order`). The request is keyed,
+//! so the client may repeat it after a refused connection or a 502/503/504 (twice at most);
+//! never after a timeout, which has used up the customer's time already.
 
-use mercato_kit::http::{RequestContext, CORRELATION_ID, IDEMPOTENCY_KEY, TRACEPARENT};
+use mercato_kit::client::{Dependency, Error, Policy};
+use mercato_kit::http::{RequestContext, IDEMPOTENCY_KEY};
 use mercato_kit::ids::OrderId;
 use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
@@ -55,16 +60,22 @@ pub trait OrderService: Send + Sync {
 /// The order service over HTTP.
 pub struct OrderClient {
     url: String,
-    timeout: Duration,
-    http: reqwest::Client,
+    order: Dependency,
+}
+
+/// The order service's policy: `timeout` per attempt, the default breaker (reset 10 s).
+pub fn policy(timeout: Duration) -> Policy {
+    let mut policy = Policy::new(timeout, Duration::from_secs(10));
+    policy.retry.retry_timeouts = false;
+    policy.retry.max_retry_after = Duration::from_secs(1);
+    policy
 }
 
 impl OrderClient {
-    pub fn new(base_url: &str, timeout: Duration) -> OrderClient {
+    pub fn new(base_url: &str, order: Dependency) -> OrderClient {
         OrderClient {
             url: format!("{}/api/v1/orders", base_url.trim_end_matches('/')),
-            timeout,
-            http: reqwest::Client::new(),
+            order,
         }
     }
 }
@@ -79,27 +90,38 @@ impl OrderService for OrderClient {
         ctx: &RequestContext,
     ) -> Result<OrderAnswer, Unavailable> {
         let res = self
-            .http
-            .post(&self.url)
-            .timeout(self.timeout)
-            .header(AUTHORIZATION, authorization)
-            .header(IDEMPOTENCY_KEY, key)
-            .header(CORRELATION_ID, &ctx.correlation_id)
-            .header(TRACEPARENT, &ctx.traceparent)
-            .json(order)
-            .send()
-            .await
-            .map_err(|e| Unavailable(format!("the order service did not answer: {e}")))?;
-        let status = res.status();
-        if status.is_server_error() {
-            return Err(Unavailable(format!("the order service answered {status}")));
-        }
+            .order
+            .send(Some(ctx), |http| {
+                http.post(&self.url)
+                    .header(AUTHORIZATION, authorization)
+                    .header(IDEMPOTENCY_KEY, key)
+                    .json(order)
+            })
+            .await;
+        let res = match res {
+            Ok(res) => res,
+            // A 429 is the order service refusing this customer for now: theirs to hear.
+            Err(Error::Status { response, .. })
+                if response.status == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                response
+            }
+            Err(Error::Status { response, .. }) => {
+                return Err(Unavailable(format!(
+                    "the order service answered {}",
+                    response.status
+                )))
+            }
+            Err(e) => {
+                return Err(Unavailable(format!(
+                    "the order service did not answer: {e}"
+                )))
+            }
+        };
+        let status = res.status;
         if !status.is_success() {
-            let retry_after = res.headers().get(RETRY_AFTER).cloned();
-            let body = res
-                .text()
-                .await
-                .map_err(|e| Unavailable(format!("the order service's answer was cut off: {e}")))?;
+            let retry_after = res.headers.get(RETRY_AFTER).cloned();
+            let body = res.text();
             return Ok(OrderAnswer::Refused {
                 status,
                 body,
@@ -108,7 +130,6 @@ impl OrderService for OrderClient {
         }
         let body: Value = res
             .json()
-            .await
             .map_err(|e| Unavailable(format!("the order service answered unreadably: {e}")))?;
         let order_id = body["id"]
             .as_str()

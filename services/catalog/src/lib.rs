@@ -92,7 +92,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         &config.common.jwt_issuer,
         &config.common.jwt_audience,
     );
-    let (router, openapi) = http::router(db.clone(), verifier);
+    let (router, openapi) = http::router(db.clone(), verifier.clone());
     let purge_db = db.clone();
     let relay = Relay::new(db.clone(), bus, db.outbox_waker());
     Ok(Service::new(
@@ -103,6 +103,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         vec![Arc::new(DbCheck(db.clone()))],
         &HttpSettings::from(&config.common),
     )
+    .with_admin(verifier)
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
     .with_task(move |stop| relay.run(stop))
     .closes(db))

@@ -269,8 +269,21 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let metrics = Metrics::new(SERVICE);
     let proxy_metrics = proxy::ProxyMetrics::register(metrics.registry())?;
     let stopped = edge::rejected_counter(metrics.registry())?;
+    let dependencies = config
+        .upstreams
+        .iter()
+        .map(|(s, _)| {
+            let dependency = mercato_kit::client::Dependency::new(
+                s,
+                proxy::policy(config.upstream_timeout),
+                metrics.registry(),
+            )?;
+            Ok((*s, dependency))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let proxy = Arc::new(proxy::Proxy::new(
         upstreams.clone(),
+        dependencies,
         config.upstream_timeout,
         config.common.body_limit_bytes,
         proxy_metrics,
@@ -316,12 +329,13 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let per_ip = config.ip_limit.map(&limiter);
     let per_user = config.user_limit.map(&limiter);
     let limiters: Vec<Arc<dyn RateLimit>> = per_ip.iter().chain(per_user.iter()).cloned().collect();
+    let verifier = Verifier::remote(
+        &auth_base,
+        &config.common.jwt_issuer,
+        &config.common.jwt_audience,
+    );
     let edge = edge::Edge {
-        verifier: Verifier::remote(
-            &auth_base,
-            &config.common.jwt_issuer,
-            &config.common.jwt_audience,
-        ),
+        verifier: verifier.clone(),
         per_ip,
         per_user,
         stopped,
@@ -357,7 +371,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let settings = HttpSettings {
         request_timeout: config.upstream_timeout + Duration::from_secs(1),
         body_limit_bytes: config.common.body_limit_bytes,
-        trusted_proxies: config.common.trusted_proxies.clone(),
+        ..HttpSettings::from(&config.common)
     };
     Ok(Service::new(
         SERVICE,
@@ -367,6 +381,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         checks,
         &settings,
     )
+    .with_admin(verifier)
     .with_task(move |stop| async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {

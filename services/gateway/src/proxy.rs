@@ -1,6 +1,14 @@
 //! The reverse proxy: one pooled HTTP client, bodies streamed both ways (so Server-Sent Events
 //! pass through as they are written), the caller's request id, correlation id and trace passed
 //! on, and a problem document naming the service when it cannot answer.
+//!
+//! Each service is a dependency of the kit's resilient client (`mercato_kit::client`), so the
+//! gateway has the same circuit breaker, bulkhead and `http_client_*` metrics per service as
+//! every other caller. It makes the exchange itself, though, because the kit's `send` reads
+//! whole answers and rebuilds the request per attempt, and the gateway streams both. So its
+//! retry is its own: a request that could not connect goes to the next replica, and only a
+//! request without a body (a streamed body is gone once sent). A breaker that is open answers
+//! 503 at once with a `Retry-After`; a full bulkhead answers 503 too.
 
 use crate::routes;
 use crate::upstream::Upstreams;
@@ -11,11 +19,28 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use mercato_kit::client::{Dependency, Ended, Error as ClientError, Policy};
 use mercato_kit::http::{RequestContext, CORRELATION_ID, REQUEST_ID, TRACEPARENT};
 use mercato_kit::problem::Problem;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Requests in flight to one service through one gateway before it answers 503 instead of
+/// queueing: well above what a healthy service has in flight, low enough that a stuck one
+/// cannot take every connection of the gateway with it. Held until the answer's head arrives,
+/// so long-lived streams (SSE) do not hold a place.
+pub const BULKHEAD: usize = 512;
+
+/// A service as the gateway calls it: the kit's breaker defaults (50% of at least 10 calls in
+/// 10 s, reset after 10 s); retries are the proxy's own (see the module doc).
+pub fn policy(timeout: Duration) -> Policy {
+    let mut policy = Policy::new(timeout, Duration::from_secs(10));
+    policy.retry.max_retries = 0;
+    policy.bulkhead = BULKHEAD;
+    policy
+}
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -67,6 +92,7 @@ impl ProxyMetrics {
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
     upstreams: Arc<Upstreams>,
+    dependencies: HashMap<&'static str, Dependency>,
     timeout: Duration,
     body_limit: usize,
     metrics: ProxyMetrics,
@@ -75,6 +101,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         upstreams: Arc<Upstreams>,
+        dependencies: HashMap<&'static str, Dependency>,
         timeout: Duration,
         body_limit: usize,
         metrics: ProxyMetrics,
@@ -91,6 +118,7 @@ impl Proxy {
         Proxy {
             client,
             upstreams,
+            dependencies,
             timeout,
             body_limit,
             metrics,
@@ -119,7 +147,10 @@ pub async fn forward(
     let Some(route) = routes::route(req.uri().path()) else {
         return Problem::not_found("no such route").into_response();
     };
-    let Some(upstream) = proxy.upstreams.get(route.service) else {
+    let (Some(upstream), Some(dependency)) = (
+        proxy.upstreams.get(route.service),
+        proxy.dependencies.get(route.service),
+    ) else {
         return unavailable(route.service, "is not configured on this gateway");
     };
     if let Some(len) = content_length(req.headers()) {
@@ -153,7 +184,16 @@ pub async fn forward(
     )));
     let started = Instant::now();
     let mut last_failure = None;
-    for replica in upstream.candidates() {
+    for (attempt, replica) in upstream.candidates().into_iter().enumerate() {
+        let admitted = match dependency.admit_call() {
+            Ok(admitted) => admitted,
+            Err(e) if attempt == 0 => return refused(route.service, &e, dependency),
+            // The breaker opened meanwhile: the connect failure already seen is the answer.
+            Err(_) => break,
+        };
+        if attempt > 0 {
+            dependency.count_retry();
+        }
         let uri: Uri = match format!("{}{}{}", replica.base, route.path, query).parse() {
             Ok(u) => u,
             Err(e) => return Problem::internal(&format!("bad upstream URI: {e}")).into_response(),
@@ -173,6 +213,7 @@ pub async fn forward(
             Ok(Ok(res)) => {
                 replica.restore();
                 let status = res.status();
+                admitted.finish(Ended::Answered(status));
                 proxy
                     .metrics
                     .requests
@@ -187,11 +228,19 @@ pub async fn forward(
             }
             Ok(Err(e)) if e.is_connect() => {
                 replica.bench();
+                admitted.finish(Ended::Connect);
                 Failure::Connect(error_chain(&e))
             }
+            // The client's fault, not the service's: the breaker does not count it.
             Ok(Err(e)) if is_length_limit(&e) => Failure::BodyTooLarge,
-            Ok(Err(e)) => Failure::Broken(error_chain(&e)),
-            Err(_) => Failure::Timeout,
+            Ok(Err(e)) => {
+                admitted.finish(Ended::Transport);
+                Failure::Broken(error_chain(&e))
+            }
+            Err(_) => {
+                admitted.finish(Ended::Timeout);
+                Failure::Timeout
+            }
         };
         let retry = matches!(failure, Failure::Connect(_)) && bodyless;
         last_failure = Some(failure);
@@ -255,6 +304,28 @@ pub async fn forward(
         .with_label_values(&[service, outcome])
         .inc();
     res
+}
+
+/// The kit's client would not let the call through: the breaker is open or the bulkhead full.
+fn refused(service: &'static str, e: &ClientError, dependency: &Dependency) -> Response {
+    let (outcome, why, retry_after) = match e {
+        ClientError::BreakerOpen { .. } => (
+            "breaker_open",
+            "is failing: its circuit breaker is open, calls are refused until it is tried again",
+            dependency.reset_after().as_secs().max(1),
+        ),
+        _ => ("bulkhead_full", "has too many requests in flight", 1),
+    };
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_unavailable",
+        "A service is not available",
+    )
+    .with_detail(format!("the {service} service {why}"))
+    .with_extension("service", service.into())
+    .with_extension("reason", outcome.into())
+    .with_retry_after(retry_after)
+    .into_response()
 }
 
 fn unavailable(service: &str, why: &str) -> Response {

@@ -126,7 +126,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     });
     let router = api.merge(mercato_kit::events::consumer::admin_router(
         consumer.clone(),
-        verifier,
+        verifier.clone(),
     ));
     let purge_db = db.clone();
     Ok(Service::new(
@@ -137,6 +137,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         vec![Arc::new(DbCheck(db.clone()))],
         &HttpSettings::from(common),
     )
+    .with_admin(verifier)
     .with_task(move |stop| relay.run(stop))
     .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
     .with_task(move |stop| sweeper::run(inv, stop))

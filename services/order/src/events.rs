@@ -6,13 +6,14 @@
 //! order's status refuses is a late or repeated event: logged at debug and dropped, never an
 //! error. Only real failures (the database) are returned, to be retried and then parked.
 
-use crate::domain::{Command, Effect, PricedOrder};
+use crate::domain::{Command, Effect, PricedOrder, WaitStep, Waiting};
 use crate::service::{self, Cause, Error, Orders};
 use crate::store;
 use mercato_kit::contracts::types::*;
 use mercato_kit::contracts::{
     self, InventoryReleased, InventoryReserved, OrderCancelled, OrderCreated, OrderLine, OrderRef,
-    OrderRefunded, PaymentChanged, PaymentFailed, ProductChanged, ReleaseReason, ReservationFailed,
+    OrderRefunded, PaymentChanged, PaymentDelayed, PaymentFailed, ProductChanged, ReleaseReason,
+    ReservationFailed,
 };
 use mercato_kit::db::Tx;
 use mercato_kit::events::{Envelope, EventHandler};
@@ -22,7 +23,7 @@ use std::sync::Arc;
 pub const PRODUCER: &str = "order";
 
 /// Every event type the order service consumes.
-pub const CONSUMED: [&str; 8] = [
+pub const CONSUMED: [&str; 9] = [
     PRODUCT_CREATED,
     PRODUCT_UPDATED,
     PRODUCT_DEACTIVATED,
@@ -31,6 +32,7 @@ pub const CONSUMED: [&str; 8] = [
     INVENTORY_RELEASED,
     PAYMENT_AUTHORIZED,
     PAYMENT_FAILED,
+    PAYMENT_DELAYED,
 ];
 
 /// `order.created`, with each line's seller and price snapshot, so inventory and payment need
@@ -88,6 +90,31 @@ fn occurred_us(env: &Envelope) -> i64 {
     chrono::DateTime::parse_from_rfc3339(&env.occurred_at)
         .map(|t| t.timestamp_micros())
         .unwrap_or_else(|_| mercato_kit::time::now_us())
+}
+
+/// An RFC 3339 time of a payload in µs; a producer sending anything else has a bug, and the
+/// event is parked for an admin rather than guessed at.
+fn payload_time(field: &str, value: &str) -> anyhow::Result<i64> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| anyhow::anyhow!("{field} {value:?} is not an RFC 3339 time: {e}"))
+}
+
+/// What `payment.delayed` says about the order's wait.
+fn payment_wait(env: &Envelope, e: &PaymentDelayed) -> anyhow::Result<Waiting> {
+    anyhow::ensure!(e.attempt >= 1, "attempt {} is not from 1", e.attempt);
+    Ok(Waiting {
+        step: WaitStep::Payment,
+        reason: e.reason.chars().take(200).collect(),
+        attempt: e.attempt,
+        next_attempt_at: payload_time("next_attempt_at", &e.next_attempt_at)?,
+        retry_until: e
+            .retry_until
+            .as_deref()
+            .map(|t| payload_time("retry_until", t))
+            .transpose()?,
+        since: occurred_us(env),
+    })
 }
 
 /// Consumes product and saga events (consumer name `order`).
@@ -172,6 +199,20 @@ impl EventHandler for OrderEvents {
                 let e: PaymentFailed = contracts::payload(env)?;
                 tracing::info!(order_id = %e.order_id, decline = %e.reason, "payment failed");
                 self.saga(tx, env, e.order_id, Command::PaymentFailed).await
+            }
+            // Not a transition: the order stays CONFIRMED and only shows why it waits. A report
+            // for an order that has moved on, or older than the one shown, changes nothing.
+            PAYMENT_DELAYED => {
+                let e: PaymentDelayed = contracts::payload(env)?;
+                let wait = payment_wait(env, &e)?;
+                if store::record_wait(tx, e.order_id, &wait).await? {
+                    tracing::info!(order_id = %e.order_id, attempt = e.attempt, reason = %e.reason,
+                        next_attempt_at = %e.next_attempt_at, "order waits for its payment");
+                } else {
+                    tracing::debug!(order_id = %e.order_id, event_id = %env.event_id, attempt = e.attempt,
+                        "payment delay for an order that moved on, or already known; nothing to do");
+                }
+                Ok(())
             }
             other => {
                 tracing::debug!(event_type = other, "not an event the order service handles");

@@ -7,6 +7,7 @@
 
 use crate::domain::{
     Command, CreateOrder, Cursor, Order, OrderItem, OrderStatus, ShippingAddress, StockCheck,
+    WaitStep, Waiting,
 };
 use crate::service::{self, Cause, Error, Orders};
 use crate::store::{HistoryEntry, ListFilter};
@@ -129,6 +130,46 @@ pub struct OrderBody {
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+    /// While CONFIRMED: why the order has not moved on yet (the card processor is unreachable,
+    /// say), as its payment last reported. Null otherwise.
+    waiting_for: Option<WaitingFor>,
+}
+
+/// Why an order waits in the saga. It is not a status: the order stays CONFIRMED, its history
+/// gains no step, and this disappears once it moves on.
+#[derive(Serialize, ToSchema)]
+pub struct WaitingFor {
+    /// The step it waits on: `payment` (the authorization, retried until the reservation
+    /// expires).
+    step: WaitStep,
+    /// For people.
+    #[schema(example = "the card processor is unavailable (circuit breaker open)")]
+    reason: String,
+    /// The attempt that failed last, from 1.
+    attempt: i64,
+    /// When the step is tried again.
+    #[schema(format = DateTime)]
+    next_attempt_at: String,
+    /// When it stops being retried (the stock reservation's expiry); the order is then
+    /// cancelled. Null when unknown.
+    #[schema(format = DateTime)]
+    retry_until: Option<String>,
+    /// When the order started waiting on this step.
+    #[schema(format = DateTime)]
+    since: String,
+}
+
+impl From<&Waiting> for WaitingFor {
+    fn from(w: &Waiting) -> Self {
+        WaitingFor {
+            step: w.step,
+            reason: w.reason.clone(),
+            attempt: w.attempt,
+            next_attempt_at: to_rfc3339(w.next_attempt_at),
+            retry_until: w.retry_until.map(to_rfc3339),
+            since: to_rfc3339(w.since),
+        }
+    }
 }
 
 impl From<&Order> for OrderBody {
@@ -146,6 +187,7 @@ impl From<&Order> for OrderBody {
             stock_check: o.stock_check,
             created_at: to_rfc3339(o.created_at),
             updated_at: to_rfc3339(o.updated_at),
+            waiting_for: o.waiting_for().map(WaitingFor::from),
         }
     }
 }

@@ -3,17 +3,19 @@
 //!
 //! It is only a courtesy: the reservation in the saga is what counts. So whenever inventory
 //! cannot answer (unreachable, slow, failing, or our service token unobtainable) the order is
-//! accepted with `stock_check: deferred` and the saga catches up. The call has a deadline, a
-//! small bulkhead (bounded concurrency) and a circuit breaker, so an inventory outage costs
+//! accepted with `stock_check: deferred` and the saga catches up. The call goes through the
+//! kit's resilient client (dependency `inventory`): a timeout (3 s by default), one retry for a
+//! refused connection or a 502/503/504 (never for a timeout: a second one would only double
+//! the customer's wait for the same fallback), a circuit breaker that stops asking a failing
+//! inventory for a while (reset 10 s by default) and a bulkhead, so an inventory outage costs
 //! orders nothing but the check, not seconds each.
 
 use mercato_kit::auth::ServiceTokens;
-use mercato_kit::http::{RequestContext, CORRELATION_ID, TRACEPARENT};
+use mercato_kit::client::{Dependency, Error, Policy};
+use mercato_kit::http::RequestContext;
 use mercato_kit::ids::ProductId;
 use serde::Deserialize;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use std::time::Duration;
 
 /// What the pre-check learned.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,44 +34,24 @@ pub trait StockCheck: Send + Sync {
     async fn check(&self, lines: &[(ProductId, i64)], ctx: Option<&RequestContext>) -> StockAnswer;
 }
 
-/// Consecutive failures that open the breaker, and how long it then stays open.
-const TRIP_AFTER: u32 = 5;
-const OPEN_FOR: Duration = Duration::from_secs(10);
 /// Pre-checks in flight at once; beyond that, orders are accepted deferred.
 const BULKHEAD: usize = 64;
 
-#[derive(Default)]
-struct Breaker {
-    failures: u32,
-    open_until: Option<Instant>,
-}
-
-impl Breaker {
-    fn allows(&self, now: Instant) -> bool {
-        self.open_until.is_none_or(|t| now >= t)
-    }
-
-    fn succeeded(&mut self) {
-        *self = Breaker::default();
-    }
-
-    /// After the open period one call goes through; if it fails too, the breaker reopens.
-    fn failed(&mut self, now: Instant) {
-        self.failures += 1;
-        if self.failures >= TRIP_AFTER {
-            self.open_until = Some(now + OPEN_FOR);
-        }
-    }
+/// The pre-check's policy: `timeout` per attempt, the breaker open for `reset_after`.
+pub fn policy(timeout: Duration, reset_after: Duration) -> Policy {
+    let mut policy = Policy::new(timeout, reset_after);
+    policy.retry.max_retries = 1;
+    policy.retry.retry_timeouts = false;
+    policy.retry.max_retry_after = Duration::from_millis(500);
+    policy.bulkhead = BULKHEAD;
+    policy
 }
 
 /// The inventory service's `GET /api/v1/inventory/check` over HTTP.
 pub struct InventoryClient {
     check_url: String,
-    timeout: Duration,
-    http: reqwest::Client,
+    inventory: Dependency,
     tokens: Option<ServiceTokens>,
-    breaker: Mutex<Breaker>,
-    bulkhead: Semaphore,
 }
 
 #[derive(Deserialize)]
@@ -82,14 +64,11 @@ struct CheckAnswer {
 impl InventoryClient {
     /// `tokens` is `None` when no service secret is configured; the call then goes without a
     /// token and, if inventory insists on one, ends deferred.
-    pub fn new(base_url: &str, timeout: Duration, tokens: Option<ServiceTokens>) -> Self {
+    pub fn new(base_url: &str, inventory: Dependency, tokens: Option<ServiceTokens>) -> Self {
         InventoryClient {
             check_url: format!("{}/api/v1/inventory/check", base_url.trim_end_matches('/')),
-            timeout,
-            http: reqwest::Client::new(),
+            inventory,
             tokens,
-            breaker: Mutex::new(Breaker::default()),
-            bulkhead: Semaphore::new(BULKHEAD),
         }
     }
 
@@ -103,25 +82,33 @@ impl InventoryClient {
             query.push(("product_id", product.to_string()));
             query.push(("quantity", quantity.to_string()));
         }
-        let mut req = self.http.get(&self.check_url).query(&query);
-        if let Some(tokens) = &self.tokens {
-            let token = tokens
-                .token()
-                .await
-                .map_err(|e| format!("no service token: {e:#}"))?;
-            req = req.bearer_auth(token);
+        let token = match &self.tokens {
+            Some(tokens) => Some(
+                tokens
+                    .token()
+                    .await
+                    .map_err(|e| format!("no service token: {e:#}"))?,
+            ),
+            None => None,
+        };
+        let res = self
+            .inventory
+            .send(ctx, |http| {
+                let req = http.get(&self.check_url).query(&query);
+                match &token {
+                    Some(token) => req.bearer_auth(token),
+                    None => req,
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                Error::BreakerOpen { .. } => "the inventory circuit breaker is open".to_owned(),
+                e => e.to_string(),
+            })?;
+        if !res.status.is_success() {
+            return Err(format!("inventory answered {}", res.status));
         }
-        if let Some(ctx) = ctx {
-            req = req
-                .header(CORRELATION_ID, &ctx.correlation_id)
-                .header(TRACEPARENT, &ctx.traceparent);
-        }
-        let res = req.send().await.map_err(|e| e.to_string())?;
-        let status = res.status();
-        if !status.is_success() {
-            return Err(format!("inventory answered {status}"));
-        }
-        let answer: CheckAnswer = res.json().await.map_err(|e| e.to_string())?;
+        let answer: CheckAnswer = res.json().map_err(|e| e.to_string())?;
         Ok(if answer.available {
             StockAnswer::Available
         } else {
@@ -133,28 +120,9 @@ impl InventoryClient {
 #[async_trait::async_trait]
 impl StockCheck for InventoryClient {
     async fn check(&self, lines: &[(ProductId, i64)], ctx: Option<&RequestContext>) -> StockAnswer {
-        if !self
-            .breaker
-            .lock()
-            .expect("breaker lock")
-            .allows(Instant::now())
-        {
-            return StockAnswer::Unknown("the inventory circuit breaker is open".into());
-        }
-        let Ok(_permit) = self.bulkhead.try_acquire() else {
-            return StockAnswer::Unknown("too many stock checks in flight".into());
-        };
-        let outcome = tokio::time::timeout(self.timeout, self.ask(lines, ctx))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
-        let mut breaker = self.breaker.lock().expect("breaker lock");
-        match outcome {
-            Ok(answer) => {
-                breaker.succeeded();
-                answer
-            }
+        match self.ask(lines, ctx).await {
+            Ok(answer) => answer,
             Err(why) => {
-                breaker.failed(Instant::now());
                 tracing::warn!(error = %why, "stock pre-check failed; the order is accepted deferred");
                 StockAnswer::Unknown(why)
             }
@@ -165,22 +133,17 @@ impl StockCheck for InventoryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
-    #[test]
-    fn the_breaker_opens_after_repeated_failures_and_tries_again_later() {
-        let t0 = Instant::now();
-        let mut b = Breaker::default();
-        for _ in 0..TRIP_AFTER - 1 {
-            b.failed(t0);
-            assert!(b.allows(t0));
-        }
-        b.failed(t0);
-        assert!(!b.allows(t0));
-        assert!(b.allows(t0 + OPEN_FOR));
-        b.failed(t0 + OPEN_FOR);
-        assert!(!b.allows(t0 + OPEN_FOR), "a failed trial reopens it");
-        b.succeeded();
-        assert!(b.allows(t0 + OPEN_FOR));
+    fn client(addr: std::net::SocketAddr, timeout: Duration) -> InventoryClient {
+        let registry = prometheus::Registry::new();
+        let dep = Dependency::new(
+            "inventory",
+            policy(timeout, Duration::from_secs(10)),
+            &registry,
+        )
+        .unwrap();
+        InventoryClient::new(&format!("http://{addr}"), dep, None)
     }
 
     #[tokio::test]
@@ -189,8 +152,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let client =
-            InventoryClient::new(&format!("http://{addr}"), Duration::from_millis(500), None);
+        let client = client(addr, Duration::from_millis(500));
         let started = Instant::now();
         let answer = client.check(&[(ProductId::new(), 1)], None).await;
         assert!(matches!(answer, StockAnswer::Unknown(_)), "{answer:?}");
@@ -198,26 +160,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_silent_inventory_times_out() {
+    async fn a_silent_inventory_times_out_once_without_a_retry() {
         // Accepts connections but never answers.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = accepted.clone();
         let hold = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((s, _)) = listener.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 held.push(s);
             }
         });
-        let client =
-            InventoryClient::new(&format!("http://{addr}"), Duration::from_millis(200), None);
+        let client = client(addr, Duration::from_millis(200));
         let started = Instant::now();
         let answer = client.check(&[(ProductId::new(), 1)], None).await;
         assert!(matches!(answer, StockAnswer::Unknown(_)), "{answer:?}");
         let took = started.elapsed();
         assert!(
-            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
-            "{took:?}"
+            took >= Duration::from_millis(200) && took < Duration::from_millis(390),
+            "one timeout, no second attempt: {took:?}"
         );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         hold.abort();
     }
 }

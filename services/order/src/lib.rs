@@ -22,6 +22,7 @@ pub mod service;
 pub mod store;
 
 use mercato_kit::auth::{ServiceTokens, Verifier};
+use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{redact, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
@@ -46,6 +47,9 @@ pub struct Config {
     /// `MERCATO_INVENTORY_TIMEOUT_MS`: how long the pre-check may take before the order is
     /// accepted without it.
     pub inventory_timeout: Duration,
+    /// `MERCATO_INVENTORY_BREAKER_RESET_MS`: how long the pre-check's circuit breaker stays
+    /// open before trying inventory again.
+    pub inventory_breaker_reset: Duration,
 }
 
 impl Config {
@@ -63,12 +67,18 @@ impl Config {
             .unwrap_or_default();
         let inventory_timeout =
             Duration::from_millis(env.int("MERCATO_INVENTORY_TIMEOUT_MS", 3000, 10..=60_000));
+        let inventory_breaker_reset = Duration::from_millis(env.int(
+            "MERCATO_INVENTORY_BREAKER_RESET_MS",
+            10_000,
+            100..=600_000,
+        ));
         Config {
             common,
             port,
             database_url,
             inventory_url,
             inventory_timeout,
+            inventory_breaker_reset,
         }
     }
 }
@@ -81,6 +91,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &redact(&self.database_url))
             .field("inventory_url", &self.inventory_url)
             .field("inventory_timeout", &self.inventory_timeout)
+            .field("inventory_breaker_reset", &self.inventory_breaker_reset)
             .field("common", &self.common)
             .finish()
     }
@@ -118,8 +129,13 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         .service_secret
         .clone()
         .map(|secret| ServiceTokens::new(&common.auth_url, SERVICE, secret));
-    let stock =
-        inventory::InventoryClient::new(&config.inventory_url, config.inventory_timeout, tokens);
+    let metrics = Metrics::new(SERVICE);
+    let dependency = Dependency::new(
+        "inventory",
+        inventory::policy(config.inventory_timeout, config.inventory_breaker_reset),
+        metrics.registry(),
+    )?;
+    let stock = inventory::InventoryClient::new(&config.inventory_url, dependency, tokens);
     let orders = service::Orders::new(db.clone(), waker.clone(), Arc::new(stock));
     let handler = events::OrderEvents::new(orders.clone());
     let consumer = Consumer::new(SERVICE, db.clone(), Arc::new(handler)).waking(waker.clone());
@@ -131,17 +147,18 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     });
     let router = api_router.merge(mercato_kit::events::consumer::admin_router(
         consumer.clone(),
-        verifier,
+        verifier.clone(),
     ));
     let purge_db = db.clone();
     Ok(Service::new(
         SERVICE,
         router,
         openapi,
-        Metrics::new(SERVICE),
+        metrics,
         vec![Arc::new(DbCheck(db.clone()))],
         &HttpSettings::from(common),
     )
+    .with_admin(verifier)
     .with_task(move |stop| relay.run(stop))
     .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))

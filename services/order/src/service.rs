@@ -163,6 +163,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
         version: 1,
+        waiting: None,
     })
 }
 

@@ -8,7 +8,7 @@
 
 use crate::domain::{
     reason_name, Cursor, Order, OrderItem, OrderStatus, PricedOrder, ProductSnapshot,
-    ShippingAddress, Step, StockCheck,
+    ShippingAddress, Step, StockCheck, WaitStep, Waiting,
 };
 use mercato_kit::contracts::ProductChanged;
 use mercato_kit::db::{get_bool, Backend, Db, Tx};
@@ -93,7 +93,31 @@ pub async fn products(
 
 const ORDER_COLS: &str =
     "id, customer_id, status, cancel_reason, total_cents, currency, payment_method, \
-                          shipping_address, stock_check, created_at, updated_at, version";
+                          shipping_address, stock_check, created_at, updated_at, version, \
+                          waiting_step, waiting_reason, waiting_attempt, waiting_next_attempt_at, \
+                          waiting_retry_until, waiting_since";
+
+/// The `waiting_*` columns: all set, or (nothing reported) the step NULL.
+fn waiting_from(row: &AnyRow) -> Result<Option<Waiting>, sqlx::Error> {
+    let Some(step) = row.try_get::<Option<String>, _>("waiting_step")? else {
+        return Ok(None);
+    };
+    let step = WaitStep::parse(&step).ok_or_else(|| decode(format!("waiting_step {step:?}")))?;
+    let required = |column: &str| {
+        row.try_get::<Option<i64>, _>(column)?
+            .ok_or_else(|| decode(format!("{column} is NULL while waiting")))
+    };
+    Ok(Some(Waiting {
+        step,
+        reason: row
+            .try_get::<Option<String>, _>("waiting_reason")?
+            .unwrap_or_default(),
+        attempt: required("waiting_attempt")?,
+        next_attempt_at: required("waiting_next_attempt_at")?,
+        retry_until: row.try_get("waiting_retry_until")?,
+        since: required("waiting_since")?,
+    }))
+}
 
 fn order_from(row: &AnyRow) -> Result<Order, sqlx::Error> {
     let address: Option<String> = row.try_get("shipping_address")?;
@@ -115,6 +139,7 @@ fn order_from(row: &AnyRow) -> Result<Order, sqlx::Error> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,
+        waiting: waiting_from(row)?,
     })
 }
 
@@ -228,7 +253,9 @@ pub async fn status_of(
 }
 
 /// Moves the order from `from` to `to` if it is still in `from`; false when someone else moved
-/// it first.
+/// it first. Whatever the order was waiting on is forgotten once it leaves CONFIRMED (the step
+/// answered, or the order was cancelled); a report received while PENDING is kept, since the
+/// payment may be heard of before the reservation that confirms the order.
 pub async fn set_status(
     tx: &mut Tx,
     id: OrderId,
@@ -237,7 +264,13 @@ pub async fn set_status(
     now: i64,
 ) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
-        "UPDATE orders SET status = $3, cancel_reason = $4, updated_at = $5, version = version + 1 \
+        "UPDATE orders SET status = $3, cancel_reason = $4, updated_at = $5, version = version + 1, \
+         waiting_step = CASE WHEN $3 = 'CONFIRMED' THEN waiting_step END, \
+         waiting_reason = CASE WHEN $3 = 'CONFIRMED' THEN waiting_reason END, \
+         waiting_attempt = CASE WHEN $3 = 'CONFIRMED' THEN waiting_attempt END, \
+         waiting_next_attempt_at = CASE WHEN $3 = 'CONFIRMED' THEN waiting_next_attempt_at END, \
+         waiting_retry_until = CASE WHEN $3 = 'CONFIRMED' THEN waiting_retry_until END, \
+         waiting_since = CASE WHEN $3 = 'CONFIRMED' THEN waiting_since END \
          WHERE id = $1 AND status = $2",
     )
     .bind(id.to_string())
@@ -245,6 +278,30 @@ pub async fn set_status(
     .bind(to.name())
     .bind(to.cancel_reason().map(reason_name))
     .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Records why the order waits, if it is still PENDING or CONFIRMED and nothing newer was
+/// recorded (a report of a later attempt, or of a later wait); false otherwise, which is how a
+/// late or repeated report is dropped. The wait keeps the `since` of the report that started
+/// it. Neither the status, the version nor the history changes: waiting is not a state.
+pub async fn record_wait(tx: &mut Tx, id: OrderId, w: &Waiting) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE orders SET waiting_step = $2, waiting_reason = $3, waiting_attempt = $4, \
+         waiting_next_attempt_at = $5, waiting_retry_until = $6, \
+         waiting_since = CASE WHEN waiting_step = $2 THEN waiting_since ELSE $7 END \
+         WHERE id = $1 AND status IN ('PENDING', 'CONFIRMED') \
+         AND (waiting_step IS NULL OR waiting_step <> $2 OR waiting_attempt < $4)",
+    )
+    .bind(id.to_string())
+    .bind(w.step.as_str())
+    .bind(&w.reason)
+    .bind(w.attempt)
+    .bind(w.next_attempt_at)
+    .bind(w.retry_until)
+    .bind(w.since)
     .execute(&mut **tx)
     .await?;
     Ok(r.rows_affected() == 1)

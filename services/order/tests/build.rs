@@ -68,7 +68,15 @@ async fn the_built_service_consumes_from_the_bus_and_publishes_to_it() {
         Default::default(),
         Arc::new(mercato_order::inventory::InventoryClient::new(
             &config.inventory_url,
-            config.inventory_timeout,
+            mercato_kit::client::Dependency::new(
+                "inventory",
+                mercato_order::inventory::policy(
+                    config.inventory_timeout,
+                    config.inventory_breaker_reset,
+                ),
+                &prometheus::Registry::new(),
+            )
+            .unwrap(),
             None,
         )),
     );

@@ -54,6 +54,10 @@ pub struct Config {
     /// `MERCATO_PSP_RETRY_MAX_MS`: the longest wait between two attempts of a failing
     /// processor call (the backoff's cap), 60000 by default.
     pub psp_retry_max: Duration,
+    /// `MERCATO_PROCESSOR_BREAKER_RESET_MS`: how long the processor's circuit breaker stays
+    /// open (calls fail fast without reaching it) before trial calls go through, 30000 by
+    /// default.
+    pub processor_breaker_reset: Duration,
 }
 
 impl Config {
@@ -82,6 +86,11 @@ impl Config {
                 60_000,
                 10..=3_600_000,
             )),
+            processor_breaker_reset: Duration::from_millis(env.int(
+                "MERCATO_PROCESSOR_BREAKER_RESET_MS",
+                30_000,
+                100..=3_600_000,
+            )),
             common,
         }
     }
@@ -97,6 +106,7 @@ impl std::fmt::Debug for Config {
             .field("psp_webhook_secret", &self.psp_webhook_secret)
             .field("psp_timeout", &self.psp_timeout)
             .field("psp_retry_max", &self.psp_retry_max)
+            .field("processor_breaker_reset", &self.processor_breaker_reset)
             .field("common", &self.common)
             .finish()
     }
@@ -140,10 +150,14 @@ pub async fn assemble(
     settings.retry_cap = config.psp_retry_max;
     settings.retry_base = settings.retry_base.min(settings.retry_cap);
     let payments = service::Payments::new(db.clone(), settings, waker.clone());
-    let worker = worker::Worker::new(
-        payments.clone(),
-        psp::PspClient::new(&config.psp_url, config.psp_timeout)?,
-    );
+    // The processor client's breaker and request counts show on this service's /metrics.
+    let metrics = Metrics::new(SERVICE);
+    let processor = psp::PspClient::new(
+        &config.psp_url,
+        psp::policy(config.psp_timeout, config.processor_breaker_reset),
+        &metrics,
+    )?;
+    let worker = worker::Worker::new(payments.clone(), processor);
     let relay = Relay::new(db.clone(), bus.clone(), waker.clone());
     let consumer = Consumer::new(
         events::CONSUMER,
@@ -157,17 +171,18 @@ pub async fn assemble(
         payments: payments.clone(),
         verifier: verifier.clone(),
     });
-    let router = api.merge(admin_router(consumer.clone(), verifier));
+    let router = api.merge(admin_router(consumer.clone(), verifier.clone()));
     let purge_db = db.clone();
     let running = consumer.clone();
     let service = Service::new(
         SERVICE,
         router,
         openapi,
-        Metrics::new(SERVICE),
+        metrics,
         vec![Arc::new(DbCheck(db.clone()))],
         &HttpSettings::from(c),
     )
+    .with_admin(verifier)
     .with_task(move |stop| relay.run(stop))
     .with_task(move |stop| running.run(consumer_bus, events::CONSUMED.to_vec(), stop))
     .with_task(move |stop| worker.run(stop))
@@ -195,12 +210,14 @@ mod tests {
         assert_eq!(c.psp_webhook_secret.expose(), "whsec_mercato_dev");
         assert_eq!(c.psp_timeout, Duration::from_millis(5000));
         assert_eq!(c.psp_retry_max, Duration::from_secs(60));
+        assert_eq!(c.processor_breaker_reset, Duration::from_secs(30));
 
         let mut env = Env::from_pairs([
             ("MERCATO_PAYMENT_PORT", "9084"),
             ("MERCATO_PSP_URL", "http://psp:8090/"),
             ("MERCATO_PSP_WEBHOOK_SECRET", "whsec_s3cret"),
             ("MERCATO_PSP_TIMEOUT_MS", "1500"),
+            ("MERCATO_PROCESSOR_BREAKER_RESET_MS", "2500"),
             (
                 "MERCATO_PAYMENT_DATABASE_URL",
                 "postgres://pay:hunter2@db/pay",
@@ -211,6 +228,7 @@ mod tests {
         assert_eq!(c.port, 9084);
         assert_eq!(c.psp_url, "http://psp:8090");
         assert_eq!(c.psp_timeout, Duration::from_millis(1500));
+        assert_eq!(c.processor_breaker_reset, Duration::from_millis(2500));
         let printed = format!("{c:?}");
         assert!(
             !printed.contains("hunter2") && !printed.contains("s3cret"),
@@ -221,6 +239,7 @@ mod tests {
             ("MERCATO_PAYMENT_PORT", "http"),
             ("MERCATO_PSP_URL", "ftp://x"),
             ("MERCATO_PSP_TIMEOUT_MS", "0"),
+            ("MERCATO_PROCESSOR_BREAKER_RESET_MS", "soon"),
         ]);
         Config::read(&mut env);
         let err = env.check().unwrap_err().to_string();
@@ -228,6 +247,7 @@ mod tests {
             "MERCATO_PAYMENT_PORT",
             "MERCATO_PSP_URL",
             "MERCATO_PSP_TIMEOUT_MS",
+            "MERCATO_PROCESSOR_BREAKER_RESET_MS",
         ] {
             assert!(err.contains(var), "{var} missing from {err}");
         }

@@ -1,13 +1,16 @@
 //! The card processor's HTTP API as the payment service uses it: one call at a time, each with
-//! its idempotency key and the configured timeout, and every answer sorted into what the
-//! worker must do next.
+//! its idempotency key, through the kit's resilient client (the processor's timeout, circuit
+//! breaker and bulkhead; no retries inside a call, the worker's queue retries), and every
+//! answer sorted into what the worker must do next.
 //!
 //! The sorting is the important part. A decline or a refusal is final: retrying cannot change
-//! it. A timeout, a refused connection, a 5xx or a 429 is transient: the worker tries again
-//! later with the same key, and because the key is the same, a first attempt that did reach the
-//! processor (the answer was lost, not the request) is answered from the processor's record
-//! instead of authorizing twice.
+//! it. A timeout, a refused connection, a 5xx, a 429 or the breaker refusing to call is
+//! transient: the worker tries again later with the same key, and because the key is the same,
+//! a first attempt that did reach the processor (the answer was lost, not the request) is
+//! answered from the processor's record instead of authorizing twice.
 
+use mercato_kit::client::{self, BreakerState, Dependency, Policy};
+use mercato_kit::metrics::Metrics;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
@@ -59,7 +62,7 @@ pub enum Reply {
     },
     /// Nothing is known; try again later with the same key. `maybe_applied` when the request
     /// may have reached the processor and taken effect (a timeout, a gateway error), as
-    /// opposed to being refused before any effect (no connection, 503, 429).
+    /// opposed to being refused before any effect (no connection, the breaker open, 503, 429).
     Retryable { reason: String, maybe_applied: bool },
 }
 
@@ -90,12 +93,37 @@ pub struct Answer {
     pub elapsed: Duration,
 }
 
-/// The processor's HTTP client. Cheap to clone.
-#[derive(Clone)]
+/// The name of the processor in the kit's client metrics and logs
+/// (`circuit_breaker_state{dependency="processor"}`).
+pub const DEPENDENCY: &str = "processor";
+
+/// How the processor is called: `timeout` per call and a breaker that stays open for
+/// `reset_after`, with the kit's defaults otherwise, and no retries inside a call. The worker
+/// retries every failed call from the durable queue, with backoff, until the reservation
+/// expires; retrying inside the call as well would multiply the attempts (and the load on a
+/// processor that is already failing) without getting an answer any sooner.
+pub fn policy(timeout: Duration, reset_after: Duration) -> Policy {
+    let mut policy = Policy::new(timeout, reset_after);
+    policy.retry.max_retries = 0;
+    policy.breaker.excused = Some(is_card_level_error);
+    policy
+}
+
+/// A `processing_error` is the processor failing one card's authorization, retryable with the
+/// same key, while it answers every other card: a healthy processor, so the breaker must not
+/// count it (a run of such cards would otherwise stop every payment for the reset time).
+fn is_card_level_error(answer: &mercato_kit::client::Response) -> bool {
+    serde_json::from_slice::<ProcessorProblem>(&answer.body)
+        .is_ok_and(|p| p.code == "processing_error")
+}
+
+/// The processor's HTTP client: every call goes through the kit's resilient client
+/// ([`Dependency`]), so the processor has one circuit breaker and one bulkhead per payment
+/// service, shown on its `/metrics`. Cheap to clone; clones share the breaker.
+#[derive(Clone, Debug)]
 pub struct PspClient {
     base: String,
-    http: reqwest::Client,
-    timeout: Duration,
+    processor: Dependency,
 }
 
 /// The header the processor reads the key from.
@@ -130,35 +158,38 @@ fn plain(reference: &str) -> bool {
 }
 
 impl PspClient {
-    pub fn new(base_url: &str, timeout: Duration) -> anyhow::Result<PspClient> {
+    /// The client, with its dependency registered on the service's `metrics`.
+    pub fn new(base_url: &str, policy: Policy, metrics: &Metrics) -> anyhow::Result<PspClient> {
+        let processor = Dependency::new(DEPENDENCY, policy, metrics.registry())?;
         Ok(PspClient {
             base: base_url.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .build()?,
-            timeout,
+            processor,
         })
+    }
+
+    /// The processor's circuit breaker as it is now.
+    pub fn breaker(&self) -> BreakerState {
+        self.processor.state()
     }
 
     /// Makes one call with `key`. Never fails: a failure is a [`Reply::Retryable`].
     pub async fn call(&self, call: &Call<'_>, key: &str) -> Answer {
         let started = Instant::now();
-        let request = match call {
+        let (url, body) = match call {
             Call::Authorize {
                 amount_cents,
                 currency,
                 payment_method,
                 reference,
-            } => self
-                .http
-                .post(format!("{}/v1/authorizations", self.base))
-                .json(&json!({
+            } => (
+                format!("{}/v1/authorizations", self.base),
+                Some(json!({
                     "amount_cents": amount_cents,
                     "currency": currency,
                     "payment_method": payment_method,
                     "reference": reference,
                 })),
+            ),
             Call::Capture {
                 provider_ref,
                 amount_cents,
@@ -175,45 +206,43 @@ impl PspClient {
                 } else {
                     "refund"
                 };
-                self.http
-                    .post(format!(
-                        "{}/v1/authorizations/{provider_ref}/{action}",
-                        self.base
-                    ))
-                    .json(&json!({ "amount_cents": amount_cents }))
+                (
+                    format!("{}/v1/authorizations/{provider_ref}/{action}", self.base),
+                    Some(json!({ "amount_cents": amount_cents })),
+                )
             }
             Call::Void { provider_ref } => {
                 if !plain(provider_ref) {
                     return refused_locally(started, provider_ref);
                 }
-                self.http.post(format!(
-                    "{}/v1/authorizations/{provider_ref}/void",
-                    self.base
-                ))
+                (
+                    format!("{}/v1/authorizations/{provider_ref}/void", self.base),
+                    None,
+                )
             }
         };
-        let result = request.header(IDEMPOTENCY_KEY, key).send().await;
+        // Every call carries its key: the processor answers a repeated key from its record,
+        // and the kit's client treats a keyed POST as one that may be repeated.
+        let result = self
+            .processor
+            .send(None, |http| {
+                let request = http.post(&url).header(IDEMPOTENCY_KEY, key);
+                match &body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await;
         let (reply, http_status) = match result {
-            Err(e) => (
-                Reply::Retryable {
-                    reason: self.transport_error(&e),
-                    // Without a connection nothing was sent; anything later may have been.
-                    maybe_applied: !e.is_connect(),
-                },
-                None,
+            Ok(response) => (
+                classify(call, response.status, &response.body),
+                Some(response.status.as_u16()),
             ),
-            Ok(res) => {
-                let status = res.status();
-                let body = res.bytes().await;
-                let reply = match body {
-                    Ok(body) => classify(call, status, &body),
-                    Err(e) => Reply::Retryable {
-                        reason: format!("reading the answer failed: {}", self.transport_error(&e)),
-                        maybe_applied: true,
-                    },
-                };
-                (reply, Some(status.as_u16()))
-            }
+            Err(client::Error::Status { response, .. }) => (
+                classify(call, response.status, &response.body),
+                Some(response.status.as_u16()),
+            ),
+            Err(e) => (unanswered(&e), None),
         };
         Answer {
             reply,
@@ -221,15 +250,47 @@ impl PspClient {
             elapsed: started.elapsed(),
         }
     }
+}
 
-    fn transport_error(&self, e: &reqwest::Error) -> String {
-        if e.is_timeout() {
-            format!("no answer within {} ms", self.timeout.as_millis())
-        } else if e.is_connect() {
-            "cannot connect to the processor".to_owned()
-        } else {
-            format!("request failed: {e}")
+/// A call that got no HTTP answer. Whether it may have taken effect decides what a later
+/// give-up must check: refused before sending (breaker, bulkhead, no connection) it cannot
+/// have; cut off after sending (timeout, a broken exchange) it may have.
+fn unanswered(e: &client::Error) -> Reply {
+    let (reason, maybe_applied) = match e {
+        client::Error::BreakerOpen { .. } => (
+            "the card processor is unavailable (circuit breaker open)".to_owned(),
+            false,
+        ),
+        client::Error::BulkheadFull { .. } => (
+            "too many calls to the card processor in flight".to_owned(),
+            false,
+        ),
+        client::Error::Connect { .. } => ("cannot connect to the card processor".to_owned(), false),
+        client::Error::Timeout { after, .. } => {
+            (format!("no answer within {} ms", after.as_millis()), true)
         }
+        client::Error::Transport { message, .. } => (
+            format!("the exchange with the card processor failed: {message}"),
+            true,
+        ),
+        // A request we could not even build (a bad processor URL): nothing was sent. It is our
+        // bug, not the customer's, so the payment waits for a fix rather than failing now.
+        client::Error::Invalid { message, .. } => {
+            tracing::error!(error = %message, "cannot build a request to the card processor");
+            (
+                format!("invalid request to the card processor: {message}"),
+                false,
+            )
+        }
+        // Answers are sorted by the caller; kept for completeness of the match.
+        client::Error::Status { response, .. } => (
+            format!("the card processor answered {}", response.status),
+            true,
+        ),
+    };
+    Reply::Retryable {
+        reason,
+        maybe_applied,
     }
 }
 
@@ -252,7 +313,7 @@ pub fn classify(call: &Call<'_>, status: StatusCode, body: &[u8]) -> Reply {
             // A 2xx we cannot read: the call may well have worked, so ask again with the key
             // (the processor replays the answer) rather than guess.
             return Reply::Retryable {
-                reason: format!("{status} with an unreadable body"),
+                reason: format!("the card processor answered {status} with an unreadable body"),
                 maybe_applied: true,
             };
         };
@@ -298,7 +359,7 @@ pub fn classify(call: &Call<'_>, status: StatusCode, body: &[u8]) -> Reply {
         let turned_away =
             status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS;
         return Reply::Retryable {
-            reason: format!("{} {code}", status.as_u16()),
+            reason: format!("the card processor answered {} ({code})", status.as_u16()),
             maybe_applied: !turned_away,
         };
     }
@@ -316,6 +377,8 @@ pub fn classify(call: &Call<'_>, status: StatusCode, body: &[u8]) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     const AUTH: Call<'static> = Call::Authorize {
         amount_cents: 100,
@@ -430,8 +493,10 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let psp =
-            PspClient::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(2)).unwrap();
+        let psp = processor_at(
+            &format!("http://127.0.0.1:{port}"),
+            &Metrics::new("payment"),
+        );
         let a = psp.call(&AUTH, "k").await;
         assert!(
             matches!(
@@ -454,5 +519,203 @@ mod tests {
             )
             .await;
         assert!(matches!(a.reply, Reply::Refused { .. }));
+    }
+
+    fn processor_at(base: &str, metrics: &Metrics) -> PspClient {
+        PspClient::new(
+            base,
+            policy(Duration::from_secs(2), Duration::from_secs(30)),
+            metrics,
+        )
+        .unwrap()
+    }
+
+    /// A stand-in processor on 127.0.0.1:0 that answers every request with `status` and
+    /// `body`, counting the requests it receives and keeping their idempotency keys.
+    struct StandIn {
+        url: String,
+        hits: Arc<AtomicUsize>,
+        keys: Arc<Mutex<Vec<String>>>,
+        stop: tokio_util::sync::CancellationToken,
+    }
+
+    impl StandIn {
+        async fn start(status: StatusCode, body: &'static str) -> StandIn {
+            use axum::http::HeaderMap;
+            let hits = Arc::new(AtomicUsize::new(0));
+            let keys = Arc::new(Mutex::new(Vec::new()));
+            let (h, k) = (hits.clone(), keys.clone());
+            let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+                let (h, k) = (h.clone(), k.clone());
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    if let Some(key) = headers.get(IDEMPOTENCY_KEY) {
+                        k.lock()
+                            .unwrap()
+                            .push(key.to_str().unwrap_or_default().to_owned());
+                    }
+                    (
+                        status,
+                        [("content-type", "application/json")],
+                        body.to_owned(),
+                    )
+                }
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let stop = tokio_util::sync::CancellationToken::new();
+            let token = stop.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+            });
+            StandIn {
+                url,
+                hits,
+                keys,
+                stop,
+            }
+        }
+
+        fn hits(&self) -> usize {
+            self.hits.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for StandIn {
+        fn drop(&mut self) {
+            self.stop.cancel();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_processor_opens_the_breaker_and_is_then_not_called() {
+        let psp = StandIn::start(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"code":"internal_error"}"#,
+        )
+        .await;
+        let metrics = Metrics::new("payment");
+        let processor = processor_at(&psp.url, &metrics);
+        let min_calls = client::BreakerPolicy::default().min_calls as usize;
+        for n in 1..=min_calls {
+            assert_eq!(processor.breaker(), BreakerState::Closed, "before call {n}");
+            let a = processor.call(&AUTH, &format!("k-{n}")).await;
+            // A 5xx is an answer: it keeps its status and is sorted as before.
+            assert_eq!(a.http_status, Some(500));
+            assert!(
+                matches!(
+                    &a.reply,
+                    Reply::Retryable { reason, maybe_applied: true } if reason.contains("500")
+                ),
+                "{:?}",
+                a.reply
+            );
+        }
+        assert_eq!(psp.hits(), min_calls, "no retries inside a call");
+        assert_eq!(
+            *psp.keys.lock().unwrap(),
+            (1..=min_calls)
+                .map(|n| format!("k-{n}"))
+                .collect::<Vec<_>>(),
+            "every call carries its idempotency key"
+        );
+        assert_eq!(processor.breaker(), BreakerState::Open);
+
+        let a = processor.call(&AUTH, "k-next").await;
+        assert_eq!(
+            a.reply,
+            Reply::Retryable {
+                reason: "the card processor is unavailable (circuit breaker open)".into(),
+                maybe_applied: false,
+            }
+        );
+        assert_eq!(a.http_status, None);
+        assert_eq!(psp.hits(), min_calls, "the open breaker did not call");
+
+        // The service's /metrics shows it.
+        let text = metrics.render();
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains(r#"dependency="processor""#))
+                .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+                .to_owned()
+        };
+        assert!(line("circuit_breaker_state").ends_with(" 1"), "{text}");
+        let refused = text
+            .lines()
+            .find(|l| {
+                l.starts_with("http_client_requests_total")
+                    && l.contains(r#"dependency="processor""#)
+                    && l.contains(r#"outcome="breaker_open""#)
+            })
+            .unwrap_or_else(|| panic!("breaker_open outcome missing from\n{text}"));
+        assert!(refused.ends_with(" 1"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn one_card_s_processing_errors_do_not_open_the_breaker() {
+        let psp = StandIn::start(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"code":"processing_error"}"#,
+        )
+        .await;
+        let metrics = Metrics::new("payment");
+        let processor = processor_at(&psp.url, &metrics);
+        let calls = 3 * client::BreakerPolicy::default().min_calls as usize;
+        for n in 1..=calls {
+            let a = processor.call(&AUTH, &format!("k-{n}")).await;
+            assert!(matches!(a.reply, Reply::Retryable { .. }), "{:?}", a.reply);
+        }
+        assert_eq!(psp.hits(), calls, "every call reached the processor");
+        assert_eq!(processor.breaker(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn answers_through_the_client_keep_their_status_and_sorting() {
+        let ok = StandIn::start(
+            StatusCode::CREATED,
+            r#"{"id":"pi_9","status":"authorized"}"#,
+        )
+        .await;
+        let metrics = Metrics::new("payment");
+        let a = processor_at(&ok.url, &metrics).call(&AUTH, "k").await;
+        assert_eq!(
+            a.reply,
+            Reply::Authorized {
+                provider_ref: "pi_9".into()
+            }
+        );
+        assert_eq!(a.http_status, Some(201));
+
+        let declined = StandIn::start(
+            StatusCode::PAYMENT_REQUIRED,
+            r#"{"code":"card_declined","decline_code":"insufficient_funds"}"#,
+        )
+        .await;
+        let a = processor_at(&declined.url, &Metrics::new("payment"))
+            .call(&AUTH, "k")
+            .await;
+        assert!(matches!(a.reply, Reply::Declined { .. }), "{:?}", a.reply);
+        assert_eq!(a.http_status, Some(402));
+
+        let busy = StandIn::start(StatusCode::TOO_MANY_REQUESTS, "{}").await;
+        let a = processor_at(&busy.url, &Metrics::new("payment"))
+            .call(&VOID, "k")
+            .await;
+        assert!(
+            matches!(
+                a.reply,
+                Reply::Retryable {
+                    maybe_applied: false,
+                    ..
+                }
+            ),
+            "{:?}",
+            a.reply
+        );
+        assert_eq!(a.http_status, Some(429));
+        assert_eq!(busy.hits(), 1, "a 429 is not retried inside the call");
     }
 }

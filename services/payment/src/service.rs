@@ -16,14 +16,15 @@ use crate::store::{self, CallOutcome, Cause, Job, NewJob, Payment, Transaction};
 use axum::http::StatusCode;
 use mercato_kit::config::Secret;
 use mercato_kit::contracts::types::{
-    PAYMENT_AUTHORIZED, PAYMENT_CAPTURED, PAYMENT_FAILED, PAYMENT_REFUNDED, PAYMENT_VOIDED,
+    PAYMENT_AUTHORIZED, PAYMENT_CAPTURED, PAYMENT_DELAYED, PAYMENT_FAILED, PAYMENT_REFUNDED,
+    PAYMENT_VOIDED,
 };
-use mercato_kit::contracts::{PaymentChanged, PaymentFailed};
+use mercato_kit::contracts::{PaymentChanged, PaymentDelayed, PaymentFailed};
 use mercato_kit::db::{Db, Tx};
 use mercato_kit::events::{Envelope, OutboxWaker};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{Currency, OrderId, UserId};
-use mercato_kit::time::now_us;
+use mercato_kit::time::{now_us, to_rfc3339};
 use mercato_kit::Problem;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -830,9 +831,18 @@ impl Payments {
                     ambiguous,
                     error: reason,
                 };
-                store::reschedule_job(tx, job.seq, &retry).await?;
+                let requeued = store::reschedule_job(tx, job.seq, &retry).await?;
                 store::insert_transaction(tx, &record).await?;
                 tracing::warn!(payment = %payment.id, kind = %job.kind, attempt, %reason, retry_in_ms = (at - now) / 1000, "processor call failed; will retry");
+                // The order waits for this authorization: tell it why, once per failed attempt.
+                // Not for a call already answered elsewhere (no longer queued), nor for the
+                // checks that follow a give-up (the payment has failed by then).
+                if requeued
+                    && job.kind == JobKind::Authorize
+                    && payment.money.status == Status::Pending
+                {
+                    self.delayed(tx, &payment, job, attempt, reason, at).await?;
+                }
                 return Ok(());
             }
             record.outcome = CallOutcome::GaveUp;
@@ -1002,6 +1012,38 @@ impl Payments {
                     "processor answer changes nothing (the payment moved on)");
             }
         }
+        Ok(())
+    }
+
+    /// Announces `payment.delayed`: the authorization's attempt `attempt` failed for `reason`,
+    /// and the next one is due at `next_attempt_at` (µs).
+    async fn delayed(
+        &self,
+        tx: &mut Tx,
+        payment: &Payment,
+        job: &Job,
+        attempt: i64,
+        reason: &str,
+        next_attempt_at: i64,
+    ) -> Result<(), Problem> {
+        let mut env = Envelope::new(
+            PRODUCER,
+            PAYMENT_DELAYED,
+            payment.id,
+            &PaymentDelayed {
+                order_id: payment.order_id,
+                payment_id: payment.id,
+                reason: reason.chars().take(200).collect(),
+                attempt,
+                next_attempt_at: to_rfc3339(next_attempt_at),
+                retry_until: job.give_up_at.map(to_rfc3339),
+            },
+        );
+        env.correlation_id = job.cause.correlation_id.clone();
+        env.traceparent = job.cause.traceparent.clone();
+        env.causation_id = job.cause.causation_id;
+        mercato_kit::events::append(tx, &env).await?;
+        tracing::info!(payment = %payment.id, order = %payment.order_id, attempt, event = PAYMENT_DELAYED, "payment event emitted");
         Ok(())
     }
 

@@ -12,23 +12,25 @@ use mercato_kit::contracts::types::*;
 use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::now_us;
 use mercato_payment::domain::Status;
-use mercato_payment::psp::PspClient;
 use mercato_payment::service::WebhookEvent;
 use mercato_payment::store;
 use mercato_payment::worker::Worker;
-use std::time::Duration;
 use support::*;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_of_two_replicas_call_the_processor_once_per_attempt() {
     // Short backoffs, so the retried calls come due while both workers are looking.
-    let h = Harness::start_with(Options {
+    let mut h = Harness::start_with(Options {
         run_service: false,
         psp_retry_max_ms: 20,
         ..Options::default()
     })
     .await;
+    // Half the calls fail here on purpose, which would open the processor's circuit breaker
+    // and add attempts refused without a call; this test counts attempts, so it keeps the
+    // breaker closed (the breaker has tests of its own).
+    h.processor_policy.breaker.min_calls = u32::MAX;
     // On SQLite one process owns the file (a second one's writes fail with "database is
     // locked"), so there the two workers run in one process, sharing its connections.
     let (a, b) = if h.on_postgres() {
@@ -38,7 +40,7 @@ async fn workers_of_two_replicas_call_the_processor_once_per_attempt() {
             payments: h.payments.clone(),
             worker: Worker::new(
                 h.payments.clone(),
-                PspClient::new(&h.psp_url, Duration::from_secs(2)).unwrap(),
+                processor(&h.psp_url, h.processor_policy.clone()),
             ),
         };
         (same(), same())

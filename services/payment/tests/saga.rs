@@ -5,11 +5,10 @@
 mod support;
 
 use mercato_kit::contracts::types::*;
-use mercato_kit::contracts::{PaymentChanged, PaymentFailed};
+use mercato_kit::contracts::{PaymentChanged, PaymentDelayed, PaymentFailed};
 use mercato_kit::events::consumer::Outcome;
 use mercato_kit::ids::{OrderId, UserId};
 use mercato_payment::domain::Status;
-use mercato_payment::psp::PspClient;
 use mercato_payment::store;
 use mercato_payment::worker::Worker;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -275,7 +274,7 @@ async fn a_cancellation_before_the_call_is_sent_drops_the_call() {
     h.consumer.process(&cancelled(order)).await.unwrap();
     let worker = Worker::new(
         h.payments.clone(),
-        PspClient::new(&h.psp_url, Duration::from_secs(2)).unwrap(),
+        processor(&h.psp_url, h.processor_policy.clone()),
     );
     assert_eq!(worker.run_due().await.unwrap(), None, "nothing left queued");
     let p = h.payment_of(order).await.unwrap();
@@ -411,14 +410,14 @@ async fn an_unreachable_processor_fails_the_payment_when_the_reservation_expires
     })
     .await;
     let order = OrderId::new();
-    h.deliver(&reserved_until(
+    let reservation = reserved_until(
         order,
         UserId::new(),
         1000,
         "pm_card_visa",
         Duration::from_millis(1500),
-    ))
-    .await;
+    );
+    h.deliver(&reservation).await;
     let p = h.settled(order, Status::Failed).await;
     assert_eq!(p.failure_reason.as_deref(), Some("processor_unavailable"));
     assert_eq!(h.emitted_of(PAYMENT_FAILED, &p).await.len(), 1);
@@ -428,6 +427,23 @@ async fn an_unreachable_processor_fails_the_payment_when_the_reservation_expires
     assert!(calls[..calls.len() - 1]
         .iter()
         .all(|c| c.outcome == "retryable_error" && c.http_status.is_none()));
+    // Every failed attempt before the give-up told the order why it waits, once, in the
+    // failing attempt's transaction; the give-up itself is told by payment.failed.
+    let delayed = h.emitted_of(PAYMENT_DELAYED, &p).await;
+    assert_eq!(delayed.len(), calls.len() - 1, "{delayed:?}");
+    for (n, e) in delayed.iter().enumerate() {
+        let d: PaymentDelayed = mercato_kit::contracts::payload(e).unwrap();
+        assert_eq!((d.order_id, d.payment_id), (order, p.id));
+        assert_eq!(d.attempt, n as i64 + 1);
+        assert_eq!(d.reason, "cannot connect to the card processor");
+        assert_eq!(
+            d.retry_until.as_deref(),
+            reservation.payload["expires_at"].as_str(),
+            "retried until the reservation expires"
+        );
+        assert!(d.next_attempt_at <= d.retry_until.clone().unwrap(), "{d:?}");
+        assert_eq!(e.correlation_id, reservation.correlation_id);
+    }
     h.stop().await;
 }
 
@@ -511,6 +527,9 @@ async fn a_hold_placed_by_a_timed_out_attempt_is_found_and_released_after_giving
         psp_url: Some(url),
         psp_timeout_ms: 100,
         psp_retry_max_ms: 150,
+        // Enough timeouts open the processor's breaker; once it answers again, the next trial
+        // call is soon let through.
+        processor_breaker_reset_ms: 300,
         ..Options::default()
     })
     .await;
@@ -594,7 +613,7 @@ async fn workers_racing_over_one_queue_call_the_processor_once_per_payment() {
         .map(|_| {
             Worker::new(
                 h.payments.clone(),
-                PspClient::new(&h.psp_url, Duration::from_secs(2)).unwrap(),
+                processor(&h.psp_url, h.processor_policy.clone()),
             )
         })
         .collect();

@@ -3,13 +3,22 @@
 //!
 //! Handlers only parse and answer: input is checked here, once, into the types `processor`
 //! takes, and every rule lives in `processor` and `domain`.
+//!
+//! Processor chaos (timeouts and 503s, see `chaos`) sits in front of the payment API under
+//! `/v1/authorizations` only: that is what the merchant's payment service calls. Tokenization
+//! (`/v1/payment_methods`) is left alone because the payment service never calls it (shoppers'
+//! clients and tests do, to get a token), and the `/v1/test/*` controls are left alone so a test
+//! can always read its counters and switch chaos off.
 
+use crate::chaos::{self, Fault, Kind, ProcessorProfile};
 use crate::domain::{self, CardNumber, Command, Outcome, Payment, MAX_AMOUNT_CENTS};
 use crate::processor::{Answer, Authorization, Keyed, PaymentMethod, Processor, Stats};
-use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Datelike;
+use mercato_kit::chaos::ChaosView;
 use mercato_kit::http::{
     json_response, Json, OptionalJson, Path, IDEMPOTENCY_KEY, IDEMPOTENCY_REPLAYED,
 };
@@ -33,17 +42,68 @@ use utoipa_axum::routes;
 struct ApiDoc;
 
 pub fn router(processor: Arc<Processor>) -> (axum::Router, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(tokenize))
+    let payments = OpenApiRouter::new()
         .routes(routes!(authorize))
         .routes(routes!(get_authorization))
         .routes(routes!(capture))
         .routes(routes!(void))
         .routes(routes!(refund))
+        .route_layer(axum::middleware::from_fn_with_state(
+            processor.clone(),
+            processor_chaos,
+        ));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(tokenize))
+        .merge(payments)
         .routes(routes!(settle))
         .routes(routes!(stats))
+        .routes(routes!(show_chaos, replace_chaos, clear_chaos))
+        .routes(routes!(
+            show_http_chaos,
+            replace_http_chaos,
+            clear_http_chaos
+        ))
         .with_state(processor)
         .split_for_parts()
+}
+
+/// Timeouts and server errors of the processor profile. A server error is answered before the
+/// request reaches its handler, so nothing happens; a timeout lets the handler do everything
+/// (payment, idempotency record) and then holds its answer, so the caller gives up without
+/// knowing and must retry with the same key. Past the service's request timeout
+/// (`MERCATO_REQUEST_TIMEOUT_MS`) the kit answers 503 `request_timeout` instead, at that time.
+async fn processor_chaos(State(p): State<Arc<Processor>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map(MatchedPath::as_str);
+    match p.chaos().fault_for(req.uri().path(), route) {
+        None => next.run(req).await,
+        Some(Fault::ServerError) => {
+            p.chaos().record(Kind::ServerError);
+            // It reached the processor: the attempt counter counts every authorization request.
+            if req.method() == Method::POST && route == Some("/v1/authorizations") {
+                p.count_authorization_attempt();
+            }
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "processor_unavailable",
+                "The processor is unavailable",
+            )
+            .with_detail("nothing was done; retry with the same Idempotency-Key")
+            .with_extension("retryable", serde_json::Value::Bool(true))
+            .into_response()
+        }
+        Some(Fault::Timeout(hold)) => {
+            let res = next.run(req).await;
+            p.chaos().record(Kind::Timeout);
+            tracing::debug!(
+                status = %res.status(),
+                hold_ms = hold.as_millis() as u64,
+                "chaos: holding the answer of a handled request"
+            );
+            tokio::time::sleep(hold).await;
+            res
+        }
+    }
 }
 
 impl IntoResponse for Answer {
@@ -292,6 +352,98 @@ async fn settle(
     Json(input): Json<SettleInput>,
 ) -> Result<Json<Payment>, Problem> {
     p.settle(&provider_ref, input.outcome).map(Json)
+}
+
+/// The processor chaos profile in force and whether it does anything.
+#[derive(Serialize, ToSchema)]
+pub struct ProcessorChaosView {
+    enabled: bool,
+    #[serde(flatten)]
+    profile: ProcessorProfile,
+}
+
+impl ProcessorChaosView {
+    fn of(profile: ProcessorProfile) -> ProcessorChaosView {
+        ProcessorChaosView {
+            enabled: profile.is_active(),
+            profile,
+        }
+    }
+}
+
+/// Test control: the processor chaos profile (timeouts, 503s, duplicated and reordered
+/// webhooks).
+#[utoipa::path(get, path = "/v1/test/chaos", tag = "test",
+    responses((status = 200, body = ProcessorChaosView)))]
+async fn show_chaos(State(p): State<Arc<Processor>>) -> Json<ProcessorChaosView> {
+    Json(ProcessorChaosView::of(p.chaos().profile()))
+}
+
+/// Test control: replaces the processor chaos profile. Absent fields take their defaults
+/// (off, `timeout_ms` 10000, `reorder_window_ms` 200); unknown fields are refused.
+#[utoipa::path(put, path = "/v1/test/chaos", tag = "test", request_body = ProcessorProfile,
+    responses((status = 200, body = ProcessorChaosView),
+              (status = 422, description = "every bad field is named", body = Problem)))]
+async fn replace_chaos(
+    State(p): State<Arc<Processor>>,
+    Json(profile): Json<ProcessorProfile>,
+) -> Result<Json<ProcessorChaosView>, Problem> {
+    profile.validate()?;
+    p.chaos().set(profile);
+    Ok(Json(ProcessorChaosView::of(p.chaos().profile())))
+}
+
+/// Test control: switches processor chaos off.
+#[utoipa::path(delete, path = "/v1/test/chaos", tag = "test", responses((status = 204)))]
+async fn clear_chaos(State(p): State<Arc<Processor>>) -> StatusCode {
+    p.chaos().set(ProcessorProfile::default());
+    StatusCode::NO_CONTENT
+}
+
+fn http_switch(p: &Processor) -> Result<&mercato_kit::chaos::Chaos, Problem> {
+    p.chaos()
+        .http()
+        .ok_or_else(|| Problem::internal(&"the service's chaos switch is not attached"))
+}
+
+fn http_view(chaos: &mercato_kit::chaos::Chaos) -> ChaosView {
+    let profile = chaos.profile();
+    ChaosView {
+        enabled: profile.is_active(),
+        profile,
+    }
+}
+
+/// Test control: the kit's generic chaos profile of this service (latency, 500s, dropped
+/// answers), which every service has at `/api/v1/admin/chaos`; psp-mock has no sign-in, so it
+/// is here, without one.
+#[utoipa::path(get, path = "/v1/test/chaos/http", tag = "test",
+    responses((status = 200, body = ChaosView)))]
+async fn show_http_chaos(State(p): State<Arc<Processor>>) -> Result<Json<ChaosView>, Problem> {
+    Ok(Json(http_view(http_switch(&p)?)))
+}
+
+/// Test control: replaces the generic chaos profile. Without `routes` it applies to
+/// `/v1/payment_methods` and `/v1/authorizations`; routes that would cover `/v1/test/chaos` are
+/// refused, so chaos can always be switched off.
+#[utoipa::path(put, path = "/v1/test/chaos/http", tag = "test",
+    request_body = mercato_kit::chaos::Profile,
+    responses((status = 200, body = ChaosView),
+              (status = 422, description = "every bad field is named", body = Problem)))]
+async fn replace_http_chaos(
+    State(p): State<Arc<Processor>>,
+    Json(profile): Json<mercato_kit::chaos::Profile>,
+) -> Result<Json<ChaosView>, Problem> {
+    let switch = http_switch(&p)?;
+    switch.set(chaos::scope_generic(profile)?);
+    Ok(Json(http_view(switch)))
+}
+
+/// Test control: switches the generic chaos profile off.
+#[utoipa::path(delete, path = "/v1/test/chaos/http", tag = "test", responses((status = 204)))]
+async fn clear_http_chaos(State(p): State<Arc<Processor>>) -> Result<StatusCode, Problem> {
+    http_switch(&p)?.set(mercato_kit::chaos::Profile::default());
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Test control: counters that prove how many effects happened.

@@ -12,8 +12,10 @@
 //!
 //! Rooms: `domain` (cards, tokens, the payment state machine), `processor` (state and use
 //! cases), `http` (routes), `webhook` (signed deliveries), `signature` (shared with the payment
-//! service, which verifies what `webhook` signs).
+//! service, which verifies what `webhook` signs), `chaos` (a processor's own faults on request:
+//! timeouts, 503s, duplicated and reordered webhooks).
 
+pub mod chaos;
 pub mod domain;
 pub mod http;
 pub mod processor;
@@ -45,6 +47,35 @@ pub struct Config {
     /// `MERCATO_PSP_PROCESSING_ERROR_ATTEMPTS`, default 2: how many attempts with one
     /// Idempotency-Key `pm_card_processingError` fails before it succeeds.
     pub processing_error_attempts: u32,
+    /// `MERCATO_PSP_CHAOS`, default off: the processor chaos profile to start with, as the JSON
+    /// `PUT /v1/test/chaos` takes (`{"timeout_rate": 0.1, "duplicate_webhook_rate": 0.5}`).
+    pub chaos: chaos::ProcessorProfile,
+}
+
+/// Reads `MERCATO_PSP_CHAOS`; a bad profile is recorded with every bad field named.
+fn read_chaos(env: &mut Env) -> chaos::ProcessorProfile {
+    const VAR: &str = "MERCATO_PSP_CHAOS";
+    let Some(raw) = env.raw(VAR).map(str::to_owned) else {
+        return chaos::ProcessorProfile::default();
+    };
+    let parsed = serde_json::from_str::<chaos::ProcessorProfile>(&raw)
+        .map_err(|e| e.to_string())
+        .and_then(|profile| match profile.validate() {
+            Ok(()) => Ok(profile),
+            Err(problem) => Err(problem
+                .errors
+                .iter()
+                .map(|e| format!("{} {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; ")),
+        });
+    parsed.unwrap_or_else(|why| {
+        env.reject(
+            VAR,
+            &format!("a processor chaos profile as JSON, like {{\"timeout_rate\": 0.1}} ({why})"),
+        );
+        chaos::ProcessorProfile::default()
+    })
 }
 
 impl Config {
@@ -59,20 +90,26 @@ impl Config {
             pending_failures: 0,
             processing_error_attempts: env.int("MERCATO_PSP_PROCESSING_ERROR_ATTEMPTS", 2, 0..=100)
                 as u32,
+            chaos: read_chaos(env),
         }
     }
 }
 
 /// Builds the processor: its routes and the background task that delivers webhooks.
 pub async fn build(config: &Config) -> anyhow::Result<Service> {
-    let (webhooks, dispatcher) =
-        webhook::channel(config.webhook_url.clone(), config.webhook_secret.clone())?;
+    let chaos = Arc::new(chaos::ProcessorChaos::new(config.chaos.clone()));
+    let (webhooks, dispatcher) = webhook::channel(
+        config.webhook_url.clone(),
+        config.webhook_secret.clone(),
+        chaos.clone(),
+    )?;
     let processor = Arc::new(processor::Processor::new(
         config.processing_error_attempts,
         webhooks,
+        chaos.clone(),
     ));
     let (router, openapi) = http::router(processor);
-    Ok(Service::new(
+    let service = Service::new(
         "psp-mock",
         router,
         openapi,
@@ -80,7 +117,15 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         vec![],
         &HttpSettings::from(&config.common),
     )
-    .with_task(move |stop| dispatcher.run(stop)))
+    .with_task(move |stop| dispatcher.run(stop));
+    // The kit's switch exists only now: its metrics count processor chaos from here on, and
+    // its generic profile (`CHAOS_MODE`) is kept off the `/v1/test/*` controls.
+    let generic = service.chaos().profile();
+    if generic.is_active() && generic.routes.is_empty() {
+        service.chaos().set(chaos::scope_generic(generic)?);
+    }
+    chaos.attach(service.chaos().clone());
+    Ok(service)
 }
 
 #[cfg(test)]
@@ -96,6 +141,7 @@ mod tests {
         assert_eq!(c.webhook_url, None);
         assert_eq!(c.webhook_secret.expose(), DEV_WEBHOOK_SECRET);
         assert_eq!(c.processing_error_attempts, 2);
+        assert_eq!(c.chaos, chaos::ProcessorProfile::default());
         assert!(!format!("{c:?}").contains(DEV_WEBHOOK_SECRET));
     }
 
@@ -105,6 +151,10 @@ mod tests {
             ("MERCATO_PSP_MOCK_PORT", "http"),
             ("MERCATO_PSP_WEBHOOK_URL", "ftp://x"),
             ("MERCATO_PSP_PROCESSING_ERROR_ATTEMPTS", "-1"),
+            (
+                "MERCATO_PSP_CHAOS",
+                r#"{"timeout_rate": 2, "error_rate": -1}"#,
+            ),
         ]);
         let _ = Config::read(&mut env);
         let text = env.check().unwrap_err().to_string();
@@ -112,9 +162,16 @@ mod tests {
             "MERCATO_PSP_MOCK_PORT",
             "MERCATO_PSP_WEBHOOK_URL",
             "MERCATO_PSP_PROCESSING_ERROR_ATTEMPTS",
+            "MERCATO_PSP_CHAOS",
+            "timeout_rate must be",
+            "error_rate must be",
         ] {
             assert!(text.contains(var), "{var} missing from {text}");
         }
+        let mut env = Env::from_pairs([("MERCATO_PSP_CHAOS", r#"{"timeout_rat": 1}"#)]);
+        let _ = Config::read(&mut env);
+        let text = env.check().unwrap_err().to_string();
+        assert!(text.contains("unknown field `timeout_rat`"), "{text}");
     }
 
     #[test]
@@ -127,6 +184,10 @@ mod tests {
             ),
             ("MERCATO_PSP_WEBHOOK_SECRET", "s3cret"),
             ("MERCATO_PSP_PROCESSING_ERROR_ATTEMPTS", "0"),
+            (
+                "MERCATO_PSP_CHAOS",
+                r#"{"timeout_rate": 0.25, "timeout_ms": 3000, "reorder_webhooks": true}"#,
+            ),
         ]);
         let c = Config::read(&mut env);
         assert!(env.check().is_ok());
@@ -137,5 +198,14 @@ mod tests {
         );
         assert_eq!(c.webhook_secret.expose(), "s3cret");
         assert_eq!(c.processing_error_attempts, 0);
+        assert_eq!(
+            c.chaos,
+            chaos::ProcessorProfile {
+                timeout_rate: 0.25,
+                timeout_ms: 3000,
+                reorder_webhooks: true,
+                ..chaos::ProcessorProfile::default()
+            }
+        );
     }
 }

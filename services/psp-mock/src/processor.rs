@@ -7,6 +7,7 @@
 //! simple: a duplicate can never observe a request half done, so there is no "in flight" state.
 //! A restart forgets everything, which is what tests want.
 
+use crate::chaos::ProcessorChaos;
 use crate::domain::{self, Behaviour, CardNumber, Command, Opening, Outcome, Payment, Refusal};
 use crate::webhook::{Event, EventData, Webhooks};
 use axum::http::StatusCode;
@@ -14,7 +15,7 @@ use mercato_kit::ids::Currency;
 use mercato_kit::Problem;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use utoipa::ToSchema;
 
 /// What tokenization returns; the card number itself is forgotten.
@@ -36,7 +37,8 @@ pub struct Stats {
     pub captures: u64,
     pub voids: u64,
     pub refunds: u64,
-    /// Webhook events the receiver acknowledged with a 2xx.
+    /// Webhook deliveries the receiver acknowledged with a 2xx (a duplicated event counts
+    /// twice).
     pub webhooks_sent: u64,
 }
 
@@ -148,6 +150,8 @@ pub struct Processor {
     inner: Mutex<Inner>,
     processing_error_attempts: u32,
     webhooks: Webhooks,
+    /// What the processor is currently told to do wrong (see `chaos`).
+    chaos: Arc<ProcessorChaos>,
 }
 
 fn new_id(prefix: &str) -> String {
@@ -176,12 +180,22 @@ fn refused(r: Refusal) -> Problem {
 }
 
 impl Processor {
-    pub fn new(processing_error_attempts: u32, webhooks: Webhooks) -> Processor {
+    pub fn new(
+        processing_error_attempts: u32,
+        webhooks: Webhooks,
+        chaos: Arc<ProcessorChaos>,
+    ) -> Processor {
         Processor {
             inner: Mutex::new(Inner::default()),
             processing_error_attempts,
             webhooks,
+            chaos,
         }
+    }
+
+    /// The processor's chaos switch.
+    pub fn chaos(&self) -> &ProcessorChaos {
+        &self.chaos
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -350,9 +364,11 @@ mod tests {
     use crate::domain::tokens;
 
     fn processor(processing_error_attempts: u32) -> Processor {
-        let (webhooks, _) = crate::webhook::channel(None, mercato_kit::config::Secret::new("s"))
-            .expect("no client is built without a URL");
-        Processor::new(processing_error_attempts, webhooks)
+        let chaos = Arc::new(ProcessorChaos::default());
+        let (webhooks, _) =
+            crate::webhook::channel(None, mercato_kit::config::Secret::new("s"), chaos.clone())
+                .expect("no client is built without a URL");
+        Processor::new(processing_error_attempts, webhooks, chaos)
     }
 
     fn keyed(key: &str, fingerprint: &str) -> Keyed {

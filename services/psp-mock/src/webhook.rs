@@ -8,7 +8,14 @@
 //!
 //! Every attempt of one event carries the same event id and body (receivers deduplicate on the
 //! id) and a fresh signature timestamp (receivers refuse stale ones).
+//!
+//! Processor chaos (see `chaos`) acts here, where events are taken off the queue: a duplicated
+//! event is delivered twice, concurrently, as two deliveries with the same body; while
+//! reordering is on, events are held for the profile's window and then delivered one after the
+//! other, newest first, each acknowledged before the next is offered, so the receiver sees
+//! them in exactly that order.
 
+use crate::chaos::{Kind, ProcessorChaos};
 use crate::signature;
 use mercato_kit::config::Secret;
 use serde::Serialize;
@@ -17,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
@@ -26,6 +34,9 @@ const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// How long one attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most events held back for reordering; a full hold is sent at once, so a burst of events
+/// cannot pile up without bound.
+const MAX_HELD: usize = 100;
 
 /// The body of a webhook.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -72,7 +83,7 @@ impl Webhooks {
         }
     }
 
-    /// Events acknowledged by the receiver with a 2xx.
+    /// Deliveries acknowledged by the receiver with a 2xx (a duplicated event counts twice).
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
     }
@@ -81,6 +92,7 @@ impl Webhooks {
 /// The delivering side, run as the service's background task.
 pub struct Dispatcher {
     queue: Option<(mpsc::UnboundedReceiver<Event>, Endpoint)>,
+    chaos: Arc<ProcessorChaos>,
 }
 
 #[derive(Clone)]
@@ -91,8 +103,13 @@ struct Endpoint {
     delivered: Arc<AtomicU64>,
 }
 
-/// The two halves of webhook delivery for an optional endpoint.
-pub fn channel(url: Option<String>, secret: Secret) -> anyhow::Result<(Webhooks, Dispatcher)> {
+/// The two halves of webhook delivery for an optional endpoint; `chaos` says which deliveries
+/// to duplicate or reorder.
+pub fn channel(
+    url: Option<String>,
+    secret: Secret,
+    chaos: Arc<ProcessorChaos>,
+) -> anyhow::Result<(Webhooks, Dispatcher)> {
     let delivered = Arc::new(AtomicU64::new(0));
     let Some(url) = url else {
         return Ok((
@@ -100,7 +117,7 @@ pub fn channel(url: Option<String>, secret: Secret) -> anyhow::Result<(Webhooks,
                 queue: None,
                 delivered,
             },
-            Dispatcher { queue: None },
+            Dispatcher { queue: None, chaos },
         ));
     };
     let client = reqwest::Client::builder()
@@ -120,6 +137,7 @@ pub fn channel(url: Option<String>, secret: Secret) -> anyhow::Result<(Webhooks,
         },
         Dispatcher {
             queue: Some((rx, endpoint)),
+            chaos,
         },
     ))
 }
@@ -128,28 +146,109 @@ impl Dispatcher {
     /// Delivers queued events, each in its own task so one dead receiver's retries do not
     /// delay the next event, until `stop` fires; deliveries still retrying then are abandoned.
     pub async fn run(self, stop: CancellationToken) {
+        let chaos = self.chaos;
         let Some((mut rx, endpoint)) = self.queue else {
             return;
         };
         let mut deliveries = JoinSet::new();
+        let mut held = Held::default();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 event = rx.recv() => match event {
                     Some(event) => {
-                        deliveries.spawn(deliver(endpoint.clone(), event));
+                        let plan = chaos.plan_delivery();
+                        let copies = if plan.duplicate {
+                            chaos.record(Kind::WebhookDuplicate);
+                            tracing::debug!(event = %event.id, "chaos: delivering an event twice");
+                            vec![event.clone(), event]
+                        } else {
+                            vec![event]
+                        };
+                        match plan.hold {
+                            Some(window) => {
+                                held.hold(copies, window);
+                                if held.events.len() >= MAX_HELD {
+                                    release(&chaos, &mut held, &mut deliveries, &endpoint);
+                                }
+                            }
+                            None => {
+                                for copy in copies {
+                                    deliveries.spawn(deliver(endpoint.clone(), copy));
+                                }
+                            }
+                        }
                     }
                     None => break,
                 },
+                _ = held.due(), if held.until.is_some() => {
+                    release(&chaos, &mut held, &mut deliveries, &endpoint);
+                }
                 // Reap finished deliveries so the set does not grow without bound.
                 Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
             }
+        }
+        if !held.events.is_empty() {
+            tracing::warn!(
+                abandoned = held.events.len(),
+                "stopping with webhook deliveries held back by chaos"
+            );
         }
         if !deliveries.is_empty() {
             tracing::warn!(
                 abandoned = deliveries.len(),
                 "stopping with webhook deliveries still retrying"
             );
+        }
+    }
+}
+
+/// Sends what was held, newest first, one delivery after the other.
+fn release(
+    chaos: &ProcessorChaos,
+    held: &mut Held,
+    deliveries: &mut JoinSet<()>,
+    endpoint: &Endpoint,
+) {
+    let mut batch = std::mem::take(&mut held.events);
+    held.until = None;
+    batch.reverse();
+    if batch.len() > 1 {
+        // Each held delivery of a reversed batch reached the receiver out of its order.
+        for _ in &batch {
+            chaos.record(Kind::WebhookReorder);
+        }
+        tracing::debug!(
+            events = batch.len(),
+            "chaos: delivering held webhooks newest first"
+        );
+    }
+    let endpoint = endpoint.clone();
+    deliveries.spawn(async move {
+        for event in batch {
+            deliver(endpoint.clone(), event).await;
+        }
+    });
+}
+
+/// Deliveries held back for reordering, and when they are due.
+#[derive(Default)]
+struct Held {
+    events: Vec<Event>,
+    until: Option<Instant>,
+}
+
+impl Held {
+    /// Holds events; the window starts with the first event held.
+    fn hold(&mut self, events: Vec<Event>, window: Duration) {
+        self.until.get_or_insert_with(|| Instant::now() + window);
+        self.events.extend(events);
+    }
+
+    async fn due(&self) {
+        match self.until {
+            Some(until) => tokio::time::sleep_until(until).await,
+            None => std::future::pending().await,
         }
     }
 }

@@ -2,184 +2,11 @@
 //! 127.0.0.1 port 0, webhooks go to a small receiver started per test, and every wait is a
 //! channel with a timeout.
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use mercato_kit::config::Env;
-use mercato_psp_mock::{signature, Config};
-use reqwest::Response;
+mod support;
+
+use axum::http::StatusCode;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-const SECRET: &str = "whsec_test_secret";
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Psp {
-    url: String,
-    client: reqwest::Client,
-    stop: CancellationToken,
-}
-
-impl Drop for Psp {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn start(webhook_url: Option<&str>) -> Psp {
-    let mut pairs = vec![("MERCATO_PSP_WEBHOOK_SECRET".to_owned(), SECRET.to_owned())];
-    if let Some(url) = webhook_url {
-        pairs.push(("MERCATO_PSP_WEBHOOK_URL".into(), url.into()));
-    }
-    let mut env = Env::from_pairs(pairs);
-    let config = Config::read(&mut env);
-    env.check().expect("a valid test configuration");
-    let service = mercato_psp_mock::build(&config).await.expect("built");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(service.run(listener, stop.clone()));
-    Psp {
-        url,
-        client: reqwest::Client::builder().no_proxy().build().unwrap(),
-        stop,
-    }
-}
-
-impl Psp {
-    async fn post(&self, path: &str, key: Option<&str>, body: Value) -> Response {
-        let mut req = self.client.post(format!("{}{path}", self.url)).json(&body);
-        if let Some(k) = key {
-            req = req.header("Idempotency-Key", k);
-        }
-        req.send().await.unwrap()
-    }
-
-    async fn get(&self, path: &str) -> Response {
-        self.client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn authorize(&self, key: &str, token: &str, amount: i64) -> Response {
-        self.post(
-            "/v1/authorizations",
-            Some(key),
-            json!({"amount_cents": amount, "currency": "USD", "payment_method": token, "reference": "order-42"}),
-        )
-        .await
-    }
-
-    async fn stats(&self) -> Value {
-        self.get("/v1/test/stats").await.json().await.unwrap()
-    }
-}
-
-/// The status and JSON body, asserting the content type matches the kind of answer.
-async fn read(res: Response) -> (StatusCode, Value) {
-    let status = StatusCode::from_u16(res.status().as_u16()).unwrap();
-    let ctype = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body: Value = res.json().await.unwrap();
-    let want = if status.is_success() {
-        "application/json"
-    } else {
-        "application/problem+json"
-    };
-    assert!(
-        ctype.starts_with(want),
-        "{status} answered {ctype}, not {want}: {body}"
-    );
-    (status, body)
-}
-
-/// A problem document with this status and code.
-async fn problem(res: Response, status: u16, code: &str) -> Value {
-    let (got, body) = read(res).await;
-    assert_eq!(got.as_u16(), status, "{body}");
-    assert_eq!(body["code"], code, "{body}");
-    assert_eq!(body["status"], status, "{body}");
-    assert!(body["type"].as_str().unwrap().ends_with(code), "{body}");
-    assert!(body["title"].is_string(), "{body}");
-    body
-}
-
-/// What a webhook receiver saw.
-struct Delivery {
-    signature: String,
-    body: Bytes,
-}
-
-/// A webhook endpoint that reports every delivery and answers 500 to the first `fail_first`.
-async fn receiver(
-    fail_first: usize,
-) -> (String, mpsc::UnboundedReceiver<Delivery>, CancellationToken) {
-    #[derive(Clone)]
-    struct Rx {
-        tx: mpsc::UnboundedSender<Delivery>,
-        failures_left: Arc<AtomicUsize>,
-    }
-    async fn hook(State(rx): State<Rx>, headers: HeaderMap, body: Bytes) -> StatusCode {
-        let signature = headers
-            .get("psp-signature")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let _ = rx.tx.send(Delivery { signature, body });
-        let fail = rx
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if fail {
-            StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            StatusCode::NO_CONTENT
-        }
-    }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let state = Rx {
-        tx,
-        failures_left: Arc::new(AtomicUsize::new(fail_first)),
-    };
-    let app = axum::Router::new()
-        .route("/webhook", axum::routing::post(hook))
-        .with_state(state);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/webhook", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await
-    });
-    (url, rx, stop)
-}
-
-async fn next_delivery(rx: &mut mpsc::UnboundedReceiver<Delivery>) -> Delivery {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("a webhook within the timeout")
-        .expect("the receiver is running")
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use support::*;
 
 #[tokio::test]
 async fn the_four_test_cards_tokenize_to_their_tokens() {
@@ -812,6 +639,8 @@ async fn operational_routes_come_from_the_kit() {
         "/v1/authorizations/{id}/refund",
         "/v1/test/payments/{provider_ref}/settle",
         "/v1/test/stats",
+        "/v1/test/chaos",
+        "/v1/test/chaos/http",
     ] {
         assert!(
             doc["paths"][path].is_object(),

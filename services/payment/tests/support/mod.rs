@@ -10,6 +10,7 @@
 
 use mercato_auth::keys::SigningKey;
 use mercato_kit::auth::{Claims, Role, Verifier};
+use mercato_kit::client::Policy;
 use mercato_kit::config::Env;
 use mercato_kit::contracts::types::*;
 use mercato_kit::contracts::*;
@@ -31,6 +32,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "whsec_mercato_dev";
+
+/// A processor client of its own (its own breaker, on a registry of its own), as one replica's
+/// worker has.
+pub fn processor(url: &str, policy: Policy) -> PspClient {
+    PspClient::new(url, policy, &mercato_kit::metrics::Metrics::new("payment")).unwrap()
+}
 const DEADLINE: Duration = Duration::from_secs(15);
 
 fn signing_key() -> &'static SigningKey {
@@ -51,6 +58,8 @@ pub struct Options {
     /// `MERCATO_PSP_TIMEOUT_MS` and `MERCATO_PSP_RETRY_MAX_MS`.
     pub psp_timeout_ms: u64,
     pub psp_retry_max_ms: u64,
+    /// `MERCATO_PROCESSOR_BREAKER_RESET_MS`.
+    pub processor_breaker_reset_ms: u64,
 }
 
 impl Default for Options {
@@ -60,6 +69,7 @@ impl Default for Options {
             psp_url: None,
             psp_timeout_ms: 2000,
             psp_retry_max_ms: 60_000,
+            processor_breaker_reset_ms: 30_000,
         }
     }
 }
@@ -74,7 +84,9 @@ pub struct Harness {
     pub configured_psp_url: String,
     /// The service's database, for replicas of it.
     database_url: String,
-    psp_timeout: Duration,
+    /// How the service calls the processor (its timeout and breaker reset); replicas and
+    /// workers a test builds call it the same way unless the test changes this.
+    pub processor_policy: Policy,
     pub bus: EmbeddedBus,
     pub http: reqwest::Client,
     stop: CancellationToken,
@@ -148,6 +160,10 @@ impl Harness {
                 "MERCATO_PSP_RETRY_MAX_MS",
                 opts.psp_retry_max_ms.to_string(),
             ),
+            (
+                "MERCATO_PROCESSOR_BREAKER_RESET_MS",
+                opts.processor_breaker_reset_ms.to_string(),
+            ),
         ]));
         let config = mercato_payment::Config::read(&mut env);
         env.check().unwrap();
@@ -179,7 +195,10 @@ impl Harness {
             psp_url,
             configured_psp_url,
             database_url,
-            psp_timeout: Duration::from_millis(opts.psp_timeout_ms),
+            processor_policy: mercato_payment::psp::policy(
+                config.psp_timeout,
+                config.processor_breaker_reset,
+            ),
             bus,
             http: reqwest::Client::new(),
             stop,
@@ -228,7 +247,7 @@ impl Harness {
         );
         let worker = Worker::new(
             payments.clone(),
-            PspClient::new(&self.configured_psp_url, self.psp_timeout).unwrap(),
+            processor(&self.configured_psp_url, self.processor_policy.clone()),
         );
         Replica { payments, worker }
     }

@@ -1,0 +1,126 @@
+//! Services as separate `mercato serve` processes, for the tests that kill one with SIGKILL
+//! (`replicas.rs`, `chaos_distributed.rs`): a process is a real crash boundary, a task in the
+//! test's runtime is not.
+//!
+//! Included by path (`#[path = "support/procs.rs"] mod procs;`) by the tests that need it, so
+//! the in-process suites do not carry it.
+
+#![allow(dead_code)]
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A port nobody listens on right now (the process started next binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `MERCATO_<SERVICE>_PORT`, the variable `mercato serve <service>` listens on.
+pub fn port_var(service: &str) -> String {
+    format!(
+        "MERCATO_{}_PORT",
+        service.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// A running `mercato serve` process, killed when dropped.
+pub struct Proc {
+    /// `service#replica`.
+    pub name: String,
+    service: String,
+    port: u16,
+    env: Vec<(String, String)>,
+    data: PathBuf,
+    child: Child,
+}
+
+impl Proc {
+    /// SIGKILL (the `kill` of std is SIGKILL on Unix): no draining, no goodbyes.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the process again as it was first started: same port, environment and data
+    /// directory (after [`Proc::kill`]).
+    pub fn restart(&mut self) {
+        self.child = spawn(&self.service, self.port, &self.env, &self.data);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(service: &str, port: u16, env: &[(String, String)], data: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .args(["serve", service])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MERCATO_DATA_DIR", data)
+        .env("MERCATO_LOG", "error")
+        .env(port_var(service), port.to_string())
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Starts replica `replica` of `service` on `port` with `env` (and nothing else of the test's
+/// environment), its data directory under `dir`.
+pub fn serve(
+    service: &str,
+    replica: usize,
+    port: u16,
+    env: &[(String, String)],
+    dir: &Path,
+) -> Proc {
+    let data = dir.join(format!("{service}-{replica}"));
+    std::fs::create_dir_all(&data).unwrap();
+    let child = spawn(service, port, env, &data);
+    Proc {
+        name: format!("{service}#{replica}"),
+        service: service.to_owned(),
+        port,
+        env: env.to_vec(),
+        data,
+        child,
+    }
+}
+
+/// Waits until `base` says it is ready.
+pub async fn ready(http: &Client, base: &str) {
+    mercato_kit::testing::eventually(Duration::from_secs(60), || async {
+        let r = http.get(format!("{base}/health/ready")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+/// An access token for `email`.
+pub async fn login(http: &Client, gw: &str, email: &str, password: &str) -> String {
+    let v: Value = http
+        .post(format!("{gw}/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("login {email}: {v}"))
+        .to_owned()
+}
