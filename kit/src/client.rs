@@ -363,6 +363,14 @@ impl Breaker {
         }
     }
 
+    /// While open: how long until trial calls are let through.
+    pub fn reopens_in(&self, now: Instant) -> Option<Duration> {
+        match self.state {
+            State::Open { until } => Some(until.saturating_duration_since(now)),
+            _ => None,
+        }
+    }
+
     /// Attempts and failures in the current window.
     pub fn counts(&mut self, now: Instant) -> (u64, u64) {
         self.window.sums(now)
@@ -1044,6 +1052,14 @@ impl Dependency {
     /// Counts a retry made outside [`Dependency::send`] (the gateway's next replica).
     pub fn count_retry(&self) {
         self.shared.metrics.retries.inc();
+    }
+
+    /// While the breaker is open: how long until it lets a trial call through. A caller with
+    /// its own retry schedule (the payment worker) comes back then rather than after its
+    /// backoff, which grew with every refused attempt.
+    pub fn reopens_in(&self) -> Option<Duration> {
+        let now = self.shared.clock.now();
+        lock(&self.shared.breaker).reopens_in(now)
     }
 
     /// How long an open breaker stays open, for a `Retry-After`.

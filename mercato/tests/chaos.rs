@@ -22,30 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use support::{eventually, problem, Shop, TestStack, ADMIN_EMAIL, ADMIN_PASSWORD};
 
-/// The sum of every sample of `name` whose labels include all of `labels`, from `service`'s
-/// `/metrics`.
+/// `support::metric` of one service of the stack.
 async fn metric(t: &TestStack, service: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = t
-        .http
-        .get(format!("{}/metrics", t.base(service)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::metric(&t.http, &t.base(service), name, labels).await
 }
 
 async fn set_chaos(s: &Shop, service: &str, profile: Value) {
@@ -714,3 +693,99 @@ async fn chaos_mode_starts_every_service_with_five_percent_errors() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_misbehaving_processor_never_charges_twice() {
+    let s = Shop::open(&[
+        ("MERCATO_PSP_TIMEOUT_MS", "400"),
+        ("MERCATO_PSP_RETRY_MAX_MS", "300"),
+        ("MERCATO_PROCESSOR_BREAKER_RESET_MS", "300"),
+    ])
+    .await;
+    let product = s.product(1200, 100).await;
+    let psp = s.t.base("psp-mock");
+    // Late answers (the call is done, the answer arrives after the caller gave up), 503s,
+    // every webhook twice, and webhooks held and delivered newest first.
+    let res =
+        s.t.http
+            .put(format!("{psp}/v1/test/chaos"))
+            .json(
+                &json!({"timeout_rate": 0.3, "timeout_ms": 800, "error_rate": 0.3,
+            "duplicate_webhook_rate": 1.0, "reorder_webhooks": true}),
+            )
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{}",
+        res.text().await.unwrap()
+    );
+
+    let mut paid_by_answer = Vec::new();
+    for _ in 0..6 {
+        paid_by_answer.push(s.place(&product, 1, "pm_card_visa").await);
+    }
+    let mut paid_by_webhook = Vec::new();
+    for _ in 0..3 {
+        paid_by_webhook.push(s.place(&product, 1, "pm_card_pending").await);
+    }
+    // Pending payments are settled by the processor's webhooks, which arrive twice each.
+    for id in &paid_by_webhook {
+        let pay = eventually(WAIT_LONG, || async {
+            s.payment(id)
+                .await
+                .filter(|p| p["provider_ref"].is_string())
+        })
+        .await;
+        let settle = format!(
+            "{psp}/v1/test/payments/{}/settle",
+            pay["provider_ref"].as_str().unwrap()
+        );
+        let res =
+            s.t.http
+                .post(settle)
+                .json(&json!({"outcome": "succeeded"}))
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    for id in paid_by_answer.iter().chain(&paid_by_webhook) {
+        let o = eventually(WAIT_LONG, || async {
+            let o = s.get_order(id).await;
+            (o["status"] == "PAID").then_some(o)
+        })
+        .await;
+        assert!(o["waiting_for"].is_null(), "{o}");
+        let payments = payments_of(&s, id).await;
+        assert_eq!(payments.len(), 1, "{payments:?}");
+        assert_eq!(payments[0]["status"], "AUTHORIZED");
+    }
+    let stats = s.psp_stats().await;
+    let chaos = |kind: &'static str| {
+        let t = &s.t;
+        async move { metric(t, "psp-mock", "chaos_events_total", &[("kind", kind)]).await }
+    };
+    println!(
+        "processor chaos: {stats}, {} late answers, {} 503s, {} duplicated webhooks",
+        chaos("timeout").await,
+        chaos("server_error").await,
+        chaos("webhook_duplicate").await
+    );
+    assert_eq!(
+        stats["authorizations"], 9,
+        "one authorization per order: {stats}"
+    );
+    assert!(chaos("webhook_duplicate").await >= 3.0);
+    assert!(
+        chaos("timeout").await + chaos("server_error").await > 0.0,
+        "the processor misbehaved at least once"
+    );
+    assert_eq!(s.stock(&product).await["reserved"], 9);
+    s.t.stop().await;
+}
+
+/// The longest a saga step may take under chaos (retries with backoff included).
+const WAIT_LONG: Duration = Duration::from_secs(60);

@@ -89,35 +89,8 @@ async fn set_chaos(http: &Client, gw: &str, admin: &str, service: &str, profile:
     .await;
 }
 
-/// The sum of the series of `name` at a service's `/metrics` that carry every one of `labels`
-/// (each service adds its own `service` label), 0 when there are none.
-async fn metric(http: &Client, base: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    text.lines()
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, series_labels) = match series.split_once('{') {
-                Some((n, l)) => (n, l.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let have: Vec<&str> = series_labels.split(',').collect();
-            (series_name == name && wanted.iter().all(|w| have.contains(&w.as_str())))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum::<f64>() as u64
-}
-
 async fn chaos_events(http: &Client, base: &str, kind: &str) -> u64 {
-    metric(http, base, "chaos_events_total", &[("kind", kind)]).await
+    support::metric(http, base, "chaos_events_total", &[("kind", kind)]).await as u64
 }
 
 /// What the clients went through, counted.

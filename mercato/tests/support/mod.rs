@@ -235,6 +235,33 @@ fn redis_prefix(dir: &std::path::Path) -> String {
     format!("test:{}:{dir_name}:", std::process::id())
 }
 
+/// The sum of the series of `name` at a service's `/metrics` that carry every one of `labels`
+/// (each service adds its own `service` label), 0 when there are none.
+pub async fn metric(http: &Client, base: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    text.lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let have: Vec<&str> = series_labels.split(',').collect();
+            (series_name == name && wanted.iter().all(|w| have.contains(&w.as_str())))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum::<f64>()
+}
+
 /// Asserts the response is a problem document with this status and returns it.
 pub async fn problem(res: Response, status: u16) -> Value {
     let got = res.status().as_u16();

@@ -91,6 +91,9 @@ pub struct Answer {
     pub reply: Reply,
     pub http_status: Option<u16>,
     pub elapsed: Duration,
+    /// For a call the open circuit breaker refused: when trial calls will be let through. A
+    /// retry before then would be refused too, and one long after wastes the recovery.
+    pub retry_in: Option<Duration>,
 }
 
 /// The name of the processor in the kit's client metrics and logs
@@ -223,6 +226,7 @@ impl PspClient {
         };
         // Every call carries its key: the processor answers a repeated key from its record,
         // and the kit's client treats a keyed POST as one that may be repeated.
+        let mut retry_in = None;
         let result = self
             .processor
             .send(None, |http| {
@@ -242,12 +246,22 @@ impl PspClient {
                 classify(call, response.status, &response.body),
                 Some(response.status.as_u16()),
             ),
-            Err(e) => (unanswered(&e), None),
+            Err(e) => {
+                if let client::Error::BreakerOpen { .. } = e {
+                    // Spread over half a second, so the payments that queued up behind the
+                    // breaker do not all arrive at once for its few trial calls. Half-open
+                    // with every trial taken, it is a moment's wait too.
+                    let spread = Duration::from_millis(rand::random::<u64>() % 500);
+                    retry_in = Some(self.processor.reopens_in().unwrap_or_default() + spread);
+                }
+                (unanswered(&e), None)
+            }
         };
         Answer {
             reply,
             http_status,
             elapsed: started.elapsed(),
+            retry_in,
         }
     }
 }
@@ -303,6 +317,7 @@ fn refused_locally(started: Instant, provider_ref: &str) -> Answer {
         },
         http_status: None,
         elapsed: started.elapsed(),
+        retry_in: None,
     }
 }
 
@@ -633,6 +648,12 @@ mod tests {
         );
         assert_eq!(a.http_status, None);
         assert_eq!(psp.hits(), min_calls, "the open breaker did not call");
+        // The worker is told to come back when trial calls are let through (reset 30 s).
+        let retry_in = a.retry_in.expect("a time to come back");
+        assert!(
+            retry_in > Duration::from_secs(29) && retry_in < Duration::from_millis(30_500),
+            "{retry_in:?}"
+        );
 
         // The service's /metrics shows it.
         let text = metrics.render();

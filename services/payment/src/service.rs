@@ -814,12 +814,17 @@ impl Payments {
             let expired =
                 job.kind == JobKind::Authorize && job.give_up_at.is_some_and(|g| now >= g);
             if !expired {
-                let wait = domain::backoff(
-                    attempt.clamp(1, u32::MAX as i64) as u32,
-                    self.settings.retry_base,
-                    self.settings.retry_cap,
-                    rand::random::<f64>(),
-                );
+                // While the processor's breaker is open, come back when it lets a trial call
+                // through: refused attempts would otherwise push the backoff towards its cap,
+                // and a processor back after 30 s would see its payments only a minute later.
+                let wait = answer.retry_in.unwrap_or_else(|| {
+                    domain::backoff(
+                        attempt.clamp(1, u32::MAX as i64) as u32,
+                        self.settings.retry_base,
+                        self.settings.retry_cap,
+                        rand::random::<f64>(),
+                    )
+                });
                 let mut at = now + wait.as_micros().min(i64::MAX as u128) as i64;
                 if let Some(g) = job.give_up_at {
                     // One last attempt at the deadline rather than none after it.

@@ -148,6 +148,7 @@ impl Worker {
                 },
                 http_status: None,
                 elapsed: Duration::ZERO,
+                retry_in: None,
             },
         };
         self.payments
