@@ -278,13 +278,22 @@ impl Subscription for EmbeddedSubscription {
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> anyhow::Result<()> {
-        self.advance(delivery.seq).await?;
+        // One commit for both: every write waits for the bus file's single writer, and an
+        // acknowledgement is made for every event by every consumer.
+        let mut tx = self.db.begin().await?;
+        sqlx::query("UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2")
+            .bind(&self.consumer)
+            .bind(delivery.seq)
+            .execute(&mut *tx)
+            .await?;
         // Behind the cursor a count means nothing (a rewind starts them all again).
         sqlx::query("DELETE FROM bus_deliveries WHERE consumer = $1 AND seq <= $2")
             .bind(&self.consumer)
             .bind(delivery.seq)
-            .execute(self.db.writer())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        self.cursor = delivery.seq;
         Ok(())
     }
 }
