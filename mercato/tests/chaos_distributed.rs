@@ -235,47 +235,25 @@ async fn chaos_and_a_killed_order_process_lose_nothing_and_duplicate_nothing() {
         .map(|s| (*s, free_port()))
         .collect();
     let url = |s: &str| format!("http://127.0.0.1:{}", ports[s]);
-    let mut env: Vec<(String, String)> = [
-        ("MERCATO_DATABASE_URL", db_url.clone()),
-        ("MERCATO_NATS_URL", nats.clone()),
-        ("MERCATO_NATS_PREFIX", prefix.clone()),
-        ("MERCATO_SERVICE_SECRET", "chaos-test-secret".into()),
+    // 6 s: longer than inventory's injected latency (so a slow answer is still an answer),
+    // short enough that a key claimed by the killed process is free again soon (its lease is
+    // this plus 5 s).
+    let (mut env, _redis_keys) = procs::shared_env(&db_url, &nats, &prefix, dir.path(), 6000);
+    env.extend([
+        // The pre-check's breaker tries inventory again after 2 s, not 10: more of the
+        // chaos reaches it, and it is closed again soon after the chaos ends.
         (
-            "MERCATO_AUTH_KEY_FILE",
-            dir.path().join("auth-key.pem").display().to_string(),
+            "MERCATO_INVENTORY_BREAKER_RESET_MS".to_owned(),
+            "2000".to_owned(),
         ),
-        ("MERCATO_ADMIN_EMAIL", ADMIN_EMAIL.into()),
-        ("MERCATO_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
-        ("MERCATO_ARGON2_MEMORY_KIB", "4096".into()),
-        // Longer than inventory's injected latency (so a slow answer is still an answer), short
-        // enough that a key claimed by the killed process is free again soon (its lease is this
-        // plus 5 s).
-        ("MERCATO_REQUEST_TIMEOUT_MS", "6000".into()),
-        // The pre-check's breaker tries inventory again after 2 s, not 10: more of the chaos
-        // reaches it, and it is closed again soon after the chaos ends.
-        ("MERCATO_INVENTORY_BREAKER_RESET_MS", "2000".into()),
-        ("MERCATO_RATE_LIMIT_IP_PER_SEC", "0".into()),
-        ("MERCATO_RATE_LIMIT_USER_PER_SEC", "0".into()),
-        ("MERCATO_DB_POOL_SIZE", "4".into()),
-        ("MERCATO_PSP_URL", url("psp-mock")),
+        ("MERCATO_PSP_URL".to_owned(), url("psp-mock")),
         (
-            "MERCATO_PSP_WEBHOOK_URL",
+            "MERCATO_PSP_WEBHOOK_URL".to_owned(),
             format!("{}/api/v1/payments/webhook", url("payment")),
         ),
-    ]
-    .map(|(k, v)| (k.to_owned(), v))
-    .to_vec();
+    ]);
     for s in SERVICES.iter().filter(|s| **s != "gateway") {
         env.push((format!("MERCATO_{}_URL", s.to_ascii_uppercase()), url(s)));
-    }
-    let mut _redis_keys = None;
-    if let Ok(redis) = std::env::var("MERCATO_TEST_REDIS_URL") {
-        _redis_keys = Some(mercato_kit::testing::RedisKeys::new(
-            &redis,
-            format!("{prefix}:"),
-        ));
-        env.push(("MERCATO_REDIS_URL".into(), redis));
-        env.push(("MERCATO_REDIS_PREFIX".into(), format!("{prefix}:")));
     }
     let http = Client::builder()
         .timeout(Duration::from_secs(15))

@@ -169,35 +169,7 @@ async fn replicas_share_the_work_and_survive_a_kill_of_one_replica_of_each_servi
     let dir = tempfile::tempdir().unwrap();
     let (admin_url, db_url) = support::fresh_pg_database(&pg).await;
     let prefix = format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut common: Vec<(String, String)> = [
-        ("MERCATO_DATABASE_URL", db_url.clone()),
-        ("MERCATO_NATS_URL", nats.clone()),
-        ("MERCATO_NATS_PREFIX", prefix.clone()),
-        ("MERCATO_SERVICE_SECRET", "replica-test-secret".into()),
-        (
-            "MERCATO_AUTH_KEY_FILE",
-            dir.path().join("auth-key.pem").display().to_string(),
-        ),
-        ("MERCATO_ADMIN_EMAIL", ADMIN_EMAIL.into()),
-        ("MERCATO_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
-        ("MERCATO_ARGON2_MEMORY_KIB", "4096".into()),
-        // A request that died with its process frees its idempotency key sooner.
-        ("MERCATO_REQUEST_TIMEOUT_MS", "4000".into()),
-        ("MERCATO_RATE_LIMIT_IP_PER_SEC", "0".into()),
-        ("MERCATO_RATE_LIMIT_USER_PER_SEC", "0".into()),
-        ("MERCATO_DB_POOL_SIZE", "4".into()),
-    ]
-    .map(|(k, v)| (k.to_owned(), v))
-    .to_vec();
-    let mut _redis_keys = None;
-    if let Ok(redis) = std::env::var("MERCATO_TEST_REDIS_URL") {
-        _redis_keys = Some(mercato_kit::testing::RedisKeys::new(
-            &redis,
-            format!("{prefix}:"),
-        ));
-        common.push(("MERCATO_REDIS_URL".into(), redis));
-        common.push(("MERCATO_REDIS_PREFIX".into(), format!("{prefix}:")));
-    }
+    let (common, _redis_keys) = procs::shared_env(&db_url, &nats, &prefix, dir.path(), 4000);
     let http = Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
@@ -419,14 +391,20 @@ async fn replicas_share_the_work_and_survive_a_kill_of_one_replica_of_each_servi
             .iter()
             .filter(|(id, _, prod, _)| prod == p && final_state[id]["status"] == "PAID")
             .count() as i64;
-        let stock: Value = http
-            .get(format!("{gw}/api/v1/inventory/{p}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        // A declined order is CANCELLED by the order service and its stock released by
+        // inventory, each on hearing `payment.failed`: the release may land a moment later.
+        let stock: Value = eventually(Duration::from_secs(20), || async {
+            let stock: Value = http
+                .get(format!("{gw}/api/v1/inventory/{p}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (stock["reserved"] == held).then_some(stock)
+        })
+        .await;
         assert_eq!(stock["on_hand"], 100, "{stock}");
         assert_eq!(stock["reserved"], held, "{stock}");
         assert_eq!(stock["available"], 100 - held, "{stock}");

@@ -13,6 +13,51 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// What every process of one test shares: its database, NATS prefix, service secret, signing
+/// key, admin, cheap password hashing, no rate limits, small pools, the request timeout given
+/// (a request that died with its process frees its idempotency key that much sooner), and
+/// Redis under the same prefix when `MERCATO_TEST_REDIS_URL` is set. Also returns the guard
+/// that deletes those Redis keys when the test ends.
+pub fn shared_env(
+    db_url: &str,
+    nats: &str,
+    prefix: &str,
+    dir: &Path,
+    request_timeout_ms: u64,
+) -> (
+    Vec<(String, String)>,
+    Option<mercato_kit::testing::RedisKeys>,
+) {
+    let mut env: Vec<(String, String)> = [
+        ("MERCATO_DATABASE_URL", db_url.to_owned()),
+        ("MERCATO_NATS_URL", nats.to_owned()),
+        ("MERCATO_NATS_PREFIX", prefix.to_owned()),
+        ("MERCATO_SERVICE_SECRET", format!("{prefix}-secret")),
+        (
+            "MERCATO_AUTH_KEY_FILE",
+            dir.join("auth-key.pem").display().to_string(),
+        ),
+        ("MERCATO_ADMIN_EMAIL", super::support::ADMIN_EMAIL.into()),
+        (
+            "MERCATO_ADMIN_PASSWORD",
+            super::support::ADMIN_PASSWORD.into(),
+        ),
+        ("MERCATO_ARGON2_MEMORY_KIB", "4096".into()),
+        ("MERCATO_REQUEST_TIMEOUT_MS", request_timeout_ms.to_string()),
+        ("MERCATO_RATE_LIMIT_IP_PER_SEC", "0".into()),
+        ("MERCATO_RATE_LIMIT_USER_PER_SEC", "0".into()),
+        ("MERCATO_DB_POOL_SIZE", "4".into()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .to_vec();
+    let redis_keys = std::env::var("MERCATO_TEST_REDIS_URL").ok().map(|redis| {
+        env.push(("MERCATO_REDIS_URL".into(), redis.clone()));
+        env.push(("MERCATO_REDIS_PREFIX".into(), format!("{prefix}:")));
+        mercato_kit::testing::RedisKeys::new(&redis, format!("{prefix}:"))
+    });
+    (env, redis_keys)
+}
+
 /// A port nobody listens on right now (the process started next binds it).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
