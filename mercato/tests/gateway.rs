@@ -5,6 +5,8 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{eventually, problem, Shop, TestStack, WAIT};
 
@@ -212,6 +214,73 @@ async fn requests_are_spread_over_replicas_and_a_dead_replica_is_passed_over() {
     assert!(ca >= 4 && cb >= 4, "both replicas serve: {counts:?}");
     // A request with a body is never sent twice, so a dead replica costs that one request a
     // 502 at most; requests without a body always find a live replica.
+    t.stop().await;
+}
+
+/// A stand-in catalog replica that answers every request 503 (draining, or cut off from its
+/// database), counting them.
+async fn unwell_replica() -> (String, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"replica": "unwell"})),
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn a_replica_answering_503_is_passed_over_by_requests_that_may_be_repeated() {
+    let good = named_replica("good").await;
+    let (unwell, seen) = unwell_replica().await;
+    let t = TestStack::start_with(&[("MERCATO_CATALOG_URLS", &format!("{unwell},{good}"))]).await;
+    for _ in 0..6 {
+        let res = t.http.get(gw(&t, "/categories")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.json::<Value>().await.unwrap()["replica"], "good");
+    }
+    assert!(
+        seen.load(Ordering::SeqCst) >= 3,
+        "the unwell replica was asked in its turn"
+    );
+    // A POST without an Idempotency-Key may not be sent twice: its 503 is the answer.
+    let mut answers = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let res = t
+            .http
+            .post(gw(&t, "/categories"))
+            .header("content-length", "0")
+            .send()
+            .await
+            .unwrap();
+        answers.insert(res.status().as_u16());
+    }
+    assert!(answers.contains(&503), "{answers:?}");
+    let retries = t
+        .http
+        .get(format!("{}/metrics", t.base("gateway")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .find(|l| {
+            l.starts_with("http_client_retries_total") && l.contains("dependency=\"catalog\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(retries >= 3.0, "{retries}");
     t.stop().await;
 }
 

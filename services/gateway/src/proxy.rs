@@ -6,8 +6,10 @@
 //! gateway has the same circuit breaker, bulkhead and `http_client_*` metrics per service as
 //! every other caller. It makes the exchange itself, though, because the kit's `send` reads
 //! whole answers and rebuilds the request per attempt, and the gateway streams both. So its
-//! retry is its own: a request that could not connect goes to the next replica, and only a
-//! request without a body (a streamed body is gone once sent). A breaker that is open answers
+//! retry is its own: a request without a body (a streamed body is gone once sent) that could
+//! not connect goes to the next replica, and so does one that may be repeated (GET, HEAD, PUT,
+//! DELETE, OPTIONS, or keyed) answered 502/503/504 while another replica is left, at once
+//! rather than after a backoff, since it is another replica. A breaker that is open answers
 //! 503 at once with a `Retry-After`; a full bulkhead answers 503 too.
 
 use crate::routes;
@@ -182,9 +184,14 @@ pub async fn forward(
         body,
         proxy.body_limit,
     )));
+    // A replica that is draining, or cut off from its own database, says so with a 502/503/504;
+    // a request that may be sent twice and has no body to replay then goes to the next one.
+    let repeatable = bodyless && mercato_kit::client::is_idempotent(&parts.method, &parts.headers);
     let started = Instant::now();
     let mut last_failure = None;
-    for (attempt, replica) in upstream.candidates().into_iter().enumerate() {
+    let candidates = upstream.candidates();
+    let replicas = candidates.len();
+    for (attempt, replica) in candidates.into_iter().enumerate() {
         let admitted = match dependency.admit_call() {
             Ok(admitted) => admitted,
             Err(e) if attempt == 0 => return refused(route.service, &e, dependency),
@@ -224,6 +231,15 @@ pub async fn forward(
                     .seconds
                     .with_label_values(&[route.service])
                     .observe(started.elapsed().as_secs_f64());
+                let unwell = matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                );
+                if unwell && repeatable && attempt + 1 < replicas {
+                    continue;
+                }
                 return incoming(res);
             }
             Ok(Err(e)) if e.is_connect() => {
