@@ -17,7 +17,7 @@
 mod procs;
 mod support;
 
-use procs::{free_port, login, ready, serve, Proc};
+use procs::{free_port, login, ready, serve, stocked_product, Proc};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -305,35 +305,9 @@ async fn chaos_and_a_killed_order_process_lose_nothing_and_duplicate_nothing() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let seller = login(&http, &gw, &format!("seller-{prefix}@test.local"), PASSWORD).await;
-    let mut products = Vec::new();
-    for (i, stock) in [PLENTY, SCARCE].into_iter().enumerate() {
-        let res = http
-            .post(format!("{gw}/api/v1/products"))
-            .bearer_auth(&seller)
-            .json(&json!({"sku": format!("CHAOS-{i}"), "name": format!("Chaos Kettle {i}"), "category": "kitchen", "price_cents": 1900 + i}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::CREATED);
-        let id = res.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        // The product reaches inventory through an event.
-        eventually(Duration::from_secs(30), || async {
-            let r = http
-                .put(format!("{gw}/api/v1/inventory/{id}"))
-                .bearer_auth(&seller)
-                .json(&json!({"on_hand": stock}))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == StatusCode::OK).then_some(())
-        })
-        .await;
-        products.push(id);
-    }
-    let (plenty, scarce) = (products[0].clone(), products[1].clone());
+    let plenty = stocked_product(&http, &gw, &seller, "CHAOS-0", 1900, PLENTY).await;
+    let scarce = stocked_product(&http, &gw, &seller, "CHAOS-1", 1901, SCARCE).await;
+    let products = [plenty.clone(), scarce.clone()];
     let mut customers = Vec::new();
     for i in 0..CUSTOMERS {
         customers.push(register(format!("shopper-{i}-{prefix}@test.local")).await.1);

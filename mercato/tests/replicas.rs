@@ -14,7 +14,7 @@
 mod procs;
 mod support;
 
-use procs::{free_port, login, ready, serve, Proc};
+use procs::{free_port, login, ready, serve, stocked_product, Proc};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -181,30 +181,8 @@ async fn replicas_share_the_work_and_survive_a_kill_of_one_replica_of_each_servi
     let admin = login(&http, &gw, ADMIN_EMAIL, ADMIN_PASSWORD).await;
     let mut products = Vec::new();
     for i in 0..2 {
-        let res = http
-            .post(format!("{gw}/api/v1/products"))
-            .bearer_auth(&admin)
-            .json(&json!({"sku": format!("REPL-{i}"), "name": format!("Replica Kettle {i}"), "category": "kitchen", "price_cents": 2500 + i}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::CREATED);
-        let id = res.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        eventually(Duration::from_secs(30), || async {
-            let r = http
-                .put(format!("{gw}/api/v1/inventory/{id}"))
-                .bearer_auth(&admin)
-                .json(&json!({"on_hand": 100}))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == StatusCode::OK).then_some(())
-        })
-        .await;
-        products.push(id);
+        products
+            .push(stocked_product(&http, &gw, &admin, &format!("REPL-{i}"), 2500 + i, 100).await);
     }
     let mut customers = Vec::new();
     for i in 0..4 {

@@ -153,6 +153,43 @@ pub async fn ready(http: &Client, base: &str) {
     .await;
 }
 
+/// Creates a product through the gateway `gw` as `token` (a seller or admin) and, once
+/// inventory has heard of it, puts `on_hand` units in stock; returns its id.
+pub async fn stocked_product(
+    http: &Client,
+    gw: &str,
+    token: &str,
+    sku: &str,
+    price_cents: i64,
+    on_hand: i64,
+) -> String {
+    let res = http
+        .post(format!("{gw}/api/v1/products"))
+        .bearer_auth(token)
+        .json(&json!({"sku": sku, "name": format!("Kettle {sku}"), "category": "kitchen", "price_cents": price_cents}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The product reaches inventory through an event.
+    super::support::eventually(Duration::from_secs(30), || async {
+        let r = http
+            .put(format!("{gw}/api/v1/inventory/{id}"))
+            .bearer_auth(token)
+            .json(&json!({"on_hand": on_hand}))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    id
+}
+
 /// An access token for `email`.
 pub async fn login(http: &Client, gw: &str, email: &str, password: &str) -> String {
     let v: Value = http
