@@ -264,6 +264,11 @@ impl Chaos {
         self.inner.enabled.set(i64::from(active));
     }
 
+    /// Shows `kind` at zero before its first event, so a rate over it exists from the start.
+    pub fn declare(&self, kind: &str) {
+        self.inner.events.with_label_values(&[kind]);
+    }
+
     /// Counts one injected fault of `kind`.
     pub fn record(&self, kind: &str) {
         self.inner.events.with_label_values(&[kind]).inc();

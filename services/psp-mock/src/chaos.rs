@@ -120,6 +120,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::Timeout,
+        Kind::ServerError,
+        Kind::WebhookDuplicate,
+        Kind::WebhookReorder,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Timeout => "timeout",
@@ -248,6 +255,9 @@ impl ProcessorChaos {
     /// happen before the service serves).
     pub fn attach(&self, http: Chaos) {
         http.set_external(self.profile().is_active());
+        for kind in Kind::ALL {
+            http.declare(kind.as_str());
+        }
         if self.http.set(http).is_err() {
             tracing::error!("processor chaos attached twice; keeping the first switch");
         }

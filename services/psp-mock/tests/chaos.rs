@@ -60,6 +60,18 @@ fn event_of(d: &Delivery) -> Value {
 async fn a_timed_out_authorization_is_done_and_replayed_to_the_retry() {
     let psp = start(None).await;
     assert_eq!(chaos_enabled(&psp).await, 0.0);
+    // Every kind is exported from zero, so a rate over it exists before the first fault.
+    for kind in [
+        "timeout",
+        "server_error",
+        "webhook_duplicate",
+        "webhook_reorder",
+    ] {
+        let zero = psp
+            .metric("chaos_events_total", &format!("kind=\"{kind}\""))
+            .await;
+        assert_eq!(zero, Some(0.0), "{kind}");
+    }
     let view = set_chaos(&psp, json!({"timeout_rate": 1, "timeout_ms": 300})).await;
     assert_eq!(
         view,
