@@ -17,7 +17,7 @@
 mod procs;
 mod support;
 
-use procs::{free_port, login, ready, serve, stocked_product, Proc};
+use procs::{free_port, login, ready, serve, shop_services, stocked_product, Proc};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,16 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{eventually, ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD};
 
-/// Every service, one process each; psp-mock stands in for the card processor.
-const SERVICES: [&str; 7] = [
-    "auth",
-    "catalog",
-    "inventory",
-    "order",
-    "payment",
-    "cart",
-    "gateway",
-];
 /// Orders placed under chaos, `CLIENTS` at a time; every third is for the scarce product.
 const ORDERS: usize = 30;
 const CLIENTS: usize = 6;
@@ -229,9 +219,8 @@ async fn chaos_and_a_killed_order_process_lose_nothing_and_duplicate_nothing() {
     let prefix = format!("c{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
 
     // The processes: every service on a port of its own, each knowing the others directly.
-    let ports: BTreeMap<&str, u16> = SERVICES
+    let ports: BTreeMap<&str, u16> = mercato::stack::SERVICES
         .iter()
-        .chain(["psp-mock"].iter())
         .map(|s| (*s, free_port()))
         .collect();
     let url = |s: &str| format!("http://127.0.0.1:{}", ports[s]);
@@ -252,7 +241,7 @@ async fn chaos_and_a_killed_order_process_lose_nothing_and_duplicate_nothing() {
             format!("{}/api/v1/payments/webhook", url("payment")),
         ),
     ]);
-    for s in SERVICES.iter().filter(|s| **s != "gateway") {
+    for s in shop_services().filter(|s| *s != "gateway") {
         env.push((format!("MERCATO_{}_URL", s.to_ascii_uppercase()), url(s)));
     }
     let http = Client::builder()
@@ -267,10 +256,10 @@ async fn chaos_and_a_killed_order_process_lose_nothing_and_duplicate_nothing() {
     // Auth first: it creates the signing key and the admin the others rely on.
     procs.insert("auth", serve("auth", 0, ports["auth"], &env, dir.path()));
     ready(&http, &url("auth")).await;
-    for s in SERVICES.iter().filter(|s| **s != "auth") {
-        procs.insert(*s, serve(s, 0, ports[s], &env, dir.path()));
+    for s in shop_services().filter(|s| *s != "auth") {
+        procs.insert(s, serve(s, 0, ports[s], &env, dir.path()));
     }
-    for s in SERVICES.iter().chain(["psp-mock"].iter()) {
+    for s in mercato::stack::SERVICES {
         ready(&http, &url(s)).await;
     }
     let gw = url("gateway");
@@ -469,7 +458,7 @@ async fn chaos_and_a_killed_order_process_lose_nothing_and_duplicate_nothing() {
     .await;
     browsing.store(false, Ordering::SeqCst);
     let browsed = browser.await.unwrap();
-    for s in SERVICES {
+    for s in shop_services() {
         eventually(Duration::from_secs(30), || async {
             let r = http
                 .delete(chaos_url(&gw, s))

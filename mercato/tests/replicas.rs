@@ -14,7 +14,7 @@
 mod procs;
 mod support;
 
-use procs::{free_port, login, ready, serve, stocked_product, Proc};
+use procs::{free_port, login, ready, serve, shop_services, stocked_product, Proc};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,16 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{eventually, ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD};
 
-/// Every replicated service; psp-mock stands in for the external card processor (one).
-const REPLICATED: [&str; 7] = [
-    "auth",
-    "catalog",
-    "inventory",
-    "order",
-    "payment",
-    "cart",
-    "gateway",
-];
 const ORDERS: usize = 48;
 const CONCURRENCY: usize = 8;
 const KILL_AFTER: usize = 16;
@@ -67,7 +57,7 @@ async fn start_cluster(
 ) -> Cluster {
     let mut urls: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     let mut ports: BTreeMap<&'static str, Vec<u16>> = BTreeMap::new();
-    for s in REPLICATED {
+    for s in shop_services() {
         let p = vec![free_port(), free_port()];
         urls.insert(
             s,
@@ -94,7 +84,7 @@ async fn start_cluster(
         .map(|(k, v)| (k.to_owned(), v)),
     );
     // The gateways know every replica.
-    for s in REPLICATED.iter().filter(|s| **s != "gateway") {
+    for s in shop_services().filter(|s| *s != "gateway") {
         env.push((
             format!("MERCATO_{}_URLS", s.to_ascii_uppercase()),
             urls[s].join(","),
@@ -104,7 +94,7 @@ async fn start_cluster(
     // The first auth replica creates the shared signing key and the admin; then the rest.
     procs.push(serve("auth", 0, ports["auth"][0], &env, dir));
     ready(http, &urls["auth"][0]).await;
-    for s in REPLICATED {
+    for s in shop_services() {
         for (r, port) in ports[s].iter().enumerate() {
             if s == "auth" && r == 0 {
                 continue;
@@ -113,7 +103,7 @@ async fn start_cluster(
         }
     }
     ready(http, &psp).await;
-    for s in REPLICATED {
+    for s in shop_services() {
         for u in &urls[s] {
             ready(http, u).await;
         }
@@ -267,7 +257,7 @@ async fn replicas_share_the_work_and_survive_a_kill_of_one_replica_of_each_servi
     })
     .await;
     gateways.lock().unwrap().truncate(1);
-    for s in REPLICATED {
+    for s in shop_services() {
         cluster.kill(&format!("{s}#1"));
     }
     for w in workers {

@@ -58,6 +58,16 @@ pub fn shared_env(
     (env, redis_keys)
 }
 
+/// The shop's own services, each run as processes of its own: every service `mercato serve`
+/// knows but psp-mock, which stands in for the external card processor (one, never
+/// replicated). In start order, the gateway last.
+pub fn shop_services() -> impl Iterator<Item = &'static str> {
+    mercato::stack::SERVICES
+        .iter()
+        .copied()
+        .filter(|s| *s != "psp-mock")
+}
+
 /// A port nobody listens on right now (the process started next binds it).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
