@@ -332,19 +332,18 @@ fn refused(service: &'static str, e: &ClientError, dependency: &Dependency) -> R
         ),
         _ => ("bulkhead_full", "has too many requests in flight", 1),
     };
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "upstream_unavailable",
-        "A service is not available",
-    )
-    .with_detail(format!("the {service} service {why}"))
-    .with_extension("service", service.into())
-    .with_extension("reason", outcome.into())
-    .with_retry_after(retry_after)
-    .into_response()
+    unavailable_problem(service, why)
+        .with_extension("reason", outcome.into())
+        .with_retry_after(retry_after)
+        .into_response()
 }
 
 fn unavailable(service: &str, why: &str) -> Response {
+    unavailable_problem(service, why).into_response()
+}
+
+/// The 503 naming a service the gateway could not let a request reach.
+fn unavailable_problem(service: &str, why: &str) -> Problem {
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "upstream_unavailable",
@@ -352,7 +351,6 @@ fn unavailable(service: &str, why: &str) -> Response {
     )
     .with_detail(format!("the {service} service {why}"))
     .with_extension("service", service.into())
-    .into_response()
 }
 
 fn too_large(limit: usize) -> Response {
