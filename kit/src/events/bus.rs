@@ -39,6 +39,24 @@ pub trait Subscription: Send {
 
     /// Acknowledges the event last returned by `next`: it will not be delivered again.
     async fn ack(&mut self, delivery: &Delivery) -> anyhow::Result<()>;
+
+    /// Up to `max` events in the order this subscription must see them: waits for the first,
+    /// then takes only what is ready without waiting. A consumer handles a batch in one
+    /// transaction, so a bus that can hand out several at once should (the default hands out
+    /// one).
+    async fn next_batch(&mut self, max: usize) -> anyhow::Result<Vec<Delivery>> {
+        let _ = max;
+        Ok(vec![self.next().await?])
+    }
+
+    /// Acknowledges every delivery of a batch from `next_batch`, each of which was handled or
+    /// parked.
+    async fn ack_batch(&mut self, batch: &[Delivery]) -> anyhow::Result<()> {
+        for d in batch {
+            self.ack(d).await?;
+        }
+        Ok(())
+    }
 }
 
 /// One delivery of an event to a consumer.
