@@ -26,7 +26,6 @@ use axum::http::{request::Parts, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use std::time::Duration;
 
 /// How long a record is kept.
@@ -125,7 +124,7 @@ impl IdempotencyKey {
         let lease_until = now + self.lease.as_micros() as i64;
         let expired_before = now - RETENTION.as_micros() as i64;
         let mut tx = db.begin().await?;
-        let row = sqlx::query(
+        let row = crate::db::query(
             "SELECT fingerprint, state, locked_until, status, body, created_at FROM idempotency_keys \
              WHERE principal = $1 AND idem_key = $2",
         )
@@ -135,7 +134,7 @@ impl IdempotencyKey {
         .await?;
         match row {
             None => {
-                let inserted = sqlx::query(
+                let inserted = crate::db::query(
                     "INSERT INTO idempotency_keys (principal, idem_key, fingerprint, state, locked_until, created_at) \
                      VALUES ($1, $2, $3, 'in_flight', $4, $5)",
                 )
@@ -227,7 +226,7 @@ async fn take_over(
     old_lock: i64,
 ) -> Result<(), Problem> {
     // Compare-and-set on the old lease, so two retries cannot both take it over.
-    let r = sqlx::query(
+    let r = crate::db::query(
         "UPDATE idempotency_keys SET fingerprint = $3, state = 'in_flight', locked_until = $4, status = NULL, \
          body = NULL, created_at = $5 WHERE principal = $1 AND idem_key = $2 AND locked_until = $6",
     )
@@ -293,7 +292,7 @@ impl Claim {
     ) -> Result<Response, Problem> {
         let text = serde_json::to_string(body).map_err(|e| Problem::internal(&e))?;
         if let Some(Record::Claimed { principal, key }) = &self.record {
-            sqlx::query(
+            crate::db::query(
                 "UPDATE idempotency_keys SET state = 'completed', status = $3, body = $4 \
                  WHERE principal = $1 AND idem_key = $2",
             )
@@ -322,7 +321,7 @@ impl Drop for Claim {
             let db = self.db.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    let _ = sqlx::query(
+                    let _ = crate::db::query(
                         "DELETE FROM idempotency_keys WHERE principal = $1 AND idem_key = $2 AND state = 'in_flight'",
                     )
                     .bind(principal)
@@ -336,10 +335,10 @@ impl Drop for Claim {
 }
 
 /// Deletes records past retention; run periodically by every service.
-pub async fn purge_expired(db: &Db) -> Result<u64, sqlx::Error> {
+pub async fn purge_expired(db: &Db) -> Result<u64, crate::db::Error> {
     let before = now_us() - RETENTION.as_micros() as i64;
     let r =
-        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1 AND state = 'completed'")
+        crate::db::query("DELETE FROM idempotency_keys WHERE created_at < $1 AND state = 'completed'")
             .bind(before)
             .execute(db.writer())
             .await?;

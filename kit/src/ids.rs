@@ -103,8 +103,8 @@ impl fmt::Display for Currency {
 }
 
 /// Parses an id column read from the database; a malformed one is data corruption, not input.
-pub fn parse_db_uuid(s: &str) -> Result<Uuid, sqlx::Error> {
-    Uuid::parse_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+pub fn parse_db_uuid(s: &str) -> Result<Uuid, crate::db::Error> {
+    Uuid::parse_str(s).map_err(|e| crate::db::Error::Decode(Box::new(e)))
 }
 
 #[cfg(test)]

@@ -252,8 +252,8 @@ impl IntoResponse for Problem {
 }
 
 /// Storage errors are internal unless a service maps them to something more precise first.
-impl From<sqlx::Error> for Problem {
-    fn from(e: sqlx::Error) -> Self {
+impl From<crate::db::Error> for Problem {
+    fn from(e: crate::db::Error) -> Self {
         Problem::internal(&e)
     }
 }

@@ -8,7 +8,6 @@ use mercato_kit::events::{
     append, Bus, Consumer, EmbeddedBus, Envelope, EventHandler, OutboxWaker, Relay,
 };
 use sqlx::migrate::Migrator;
-use sqlx::Row;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ async fn db(dir: &tempfile::TempDir, name: &str) -> Db {
         postgres: Migrator::DEFAULT,
     };
     let db = Db::connect(&url, name, 2, &none).await.unwrap();
-    sqlx::query("CREATE TABLE IF NOT EXISTS effects (event_id TEXT, n BIGINT)")
+    mercato_kit::db::query("CREATE TABLE IF NOT EXISTS effects (event_id TEXT, n BIGINT)")
         .execute(db.writer())
         .await
         .unwrap();
@@ -39,7 +38,7 @@ impl EventHandler for Recorder {
     async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         anyhow::ensure!(!self.fail.load(Ordering::SeqCst), "told to fail");
-        sqlx::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
+        mercato_kit::db::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
             .bind(event.event_id.to_string())
             .bind(event.payload["n"].as_i64().unwrap_or(0))
             .execute(&mut **tx)
@@ -49,7 +48,7 @@ impl EventHandler for Recorder {
 }
 
 async fn effects(db: &Db) -> Vec<i64> {
-    sqlx::query("SELECT n FROM effects ORDER BY rowid")
+    mercato_kit::db::query("SELECT n FROM effects ORDER BY rowid")
         .fetch_all(db.reader())
         .await
         .unwrap()
@@ -241,7 +240,7 @@ impl EventHandler for Poisoned {
             self.poison_calls.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
-        sqlx::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
+        mercato_kit::db::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
             .bind(event.event_id.to_string())
             .bind(event.payload["n"].as_i64().unwrap_or(0))
             .execute(&mut **tx)

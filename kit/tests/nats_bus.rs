@@ -11,7 +11,6 @@ use mercato_kit::events::{
     Bus, Consumer, Delivery, Envelope, EventHandler, NatsBus, NatsOptions, Subscription,
 };
 use sqlx::migrate::Migrator;
-use sqlx::Row;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -417,7 +416,7 @@ struct Recorder {
 impl EventHandler for Recorder {
     async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        sqlx::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
+        mercato_kit::db::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
             .bind(event.event_id.to_string())
             .bind(event.payload["n"].as_i64().unwrap_or(0))
             .execute(&mut **tx)
@@ -427,7 +426,7 @@ impl EventHandler for Recorder {
 }
 
 async fn effects(db: &Db) -> Vec<i64> {
-    sqlx::query("SELECT n FROM effects ORDER BY rowid")
+    mercato_kit::db::query("SELECT n FROM effects ORDER BY rowid")
         .fetch_all(db.reader())
         .await
         .unwrap()
@@ -457,7 +456,7 @@ async fn the_kit_consumer_applies_each_event_once_through_duplicates_and_redeliv
     )
     .await
     .unwrap();
-    sqlx::query("CREATE TABLE effects (event_id TEXT, n BIGINT)")
+    mercato_kit::db::query("CREATE TABLE effects (event_id TEXT, n BIGINT)")
         .execute(db.writer())
         .await
         .unwrap();
@@ -515,7 +514,7 @@ impl EventHandler for Poisoned {
             self.poison_calls.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
-        sqlx::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
+        mercato_kit::db::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
             .bind(event.event_id.to_string())
             .bind(event.payload["n"].as_i64().unwrap_or(0))
             .execute(&mut **tx)
@@ -545,7 +544,7 @@ async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit()
     )
     .await
     .unwrap();
-    sqlx::query("CREATE TABLE effects (event_id TEXT, n BIGINT)")
+    mercato_kit::db::query("CREATE TABLE effects (event_id TEXT, n BIGINT)")
         .execute(db.writer())
         .await
         .unwrap();

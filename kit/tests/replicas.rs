@@ -10,7 +10,6 @@
 use mercato_kit::db::{Db, Migrations};
 use mercato_kit::events::{append, pending, Bus, Envelope, OutboxWaker, Relay, Subscription};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::Row;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,7 +54,7 @@ impl Schema {
     }
 
     async fn drop(self) {
-        let admin = sqlx::AnyPool::connect(&self.url).await.unwrap();
+        let admin = sqlx::PgPool::connect(&self.url).await.unwrap();
         sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
             .execute(&admin)
             .await
@@ -171,7 +170,7 @@ async fn a_relay_publishes_nothing_behind_rows_another_relay_holds() {
         async move {
             let mut tx = other.begin().await.unwrap();
             // Not `OFFSET ... FOR UPDATE`: that locks the rows it skips as well.
-            sqlx::query(
+            mercato_kit::db::query(
                 "SELECT seq FROM outbox WHERE seq = (SELECT seq FROM outbox \
                  WHERE published_at IS NULL ORDER BY seq LIMIT 1 OFFSET $1) FOR UPDATE",
             )
@@ -240,10 +239,9 @@ fn counting_migrations() -> Migrations {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn processes_starting_together_create_the_schema_and_migrate_it_once() {
     let Some(url) = postgres() else { return };
-    sqlx::any::install_default_drivers();
     // A database of its own, so no schema, no migrations table, nothing exists yet.
     let name = format!("kit_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::AnyPool::connect(&url).await.unwrap();
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&admin)
         .await
@@ -268,14 +266,14 @@ async fn processes_starting_together_create_the_schema_and_migrate_it_once() {
         opened.push(start.await.unwrap().expect("every process starts"));
     }
     for (service, db) in &opened {
-        let counted: i64 = sqlx::query("SELECT COUNT(*) AS n FROM counter")
+        let counted: i64 = mercato_kit::db::query("SELECT COUNT(*) AS n FROM counter")
             .fetch_one(db.reader())
             .await
             .unwrap()
             .get("n");
         assert_eq!(counted, 1, "{service} migrated once");
         let versions: Vec<i64> =
-            sqlx::query("SELECT version FROM _sqlx_migrations ORDER BY version")
+            mercato_kit::db::query("SELECT version FROM _sqlx_migrations ORDER BY version")
                 .fetch_all(db.reader())
                 .await
                 .unwrap()

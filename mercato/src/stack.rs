@@ -280,6 +280,9 @@ fn wanted(env: &Env, services: &[&str]) -> anyhow::Result<Vec<&'static str>> {
 pub fn unreachable_backend(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause.is::<std::io::Error>()
+            || cause
+                .downcast_ref::<mercato_kit::db::Error>()
+                .is_some_and(|e| e.is_unreachable())
             || matches!(
                 cause.downcast_ref::<sqlx::Error>(),
                 Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_))

@@ -14,7 +14,6 @@
 use super::Envelope;
 use crate::db::Db;
 use crate::time::now_us;
-use sqlx::Row;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -95,11 +94,11 @@ impl EmbeddedBus {
         let mut tx = db.begin().await?;
         if db.backend() == crate::db::Backend::Postgres {
             // Two processes opening the bus at once would race on the catalog.
-            sqlx::query("SELECT pg_advisory_xact_lock(7243017002)")
+            crate::db::query("SELECT pg_advisory_xact_lock(7243017002)")
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
+        crate::db::query(
             "CREATE TABLE IF NOT EXISTS bus_deliveries (consumer TEXT NOT NULL, seq BIGINT NOT NULL, \
              delivered BIGINT NOT NULL, PRIMARY KEY (consumer, seq))",
         )
@@ -115,7 +114,7 @@ impl EmbeddedBus {
 
     /// Every stored event, oldest first (for tests and audits).
     pub async fn all(&self) -> anyhow::Result<Vec<Envelope>> {
-        let rows = sqlx::query("SELECT envelope FROM bus_messages ORDER BY seq")
+        let rows = crate::db::query("SELECT envelope FROM bus_messages ORDER BY seq")
             .fetch_all(self.db.reader())
             .await?;
         rows.iter()
@@ -126,10 +125,10 @@ impl EmbeddedBus {
     /// Moves every consumer back to the start of the log, so every event is delivered again:
     /// what a bus that lost its acknowledgements would do. For tests and drills.
     pub async fn rewind_all_consumers(&self) -> anyhow::Result<()> {
-        sqlx::query("UPDATE bus_cursors SET last_seq = 0")
+        crate::db::query("UPDATE bus_cursors SET last_seq = 0")
             .execute(self.db.writer())
             .await?;
-        sqlx::query("DELETE FROM bus_deliveries")
+        crate::db::query("DELETE FROM bus_deliveries")
             .execute(self.db.writer())
             .await?;
         self.published.send_modify(|n| *n += 1);
@@ -139,7 +138,7 @@ impl EmbeddedBus {
     /// How many stored events each consumer has yet to acknowledge (of the types it reads,
     /// or not: a consumer skips the others as it passes them).
     pub async fn lag(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
+        let rows = crate::db::query(
             "SELECT c.consumer, (SELECT COUNT(*) FROM bus_messages m WHERE m.seq > c.last_seq) AS behind \
              FROM bus_cursors c ORDER BY c.consumer",
         )
@@ -163,11 +162,11 @@ impl Bus for EmbeddedBus {
         if self.db.backend() == crate::db::Backend::Postgres {
             // Other processes may publish to the same log: a transaction-scoped advisory lock
             // makes them take turns, so sequence numbers become visible in order everywhere.
-            sqlx::query("SELECT pg_advisory_xact_lock(7243017001)")
+            crate::db::query("SELECT pg_advisory_xact_lock(7243017001)")
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
+        crate::db::query(
             "INSERT INTO bus_messages (event_id, event_type, envelope, stored_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (event_id) DO NOTHING",
         )
@@ -187,11 +186,11 @@ impl Bus for EmbeddedBus {
         consumer: &str,
         event_types: &[&str],
     ) -> anyhow::Result<Box<dyn Subscription>> {
-        sqlx::query("INSERT INTO bus_cursors (consumer, last_seq) VALUES ($1, 0) ON CONFLICT (consumer) DO NOTHING")
+        crate::db::query("INSERT INTO bus_cursors (consumer, last_seq) VALUES ($1, 0) ON CONFLICT (consumer) DO NOTHING")
             .bind(consumer)
             .execute(self.db.writer())
             .await?;
-        let row = sqlx::query("SELECT last_seq FROM bus_cursors WHERE consumer = $1")
+        let row = crate::db::query("SELECT last_seq FROM bus_cursors WHERE consumer = $1")
             .bind(consumer)
             .fetch_one(self.db.reader())
             .await?;
@@ -215,7 +214,7 @@ struct EmbeddedSubscription {
 
 impl EmbeddedSubscription {
     async fn advance(&mut self, seq: i64) -> anyhow::Result<()> {
-        sqlx::query("UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2")
+        crate::db::query("UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2")
             .bind(&self.consumer)
             .bind(seq)
             .execute(self.db.writer())
@@ -226,7 +225,7 @@ impl EmbeddedSubscription {
 
     /// Counts one more delivery of `seq` to this consumer; returns the count.
     async fn count_delivery(&self, seq: i64) -> anyhow::Result<u32> {
-        let delivered: i64 = sqlx::query(
+        let delivered: i64 = crate::db::query(
             "INSERT INTO bus_deliveries (consumer, seq, delivered) VALUES ($1, $2, 1) \
              ON CONFLICT (consumer, seq) DO UPDATE SET delivered = bus_deliveries.delivered + 1 \
              RETURNING delivered",
@@ -256,18 +255,18 @@ impl Subscription for EmbeddedSubscription {
             // lands after the look still wakes us.
             self.published.borrow_and_update();
             // The stored cursor is the truth (an operator may have rewound it).
-            self.cursor = sqlx::query("SELECT last_seq FROM bus_cursors WHERE consumer = $1")
+            self.cursor = crate::db::query("SELECT last_seq FROM bus_cursors WHERE consumer = $1")
                 .bind(&self.consumer)
                 .fetch_one(self.db.reader())
                 .await?
                 .try_get("last_seq")?;
             // The end of the log is read *before* looking for our next event: everything up
             // to it is then covered by the look, so moving the cursor there skips nothing.
-            let end: Option<i64> = sqlx::query("SELECT MAX(seq) AS end_seq FROM bus_messages")
+            let end: Option<i64> = crate::db::query("SELECT MAX(seq) AS end_seq FROM bus_messages")
                 .fetch_one(self.db.reader())
                 .await?
                 .try_get("end_seq")?;
-            let mut q = sqlx::query(&sql).bind(self.cursor);
+            let mut q = crate::db::query(&sql).bind(self.cursor);
             for t in &self.types {
                 q = q.bind(t);
             }
@@ -299,13 +298,13 @@ impl Subscription for EmbeddedSubscription {
         // One commit for both: every write waits for the bus file's single writer, and an
         // acknowledgement is made for every event by every consumer.
         let mut tx = self.db.begin().await?;
-        sqlx::query("UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2")
+        crate::db::query("UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2")
             .bind(&self.consumer)
             .bind(delivery.seq)
             .execute(&mut *tx)
             .await?;
         // Behind the cursor a count means nothing (a rewind starts them all again).
-        sqlx::query("DELETE FROM bus_deliveries WHERE consumer = $1 AND seq <= $2")
+        crate::db::query("DELETE FROM bus_deliveries WHERE consumer = $1 AND seq <= $2")
             .bind(&self.consumer)
             .bind(delivery.seq)
             .execute(&mut *tx)

@@ -21,7 +21,6 @@ use axum::extract::{FromRef, State};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
-use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -89,7 +88,7 @@ impl Consumer {
 
     async fn attempt(&self, env: &Envelope) -> anyhow::Result<Outcome> {
         let mut tx = self.db.begin().await?;
-        let fresh = sqlx::query(
+        let fresh = crate::db::query(
             "INSERT INTO inbox (consumer, event_id, processed_at) VALUES ($1, $2, $3) \
              ON CONFLICT (consumer, event_id) DO NOTHING",
         )
@@ -146,7 +145,7 @@ impl Consumer {
             return self.process(env).await;
         }
         // Applied by a handler whose acknowledgement was lost: nothing to park.
-        let seen = sqlx::query("SELECT 1 AS seen FROM inbox WHERE consumer = $1 AND event_id = $2")
+        let seen = crate::db::query("SELECT 1 AS seen FROM inbox WHERE consumer = $1 AND event_id = $2")
             .bind(&self.name)
             .bind(env.event_id.to_string())
             .fetch_optional(self.db.reader())
@@ -169,7 +168,7 @@ impl Consumer {
             "event parked in dead letters");
         // Once: parked but not acknowledged (the ack was lost), the event comes again and may
         // be parked again; an open dead letter for it is enough.
-        sqlx::query(
+        crate::db::query(
             "INSERT INTO dead_letters (id, consumer, event_id, event_type, envelope, error, attempts, parked_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE NOT EXISTS \
              (SELECT 1 FROM dead_letters WHERE consumer = $2 AND event_id = $3 AND replayed_at IS NULL)",
@@ -265,8 +264,8 @@ pub struct DeadLetter {
     pub envelope: serde_json::Value,
 }
 
-pub async fn dead_letters(db: &Db) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    let rows = sqlx::query(
+pub async fn dead_letters(db: &Db) -> Result<Vec<DeadLetter>, crate::db::Error> {
+    let rows = crate::db::query(
         "SELECT id, consumer, event_id, event_type, envelope, error, attempts, parked_at, replayed_at \
          FROM dead_letters ORDER BY parked_at",
     )
@@ -326,7 +325,7 @@ async fn replay(
     Path(id): Path<uuid::Uuid>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     p.require(&[Role::Admin])?;
-    let row = sqlx::query("SELECT envelope, replayed_at FROM dead_letters WHERE id = $1")
+    let row = crate::db::query("SELECT envelope, replayed_at FROM dead_letters WHERE id = $1")
         .bind(id.to_string())
         .fetch_optional(s.consumer.db.reader())
         .await?
@@ -343,7 +342,7 @@ async fn replay(
     let outcome = s.consumer.attempt(&env).await.map_err(|e| {
         Problem::conflict("replay_failed", format!("the handler failed again: {e:#}"))
     })?;
-    sqlx::query("UPDATE dead_letters SET replayed_at = $2 WHERE id = $1")
+    crate::db::query("UPDATE dead_letters SET replayed_at = $2 WHERE id = $1")
         .bind(id.to_string())
         .bind(now_us())
         .execute(s.consumer.db.writer())

@@ -75,9 +75,9 @@ impl Envelope {
 }
 
 /// Appends an event to the outbox within the caller's transaction.
-pub async fn append(tx: &mut Tx, env: &Envelope) -> Result<(), sqlx::Error> {
-    let body = serde_json::to_string(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(
+pub async fn append(tx: &mut Tx, env: &Envelope) -> Result<(), crate::db::Error> {
+    let body = serde_json::to_string(env).map_err(|e| crate::db::Error::Encode(Box::new(e)))?;
+    crate::db::query(
         "INSERT INTO outbox (event_id, event_type, aggregate_id, envelope, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(env.event_id.to_string())
@@ -92,11 +92,10 @@ pub async fn append(tx: &mut Tx, env: &Envelope) -> Result<(), sqlx::Error> {
 
 /// Reads outbox rows not yet published, oldest first (for the relay and for tests).
 pub async fn pending(
-    pool: &sqlx::AnyPool,
+    pool: &crate::db::Pool,
     limit: i64,
-) -> Result<Vec<(i64, Envelope)>, sqlx::Error> {
-    use sqlx::Row;
-    let rows = sqlx::query(
+) -> Result<Vec<(i64, Envelope)>, crate::db::Error> {
+    let rows = crate::db::query(
         "SELECT seq, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
     )
     .bind(limit)
@@ -106,7 +105,7 @@ pub async fn pending(
         .map(|r| {
             let seq: i64 = r.try_get("seq")?;
             let text: String = r.try_get("envelope")?;
-            let env = serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let env = serde_json::from_str(&text).map_err(|e| crate::db::Error::Decode(Box::new(e)))?;
             Ok((seq, env))
         })
         .collect()

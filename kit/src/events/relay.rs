@@ -28,7 +28,6 @@
 use super::{pending, Bus, Envelope};
 use crate::db::{Backend, Db};
 use crate::time::now_us;
-use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -115,7 +114,7 @@ impl Relay {
         let batch = pending(self.db.reader(), BATCH).await?;
         for (seq, env) in &batch {
             self.bus.publish(env).await?;
-            sqlx::query("UPDATE outbox SET published_at = $2 WHERE seq = $1")
+            crate::db::query("UPDATE outbox SET published_at = $2 WHERE seq = $1")
                 .bind(seq)
                 .bind(now_us())
                 .execute(self.db.writer())
@@ -130,7 +129,7 @@ impl Relay {
     /// One batch, PostgreSQL: claimed, published and marked in one transaction.
     async fn publish_claimed(&self) -> anyhow::Result<Drained> {
         let mut tx = self.db.begin().await?;
-        let claimed = sqlx::query(
+        let claimed = crate::db::query(
             "SELECT seq, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1 \
              FOR UPDATE SKIP LOCKED",
         )
@@ -144,7 +143,7 @@ impl Relay {
         let last: i64 = last.try_get("seq")?;
         // Every row still pending up to the end of the claim, held by us or not. A row another
         // relay has published and committed meanwhile is no longer here, so it does not stop us.
-        let ahead: Vec<i64> = sqlx::query(
+        let ahead: Vec<i64> = crate::db::query(
             "SELECT seq FROM outbox WHERE published_at IS NULL AND seq <= $1 ORDER BY seq",
         )
         .bind(last)
@@ -166,7 +165,7 @@ impl Relay {
                 failure = Some(e);
                 break;
             }
-            sqlx::query("UPDATE outbox SET published_at = $2 WHERE seq = $1")
+            crate::db::query("UPDATE outbox SET published_at = $2 WHERE seq = $1")
                 .bind(seq)
                 .bind(now_us())
                 .execute(&mut *tx)

@@ -5,8 +5,7 @@ use mercato_kit::db::Tx;
 use mercato_kit::ids::{parse_db_uuid, UserId};
 use mercato_kit::time::{now_us, to_rfc3339};
 use serde::Serialize;
-use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
+use mercato_kit::db::{Pool, Row};
 use utoipa::ToSchema;
 
 /// A user as the API shows it: never the password hash.
@@ -27,7 +26,7 @@ pub struct UserWithHash {
 
 const USER_COLS: &str = "id, email, name, role, password_hash, created_at, updated_at";
 
-fn user_from(row: &AnyRow) -> Result<UserWithHash, sqlx::Error> {
+fn user_from(row: &Row) -> Result<UserWithHash, mercato_kit::db::Error> {
     let role: String = row.try_get("role")?;
     Ok(UserWithHash {
         user: User {
@@ -36,7 +35,7 @@ fn user_from(row: &AnyRow) -> Result<UserWithHash, sqlx::Error> {
             name: row.try_get("name")?,
             role: role
                 .parse()
-                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+                .map_err(|e: String| mercato_kit::db::Error::Decode(e.into()))?,
             created_at: to_rfc3339(row.try_get("created_at")?),
             updated_at: to_rfc3339(row.try_get("updated_at")?),
         },
@@ -45,21 +44,21 @@ fn user_from(row: &AnyRow) -> Result<UserWithHash, sqlx::Error> {
 }
 
 pub async fn user_by_email(
-    pool: &AnyPool,
+    pool: &Pool,
     email: &str,
-) -> Result<Option<UserWithHash>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE email = $1"))
+) -> Result<Option<UserWithHash>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(&format!("SELECT {USER_COLS} FROM users WHERE email = $1"))
         .bind(email)
         .fetch_optional(pool)
         .await?;
     row.as_ref().map(user_from).transpose()
 }
 
-pub async fn user_by_id<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+pub async fn user_by_id<'e, E: Into<mercato_kit::db::Exec<'e>>>(
     exec: E,
     id: UserId,
-) -> Result<Option<UserWithHash>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"))
+) -> Result<Option<UserWithHash>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(exec)
         .await?;
@@ -74,9 +73,9 @@ pub async fn insert_user(
     name: &str,
     hash: &str,
     role: Role,
-) -> Result<User, sqlx::Error> {
+) -> Result<User, mercato_kit::db::Error> {
     let now = now_us();
-    sqlx::query(
+    mercato_kit::db::query(
         "INSERT INTO users (id, email, name, password_hash, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
     )
     .bind(id.to_string())
@@ -103,8 +102,8 @@ pub async fn update_user(
     name: Option<&str>,
     hash: Option<&str>,
     role: Option<Role>,
-) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query(
+) -> Result<Option<User>, mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "UPDATE users SET name = COALESCE($2, name), password_hash = COALESCE($3, password_hash), \
          role = COALESCE($4, role), updated_at = $5 WHERE id = $1",
     )
@@ -120,12 +119,12 @@ pub async fn update_user(
 
 /// Users in creation order (ids are v7, so ordered by time), after `after` when given.
 pub async fn list_users(
-    pool: &AnyPool,
+    pool: &Pool,
     role: Option<Role>,
     after: Option<UserId>,
     limit: i64,
-) -> Result<Vec<User>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+) -> Result<Vec<User>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(&format!(
         "SELECT {USER_COLS} FROM users WHERE ($1 IS NULL OR role = $1) AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
     ))
     .bind(role.map(|r| r.as_str()))
@@ -148,8 +147,8 @@ pub async fn insert_refresh(
     family: &str,
     user: UserId,
     expires_at: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(hash)
@@ -165,8 +164,8 @@ pub async fn insert_refresh(
 pub async fn refresh_by_hash(
     tx: &mut Tx,
     hash: &str,
-) -> Result<Option<StoredRefresh>, sqlx::Error> {
-    let row = sqlx::query("SELECT family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1")
+) -> Result<Option<StoredRefresh>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query("SELECT family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1")
         .bind(hash)
         .fetch_optional(&mut **tx)
         .await?;
@@ -185,8 +184,8 @@ pub async fn refresh_by_hash(
 }
 
 /// Spends a token if nobody spent it first; false when someone did (a race is a reuse).
-pub async fn spend_refresh(tx: &mut Tx, hash: &str) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+pub async fn spend_refresh(tx: &mut Tx, hash: &str) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL",
     )
     .bind(hash)
@@ -196,8 +195,8 @@ pub async fn spend_refresh(tx: &mut Tx, hash: &str) -> Result<bool, sqlx::Error>
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn revoke_family(tx: &mut Tx, family: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+pub async fn revoke_family(tx: &mut Tx, family: &str) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
     )
     .bind(family)
@@ -207,8 +206,8 @@ pub async fn revoke_family(tx: &mut Tx, family: &str) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-pub async fn revoke_all_of_user(tx: &mut Tx, user: UserId) -> Result<(), sqlx::Error> {
-    sqlx::query(
+pub async fn revoke_all_of_user(tx: &mut Tx, user: UserId) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
     )
     .bind(user.to_string())

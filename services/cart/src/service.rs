@@ -75,7 +75,7 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] mercato_kit::db::Error),
 }
 
 /// Limits and lifetimes from configuration.

@@ -22,7 +22,7 @@
 use mercato_kit::db::{Db, Tx};
 use mercato_kit::time::{now_us, Micros};
 use serde_json::Value;
-use sqlx::{AnyConnection, Row};
+use mercato_kit::db::Conn;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -60,7 +60,7 @@ pub struct Written {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] mercato_kit::db::Error),
     /// Redis could not be reached or did not answer in time (or, rarely, refused a command).
     #[error("the Redis store failed: {0}")]
     Redis(#[from] redis::RedisError),
@@ -152,12 +152,12 @@ fn expiry(now: Micros, ttl: Duration) -> Micros {
 }
 
 async fn sql_get(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     key: &str,
     now: Micros,
 ) -> Result<Option<Entry>, StoreError> {
     let row =
-        sqlx::query("SELECT body, version, expires_at FROM kv WHERE name = $1 AND expires_at > $2")
+        mercato_kit::db::query("SELECT body, version, expires_at FROM kv WHERE name = $1 AND expires_at > $2")
             .bind(key)
             .bind(now)
             .fetch_optional(&mut *conn)
@@ -176,7 +176,7 @@ async fn sql_get(
 }
 
 async fn sql_put(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     key: &str,
     value: &Value,
     expect: Expect,
@@ -190,7 +190,7 @@ async fn sql_put(
         // else's insert, committed or not) leaves nothing changed.
         Expect::Absent => {
             let version = next_version(None, now);
-            let r = sqlx::query(
+            let r = mercato_kit::db::query(
                 "INSERT INTO kv (name, body, version, expires_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (name) DO UPDATE SET body = excluded.body, version = excluded.version, \
                  expires_at = excluded.expires_at WHERE kv.expires_at <= $5",
@@ -206,7 +206,7 @@ async fn sql_put(
         }
         Expect::Version(v) => {
             let version = next_version(Some(v), now);
-            let r = sqlx::query(
+            let r = mercato_kit::db::query(
                 "UPDATE kv SET body = $2, version = $3, expires_at = $4 \
                  WHERE name = $1 AND version = $5 AND expires_at > $6",
             )
@@ -228,21 +228,21 @@ async fn sql_put(
 }
 
 async fn sql_delete(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     key: &str,
     expect: Option<Version>,
     now: Micros,
 ) -> Result<bool, StoreError> {
     let r = match expect {
         None => {
-            sqlx::query("DELETE FROM kv WHERE name = $1 AND expires_at > $2")
+            mercato_kit::db::query("DELETE FROM kv WHERE name = $1 AND expires_at > $2")
                 .bind(key)
                 .bind(now)
                 .execute(&mut *conn)
                 .await?
         }
         Some(v) => {
-            sqlx::query("DELETE FROM kv WHERE name = $1 AND expires_at > $2 AND version = $3")
+            mercato_kit::db::query("DELETE FROM kv WHERE name = $1 AND expires_at > $2 AND version = $3")
                 .bind(key)
                 .bind(now)
                 .bind(v.0)
@@ -253,8 +253,8 @@ async fn sql_delete(
     Ok(r.rows_affected() == 1)
 }
 
-async fn sql_purge(conn: &mut AnyConnection, now: Micros) -> Result<u64, StoreError> {
-    let r = sqlx::query("DELETE FROM kv WHERE expires_at <= $1")
+async fn sql_purge(conn: &mut Conn, now: Micros) -> Result<u64, StoreError> {
+    let r = mercato_kit::db::query("DELETE FROM kv WHERE expires_at <= $1")
         .bind(now)
         .execute(&mut *conn)
         .await?;

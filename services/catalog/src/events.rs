@@ -54,6 +54,6 @@ pub async fn announce(
     event_type: &str,
     product: &Product,
     cause: Option<&RequestContext>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), mercato_kit::db::Error> {
     mercato_kit::events::append(tx, &envelope(event_type, product, cause)).await
 }

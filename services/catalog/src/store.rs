@@ -18,8 +18,7 @@ use mercato_kit::db::{get_bool, is_unique_violation, Tx};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{parse_db_uuid, ProductId, UserId};
 use mercato_kit::time::now_us;
-use sqlx::any::AnyRow;
-use sqlx::{Any, AnyPool, Executor, Row};
+use mercato_kit::db::{Exec, Pool, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,7 +27,7 @@ pub enum Error {
     #[error("the sku {0} is already used by another product")]
     SkuTaken(String),
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] mercato_kit::db::Error),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,7 +103,7 @@ pub async fn import(
 const COLUMNS: &str = "id, sku, name, description, category, price_cents, currency, seller_id, \
                        active, created_at, updated_at";
 
-fn from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
+fn from_row(row: &Row) -> Result<Product, mercato_kit::db::Error> {
     let currency: String = row.try_get("currency")?;
     Ok(Product {
         id: ProductId(parse_db_uuid(&row.try_get::<String, _>("id")?)?),
@@ -115,7 +114,7 @@ fn from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
         price_cents: row.try_get("price_cents")?,
         currency: currency
             .parse()
-            .map_err(|e: String| sqlx::Error::ColumnDecode {
+            .map_err(|e: String| mercato_kit::db::Error::ColumnDecode {
                 index: "currency".into(),
                 source: e.into(),
             })?,
@@ -127,12 +126,12 @@ fn from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
 }
 
 /// One product, active or not.
-pub async fn get<'e, E: Executor<'e, Database = Any>>(
+pub async fn get<'e, E: Into<Exec<'e>>>(
     ex: E,
     id: ProductId,
-) -> Result<Option<Product>, sqlx::Error> {
+) -> Result<Option<Product>, mercato_kit::db::Error> {
     let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
-    sqlx::query(&sql)
+    mercato_kit::db::query(&sql)
         .bind(id.to_string())
         .fetch_optional(ex)
         .await?
@@ -144,13 +143,13 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
 /// ends. PostgreSQL needs `FOR UPDATE` for that; SQLite has no such clause and needs none,
 /// since its writes already run one transaction at a time.
 pub async fn lock(tx: &mut Tx, id: ProductId) -> Result<Product, Error> {
-    let for_update = if tx.backend_name() == "PostgreSQL" {
+    let for_update = if tx.backend() == mercato_kit::db::Backend::Postgres {
         " FOR UPDATE"
     } else {
         ""
     };
     let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1{for_update}");
-    let row = sqlx::query(&sql)
+    let row = mercato_kit::db::query(&sql)
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
         .await?
@@ -184,7 +183,7 @@ impl Filter {
     }
 }
 
-pub async fn list(pool: &AnyPool, q: &ProductQuery) -> Result<Page, sqlx::Error> {
+pub async fn list(pool: &Pool, q: &ProductQuery) -> Result<Page, mercato_kit::db::Error> {
     let mut f = Filter::default();
     match q.active {
         ActiveFilter::Active => f.clauses.push("active = 1".into()),
@@ -241,7 +240,7 @@ pub async fn list(pool: &AnyPool, q: &ProductQuery) -> Result<Page, sqlx::Error>
         "SELECT {COLUMNS} FROM products {filter} \
          ORDER BY {column} {direction}, id {direction} LIMIT {limit}"
     );
-    let mut query = sqlx::query(&sql);
+    let mut query = mercato_kit::db::query(&sql);
     for arg in f.args {
         query = match arg {
             Arg::Int(n) => query.bind(n),
@@ -264,8 +263,8 @@ pub async fn list(pool: &AnyPool, q: &ProductQuery) -> Result<Page, sqlx::Error>
 }
 
 /// Every category with at least one active product, by slug.
-pub async fn categories(pool: &AnyPool) -> Result<Vec<CategoryCount>, sqlx::Error> {
-    sqlx::query(
+pub async fn categories(pool: &Pool) -> Result<Vec<CategoryCount>, mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "SELECT category, COUNT(*) AS product_count FROM products WHERE active = 1 \
          GROUP BY category ORDER BY category",
     )
@@ -291,8 +290,8 @@ const INSERT: &str = "INSERT INTO products (id, sku, name, name_key, description
 fn bind_insert<'q>(
     sql: &'q str,
     p: &Product,
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-    sqlx::query(sql)
+) -> mercato_kit::db::Query<'q> {
+    mercato_kit::db::query(sql)
         .bind(p.id.to_string())
         .bind(p.sku.clone())
         .bind(p.name.clone())
@@ -308,7 +307,7 @@ fn bind_insert<'q>(
         .bind(p.updated_at)
 }
 
-fn sku_taken(e: sqlx::Error, sku: &str) -> Error {
+fn sku_taken(e: mercato_kit::db::Error, sku: &str) -> Error {
     // The sku is the only unique column a caller controls (ids are minted here).
     if is_unique_violation(&e) {
         Error::SkuTaken(sku.to_owned())
@@ -326,7 +325,7 @@ async fn insert(tx: &mut Tx, p: &Product) -> Result<(), Error> {
 }
 
 async fn write(tx: &mut Tx, p: &Product) -> Result<(), Error> {
-    sqlx::query(
+    mercato_kit::db::query(
         "UPDATE products SET sku = $2, name = $3, name_key = $4, description = $5, \
          search_text = $6, category = $7, price_cents = $8, currency = $9, active = $10, \
          updated_at = $11 WHERE id = $1",

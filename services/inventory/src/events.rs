@@ -48,7 +48,7 @@ pub async fn emit<P: Serialize>(
     order_id: OrderId,
     payload: &P,
     cause: &Cause<'_>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), mercato_kit::db::Error> {
     let mut env = Envelope::new(PRODUCER, event_type, order_id, payload);
     env.correlation_id = cause.correlation_id().map(str::to_owned);
     env.traceparent = cause.traceparent().map(str::to_owned);
@@ -64,7 +64,7 @@ pub async fn released(
     order_id: OrderId,
     reason: ReleaseReason,
     cause: &Cause<'_>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), mercato_kit::db::Error> {
     let p = InventoryReleased { order_id, reason };
     emit(tx, INVENTORY_RELEASED, order_id, &p, cause).await
 }
@@ -74,7 +74,7 @@ pub async fn committed(
     tx: &mut Tx,
     order_id: OrderId,
     cause: &Cause<'_>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), mercato_kit::db::Error> {
     let p = InventoryCommitted { order_id };
     emit(tx, INVENTORY_COMMITTED, order_id, &p, cause).await
 }

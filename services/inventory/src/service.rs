@@ -19,7 +19,6 @@ use mercato_kit::events::{Envelope, OutboxWaker};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::time::Micros;
-use sqlx::Acquire;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -38,7 +37,7 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] mercato_kit::db::Error),
     #[error("no stock is kept for product {0}")]
     UnknownProduct(ProductId),
     #[error("the product belongs to another seller")]
@@ -271,7 +270,7 @@ impl Inventory {
             note: None,
             now,
         };
-        let mut sp = (&mut **tx).begin().await?;
+        let mut sp = tx.savepoint().await?;
         let fresh = store::insert_reservation(
             &mut sp,
             &NewReservation {
@@ -289,7 +288,7 @@ impl Inventory {
             sp.rollback().await?;
             let existing = store::reservation(tx, order_id)
                 .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
+                .ok_or(mercato_kit::db::Error::RowNotFound)?;
             return Ok(Reserved::Existing(existing));
         }
         let mut short = Vec::new();
@@ -414,11 +413,11 @@ impl Inventory {
             if store::insert_reservation(tx, &tomb).await? {
                 let r = store::reservation(tx, order_id)
                     .await?
-                    .ok_or(sqlx::Error::RowNotFound)?;
+                    .ok_or(mercato_kit::db::Error::RowNotFound)?;
                 return Ok(Transition::Tombstoned(r));
             }
         }
-        Err(sqlx::Error::Protocol(format!("releasing {order_id} kept racing a reservation")).into())
+        Err(mercato_kit::db::Error::Protocol(format!("releasing {order_id} kept racing a reservation")).into())
     }
 
     /// Releases the reservation if it is still active and its time has passed at `now`. The

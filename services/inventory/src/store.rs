@@ -10,8 +10,7 @@ use crate::domain::{LedgerKind, Levels, Movement, ReleaseReason, ReservationStat
 use mercato_kit::contracts::StockLine;
 use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
 use mercato_kit::time::Micros;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, Row};
+use mercato_kit::db::{Conn, Pool, Row};
 
 /// A product's stock row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,13 +74,13 @@ pub struct Entry<'a> {
     pub now: Micros,
 }
 
-fn decode<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, sqlx::Error> {
-    s.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
+fn decode<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, mercato_kit::db::Error> {
+    s.parse().map_err(|e: String| mercato_kit::db::Error::Decode(e.into()))
 }
 
 const STOCK_COLS: &str = "product_id, seller_id, sku, active, on_hand, reserved";
 
-fn stock_from(row: &AnyRow) -> Result<Stock, sqlx::Error> {
+fn stock_from(row: &Row) -> Result<Stock, mercato_kit::db::Error> {
     Ok(Stock {
         product_id: ProductId(parse_db_uuid(&row.try_get::<String, _>("product_id")?)?),
         seller_id: UserId(parse_db_uuid(&row.try_get::<String, _>("seller_id")?)?),
@@ -91,7 +90,7 @@ fn stock_from(row: &AnyRow) -> Result<Stock, sqlx::Error> {
     })
 }
 
-fn levels_from(row: &AnyRow) -> Result<Levels, sqlx::Error> {
+fn levels_from(row: &Row) -> Result<Levels, mercato_kit::db::Error> {
     Ok(Levels {
         on_hand: row.try_get("on_hand")?,
         reserved: row.try_get("reserved")?,
@@ -111,11 +110,11 @@ pub struct ProductFacts<'a> {
 
 /// Creates the product's stock row with nothing on hand, unless it exists. True when created.
 pub async fn insert_stock(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     p: &ProductFacts<'_>,
     now: Micros,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "INSERT INTO stock (product_id, seller_id, sku, active, on_hand, reserved, product_seen_at, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, 0, 0, $5, $6, $6) ON CONFLICT (product_id) DO NOTHING",
     )
@@ -133,11 +132,11 @@ pub async fn insert_stock(
 /// Brings the catalog facts up to date, unless a newer version was applied already (events
 /// can arrive out of order). True when updated.
 pub async fn update_product(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     p: &ProductFacts<'_>,
     now: Micros,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "UPDATE stock SET seller_id = $2, sku = $3, active = $4, product_seen_at = $5, updated_at = $6 \
          WHERE product_id = $1 AND product_seen_at <= $5",
     )
@@ -153,10 +152,10 @@ pub async fn update_product(
 }
 
 pub async fn stock(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     product_id: ProductId,
-) -> Result<Option<Stock>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+) -> Result<Option<Stock>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(&format!(
         "SELECT {STOCK_COLS} FROM stock WHERE product_id = $1"
     ))
     .bind(product_id.to_string())
@@ -169,10 +168,10 @@ pub async fn stock(
 /// update that changes nothing takes the row lock on PostgreSQL; SQLite has one writer anyway),
 /// so a change computed from these levels cannot be based on stale ones.
 pub async fn lock_stock(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     product_id: ProductId,
-) -> Result<Option<Stock>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+) -> Result<Option<Stock>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(&format!(
         "UPDATE stock SET on_hand = on_hand WHERE product_id = $1 RETURNING {STOCK_COLS}"
     ))
     .bind(product_id.to_string())
@@ -183,11 +182,11 @@ pub async fn lock_stock(
 
 /// Products in id order, after `after` when given.
 pub async fn list_stock(
-    pool: &AnyPool,
+    pool: &Pool,
     after: Option<ProductId>,
     limit: i64,
-) -> Result<Vec<Stock>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+) -> Result<Vec<Stock>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(&format!(
         "SELECT {STOCK_COLS} FROM stock WHERE ($1 IS NULL OR product_id > $1) ORDER BY product_id LIMIT $2"
     ))
     .bind(after.map(|a| a.to_string()))
@@ -205,12 +204,12 @@ pub async fn list_stock(
 /// [`ON_HAND_MAX`]; a count (`Adjust`) may not go below what is reserved. An `Adjust` also
 /// needs `before`, the levels read under [`lock_stock`] in this transaction, for its delta.
 pub async fn apply_movement(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     product_id: ProductId,
     m: Movement,
     before: Option<Levels>,
     entry: &Entry<'_>,
-) -> Result<Option<Levels>, sqlx::Error> {
+) -> Result<Option<Levels>, mercato_kit::db::Error> {
     let (set, rule, amount) = match m {
         Movement::Initial(n) | Movement::Restock(n) => (
             "on_hand = on_hand + $2",
@@ -235,7 +234,7 @@ pub async fn apply_movement(
         "UPDATE stock SET {set}, updated_at = $3 WHERE product_id = $1 AND {rule} AND $4 > 0 \
          RETURNING on_hand, reserved"
     );
-    let row = sqlx::query(&sql)
+    let row = mercato_kit::db::query(&sql)
         .bind(product_id.to_string())
         .bind(amount)
         .bind(entry.now)
@@ -249,13 +248,13 @@ pub async fn apply_movement(
     let (dh, dr) = match (m, before) {
         (Movement::Adjust { .. }, Some(b)) => (after.on_hand - b.on_hand, 0),
         (Movement::Adjust { .. }, None) => {
-            return Err(sqlx::Error::Protocol(
+            return Err(mercato_kit::db::Error::Protocol(
                 "an adjustment needs the levels read under lock_stock".into(),
             ))
         }
         _ => m.deltas(Levels::default()),
     };
-    sqlx::query(
+    mercato_kit::db::query(
         "INSERT INTO stock_ledger (product_id, kind, on_hand_delta, reserved_delta, on_hand_after, reserved_after, \
          order_id, actor, note, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
@@ -277,7 +276,7 @@ pub async fn apply_movement(
 const LEDGER_COLS: &str = "id, product_id, kind, on_hand_delta, reserved_delta, on_hand_after, \
                            reserved_after, order_id, actor, note, created_at";
 
-fn ledger_from(row: &AnyRow) -> Result<LedgerEntry, sqlx::Error> {
+fn ledger_from(row: &Row) -> Result<LedgerEntry, mercato_kit::db::Error> {
     Ok(LedgerEntry {
         id: row.try_get("id")?,
         product_id: ProductId(parse_db_uuid(&row.try_get::<String, _>("product_id")?)?),
@@ -298,12 +297,12 @@ fn ledger_from(row: &AnyRow) -> Result<LedgerEntry, sqlx::Error> {
 
 /// A product's ledger, oldest first, after the entry `after` (0 for the start).
 pub async fn ledger(
-    pool: &AnyPool,
+    pool: &Pool,
     product_id: ProductId,
     after: i64,
     limit: i64,
-) -> Result<Vec<LedgerEntry>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+) -> Result<Vec<LedgerEntry>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(&format!(
         "SELECT {LEDGER_COLS} FROM stock_ledger WHERE product_id = $1 AND id > $2 ORDER BY id LIMIT $3"
     ))
     .bind(product_id.to_string())
@@ -328,10 +327,10 @@ pub struct NewReservation<'a> {
 /// Inserts the reservation unless the order has one. True when inserted: the caller is the one
 /// that reserves; false means another delivery or request got there first.
 pub async fn insert_reservation(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     r: &NewReservation<'_>,
-) -> Result<bool, sqlx::Error> {
-    let res = sqlx::query(
+) -> Result<bool, mercato_kit::db::Error> {
+    let res = mercato_kit::db::query(
         "INSERT INTO reservations (order_id, status, release_reason, expires_at, correlation_id, traceparent, \
          created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (order_id) DO NOTHING",
     )
@@ -348,11 +347,11 @@ pub async fn insert_reservation(
 }
 
 pub async fn insert_line(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     order_id: OrderId,
     line: &StockLine,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "INSERT INTO reservation_lines (order_id, product_id, quantity) VALUES ($1, $2, $3)",
     )
     .bind(order_id.to_string())
@@ -364,10 +363,10 @@ pub async fn insert_line(
 }
 
 pub async fn reservation(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     order_id: OrderId,
-) -> Result<Option<Reservation>, sqlx::Error> {
-    let Some(row) = sqlx::query(
+) -> Result<Option<Reservation>, mercato_kit::db::Error> {
+    let Some(row) = mercato_kit::db::query(
         "SELECT order_id, status, release_reason, expires_at, correlation_id, traceparent, created_at, updated_at \
          FROM reservations WHERE order_id = $1",
     )
@@ -377,7 +376,7 @@ pub async fn reservation(
     else {
         return Ok(None);
     };
-    let lines = sqlx::query(
+    let lines = mercato_kit::db::query(
         "SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id",
     )
     .bind(order_id.to_string())
@@ -390,7 +389,7 @@ pub async fn reservation(
             quantity: r.try_get("quantity")?,
         })
     })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    .collect::<Result<Vec<_>, mercato_kit::db::Error>>()?;
     Ok(Some(Reservation {
         order_id,
         status: decode(&row.try_get::<String, _>("status")?)?,
@@ -412,14 +411,14 @@ pub async fn reservation(
 ///
 /// With `due_at`, only an active reservation whose `expires_at` has passed moves (expiry).
 pub async fn transition(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     order_id: OrderId,
     from: &[ReservationStatus],
     to: ReservationStatus,
     reason: Option<ReleaseReason>,
     due_at: Option<Micros>,
     now: Micros,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, mercato_kit::db::Error> {
     if from.is_empty() {
         return Ok(false);
     }
@@ -434,7 +433,7 @@ pub async fn transition(
          WHERE order_id = $1 AND status IN ({}){due}",
         marks.join(", ")
     );
-    let mut q = sqlx::query(&sql)
+    let mut q = mercato_kit::db::query(&sql)
         .bind(order_id.to_string())
         .bind(to.as_str())
         .bind(reason.map(|r| r.as_str()))
@@ -447,8 +446,8 @@ pub async fn transition(
 }
 
 /// Active reservations whose time has passed, soonest first.
-pub async fn due(pool: &AnyPool, now: Micros, limit: i64) -> Result<Vec<OrderId>, sqlx::Error> {
-    sqlx::query(
+pub async fn due(pool: &Pool, now: Micros, limit: i64) -> Result<Vec<OrderId>, mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "SELECT order_id FROM reservations WHERE status = 'active' AND expires_at <= $1 \
          ORDER BY expires_at LIMIT $2",
     )
@@ -469,10 +468,10 @@ pub async fn due(pool: &AnyPool, now: Micros, limit: i64) -> Result<Vec<OrderId>
 /// until that transaction ends, and skipped by every other sweeper meanwhile, so sweepers of
 /// several replicas work through different reservations instead of queueing on the same row.
 pub async fn claim_due(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     now: Micros,
-) -> Result<Option<OrderId>, sqlx::Error> {
-    sqlx::query(
+) -> Result<Option<OrderId>, mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "SELECT order_id FROM reservations WHERE status = 'active' AND expires_at <= $1 \
          ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
@@ -488,8 +487,8 @@ pub async fn claim_due(
 }
 
 /// When the next active reservation expires, if any is active.
-pub async fn next_expiry(pool: &AnyPool) -> Result<Option<Micros>, sqlx::Error> {
-    let row = sqlx::query(
+pub async fn next_expiry(pool: &Pool) -> Result<Option<Micros>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(
         "SELECT expires_at FROM reservations WHERE status = 'active' ORDER BY expires_at LIMIT 1",
     )
     .fetch_optional(pool)
@@ -520,8 +519,8 @@ impl Audit {
 }
 
 /// The books of every product, for tests and for an operator's audit.
-pub async fn audit(pool: &AnyPool) -> Result<Vec<Audit>, sqlx::Error> {
-    let rows = sqlx::query(
+pub async fn audit(pool: &Pool) -> Result<Vec<Audit>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(
         "SELECT s.product_id, s.on_hand, s.reserved, \
          (SELECT CAST(COALESCE(SUM(l.on_hand_delta), 0) AS BIGINT) FROM stock_ledger l WHERE l.product_id = s.product_id) AS ledger_on_hand, \
          (SELECT CAST(COALESCE(SUM(l.reserved_delta), 0) AS BIGINT) FROM stock_ledger l WHERE l.product_id = s.product_id) AS ledger_reserved, \

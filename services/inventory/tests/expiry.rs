@@ -124,7 +124,6 @@ async fn sweepers_of_two_processes_racing_over_many_reservations_expire_each_onc
 
     let released = w.outbox_of(INVENTORY_RELEASED).await;
     assert_eq!(released.len(), orders.len());
-    use sqlx::Row;
     for o in &orders {
         assert_eq!(
             released
@@ -135,7 +134,7 @@ async fn sweepers_of_two_processes_racing_over_many_reservations_expire_each_onc
             "one event for {o}"
         );
         // One release per line: the stock went back once.
-        let releases: i64 = sqlx::query(
+        let releases: i64 = mercato_kit::db::query(
             "SELECT COUNT(*) AS n FROM stock_ledger WHERE order_id = $1 AND kind = 'release'",
         )
         .bind(o.to_string())

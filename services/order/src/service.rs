@@ -42,7 +42,7 @@ pub enum Error {
     #[error("order {0} is being changed concurrently")]
     Contended(OrderId),
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] mercato_kit::db::Error),
 }
 
 /// Why something happened, carried into the events it causes (correlation, trace, causation).

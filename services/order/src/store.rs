@@ -13,15 +13,14 @@ use crate::domain::{
 use mercato_kit::contracts::ProductChanged;
 use mercato_kit::db::{get_bool, Backend, Db, Tx};
 use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use mercato_kit::db::{Conn, Row};
 use std::collections::HashMap;
 
-fn decode(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> sqlx::Error {
-    sqlx::Error::Decode(e.into())
+fn decode(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> mercato_kit::db::Error {
+    mercato_kit::db::Error::Decode(e.into())
 }
 
-fn status_from(row: &AnyRow, status: &str, reason: &str) -> Result<OrderStatus, sqlx::Error> {
+fn status_from(row: &Row, status: &str, reason: &str) -> Result<OrderStatus, mercato_kit::db::Error> {
     let s: String = row.try_get(status)?;
     let r: Option<String> = row.try_get(reason)?;
     OrderStatus::from_parts(&s, r.as_deref()).map_err(decode)
@@ -31,8 +30,8 @@ fn status_from(row: &AnyRow, status: &str, reason: &str) -> Result<OrderStatus, 
 // The products read model.
 
 /// Records a product as announced at `at` (µs), unless a newer announcement is already here.
-pub async fn upsert_product(tx: &mut Tx, p: &ProductChanged, at: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
+pub async fn upsert_product(tx: &mut Tx, p: &ProductChanged, at: i64) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "INSERT INTO products (product_id, sku, name, price_cents, currency, seller_id, active, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (product_id) DO UPDATE SET sku = excluded.sku, name = excluded.name, \
@@ -55,9 +54,9 @@ pub async fn upsert_product(tx: &mut Tx, p: &ProductChanged, at: i64) -> Result<
 
 /// The known products among `ids`.
 pub async fn products(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     ids: &[ProductId],
-) -> Result<HashMap<ProductId, ProductSnapshot>, sqlx::Error> {
+) -> Result<HashMap<ProductId, ProductSnapshot>, mercato_kit::db::Error> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -67,7 +66,7 @@ pub async fn products(
          WHERE product_id IN ({})",
         marks.join(", ")
     );
-    let mut q = sqlx::query(&sql);
+    let mut q = mercato_kit::db::query(&sql);
     for id in ids {
         q = q.bind(id.to_string());
     }
@@ -98,7 +97,7 @@ const ORDER_COLS: &str =
                           waiting_retry_until, waiting_since";
 
 /// The `waiting_*` columns: all set, or (nothing reported) the step NULL.
-fn waiting_from(row: &AnyRow) -> Result<Option<Waiting>, sqlx::Error> {
+fn waiting_from(row: &Row) -> Result<Option<Waiting>, mercato_kit::db::Error> {
     let Some(step) = row.try_get::<Option<String>, _>("waiting_step")? else {
         return Ok(None);
     };
@@ -119,7 +118,7 @@ fn waiting_from(row: &AnyRow) -> Result<Option<Waiting>, sqlx::Error> {
     }))
 }
 
-fn order_from(row: &AnyRow) -> Result<Order, sqlx::Error> {
+fn order_from(row: &Row) -> Result<Order, mercato_kit::db::Error> {
     let address: Option<String> = row.try_get("shipping_address")?;
     let stock: String = row.try_get("stock_check")?;
     Ok(Order {
@@ -143,7 +142,7 @@ fn order_from(row: &AnyRow) -> Result<Order, sqlx::Error> {
     })
 }
 
-fn item_from(row: &AnyRow) -> Result<(OrderId, OrderItem), sqlx::Error> {
+fn item_from(row: &Row) -> Result<(OrderId, OrderItem), mercato_kit::db::Error> {
     Ok((
         OrderId(parse_db_uuid(&row.try_get::<String, _>("order_id")?)?),
         OrderItem {
@@ -156,11 +155,11 @@ fn item_from(row: &AnyRow) -> Result<(OrderId, OrderItem), sqlx::Error> {
     ))
 }
 
-fn address_json(a: &Option<ShippingAddress>) -> Result<Option<String>, sqlx::Error> {
+fn address_json(a: &Option<ShippingAddress>) -> Result<Option<String>, mercato_kit::db::Error> {
     a.as_ref()
         .map(serde_json::to_string)
         .transpose()
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))
+        .map_err(|e| mercato_kit::db::Error::Encode(Box::new(e)))
 }
 
 /// Stores a new order (PENDING) with its items and the first entry of its history.
@@ -170,8 +169,8 @@ pub async fn insert_order(
     customer: UserId,
     order: &PricedOrder,
     now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "INSERT INTO orders (id, customer_id, status, cancel_reason, total_cents, currency, payment_method, \
          shipping_address, stock_check, created_at, updated_at, version) \
          VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9, $9, 1)",
@@ -188,7 +187,7 @@ pub async fn insert_order(
     .execute(&mut **tx)
     .await?;
     for (n, item) in order.items.iter().enumerate() {
-        sqlx::query(
+        mercato_kit::db::query(
             "INSERT INTO order_items (order_id, line_no, product_id, seller_id, quantity, price_cents, name) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -215,17 +214,17 @@ pub async fn insert_order(
 
 /// One order with its items, as `conn` sees it.
 pub async fn get_order(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: OrderId,
-) -> Result<Option<Order>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {ORDER_COLS} FROM orders WHERE id = $1"))
+) -> Result<Option<Order>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(&format!("SELECT {ORDER_COLS} FROM orders WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(&mut *conn)
         .await?;
     let Some(mut order) = row.as_ref().map(order_from).transpose()? else {
         return Ok(None);
     };
-    let rows = sqlx::query(
+    let rows = mercato_kit::db::query(
         "SELECT order_id, product_id, seller_id, quantity, price_cents, name FROM order_items \
          WHERE order_id = $1 ORDER BY line_no",
     )
@@ -241,10 +240,10 @@ pub async fn get_order(
 
 /// The order's status alone.
 pub async fn status_of(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: OrderId,
-) -> Result<Option<OrderStatus>, sqlx::Error> {
-    let row = sqlx::query("SELECT status, cancel_reason FROM orders WHERE id = $1")
+) -> Result<Option<OrderStatus>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query("SELECT status, cancel_reason FROM orders WHERE id = $1")
         .bind(id.to_string())
         .fetch_optional(conn)
         .await?;
@@ -262,8 +261,8 @@ pub async fn set_status(
     from: OrderStatus,
     to: OrderStatus,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "UPDATE orders SET status = $3, cancel_reason = $4, updated_at = $5, version = version + 1, \
          waiting_step = CASE WHEN $3 = 'CONFIRMED' THEN waiting_step END, \
          waiting_reason = CASE WHEN $3 = 'CONFIRMED' THEN waiting_reason END, \
@@ -287,8 +286,8 @@ pub async fn set_status(
 /// recorded (a report of a later attempt, or of a later wait); false otherwise, which is how a
 /// late or repeated report is dropped. The wait keeps the `since` of the report that started
 /// it. Neither the status, the version nor the history changes: waiting is not a state.
-pub async fn record_wait(tx: &mut Tx, id: OrderId, w: &Waiting) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+pub async fn record_wait(tx: &mut Tx, id: OrderId, w: &Waiting) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "UPDATE orders SET waiting_step = $2, waiting_reason = $3, waiting_attempt = $4, \
          waiting_next_attempt_at = $5, waiting_retry_until = $6, \
          waiting_since = CASE WHEN waiting_step = $2 THEN waiting_since ELSE $7 END \
@@ -314,8 +313,8 @@ pub async fn set_address(
     status: OrderStatus,
     address: &ShippingAddress,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "UPDATE orders SET shipping_address = $3, updated_at = $4, version = version + 1 \
          WHERE id = $1 AND status = $2",
     )
@@ -360,8 +359,8 @@ pub async fn append_history(
     from: Option<OrderStatus>,
     to: OrderStatus,
     at: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "INSERT INTO order_history (order_id, seq, event_type, from_status, to_status, reason, at) \
          SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5, $6 FROM order_history WHERE order_id = $1",
     )
@@ -378,10 +377,10 @@ pub async fn append_history(
 
 /// The order's history, oldest first.
 pub async fn history(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: OrderId,
-) -> Result<Vec<HistoryEntry>, sqlx::Error> {
-    let rows = sqlx::query(
+) -> Result<Vec<HistoryEntry>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(
         "SELECT seq, event_type, from_status, to_status, reason, at FROM order_history \
          WHERE order_id = $1 ORDER BY seq",
     )
@@ -424,10 +423,10 @@ pub struct ListFilter {
 
 /// Orders newest first, after the cursor.
 pub async fn list_orders(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     f: &ListFilter,
-) -> Result<Vec<Order>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+) -> Result<Vec<Order>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(&format!(
         "SELECT {ORDER_COLS} FROM orders o \
          WHERE ($1 IS NULL OR o.customer_id = $1) \
          AND ($2 IS NULL OR EXISTS (SELECT 1 FROM order_items i WHERE i.order_id = o.id AND i.seller_id = $2)) \
@@ -453,7 +452,7 @@ pub async fn list_orders(
          WHERE order_id IN ({}) ORDER BY order_id, line_no",
         marks.join(", ")
     );
-    let mut q = sqlx::query(&sql);
+    let mut q = mercato_kit::db::query(&sql);
     for o in &orders {
         q = q.bind(o.id.to_string());
     }
@@ -476,7 +475,7 @@ pub async fn list_orders(
 /// commits), so it hands the announcement to a task that waits here: on SQLite for the one
 /// writer connection the consumer's transaction holds, on PostgreSQL for the row lock its
 /// UPDATE holds. Blocking on the lock is the signal; nothing polls.
-pub async fn committed_status(db: &Db, id: OrderId) -> Result<Option<OrderStatus>, sqlx::Error> {
+pub async fn committed_status(db: &Db, id: OrderId) -> Result<Option<OrderStatus>, mercato_kit::db::Error> {
     match db.backend() {
         Backend::Sqlite => {
             drop(db.writer().acquire().await?);
@@ -486,7 +485,7 @@ pub async fn committed_status(db: &Db, id: OrderId) -> Result<Option<OrderStatus
         Backend::Postgres => {
             let mut tx = db.begin().await?;
             let row =
-                sqlx::query("SELECT status, cancel_reason FROM orders WHERE id = $1 FOR SHARE")
+                mercato_kit::db::query("SELECT status, cancel_reason FROM orders WHERE id = $1 FOR SHARE")
                     .bind(id.to_string())
                     .fetch_optional(&mut *tx)
                     .await?;

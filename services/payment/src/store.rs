@@ -7,8 +7,7 @@ use crate::domain::{JobKind, Money, Status};
 use mercato_kit::db::Tx;
 use mercato_kit::ids::{parse_db_uuid, OrderId, UserId};
 use mercato_kit::time::now_us;
-use sqlx::any::AnyRow;
-use sqlx::{Any, AnyPool, Executor, Row};
+use mercato_kit::db::{Exec, Pool, Row};
 use uuid::Uuid;
 
 /// A payment as stored.
@@ -32,11 +31,11 @@ const PAYMENT_COLS: &str = "id, order_id, customer_id, status, amount_cents, cap
     refunded_cents, currency, payment_method, provider_ref, failure_reason, refund_seq, version, \
     created_at, updated_at";
 
-fn decode<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, sqlx::Error> {
-    r.map_err(|e| sqlx::Error::Decode(e.to_string().into()))
+fn decode<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, mercato_kit::db::Error> {
+    r.map_err(|e| mercato_kit::db::Error::Decode(e.to_string().into()))
 }
 
-fn payment_from(row: &AnyRow) -> Result<Payment, sqlx::Error> {
+fn payment_from(row: &Row) -> Result<Payment, mercato_kit::db::Error> {
     let customer: Option<String> = row.try_get("customer_id")?;
     Ok(Payment {
         id: parse_db_uuid(&row.try_get::<String, _>("id")?)?,
@@ -64,8 +63,8 @@ fn payment_from(row: &AnyRow) -> Result<Payment, sqlx::Error> {
 }
 
 /// Inserts a payment unless its order already has one; true when inserted.
-pub async fn insert_payment(tx: &mut Tx, p: &Payment) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(&format!(
+pub async fn insert_payment(tx: &mut Tx, p: &Payment) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(&format!(
         "INSERT INTO payments ({PAYMENT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT (order_id) DO NOTHING"
     ))
@@ -95,8 +94,8 @@ pub async fn update_payment(
     tx: &mut Tx,
     next: &Payment,
     version: i64,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "UPDATE payments SET status = $3, captured_cents = $4, refunded_cents = $5, provider_ref = $6, \
          failure_reason = $7, refund_seq = $8, version = $2 + 1, updated_at = $9 \
          WHERE id = $1 AND version = $2",
@@ -115,11 +114,11 @@ pub async fn update_payment(
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn payment_by_id<'e, E: Executor<'e, Database = Any>>(
+pub async fn payment_by_id<'e, E: Into<Exec<'e>>>(
     exec: E,
     id: Uuid,
-) -> Result<Option<Payment>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+) -> Result<Option<Payment>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(&format!(
         "SELECT {PAYMENT_COLS} FROM payments WHERE id = $1"
     ))
     .bind(id.to_string())
@@ -128,11 +127,11 @@ pub async fn payment_by_id<'e, E: Executor<'e, Database = Any>>(
     row.as_ref().map(payment_from).transpose()
 }
 
-pub async fn payment_by_order<'e, E: Executor<'e, Database = Any>>(
+pub async fn payment_by_order<'e, E: Into<Exec<'e>>>(
     exec: E,
     order_id: OrderId,
-) -> Result<Option<Payment>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+) -> Result<Option<Payment>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(&format!(
         "SELECT {PAYMENT_COLS} FROM payments WHERE order_id = $1"
     ))
     .bind(order_id.to_string())
@@ -141,11 +140,11 @@ pub async fn payment_by_order<'e, E: Executor<'e, Database = Any>>(
     row.as_ref().map(payment_from).transpose()
 }
 
-pub async fn payment_by_provider_ref<'e, E: Executor<'e, Database = Any>>(
+pub async fn payment_by_provider_ref<'e, E: Into<Exec<'e>>>(
     exec: E,
     provider_ref: &str,
-) -> Result<Option<Payment>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+) -> Result<Option<Payment>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(&format!(
         "SELECT {PAYMENT_COLS} FROM payments WHERE provider_ref = $1"
     ))
     .bind(provider_ref)
@@ -164,10 +163,10 @@ pub struct Filter {
 }
 
 pub async fn list_payments(
-    pool: &AnyPool,
+    pool: &Pool,
     filter: &Filter,
     limit: i64,
-) -> Result<Vec<Payment>, sqlx::Error> {
+) -> Result<Vec<Payment>, mercato_kit::db::Error> {
     // Each condition is added only when set, so no untyped NULL parameter reaches PostgreSQL.
     let mut conditions = Vec::new();
     let mut binds: Vec<String> = Vec::new();
@@ -192,7 +191,7 @@ pub async fn list_payments(
         "SELECT {PAYMENT_COLS} FROM payments {wher} ORDER BY id LIMIT ${}",
         binds.len() + 1
     );
-    let mut q = sqlx::query(&sql);
+    let mut q = mercato_kit::db::query(&sql);
     for b in &binds {
         q = q.bind(b);
     }
@@ -231,7 +230,7 @@ const JOB_COLS: &str =
     "seq, payment_id, kind, amount_cents, idempotency_key, not_before, give_up_at, \
     attempts, ambiguous, locked_until, correlation_id, traceparent, causation_id";
 
-fn job_from(row: &AnyRow) -> Result<Job, sqlx::Error> {
+fn job_from(row: &Row) -> Result<Job, mercato_kit::db::Error> {
     let causation: Option<String> = row.try_get("causation_id")?;
     Ok(Job {
         seq: row.try_get("seq")?,
@@ -265,8 +264,8 @@ pub struct NewJob<'a> {
 }
 
 /// Queues a call unless one with the same key is queued; true when queued.
-pub async fn insert_job(tx: &mut Tx, j: &NewJob<'_>) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+pub async fn insert_job(tx: &mut Tx, j: &NewJob<'_>) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "INSERT INTO processor_jobs (payment_id, kind, amount_cents, idempotency_key, not_before, give_up_at, \
          attempts, correlation_id, traceparent, causation_id, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10) ON CONFLICT (idempotency_key) DO NOTHING",
@@ -287,11 +286,11 @@ pub async fn insert_job(tx: &mut Tx, j: &NewJob<'_>) -> Result<bool, sqlx::Error
 }
 
 /// The calls queued for one payment, in the order they will be made.
-pub async fn jobs_of<'e, E: Executor<'e, Database = Any>>(
+pub async fn jobs_of<'e, E: Into<Exec<'e>>>(
     exec: E,
     payment_id: Uuid,
-) -> Result<Vec<Job>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+) -> Result<Vec<Job>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(&format!(
         "SELECT {JOB_COLS} FROM processor_jobs WHERE payment_id = $1 ORDER BY seq"
     ))
     .bind(payment_id.to_string())
@@ -306,13 +305,13 @@ const HEAD_OF_PAYMENT: &str = "NOT EXISTS (SELECT 1 FROM processor_jobs e \
     WHERE e.payment_id = j.payment_id AND e.seq < j.seq)";
 
 /// Calls that may run now: due, not taken by a live worker, first of their payment.
-pub async fn due_jobs(pool: &AnyPool, now: i64, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
+pub async fn due_jobs(pool: &Pool, now: i64, limit: i64) -> Result<Vec<Job>, mercato_kit::db::Error> {
     let cols = JOB_COLS
         .split(", ")
         .map(|c| format!("j.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let rows = sqlx::query(&format!(
+    let rows = mercato_kit::db::query(&format!(
         "SELECT {cols} FROM processor_jobs j \
          WHERE j.not_before <= $1 AND (j.locked_until IS NULL OR j.locked_until <= $1) AND {HEAD_OF_PAYMENT} \
          ORDER BY j.not_before, j.seq LIMIT $2"
@@ -325,8 +324,8 @@ pub async fn due_jobs(pool: &AnyPool, now: i64, limit: i64) -> Result<Vec<Job>, 
 }
 
 /// When the next call becomes due (or its taker's lease runs out), if any call is queued.
-pub async fn next_due(pool: &AnyPool) -> Result<Option<i64>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+pub async fn next_due(pool: &Pool) -> Result<Option<i64>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(&format!(
         "SELECT j.not_before, j.locked_until FROM processor_jobs j WHERE {HEAD_OF_PAYMENT}"
     ))
     .fetch_all(pool)
@@ -351,12 +350,12 @@ pub async fn next_due(pool: &AnyPool) -> Result<Option<i64>, sqlx::Error> {
 /// workers claiming the same call at once wait for each other for a moment only, and the
 /// second finds the count moved.
 pub async fn claim_job(
-    pool: &AnyPool,
+    pool: &Pool,
     job: &Job,
     now: i64,
     lease_until: i64,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "UPDATE processor_jobs SET locked_until = $3, attempts = attempts + 1 \
          WHERE seq = $1 AND attempts = $4 AND not_before <= $2 \
          AND (locked_until IS NULL OR locked_until <= $2)",
@@ -371,8 +370,8 @@ pub async fn claim_job(
 }
 
 /// Removes a call that was never sent; false when it was sent (or taken) in the meantime.
-pub async fn drop_unsent_job(tx: &mut Tx, seq: i64) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+pub async fn drop_unsent_job(tx: &mut Tx, seq: i64) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "DELETE FROM processor_jobs WHERE seq = $1 AND attempts = 0 AND locked_until IS NULL",
     )
     .bind(seq)
@@ -382,8 +381,8 @@ pub async fn drop_unsent_job(tx: &mut Tx, seq: i64) -> Result<bool, sqlx::Error>
 }
 
 /// Removes a call whose outcome is being recorded; false when it is already gone.
-pub async fn delete_job(tx: &mut Tx, seq: i64) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query("DELETE FROM processor_jobs WHERE seq = $1")
+pub async fn delete_job(tx: &mut Tx, seq: i64) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query("DELETE FROM processor_jobs WHERE seq = $1")
         .bind(seq)
         .execute(&mut **tx)
         .await?;
@@ -400,8 +399,8 @@ pub struct Retry<'a> {
 }
 
 /// Puts a call back in the queue for another attempt.
-pub async fn reschedule_job(tx: &mut Tx, seq: i64, retry: &Retry<'_>) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+pub async fn reschedule_job(tx: &mut Tx, seq: i64, retry: &Retry<'_>) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "UPDATE processor_jobs SET not_before = $2, give_up_at = $3, ambiguous = $4, locked_until = NULL, \
          last_error = $5 WHERE seq = $1",
     )
@@ -457,8 +456,8 @@ pub struct Transaction {
     pub duration_ms: Option<i64>,
 }
 
-pub async fn insert_transaction(tx: &mut Tx, t: &Transaction) -> Result<(), sqlx::Error> {
-    sqlx::query(
+pub async fn insert_transaction(tx: &mut Tx, t: &Transaction) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query(
         "INSERT INTO payment_transactions (id, payment_id, kind, idempotency_key, amount_cents, attempt, outcome, \
          http_status, provider_ref, summary, duration_ms, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -494,10 +493,10 @@ pub struct RecordedCall {
 
 /// The audit trail of one payment, oldest first.
 pub async fn transactions_of(
-    pool: &AnyPool,
+    pool: &Pool,
     payment_id: Uuid,
-) -> Result<Vec<RecordedCall>, sqlx::Error> {
-    let rows = sqlx::query(
+) -> Result<Vec<RecordedCall>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(
         "SELECT kind, idempotency_key, amount_cents, attempt, outcome, http_status, summary \
          FROM payment_transactions WHERE payment_id = $1 ORDER BY created_at, id",
     )
@@ -522,8 +521,8 @@ pub async fn transactions_of(
 /// Takes the write lock of the order's payment row, if it has one, until the transaction ends
 /// (a write that changes nothing: `FOR UPDATE` is PostgreSQL only, and SQLite's single writer
 /// holds the lock anyway).
-pub async fn lock_payment_of_order(tx: &mut Tx, order_id: OrderId) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE payments SET version = version WHERE order_id = $1")
+pub async fn lock_payment_of_order(tx: &mut Tx, order_id: OrderId) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query("UPDATE payments SET version = version WHERE order_id = $1")
         .bind(order_id.to_string())
         .execute(&mut **tx)
         .await?;
@@ -535,8 +534,8 @@ pub async fn mark_cancelled(
     tx: &mut Tx,
     order_id: OrderId,
     reason: &str,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "INSERT INTO cancelled_orders (order_id, reason, cancelled_at) VALUES ($1, $2, $3) \
          ON CONFLICT (order_id) DO NOTHING",
     )
@@ -548,12 +547,12 @@ pub async fn mark_cancelled(
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn is_cancelled<'e, E: Executor<'e, Database = Any>>(
+pub async fn is_cancelled<'e, E: Into<Exec<'e>>>(
     exec: E,
     order_id: OrderId,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, mercato_kit::db::Error> {
     Ok(
-        sqlx::query("SELECT order_id FROM cancelled_orders WHERE order_id = $1")
+        mercato_kit::db::query("SELECT order_id FROM cancelled_orders WHERE order_id = $1")
             .bind(order_id.to_string())
             .fetch_optional(exec)
             .await?
@@ -568,8 +567,8 @@ pub async fn claim_webhook(
     event_type: &str,
     provider_ref: &str,
     created: i64,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+) -> Result<bool, mercato_kit::db::Error> {
+    let r = mercato_kit::db::query(
         "INSERT INTO webhook_events (event_id, event_type, provider_ref, outcome, created, received_at) \
          VALUES ($1, $2, $3, 'received', $4, $5) ON CONFLICT (event_id) DO NOTHING",
     )
@@ -588,8 +587,8 @@ pub async fn finish_webhook(
     event_id: &str,
     payment_id: Option<Uuid>,
     outcome: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE webhook_events SET payment_id = $2, outcome = $3 WHERE event_id = $1")
+) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query("UPDATE webhook_events SET payment_id = $2, outcome = $3 WHERE event_id = $1")
         .bind(event_id)
         .bind(payment_id.map(|p| p.to_string()))
         .bind(outcome)
@@ -600,10 +599,10 @@ pub async fn finish_webhook(
 
 /// A handled webhook's recorded outcome (for tests and audits).
 pub async fn webhook_outcome(
-    pool: &AnyPool,
+    pool: &Pool,
     event_id: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    let row = sqlx::query("SELECT outcome FROM webhook_events WHERE event_id = $1")
+) -> Result<Option<String>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query("SELECT outcome FROM webhook_events WHERE event_id = $1")
         .bind(event_id)
         .fetch_optional(pool)
         .await?;

@@ -168,16 +168,15 @@ impl World {
     pub async fn snapshot(&self) -> String {
         let audit = store::audit(self.db.reader()).await.unwrap();
         let outbox = self.outbox().await.len();
-        let rows = sqlx::query("SELECT order_id, status FROM reservations ORDER BY order_id")
+        let rows = mercato_kit::db::query("SELECT order_id, status FROM reservations ORDER BY order_id")
             .fetch_all(self.db.reader())
             .await
             .unwrap();
-        use sqlx::Row;
         let reservations: Vec<(String, String)> = rows
             .iter()
             .map(|r| (r.get("order_id"), r.get("status")))
             .collect();
-        let ledger: i64 = sqlx::query("SELECT COUNT(*) AS n FROM stock_ledger")
+        let ledger: i64 = mercato_kit::db::query("SELECT COUNT(*) AS n FROM stock_ledger")
             .fetch_one(self.db.reader())
             .await
             .unwrap()

@@ -226,8 +226,7 @@ impl Harness {
 
     /// Every event in the outbox (published or not), oldest first.
     pub async fn outbox(&self) -> Vec<Envelope> {
-        use sqlx::Row;
-        sqlx::query("SELECT envelope FROM outbox ORDER BY seq")
+        mercato_kit::db::query("SELECT envelope FROM outbox ORDER BY seq")
             .fetch_all(self.db.reader())
             .await
             .unwrap()

@@ -23,7 +23,6 @@ use mercato_payment::psp::PspClient;
 use mercato_payment::service::Payments;
 use mercato_payment::store::{self, Payment};
 use mercato_payment::worker::Worker;
-use sqlx::Row;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -100,9 +99,8 @@ pub struct Harness {
 
 /// A fresh PostgreSQL database for one test: (server URL, database name, its URL).
 async fn fresh_postgres(server: &str) -> (String, String) {
-    sqlx::any::install_default_drivers();
     let name = format!("payment_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::AnyPool::connect(server).await.unwrap();
+    let admin = sqlx::PgPool::connect(server).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&admin)
         .await
@@ -217,7 +215,7 @@ impl Harness {
         }
         self.payments.db.close().await;
         if let Some((server, name)) = self.postgres {
-            let admin = sqlx::AnyPool::connect(&server).await.unwrap();
+            let admin = sqlx::PgPool::connect(&server).await.unwrap();
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .execute(&admin)
                 .await;
@@ -333,7 +331,7 @@ impl Harness {
 
     /// Every event this service emitted, oldest first (published or not).
     pub async fn emitted(&self) -> Vec<Envelope> {
-        let rows = sqlx::query("SELECT envelope FROM outbox ORDER BY seq")
+        let rows = mercato_kit::db::query("SELECT envelope FROM outbox ORDER BY seq")
             .fetch_all(self.payments.db.reader())
             .await
             .unwrap();
