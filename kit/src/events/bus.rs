@@ -22,6 +22,23 @@ pub trait Bus: Send + Sync {
     /// Stores the event for delivery. Idempotent per `event_id`.
     async fn publish(&self, env: &Envelope) -> anyhow::Result<()>;
 
+    /// Stores events in this order; returns how many of them, from the first, are stored
+    /// (all of them, or an error when not even the first is). A relay hands its whole batch,
+    /// so a bus that can store several at once (one transaction, pipelined acknowledgements)
+    /// should.
+    async fn publish_batch(&self, envs: &[Envelope]) -> anyhow::Result<usize> {
+        for (i, env) in envs.iter().enumerate() {
+            if let Err(e) = self.publish(env).await {
+                if i == 0 {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, stored = i, "publishing a batch stopped part-way");
+                return Ok(i);
+            }
+        }
+        Ok(envs.len())
+    }
+
     /// A durable subscription of `consumer` to these event types. Replicas of one service use
     /// the same consumer name and share the work.
     async fn subscribe(
@@ -125,7 +142,7 @@ impl EmbeddedBus {
     /// Moves every consumer back to the start of the log, so every event is delivered again:
     /// what a bus that lost its acknowledgements would do. For tests and drills.
     pub async fn rewind_all_consumers(&self) -> anyhow::Result<()> {
-        crate::db::query("UPDATE bus_cursors SET last_seq = 0")
+        crate::db::query("UPDATE bus_cursors SET last_seq = 0, handed_out = 0")
             .execute(self.db.writer())
             .await?;
         crate::db::query("DELETE FROM bus_deliveries")
@@ -157,6 +174,14 @@ impl EmbeddedBus {
 #[async_trait::async_trait]
 impl Bus for EmbeddedBus {
     async fn publish(&self, env: &Envelope) -> anyhow::Result<()> {
+        self.publish_batch(std::slice::from_ref(env)).await?;
+        Ok(())
+    }
+
+    async fn publish_batch(&self, envs: &[Envelope]) -> anyhow::Result<usize> {
+        if envs.is_empty() {
+            return Ok(0);
+        }
         let _one_at_a_time = self.publish_lock.lock().await;
         let mut tx = self.db.begin().await?;
         if self.db.backend() == crate::db::Backend::Postgres {
@@ -166,19 +191,22 @@ impl Bus for EmbeddedBus {
                 .execute(&mut *tx)
                 .await?;
         }
-        crate::db::query(
-            "INSERT INTO bus_messages (event_id, event_type, envelope, stored_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(env.event_id.to_string())
-        .bind(&env.event_type)
-        .bind(serde_json::to_string(env)?)
-        .bind(now_us())
-        .execute(&mut *tx)
-        .await?;
+        let now = now_us();
+        for env in envs {
+            crate::db::query(
+                "INSERT INTO bus_messages (event_id, event_type, envelope, stored_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(env.event_id.to_string())
+            .bind(&env.event_type)
+            .bind(serde_json::to_string(env)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         self.published.send_modify(|n| *n += 1);
-        Ok(())
+        Ok(envs.len())
     }
 
     async fn subscribe(
@@ -190,15 +218,19 @@ impl Bus for EmbeddedBus {
             .bind(consumer)
             .execute(self.db.writer())
             .await?;
-        let row = crate::db::query("SELECT last_seq FROM bus_cursors WHERE consumer = $1")
-            .bind(consumer)
-            .fetch_one(self.db.reader())
-            .await?;
+        // Types are few and fixed, so they are inlined as a list of placeholders.
+        let marks: Vec<String> = (0..event_types.len())
+            .map(|i| format!("${}", i + 3))
+            .collect();
         Ok(Box::new(EmbeddedSubscription {
             db: self.db.clone(),
             consumer: consumer.to_owned(),
             types: event_types.iter().map(|s| s.to_string()).collect(),
-            cursor: row.try_get("last_seq")?,
+            select: format!(
+                "SELECT seq, envelope FROM bus_messages WHERE seq > $1 AND event_type IN ({}) \
+                 ORDER BY seq LIMIT $2",
+                marks.join(", ")
+            ),
             published: self.published.subscribe(),
         }))
     }
@@ -208,7 +240,7 @@ struct EmbeddedSubscription {
     db: Db,
     consumer: String,
     types: Vec<String>,
-    cursor: i64,
+    select: String,
     published: watch::Receiver<u64>,
 }
 
@@ -219,14 +251,15 @@ impl EmbeddedSubscription {
             .bind(seq)
             .execute(self.db.writer())
             .await?;
-        self.cursor = seq;
         Ok(())
     }
 
-    /// Counts one more delivery of `seq` to this consumer; returns the count.
+    /// Counts one more delivery of `seq`, an event handed out before, to this consumer;
+    /// returns the count. The first count is 2: the batch that first handed it out was the
+    /// first delivery, uncounted.
     async fn count_delivery(&self, seq: i64) -> anyhow::Result<u32> {
         let delivered: i64 = crate::db::query(
-            "INSERT INTO bus_deliveries (consumer, seq, delivered) VALUES ($1, $2, 1) \
+            "INSERT INTO bus_deliveries (consumer, seq, delivered) VALUES ($1, $2, 2) \
              ON CONFLICT (consumer, seq) DO UPDATE SET delivered = bus_deliveries.delivered + 1 \
              RETURNING delivered",
         )
@@ -242,48 +275,79 @@ impl EmbeddedSubscription {
 #[async_trait::async_trait]
 impl Subscription for EmbeddedSubscription {
     async fn next(&mut self) -> anyhow::Result<Delivery> {
-        // Types are few and fixed, so they are inlined as a list of placeholders.
-        let marks: Vec<String> = (0..self.types.len())
-            .map(|i| format!("${}", i + 2))
-            .collect();
-        let sql = format!(
-            "SELECT seq, envelope FROM bus_messages WHERE seq > $1 AND event_type IN ({}) ORDER BY seq LIMIT 1",
-            marks.join(", ")
-        );
+        let mut one = self.next_batch(1).await?;
+        one.pop()
+            .ok_or_else(|| anyhow::anyhow!("the bus handed out an empty batch"))
+    }
+
+    async fn ack(&mut self, delivery: &Delivery) -> anyhow::Result<()> {
+        self.ack_batch(std::slice::from_ref(delivery)).await
+    }
+
+    /// Waits for the first event of this consumer's types past its cursor, then takes up to
+    /// `max` of them. Before handing a batch out it records how far it reached
+    /// (`handed_out`): a batch that was never acknowledged (the process stopped or died while
+    /// handling it) is then handed out again one event at a time, each delivery counted in
+    /// `bus_deliveries`, until past that mark; an event whose handling kills the process every
+    /// time is found that way and parked. Fresh batches cost one write, not one per event.
+    async fn next_batch(&mut self, max: usize) -> anyhow::Result<Vec<Delivery>> {
         loop {
             // Mark the current publish count as seen *before* looking, so a publish that
             // lands after the look still wakes us.
             self.published.borrow_and_update();
             // The stored cursor is the truth (an operator may have rewound it).
-            self.cursor = crate::db::query("SELECT last_seq FROM bus_cursors WHERE consumer = $1")
-                .bind(&self.consumer)
-                .fetch_one(self.db.reader())
-                .await?
-                .try_get("last_seq")?;
-            // The end of the log is read *before* looking for our next event: everything up
+            let at = crate::db::query(
+                "SELECT last_seq, handed_out FROM bus_cursors WHERE consumer = $1",
+            )
+            .bind(&self.consumer)
+            .fetch_one(self.db.reader())
+            .await?;
+            let cursor: i64 = at.try_get("last_seq")?;
+            let handed_out: i64 = at.try_get("handed_out")?;
+            // The end of the log is read *before* looking for our next events: everything up
             // to it is then covered by the look, so moving the cursor there skips nothing.
             let end: Option<i64> = crate::db::query("SELECT MAX(seq) AS end_seq FROM bus_messages")
                 .fetch_one(self.db.reader())
                 .await?
                 .try_get("end_seq")?;
-            let mut q = crate::db::query(&sql).bind(self.cursor);
+            let mut q = crate::db::query(&self.select)
+                .bind(cursor)
+                .bind(max.max(1) as i64);
             for t in &self.types {
                 q = q.bind(t);
             }
-            if let Some(row) = q.fetch_optional(self.db.reader()).await? {
-                let seq: i64 = row.try_get("seq")?;
-                let envelope: Envelope =
-                    serde_json::from_str(&row.try_get::<String, _>("envelope")?)?;
-                let attempt = self.count_delivery(seq).await?;
-                return Ok(Delivery {
-                    envelope,
-                    seq,
-                    attempt,
-                });
+            let rows = q.fetch_all(self.db.reader()).await?;
+            if let Some(first) = rows.first() {
+                let seq: i64 = first.try_get("seq")?;
+                if seq <= handed_out {
+                    let attempt = self.count_delivery(seq).await?;
+                    let envelope: Envelope =
+                        serde_json::from_str(&first.try_get::<String, _>("envelope")?)?;
+                    return Ok(vec![Delivery {
+                        envelope,
+                        seq,
+                        attempt,
+                    }]);
+                }
+                let mut batch = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    batch.push(Delivery {
+                        envelope: serde_json::from_str(&r.try_get::<String, _>("envelope")?)?,
+                        seq: r.try_get("seq")?,
+                        attempt: 1,
+                    });
+                }
+                let last = batch.last().map(|d| d.seq).unwrap_or(seq);
+                crate::db::query("UPDATE bus_cursors SET handed_out = $2 WHERE consumer = $1")
+                    .bind(&self.consumer)
+                    .bind(last)
+                    .execute(self.db.writer())
+                    .await?;
+                return Ok(batch);
             }
             // Nothing for us up to that end: move past the events of other types, so the
             // cursor shows how far behind this consumer really is.
-            if let Some(end) = end.filter(|e| *e > self.cursor) {
+            if let Some(end) = end.filter(|e| *e > cursor) {
                 self.advance(end).await?;
             }
             // Publishes in this process wake us at once. The timeout is only a safety net for
@@ -294,23 +358,27 @@ impl Subscription for EmbeddedSubscription {
         }
     }
 
-    async fn ack(&mut self, delivery: &Delivery) -> anyhow::Result<()> {
+    async fn ack_batch(&mut self, batch: &[Delivery]) -> anyhow::Result<()> {
+        let Some(last) = batch.iter().map(|d| d.seq).max() else {
+            return Ok(());
+        };
         // One commit for both: every write waits for the bus file's single writer, and an
-        // acknowledgement is made for every event by every consumer.
+        // acknowledgement is made for every batch by every consumer.
         let mut tx = self.db.begin().await?;
-        crate::db::query("UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2")
-            .bind(&self.consumer)
-            .bind(delivery.seq)
-            .execute(&mut *tx)
-            .await?;
+        crate::db::query(
+            "UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2",
+        )
+        .bind(&self.consumer)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
         // Behind the cursor a count means nothing (a rewind starts them all again).
         crate::db::query("DELETE FROM bus_deliveries WHERE consumer = $1 AND seq <= $2")
             .bind(&self.consumer)
-            .bind(delivery.seq)
+            .bind(last)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.cursor = delivery.seq;
         Ok(())
     }
 }

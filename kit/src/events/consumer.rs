@@ -6,6 +6,15 @@
 //! event is parked in `dead_letters` (and acknowledged, so it does not block the ones behind
 //! it). An admin lists parked events and replays them through the same path.
 //!
+//! Batches. A consumer takes what the bus has ready (up to [`BATCH`] events, waiting only for the
+//! first) and handles it in one transaction: each event's inbox row and effect, in the order the
+//! bus gave them, then one commit and one acknowledgement for all. Events of one order reach a
+//! consumer in order, so handling them in sequence inside the batch keeps that order; what costs
+//! is the commit, and a busy saga now pays it once per batch instead of once per event. When
+//! anything in a batch fails, the transaction rolls back as a whole and the batch is handled
+//! again one event at a time, with the retries and parking below, so one bad event never holds
+//! up or undoes the others for longer than that.
+//!
 //! Those retries happen inside one delivery. An event whose handling never returns an error
 //! because it kills the process, or hangs until the bus hands it to another replica, is
 //! redelivered instead; the bus counts those deliveries ([`Delivery::attempt`]), and once the
@@ -40,7 +49,12 @@ pub struct Consumer {
     max_deliveries: u32,
     backoff: Duration,
     waker: Option<OutboxWaker>,
+    batch: usize,
 }
+
+/// The most events handled in one transaction. Big enough that a burst costs a handful of
+/// commits; small enough that a batch holds the writer for a few milliseconds at most.
+pub const BATCH: usize = 128;
 
 /// Deliveries of one event before it is parked unhandled: enough for a few crashes or
 /// redeliveries of ordinary bad luck (a deploy, a lost replica), few enough that a poison event
@@ -64,7 +78,14 @@ impl Consumer {
             max_deliveries: MAX_DELIVERIES,
             backoff: Duration::from_millis(50),
             waker: None,
+            batch: BATCH,
         }
+    }
+
+    /// Handles at most `max` events per transaction (1: one transaction per event).
+    pub fn with_batch(mut self, max: usize) -> Self {
+        self.batch = max.max(1);
+        self
     }
 
     pub fn with_retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
@@ -86,29 +107,56 @@ impl Consumer {
         self
     }
 
-    async fn attempt(&self, env: &Envelope) -> anyhow::Result<Outcome> {
-        let mut tx = self.db.begin().await?;
-        let fresh = crate::db::query(
+    /// Records the event in the inbox within `tx`; false when it was handled before.
+    async fn claim(&self, tx: &mut Tx, env: &Envelope, now: i64) -> anyhow::Result<bool> {
+        Ok(crate::db::query(
             "INSERT INTO inbox (consumer, event_id, processed_at) VALUES ($1, $2, $3) \
              ON CONFLICT (consumer, event_id) DO NOTHING",
         )
         .bind(&self.name)
         .bind(env.event_id.to_string())
-        .bind(now_us())
+        .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected()
-            == 1;
-        if !fresh {
-            return Ok(Outcome::Duplicate);
-        }
-        self.handler.handle(&mut tx, env).await?;
-        tx.commit().await?;
+            == 1)
+    }
+
+    fn committed(&self) {
         self.db.outbox_waker().wake();
         if let Some(w) = &self.waker {
             w.wake();
         }
+    }
+
+    async fn attempt(&self, env: &Envelope) -> anyhow::Result<Outcome> {
+        let mut tx = self.db.begin().await?;
+        if !self.claim(&mut tx, env, now_us()).await? {
+            return Ok(Outcome::Duplicate);
+        }
+        self.handler.handle(&mut tx, env).await?;
+        tx.commit().await?;
+        self.committed();
         Ok(Outcome::Applied)
+    }
+
+    /// Handles every event of `batch` in one transaction, in order. Any failure rolls the
+    /// whole batch back and is returned; nothing of it is then applied.
+    pub async fn process_batch(&self, batch: &[&Envelope]) -> anyhow::Result<Vec<Outcome>> {
+        let mut tx = self.db.begin().await?;
+        let now = now_us();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for env in batch {
+            if self.claim(&mut tx, env, now).await? {
+                self.handler.handle(&mut tx, env).await?;
+                outcomes.push(Outcome::Applied);
+            } else {
+                outcomes.push(Outcome::Duplicate);
+            }
+        }
+        tx.commit().await?;
+        self.committed();
+        Ok(outcomes)
     }
 
     /// Handles one event: applied once, skipped when already applied, parked when it keeps
@@ -206,38 +254,66 @@ impl Consumer {
             }
         };
         loop {
-            let delivery = tokio::select! {
+            let batch = tokio::select! {
                 _ = stop.cancelled() => return,
-                d = sub.next() => d,
+                b = sub.next_batch(self.batch) => b,
             };
-            let delivery = match delivery {
-                Ok(d) => d,
+            let batch = match batch {
+                Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(consumer = %self.name, error = %e, "receiving from the bus failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
                     continue;
                 }
             };
-            // Not acknowledged unless handled (or parked): a stop mid-way redelivers it. When
-            // not even parking worked (the database is down), the same delivery is tried again
-            // here rather than asked for anew, so an outage does not count as deliveries
-            // towards the limit.
-            loop {
-                match self.deliver(&delivery).await {
-                    Ok(_) => {
-                        if let Err(e) = sub.ack(&delivery).await {
-                            tracing::warn!(consumer = %self.name, error = %e, "ack failed; the event will come again");
+            // Not acknowledged unless handled (or parked): a stop mid-way redelivers it.
+            if self.handle_batch(&batch).await {
+                if let Err(e) = sub.ack_batch(&batch).await {
+                    tracing::warn!(consumer = %self.name, error = %e, "ack failed; the events will come again");
+                }
+                continue;
+            }
+            for delivery in &batch {
+                // When not even parking worked (the database is down), the same delivery is
+                // tried again here rather than asked for anew, so an outage does not count as
+                // deliveries towards the limit.
+                loop {
+                    match self.deliver(delivery).await {
+                        Ok(_) => {
+                            if let Err(e) = sub.ack_batch(std::slice::from_ref(delivery)).await {
+                                tracing::warn!(consumer = %self.name, error = %e, "ack failed; the event will come again");
+                            }
+                            break;
                         }
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(consumer = %self.name, error = %e, "could not handle or park an event; will retry");
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        Err(e) => {
+                            tracing::warn!(consumer = %self.name, error = %e, "could not handle or park an event; will retry");
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            }
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The fast path: the whole batch in one transaction. False when the batch needs the slow
+    /// path (one event at a time): a handler failed, or an event is past its delivery limit.
+    async fn handle_batch(&self, batch: &[Delivery]) -> bool {
+        if batch.len() < 2 || batch.iter().any(|d| d.attempt > self.max_deliveries) {
+            return false;
+        }
+        let envelopes: Vec<&Envelope> = batch.iter().map(|d| &d.envelope).collect();
+        match self.process_batch(&envelopes).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(consumer = %self.name, events = batch.len(), error = %format!("{e:#}"),
+                    "a batch failed and was rolled back; handling its events one at a time");
+                false
             }
         }
     }

@@ -313,6 +313,67 @@ impl Bus for NatsBus {
         Ok(())
     }
 
+    /// Sends the whole batch before waiting for any acknowledgement (one connection keeps
+    /// them in order on each stream), then waits for them all: a round trip per batch, not per
+    /// event. What is stored is the prefix acknowledged before the first failure; when not even
+    /// the first is, the error goes back to the relay, which tries again (a stream deleted
+    /// meanwhile is created again then).
+    async fn publish_batch(&self, envs: &[Envelope]) -> anyhow::Result<usize> {
+        let mut sent = Vec::with_capacity(envs.len());
+        for env in envs {
+            let stream = self.ensure_stream(domain_of(&env.event_type)?).await?;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                env.event_id.to_string().as_str(),
+            );
+            let payload = serde_json::to_vec(env)?;
+            match self
+                .js
+                .publish_with_headers(self.subject(&env.event_type), headers, payload.into())
+                .await
+            {
+                Ok(ack) => sent.push((env, stream, ack)),
+                Err(e) if sent.is_empty() => {
+                    return Err(anyhow!(e).context(format!(
+                        "publishing {} {} to NATS",
+                        env.event_type, env.event_id
+                    )))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sending to NATS failed part-way; the rest waits");
+                    break;
+                }
+            }
+        }
+        let mut stored = 0;
+        for (env, stream, ack) in sent {
+            match ack.await {
+                Ok(ack) => {
+                    if ack.duplicate {
+                        tracing::debug!(event_id = %env.event_id, stream = %ack.stream,
+                            "NATS dropped a duplicate publish");
+                    }
+                    stored += 1;
+                }
+                Err(e) => {
+                    if e.kind() == PublishErrorKind::StreamNotFound {
+                        self.streams.lock().expect("poisoned").remove(&stream);
+                    }
+                    if stored == 0 {
+                        return Err(anyhow!(e).context(format!(
+                            "publishing {} {} to NATS",
+                            env.event_type, env.event_id
+                        )));
+                    }
+                    tracing::warn!(error = %e, stored, "NATS did not store part of a batch; the rest is published again");
+                    break;
+                }
+            }
+        }
+        Ok(stored)
+    }
+
     async fn subscribe(
         &self,
         consumer: &str,
@@ -480,6 +541,58 @@ impl Subscription for NatsSubscription {
                     bail!("the pull from the NATS stream {stream} ended; it will be made again");
                 }
             }
+        }
+    }
+
+    /// The first event as `next` waits for it, then whatever the pull has already brought,
+    /// without waiting for more.
+    async fn next_batch(&mut self, max: usize) -> anyhow::Result<Vec<Delivery>> {
+        use futures::FutureExt;
+        let mut batch = vec![self.next().await?];
+        while batch.len() < max {
+            let Some((i, item)) = self.receive().now_or_never() else {
+                break;
+            };
+            match item {
+                Some(Ok(msg)) => {
+                    if let Some(d) = self.accept(msg).await {
+                        batch.push(d);
+                    }
+                }
+                // Left for the next `next` to report and revive.
+                Some(Err(e)) => {
+                    if e.kind() != MessagesErrorKind::Pull {
+                        self.sources[i].messages = None;
+                    }
+                    break;
+                }
+                None => {
+                    self.sources[i].messages = None;
+                    break;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Acknowledges the batch with every double ack in flight at once.
+    async fn ack_batch(&mut self, batch: &[Delivery]) -> anyhow::Result<()> {
+        let msgs: Vec<(i64, jetstream::Message)> = batch
+            .iter()
+            .filter_map(|d| self.unacked.remove(&d.seq).map(|m| (d.seq, m)))
+            .collect();
+        let results = futures::future::join_all(msgs.iter().map(|(_, m)| m.double_ack())).await;
+        let mut failed = None;
+        for ((seq, msg), result) in msgs.into_iter().zip(results) {
+            if let Err(e) = result {
+                // Kept, so the next `next` hands it back instead of leaving it to ack_wait.
+                self.unacked.insert(seq, msg);
+                failed.get_or_insert(e);
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some(e) => Err(anyhow!(e).context("acknowledging a batch of events on NATS")),
         }
     }
 

@@ -68,6 +68,23 @@ struct Drained {
     behind_another: bool,
 }
 
+/// Marks the outbox rows `first..=last` published.
+async fn mark<'c>(
+    on: impl Into<crate::db::Exec<'c>>,
+    first: i64,
+    last: i64,
+) -> Result<(), crate::db::Error> {
+    crate::db::query(
+        "UPDATE outbox SET published_at = $3 WHERE seq >= $1 AND seq <= $2 AND published_at IS NULL",
+    )
+    .bind(first)
+    .bind(last)
+    .bind(now_us())
+    .execute(on)
+    .await?;
+    Ok(())
+}
+
 impl Relay {
     pub fn new(db: Db, bus: Arc<dyn Bus>, waker: OutboxWaker) -> Relay {
         let poll = match db.backend() {
@@ -109,19 +126,21 @@ impl Relay {
         }
     }
 
-    /// One batch, SQLite: this process is the only writer.
+    /// One batch, SQLite: this process is the only writer, so the pending rows it reads are
+    /// every row up to the last of them, and one statement marks them.
     async fn publish_pending(&self) -> anyhow::Result<Drained> {
         let batch = pending(self.db.reader(), BATCH).await?;
-        for (seq, env) in &batch {
-            self.bus.publish(env).await?;
-            crate::db::query("UPDATE outbox SET published_at = $2 WHERE seq = $1")
-                .bind(seq)
-                .bind(now_us())
-                .execute(self.db.writer())
-                .await?;
+        let envs: Vec<Envelope> = batch.iter().map(|(_, e)| e.clone()).collect();
+        let stored = if envs.is_empty() {
+            0
+        } else {
+            self.bus.publish_batch(&envs).await?
+        };
+        if stored > 0 {
+            mark(self.db.writer(), batch[0].0, batch[stored - 1].0).await?;
         }
         Ok(Drained {
-            published: batch.len(),
+            published: stored,
             behind_another: false,
         })
     }
@@ -152,31 +171,32 @@ impl Relay {
         .iter()
         .map(|r| r.try_get("seq"))
         .collect::<Result<_, _>>()?;
-        let mut published = 0;
-        let mut failure = None;
+        // The part of the claim no other relay's row precedes: publishing past it would
+        // overtake that row.
+        let mut ours = Vec::new();
         for (row, seq_ahead) in claimed.iter().zip(&ahead) {
             let seq: i64 = row.try_get("seq")?;
             if seq != *seq_ahead {
-                // Another relay holds an earlier row: publishing this one would overtake it.
                 break;
             }
             let env: Envelope = serde_json::from_str(&row.try_get::<String, _>("envelope")?)?;
-            if let Err(e) = self.bus.publish(&env).await {
-                failure = Some(e);
-                break;
+            ours.push((seq, env));
+        }
+        let envs: Vec<Envelope> = ours.iter().map(|(_, e)| e.clone()).collect();
+        let published = match self.bus.publish_batch(&envs).await {
+            Ok(n) => n,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
             }
-            crate::db::query("UPDATE outbox SET published_at = $2 WHERE seq = $1")
-                .bind(seq)
-                .bind(now_us())
-                .execute(&mut *tx)
-                .await?;
-            published += 1;
+        };
+        // What was published is marked even when the bus failed part-way. The rows from the
+        // first to the last published are all ours (held by this transaction), so a range
+        // marks exactly them.
+        if published > 0 {
+            mark(&mut *tx, ours[0].0, ours[published - 1].0).await?;
         }
-        // What was published is marked even when the bus failed part-way.
         tx.commit().await?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
         Ok(Drained {
             published,
             behind_another: published < claimed.len(),
