@@ -45,8 +45,13 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    mercato_kit::telemetry::init();
     let cli = Cli::parse();
+    let single = match &cli.command {
+        Command::Serve { service } => Some(service.as_str()),
+        _ => None,
+    };
+    let telemetry =
+        mercato_kit::telemetry::init_with(mercato_kit::telemetry::Settings::from_env(single));
     let mut env = Env::from_process();
     let result = match cli.command {
         Command::Up { data_dir, no_seed } => {
@@ -64,6 +69,9 @@ async fn main() -> ExitCode {
         Command::Migrate { services } => migrate(env, &services).await,
         Command::Load(args) => mercato::load::run(args).await,
     };
+    // The spans of the last requests are still queued for export.
+    // (It waits for the exporter, which runs on this runtime: off the async threads.)
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -25,6 +25,7 @@ use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What a service does with an event, inside the transaction the consumer opened.
 #[async_trait::async_trait]
@@ -224,7 +225,8 @@ impl Consumer {
             // here rather than asked for anew, so an outage does not count as deliveries
             // towards the limit.
             loop {
-                match self.deliver(&delivery).await {
+                let span = crate::telemetry::process_span(&self.name, &delivery.envelope);
+                match self.deliver(&delivery).instrument(span).await {
                     Ok(_) => {
                         if let Err(e) = sub.ack(&delivery).await {
                             tracing::warn!(consumer = %self.name, error = %e, "ack failed; the event will come again");

@@ -27,12 +27,14 @@
 
 use super::{pending, Bus, Envelope};
 use crate::db::{Backend, Db};
+use crate::telemetry::publish_span;
 use crate::time::now_us;
 use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How often a relay looks without being woken. One process owns a SQLite database, so there
 /// it only catches commits that forgot to wake it.
@@ -114,7 +116,7 @@ impl Relay {
     async fn publish_pending(&self) -> anyhow::Result<Drained> {
         let batch = pending(self.db.reader(), BATCH).await?;
         for (seq, env) in &batch {
-            self.bus.publish(env).await?;
+            self.bus.publish(env).instrument(publish_span(env)).await?;
             sqlx::query("UPDATE outbox SET published_at = $2 WHERE seq = $1")
                 .bind(seq)
                 .bind(now_us())
@@ -162,7 +164,7 @@ impl Relay {
                 break;
             }
             let env: Envelope = serde_json::from_str(&row.try_get::<String, _>("envelope")?)?;
-            if let Err(e) = self.bus.publish(&env).await {
+            if let Err(e) = self.bus.publish(&env).instrument(publish_span(&env)).await {
                 failure = Some(e);
                 break;
             }

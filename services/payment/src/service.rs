@@ -104,7 +104,9 @@ impl Cause {
     pub fn of_event(env: &Envelope) -> Cause {
         Cause {
             correlation_id: env.correlation_id.clone(),
-            traceparent: env.traceparent.clone(),
+            // The handler's span when there is one, so the work it queues hangs under it.
+            traceparent: mercato_kit::telemetry::current_traceparent()
+                .or_else(|| env.traceparent.clone()),
             causation_id: Some(env.event_id),
         }
     }
