@@ -205,6 +205,7 @@ async fn metrics_layer(State(metrics): State<Metrics>, req: Request, next: Next)
     let method = req.method().clone();
     let started = Instant::now();
     let res = next.run(req).await;
+    metrics.observe_idempotency(&res);
     metrics.observe_request(
         &route,
         method.as_str(),

@@ -496,3 +496,20 @@ pub async fn committed_status(db: &Db, id: OrderId) -> Result<Option<OrderStatus
         }
     }
 }
+
+/// The states an order waits in (the saga's and the seller's), as stored.
+pub const OPEN_STATES: [&str; 4] = ["PENDING", "CONFIRMED", "PAID", "PROCESSING"];
+
+/// For each non-final state with orders in it: how many, and when the longest-waiting one
+/// last changed.
+pub async fn open_states(pool: &sqlx::AnyPool) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT status, COUNT(*) AS n, MIN(updated_at) AS oldest FROM orders \
+         WHERE status IN ('PENDING', 'CONFIRMED', 'PAID', 'PROCESSING') GROUP BY status",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("status")?, r.try_get("n")?, r.try_get("oldest")?)))
+        .collect()
+}
