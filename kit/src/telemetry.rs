@@ -121,9 +121,25 @@ pub fn init_with(settings: Settings) -> Telemetry {
         builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
     }
     let provider = builder.build();
-    let tracer = provider.tracer("mercato");
+    let _ = subscriber(&settings, &provider, exporting, std::io::stderr).try_init();
+    Telemetry {
+        provider,
+        exporting,
+    }
+}
+
+/// The layers: span fields, OpenTelemetry, and the log lines written to `writer`.
+fn subscriber<W>(
+    settings: &Settings,
+    provider: &SdkTracerProvider,
+    exporting: bool,
+    writer: W,
+) -> impl Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
+        .with_tracer(provider.tracer("mercato"))
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_location(false)
@@ -142,21 +158,16 @@ pub fn init_with(settings: Settings) -> Telemetry {
     let pretty = settings
         .pretty
         .unwrap_or_else(|| std::io::stderr().is_terminal());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = if pretty {
         fmt.boxed()
     } else {
         fmt.event_format(JsonLines).boxed()
     };
-    let _ = tracing_subscriber::registry()
+    tracing_subscriber::registry()
         .with(SpanFieldsLayer)
         .with(otel.with_filter(otel_filter))
         .with(fmt.with_filter(filter))
-        .try_init();
-    Telemetry {
-        provider,
-        exporting,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -440,13 +451,12 @@ where
             }
             line.insert("span".into(), span.name().into());
         }
-        if let Some(id) = current.map(|s| s.id()) {
-            let ids = tracing::dispatcher::get_default(|d| {
-                tracing_opentelemetry::get_otel_context(&id, d)
-            })
-            .map(|cx| cx.span().span_context().clone())
-            .filter(|sc| sc.is_valid());
-            if let Some(sc) = ids {
+        // Entering a span makes its OpenTelemetry context the current one (asking the
+        // dispatcher from inside an event would find none: it is busy with this event).
+        if current.is_some() {
+            let cx = opentelemetry::Context::current();
+            let sc = cx.span().span_context().clone();
+            if sc.is_valid() {
                 line.insert("trace_id".into(), sc.trace_id().to_string().into());
                 line.insert("span_id".into(), sc.span_id().to_string().into());
             }
@@ -593,5 +603,91 @@ impl opentelemetry_http::HttpClient for ExportClient {
             Some(rt) => rt.spawn(exchange).await?,
             None => Err("no Tokio runtime to export spans on".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines(buffer: &Buffer) -> Vec<serde_json::Value> {
+        String::from_utf8(buffer.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    }
+
+    #[test]
+    fn a_log_line_inside_a_span_carries_its_trace_its_span_and_the_fields_around_it() {
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            .build();
+        let buffer = Buffer::default();
+        let settings = Settings {
+            pretty: Some(false),
+            ..Settings::default()
+        };
+        let out = buffer.clone();
+        let sub = subscriber(&settings, &provider, false, move || out.clone());
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (outer_tp, inner_ids) = tracing::subscriber::with_default(sub, || {
+            tracing::info!("outside any span");
+            let outer = tracing::info_span!("request", service = "order", request_id = "r-1");
+            continue_trace(&outer, Some(caller));
+            let _o = outer.enter();
+            let inner = client_span("inventory", "GET", "http://inventory/x", None);
+            let _i = inner.enter();
+            tracing::info!(quantity = 3, "inside");
+            (traceparent(&outer).unwrap(), ids(&inner).unwrap())
+        });
+        let lines = lines(&buffer);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].get("trace_id").is_none(), "{}", lines[0]);
+        let inside = &lines[1];
+        assert_eq!(inside["message"], "inside");
+        assert_eq!(inside["quantity"], 3);
+        assert_eq!(inside["request_id"], "r-1");
+        // The client span inherited its service from the span it was made in.
+        assert_eq!(inside["service"], "order");
+        assert_eq!(inside["span"], "http.client");
+        // The caller's trace goes on; the line names the innermost span.
+        assert_eq!(inside["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(inside["span_id"], inner_ids.1.as_str());
+        assert_ne!(inner_ids.1, "00f067aa0ba902b7");
+        // What the request passes on names its own span, in the caller's trace, still sampled.
+        assert!(outer_tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(!outer_tp.contains("00f067aa0ba902b7"));
+        assert!(outer_tp.ends_with("-01"), "{outer_tp}");
+    }
+
+    #[test]
+    fn without_an_exporter_a_new_trace_gets_ids_but_is_not_sampled() {
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            .build();
+        let sub = subscriber(&Settings::default(), &provider, false, std::io::sink);
+        let tp = tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!("request", service = "order");
+            traceparent(&span)
+        })
+        .expect("a trace context to pass on");
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
+        assert_eq!(parts[3], "00", "{tp}");
     }
 }
