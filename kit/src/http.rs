@@ -149,6 +149,7 @@ async fn context_layer(
         http.route = route.as_deref(),
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     crate::telemetry::continue_trace(&span, incoming.as_deref());
     // What this service passes on (to events, calls, the response) names this span as the

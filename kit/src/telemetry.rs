@@ -160,7 +160,7 @@ where
         .unwrap_or_else(|| std::io::stderr().is_terminal());
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = if pretty {
-        fmt.boxed()
+        fmt.event_format(PrettyLines).boxed()
     } else {
         fmt.event_format(JsonLines).boxed()
     };
@@ -179,12 +179,19 @@ fn remote_context(traceparent: &str) -> opentelemetry::Context {
 }
 
 /// Makes `span` continue the trace of `traceparent` (a caller's, an envelope's). Call it before
-/// the span is first entered. A malformed value leaves the span where it was.
+/// the span is first entered. A malformed value leaves the span where it was. A span that
+/// declares a `trace_id` field gets it recorded, so pretty log lines show it too.
 pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
-    let Some(tp) = traceparent else { return };
-    let cx = remote_context(tp);
-    if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
+    if let Some(tp) = traceparent {
+        let cx = remote_context(tp);
+        if cx.span().span_context().is_valid() {
+            let _ = span.set_parent(cx);
+        }
+    }
+    if span.has_field("trace_id") {
+        if let Some((trace_id, _)) = ids(span) {
+            span.record("trace_id", trace_id);
+        }
     }
 }
 
@@ -291,6 +298,7 @@ pub fn process_span(consumer: &str, env: &crate::events::Envelope) -> Span {
         aggregate_id = %env.aggregate_id,
         messaging.operation.type = "process",
         messaging.message.id = %env.event_id,
+        trace_id = tracing::field::Empty,
     );
     continue_trace(&span, env.traceparent.as_deref());
     span
@@ -306,6 +314,7 @@ pub fn job_span(service: &str, name: &str, aggregate_id: &str, parent: Option<&s
         otel.status_code = tracing::field::Empty,
         service = %service,
         aggregate_id = %aggregate_id,
+        trace_id = tracing::field::Empty,
     );
     continue_trace(&span, parent);
     span
@@ -463,6 +472,83 @@ where
         }
         let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
         writeln!(writer, "{text}")
+    }
+}
+
+/// One short line per event for a person: time, level, service, message, the event's own
+/// fields, and the first 8 hex digits of the trace (enough to find it in the JSON logs or in
+/// Jaeger). The spans' other fields stay out: JSON has them all.
+struct PrettyLines;
+
+impl<S, N> FormatEvent<S, N> for PrettyLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ansi = writer.has_ansi_escapes();
+        let paint = |code: &str, text: &str| {
+            if ansi {
+                format!("\x1b[{code}m{text}\x1b[0m")
+            } else {
+                text.to_owned()
+            }
+        };
+        let meta = event.metadata();
+        let level = match *meta.level() {
+            tracing::Level::ERROR => paint("31;1", "ERROR"),
+            tracing::Level::WARN => paint("33;1", " WARN"),
+            tracing::Level::INFO => paint("32", " INFO"),
+            tracing::Level::DEBUG => paint("34", "DEBUG"),
+            tracing::Level::TRACE => paint("2", "TRACE"),
+        };
+        let mut fields = serde_json::Map::new();
+        event.record(&mut JsonVisitor(&mut fields));
+        let message = fields
+            .remove("message")
+            .and_then(|m| m.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let current = ctx.lookup_current();
+        let service = current
+            .as_ref()
+            .and_then(|s| s.extensions().get::<SpanFields>().and_then(|f| f.service()))
+            .or_else(|| {
+                fields
+                    .get("service")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        fields.remove("service");
+        write!(
+            writer,
+            "{} {level} {} {message}",
+            paint(
+                "2",
+                &chrono::Local::now().format("%H:%M:%S%.3f").to_string()
+            ),
+            paint("36", &format!("{service:<9}")),
+        )?;
+        for (k, v) in fields {
+            match v {
+                serde_json::Value::String(s) => write!(writer, " {}={s}", paint("2", &k))?,
+                other => write!(writer, " {}={other}", paint("2", &k))?,
+            }
+        }
+        if current.is_some() {
+            let cx = opentelemetry::Context::current();
+            let sc = cx.span().span_context().clone();
+            if sc.is_valid() {
+                let trace = sc.trace_id().to_string();
+                write!(writer, " {}", paint("2", &format!("trace={}", &trace[..8])))?;
+            }
+        }
+        writeln!(writer)
     }
 }
 

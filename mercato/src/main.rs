@@ -50,8 +50,8 @@ async fn main() -> ExitCode {
         Command::Serve { service } => Some(service.as_str()),
         _ => None,
     };
-    let telemetry =
-        mercato_kit::telemetry::init_with(mercato_kit::telemetry::Settings::from_env(single));
+    let settings = mercato_kit::telemetry::Settings::from_env(single);
+    let telemetry = mercato_kit::telemetry::init_with(settings.clone());
     let mut env = Env::from_process();
     let result = match cli.command {
         Command::Up { data_dir, no_seed } => {
@@ -63,7 +63,7 @@ async fn main() -> ExitCode {
             } else if no_seed {
                 env.set("MERCATO_SEED_DEMO", "false");
             }
-            up(env).await
+            up(env, &settings).await
         }
         Command::Serve { service } => serve(env, &service).await,
         Command::Migrate { services } => migrate(env, &services).await,
@@ -87,7 +87,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn up(env: Env) -> anyhow::Result<()> {
+async fn up(env: Env, telemetry: &mercato_kit::telemetry::Settings) -> anyhow::Result<()> {
     let seeded = env.raw("MERCATO_SEED_DEMO").is_some_and(|v| v == "true");
     let data_dir = env
         .raw("MERCATO_DATA_DIR")
@@ -95,7 +95,12 @@ async fn up(env: Env) -> anyhow::Result<()> {
         .to_owned();
     eprintln!("Starting Mercato (embedded, data in {data_dir})...");
     let started = std::time::Instant::now();
+    let summary = stack::summary(&env, telemetry);
     let running = stack::start_until(env, &[], stopped_by_signal()).await?;
+    println!("\nConfiguration (MERCATO_* variables change it: docs/DEPLOY.md):");
+    for (name, value) in summary {
+        println!("  {name:<20}{value}");
+    }
     println!(
         "\nMercato is up in {:.1} s.",
         started.elapsed().as_secs_f64()
