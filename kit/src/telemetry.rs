@@ -320,17 +320,6 @@ pub fn job_span(service: &str, name: &str, aggregate_id: &str, parent: Option<&s
     span
 }
 
-/// The span of one SQL transaction of a use case, a child of the current span.
-pub fn transaction_span(service: &str, name: &str) -> Span {
-    tracing::info_span!(
-        "db.transaction",
-        otel.name = %format!("transaction {name}"),
-        otel.kind = "client",
-        service = %service,
-        db.operation.name = %name,
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Span fields: kept per span for the JSON lines, and the service for the exporter
 
