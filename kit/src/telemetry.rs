@@ -409,6 +409,15 @@ where
     }
 }
 
+/// The trace context of the innermost entered span, for a log line. Entering a span makes its
+/// OpenTelemetry context the current one; asking the dispatcher from inside an event would
+/// find none (it is busy with this event).
+fn entered_span_context() -> Option<opentelemetry::trace::SpanContext> {
+    let cx = opentelemetry::Context::current();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
 /// One JSON object per line: time, level, target, message and the event's fields, then the
 /// fields of every span the event is in (innermost wins), the innermost span's name, and its
 /// `trace_id` and `span_id`.
@@ -449,15 +458,9 @@ where
             }
             line.insert("span".into(), span.name().into());
         }
-        // Entering a span makes its OpenTelemetry context the current one (asking the
-        // dispatcher from inside an event would find none: it is busy with this event).
-        if current.is_some() {
-            let cx = opentelemetry::Context::current();
-            let sc = cx.span().span_context().clone();
-            if sc.is_valid() {
-                line.insert("trace_id".into(), sc.trace_id().to_string().into());
-                line.insert("span_id".into(), sc.span_id().to_string().into());
-            }
+        if let Some(sc) = current.and(entered_span_context()) {
+            line.insert("trace_id".into(), sc.trace_id().to_string().into());
+            line.insert("span_id".into(), sc.span_id().to_string().into());
         }
         let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
         writeln!(writer, "{text}")
@@ -529,13 +532,9 @@ where
                 other => write!(writer, " {}={other}", paint("2", &k))?,
             }
         }
-        if current.is_some() {
-            let cx = opentelemetry::Context::current();
-            let sc = cx.span().span_context().clone();
-            if sc.is_valid() {
-                let trace = sc.trace_id().to_string();
-                write!(writer, " {}", paint("2", &format!("trace={}", &trace[..8])))?;
-            }
+        if let Some(sc) = current.and(entered_span_context()) {
+            let trace = sc.trace_id().to_string();
+            write!(writer, " {}", paint("2", &format!("trace={}", &trace[..8])))?;
         }
         writeln!(writer)
     }

@@ -210,7 +210,7 @@ async fn business_metrics_show_what_a_scripted_run_did() {
                     "dead_letters_open",
                     "event_consumer_lag",
                 ] {
-                    if metric(http, &base, name, &[]).await != 0.0 {
+                    if metric(http, base, name, &[]).await != 0.0 {
                         return None;
                     }
                 }
@@ -229,33 +229,6 @@ async fn business_metrics_show_what_a_scripted_run_did() {
     })
     .await;
     s.t.stop().await;
-}
-
-/// A TCP gate in front of `target`: while shut, new connections are accepted and dropped and
-/// the ones passing through are cut (the backend went away); once open, connections pass.
-async fn gate(target: String) -> (u16, watch::Sender<bool>) {
-    let (open, watch) = watch::channel(true);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = l.accept().await {
-            if !*watch.borrow() {
-                drop(inbound);
-                continue;
-            }
-            let target = target.clone();
-            let mut shut = watch.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = shut.wait_for(|open| !open) => {}
-                    }
-                }
-            });
-        }
-    });
-    (port, open)
 }
 
 /// Starts the catalog service alone with `vars` and returns its base URL and the stack.
@@ -336,13 +309,8 @@ async fn readiness_follows_the_database_away_and_back() {
         return;
     };
     let (admin_url, db_url) = support::fresh_pg_database(&pg).await;
-    let authority = db_url
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_owned();
-    let (port, gate) = gate(authority.clone()).await;
+    let authority = support::pg_authority(&db_url);
+    let (port, gate) = support::gate(authority.clone(), true).await;
     let gated = db_url.replacen(&authority, &format!("127.0.0.1:{port}"), 1);
     let (base, stack, _dir) = catalog(vec![("MERCATO_DATABASE_URL", gated)]).await;
     readiness_follows(&base, "database", &gate).await;
@@ -357,7 +325,7 @@ async fn readiness_follows_nats_away_and_back() {
         return;
     };
     let authority = nats.trim_start_matches("nats://").to_owned();
-    let (port, gate) = gate(authority).await;
+    let (port, gate) = support::gate(authority, true).await;
     let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let (base, stack, _dir) = catalog(vec![
         ("MERCATO_NATS_URL", format!("nats://127.0.0.1:{port}")),
