@@ -223,7 +223,10 @@ impl Chaos {
                 events,
             }),
         };
-        chaos.set(initial);
+        // Starting without chaos is the normal case and not worth a line per service.
+        if initial.is_active() {
+            chaos.set(initial);
+        }
         Ok(chaos)
     }
 

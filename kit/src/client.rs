@@ -68,6 +68,7 @@ use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 // ---------------------------------------------------------------------------------------------
 // Policies
@@ -884,7 +885,38 @@ impl Dependency {
     }
 
     /// One attempt under the timeout, classified.
-    async fn attempt(&self, request: reqwest::Request) -> (Outcome, Result<Response, Error>) {
+    async fn attempt(&self, mut request: reqwest::Request) -> (Outcome, Result<Response, Error>) {
+        let s = &*self.shared;
+        // The call's own span, a child of the trace the request carries (or of the caller's
+        // span), and the request carries the call's span on to the server.
+        let parent = request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let span = crate::telemetry::client_span(
+            &s.name,
+            request.method().as_str(),
+            request.url().as_str(),
+            parent.as_deref(),
+        );
+        if let Some(v) =
+            crate::telemetry::traceparent(&span).and_then(|tp| HeaderValue::from_str(&tp).ok())
+        {
+            request.headers_mut().insert(TRACEPARENT, v);
+        }
+        let (outcome, result) = self.exchange(request).instrument(span.clone()).await;
+        let status = match &result {
+            Ok(r) => Some(r.status.as_u16()),
+            Err(Error::Status { response, .. }) => Some(response.status.as_u16()),
+            Err(_) => None,
+        };
+        let failed = (status.is_none() || result.is_err()).then(|| outcome.label());
+        crate::telemetry::record_status(&span, status, failed);
+        (outcome, result)
+    }
+
+    async fn exchange(&self, request: reqwest::Request) -> (Outcome, Result<Response, Error>) {
         let s = &*self.shared;
         let exchange = async {
             let res = self.http.execute(request).await?;

@@ -37,6 +37,20 @@ impl HealthCheck for DbCheck {
     }
 }
 
+/// The event backend the service publishes to and consumes from (NATS when configured, the
+/// embedded log otherwise): without it no event leaves and none arrives.
+pub struct BusCheck(pub Arc<dyn crate::events::Bus>);
+
+#[async_trait::async_trait]
+impl HealthCheck for BusCheck {
+    fn name(&self) -> &str {
+        "event_bus"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| format!("{e:#}"))
+    }
+}
+
 #[derive(Serialize)]
 struct CheckResult {
     name: String,

@@ -111,8 +111,15 @@ pub fn client_ip(
     Some(client)
 }
 
+/// What the context layer needs: whose requests it serves, and which peers it believes.
+#[derive(Clone)]
+struct ContextState {
+    service: &'static str,
+    trusted: Arc<Vec<ipnet::IpNet>>,
+}
+
 async fn context_layer(
-    State(trusted): State<Arc<Vec<ipnet::IpNet>>>,
+    State(state): State<ContextState>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -121,8 +128,34 @@ async fn context_layer(
         sane_header(headers, &REQUEST_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let correlation_id =
         sane_header(headers, &CORRELATION_ID).unwrap_or_else(|| request_id.clone());
-    let traceparent = sane_header(headers, &TRACEPARENT)
-        .filter(|t| valid_traceparent(t))
+    let incoming = sane_header(headers, &TRACEPARENT).filter(|t| valid_traceparent(t));
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    // The server span of this request: a child of the caller's span when it sent one.
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {}", route.as_deref().unwrap_or("unmatched")),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        service = state.service,
+        request_id = %request_id,
+        correlation_id = %correlation_id,
+        %method,
+        %path,
+        http.route = route.as_deref(),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, incoming.as_deref());
+    // What this service passes on (to events, calls, the response) names this span as the
+    // parent; without a tracer (tests of a bare router) the caller's context goes on as it came.
+    let traceparent = crate::telemetry::traceparent(&span)
+        .or(incoming)
         .unwrap_or_else(mint_traceparent);
     let ctx = RequestContext {
         request_id,
@@ -135,23 +168,15 @@ async fn context_layer(
             req.headers()
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok()),
-            &trusted,
+            &state.trusted,
         ),
     };
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let span = tracing::info_span!(
-        "request",
-        request_id = %ctx.request_id,
-        correlation_id = %ctx.correlation_id,
-        %method,
-        %path,
-    );
     req.extensions_mut().insert(ctx.clone());
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
+    let status = res.status().as_u16();
+    crate::telemetry::record_status(&span, Some(status), None);
     span.in_scope(|| {
-        let status = res.status().as_u16();
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         if status >= 500 {
             tracing::warn!(status, elapsed_ms = ms, "request failed");
@@ -181,6 +206,7 @@ async fn metrics_layer(State(metrics): State<Metrics>, req: Request, next: Next)
     let method = req.method().clone();
     let started = Instant::now();
     let res = next.run(req).await;
+    metrics.observe_idempotency(&res);
     metrics.observe_request(
         &route,
         method.as_str(),
@@ -506,7 +532,10 @@ impl Service {
             ))
             .layer(tower_http::catch_panic::CatchPanicLayer::new())
             .layer(middleware::from_fn_with_state(
-                Arc::new(settings.trusted_proxies.clone()),
+                ContextState {
+                    service: self.name,
+                    trusted: Arc::new(settings.trusted_proxies.clone()),
+                },
                 context_layer,
             ))
     }

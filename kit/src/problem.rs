@@ -234,11 +234,17 @@ impl std::fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
+/// The `code` of the problem a response carries, kept beside the body for middleware.
+#[derive(Clone, Debug)]
+pub struct ProblemCode(pub Cow<'static, str>);
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
         let mut res = (status, body).into_response();
+        // For the layers that count outcomes by code (the metrics layer).
+        res.extensions_mut().insert(ProblemCode(self.code.clone()));
         let headers = res.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs {

@@ -45,8 +45,13 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    mercato_kit::telemetry::init();
     let cli = Cli::parse();
+    let single = match &cli.command {
+        Command::Serve { service } => Some(service.as_str()),
+        _ => None,
+    };
+    let settings = mercato_kit::telemetry::Settings::from_env(single);
+    let telemetry = mercato_kit::telemetry::init_with(settings.clone());
     let mut env = Env::from_process();
     let result = match cli.command {
         Command::Up { data_dir, no_seed } => {
@@ -58,12 +63,15 @@ async fn main() -> ExitCode {
             } else if no_seed {
                 env.set("MERCATO_SEED_DEMO", "false");
             }
-            up(env).await
+            up(env, &settings).await
         }
         Command::Serve { service } => serve(env, &service).await,
         Command::Migrate { services } => migrate(env, &services).await,
         Command::Load(args) => mercato::load::run(args).await,
     };
+    // The spans of the last requests are still queued for export.
+    // (It waits for the exporter, which runs on this runtime: off the async threads.)
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -79,7 +87,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn up(env: Env) -> anyhow::Result<()> {
+async fn up(env: Env, telemetry: &mercato_kit::telemetry::Settings) -> anyhow::Result<()> {
     let seeded = env.raw("MERCATO_SEED_DEMO").is_some_and(|v| v == "true");
     let data_dir = env
         .raw("MERCATO_DATA_DIR")
@@ -87,7 +95,12 @@ async fn up(env: Env) -> anyhow::Result<()> {
         .to_owned();
     eprintln!("Starting Mercato (embedded, data in {data_dir})...");
     let started = std::time::Instant::now();
+    let summary = stack::summary(&env, telemetry);
     let running = stack::start_until(env, &[], stopped_by_signal()).await?;
+    println!("\nConfiguration (MERCATO_* variables change it: docs/DEPLOY.md):");
+    for (name, value) in summary {
+        println!("  {name:<20}{value}");
+    }
     println!(
         "\nMercato is up in {:.1} s.",
         started.elapsed().as_secs_f64()

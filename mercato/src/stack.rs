@@ -192,58 +192,70 @@ fn validate_config(service: &str, scratch: &mut Env, env: &mut Env) {
     env.absorb_errors(scratch);
 }
 
+/// Logs a service's configuration (secrets masked by its `Debug`): at `info` for a process that
+/// runs it alone (its log is its record), at `debug` when it starts with the others (`up`
+/// prints one summary for them all instead of a screen of lines).
+fn announce(service: &str, config: &dyn std::fmt::Debug, alone: bool) {
+    if alone {
+        tracing::info!(service, config = ?config, "configuration");
+    } else {
+        tracing::debug!(service, config = ?config, "configuration");
+    }
+}
+
 async fn build(
     service: &str,
     env: &mut Env,
     bus: &Arc<dyn Bus>,
+    alone: bool,
 ) -> anyhow::Result<Option<Service>> {
     Ok(match service {
         "auth" => {
             let c = mercato_auth::Config::read(env);
             env.check()?;
-            tracing::info!(service, config = ?c, "configuration");
+            announce(service, &c, alone);
             Some(mercato_auth::build(&c).await?)
         }
         "catalog" => {
             let c = mercato_catalog::Config::read(env);
             env.check()?;
-            tracing::info!(service, config = ?c, "configuration");
+            announce(service, &c, alone);
             Some(mercato_catalog::build(&c, bus.clone()).await?)
         }
         "psp-mock" => {
             let c = mercato_psp_mock::Config::read(env);
             env.check()?;
-            tracing::info!(service, config = ?c, "configuration");
+            announce(service, &c, alone);
             Some(mercato_psp_mock::build(&c).await?)
         }
         "inventory" => {
             let c = mercato_inventory::Config::read(env);
             env.check()?;
-            tracing::info!(service, config = ?c, "configuration");
+            announce(service, &c, alone);
             Some(mercato_inventory::build(&c, bus.clone()).await?)
         }
         "order" => {
             let c = mercato_order::Config::read(env);
             env.check()?;
-            tracing::info!(service, config = ?c, "configuration");
+            announce(service, &c, alone);
             Some(mercato_order::build(&c, bus.clone()).await?)
         }
         "payment" => {
             let c = mercato_payment::Config::read(env);
             env.check()?;
-            tracing::info!(service, config = ?c, "configuration");
+            announce(service, &c, alone);
             Some(mercato_payment::build(&c, bus.clone()).await?)
         }
         "cart" => {
             let c = mercato_cart::Config::read(env);
             env.check()?;
-            tracing::info!(service, config = ?c, "configuration");
+            announce(service, &c, alone);
             Some(mercato_cart::build(&c, bus.clone()).await?)
         }
         "gateway" => {
             let c = mercato_gateway::Config::read(env);
             env.check()?;
-            tracing::info!(service, config = ?c, "configuration");
+            announce(service, &c, alone);
             Some(mercato_gateway::build(&c).await?)
         }
         _ => None,
@@ -395,6 +407,7 @@ pub async fn start_until(
     stop: CancellationToken,
 ) -> anyhow::Result<Stack> {
     let wanted = wanted(&env, services)?;
+    let alone = wanted.len() == 1;
     let common = mercato_kit::config::CommonConfig::read(&mut env);
     // Read every service's configuration up front so that all bad values are reported at
     // once, before anything listens.
@@ -484,7 +497,7 @@ pub async fn start_until(
         let built = with_retries(name, &stop, || {
             let mut env = env.clone();
             let bus = bus.clone();
-            async move { build(name, &mut env, &bus).await }
+            async move { build(name, &mut env, &bus, alone).await }
         })
         .await;
         let service = match built {
@@ -542,4 +555,100 @@ pub async fn migrate(
         done.push(service);
     }
     Ok(done)
+}
+
+/// What `mercato up` shows a person before its banner: one line per setting that shapes the
+/// run, secrets masked (a URL's password, the service secret, the admin password).
+pub fn summary(
+    env: &Env,
+    telemetry: &mercato_kit::telemetry::Settings,
+) -> Vec<(&'static str, String)> {
+    use mercato_kit::db::redact;
+    let data_dir = env.raw("MERCATO_DATA_DIR").unwrap_or("./mercato-data");
+    let mut lines = vec![
+        ("data directory", data_dir.to_owned()),
+        (
+            "databases",
+            env.raw("MERCATO_DATABASE_URL").map_or_else(
+                || format!("SQLite, one file per service in {data_dir}"),
+                |u| format!("{} (a schema per service)", redact(u)),
+            ),
+        ),
+        (
+            "events",
+            env.raw("MERCATO_NATS_URL").map_or_else(
+                || "the embedded log (outbox -> bus in this process)".to_owned(),
+                |u| {
+                    format!(
+                        "NATS JetStream at {}, prefix {}",
+                        redact(u),
+                        env.raw("MERCATO_NATS_PREFIX").unwrap_or("mercato")
+                    )
+                },
+            ),
+        ),
+        (
+            "carts, rate limits",
+            env.raw("MERCATO_REDIS_URL").map_or_else(
+                || "the cart's database; the gateway's memory".to_owned(),
+                |u| format!("Redis at {}", redact(u)),
+            ),
+        ),
+        (
+            "card processor",
+            env.raw("MERCATO_PSP_URL").map_or_else(
+                || "psp-mock, the stand-in started here (test cards only)".to_owned(),
+                str::to_owned,
+            ),
+        ),
+        (
+            "listening on",
+            env.raw("MERCATO_HOST").unwrap_or("127.0.0.1").to_owned(),
+        ),
+        (
+            "service secret",
+            if env.raw("MERCATO_SERVICE_SECRET").is_some() {
+                "set (****)".to_owned()
+            } else {
+                format!("generated, kept in {data_dir} (****)")
+            },
+        ),
+    ];
+    if let Some(admin) = env.raw("MERCATO_ADMIN_EMAIL") {
+        lines.push(("administrator", format!("{admin} (password ****)")));
+    }
+    lines.push((
+        "demo data",
+        match env.raw("MERCATO_SEED_DEMO") {
+            Some("true") => "seeded on first start".to_owned(),
+            _ => "none".to_owned(),
+        },
+    ));
+    lines.push((
+        "logs",
+        format!(
+            "{} on stderr, filter {}",
+            match telemetry.pretty {
+                Some(true) => "pretty",
+                Some(false) => "JSON",
+                None if std::io::IsTerminal::is_terminal(&std::io::stderr()) => "pretty",
+                None => "JSON",
+            },
+            telemetry
+                .log_filter
+                .as_deref()
+                .unwrap_or("info,sqlx=warn,tower_http=warn")
+        ),
+    ));
+    lines.push((
+        "traces",
+        telemetry.traces_endpoint.as_deref().map_or_else(
+            || "not exported (set OTEL_EXPORTER_OTLP_ENDPOINT); ids in logs and headers".to_owned(),
+            |e| format!("exported over OTLP/HTTP to {}", redact(e)),
+        ),
+    ));
+    if env.raw("CHAOS_MODE") == Some("true") {
+        lines.push(("chaos", "CHAOS_MODE: 5% of API requests fail".to_owned()));
+    }
+    lines
 }

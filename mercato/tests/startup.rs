@@ -8,32 +8,8 @@ mod support;
 use mercato_kit::config::Env;
 use reqwest::StatusCode;
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use support::eventually;
-
-/// A TCP gate in front of `target`: while shut, connections are accepted and dropped at once
-/// (as a database that is not up yet); once open, they are passed through.
-async fn gate(target: String, open: Arc<AtomicBool>) -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = l.accept().await {
-            if !open.load(Ordering::SeqCst) {
-                drop(inbound);
-                continue;
-            }
-            let target = target.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    port
-}
 
 #[tokio::test]
 async fn a_service_waits_for_its_database_and_says_it_is_not_ready() {
@@ -42,14 +18,8 @@ async fn a_service_waits_for_its_database_and_says_it_is_not_ready() {
         return;
     };
     let (admin_url, db_url) = support::fresh_pg_database(&pg).await;
-    let authority = db_url
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_owned();
-    let open = Arc::new(AtomicBool::new(false));
-    let gate_port = gate(authority.clone(), open.clone()).await;
+    let authority = support::pg_authority(&db_url);
+    let (gate_port, gate) = support::gate(authority.clone(), false).await;
     let gated_url = db_url.replacen(&authority, &format!("127.0.0.1:{gate_port}"), 1);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -94,7 +64,7 @@ async fn a_service_waits_for_its_database_and_says_it_is_not_ready() {
     assert!(!starting.is_finished(), "it waits, it does not give up");
 
     // The database comes up: the service follows.
-    open.store(true, Ordering::SeqCst);
+    gate.send_replace(true);
     eventually(Duration::from_secs(30), || async {
         let r = http.get(format!("{base}/health/ready")).send().await.ok()?;
         (r.status() == StatusCode::OK).then_some(())

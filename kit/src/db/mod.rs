@@ -287,7 +287,35 @@ enum PoolInner {
     Pg(PgPool),
 }
 
+/// How busy a pool is, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 impl Pool {
+    /// How many connections are open, idle, and allowed.
+    pub fn stats(&self) -> PoolStats {
+        match &self.0 {
+            PoolInner::Pg(p) => PoolStats {
+                open: p.size(),
+                idle: p.num_idle() as u32,
+                max: p.options().get_max_connections(),
+            },
+            PoolInner::SqliteWriter(db) => {
+                let idle = u32::from(db.writer.try_lock().is_ok());
+                PoolStats {
+                    open: 1,
+                    idle,
+                    max: 1,
+                }
+            }
+            PoolInner::SqliteReader(db) => db.reader_stats(),
+        }
+    }
+
     /// A connection of this pool, held until dropped.
     pub async fn acquire(&self) -> Result<Conn, Error> {
         Ok(Conn(match &self.0 {

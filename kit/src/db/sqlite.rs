@@ -170,6 +170,7 @@ impl SqliteDb {
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             readers: Arc::new(Readers {
                 path,
+                max: readers.max(1),
                 idle: Mutex::new(Vec::new()),
                 slots: Arc::new(Semaphore::new(readers.max(1) as usize)),
             }),
@@ -185,6 +186,17 @@ impl SqliteDb {
         self.readers.clone().acquire().await
     }
 
+    pub fn reader_stats(&self) -> super::PoolStats {
+        let max = self.readers.max;
+        let busy = max.saturating_sub(self.readers.slots.available_permits() as u32);
+        let idle = self.readers.idle.lock().map(|v| v.len() as u32).unwrap_or(0);
+        super::PoolStats {
+            open: busy + idle,
+            idle,
+            max,
+        }
+    }
+
     /// Called after every commit of the writer.
     pub fn committed(&self) {
         self.checkpoint.committed();
@@ -198,6 +210,7 @@ impl SqliteDb {
 
 struct Readers {
     path: PathBuf,
+    max: u32,
     idle: Mutex<Vec<SqliteConn>>,
     slots: Arc<Semaphore>,
 }

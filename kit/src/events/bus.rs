@@ -46,6 +46,18 @@ pub trait Bus: Send + Sync {
         consumer: &str,
         event_types: &[&str],
     ) -> anyhow::Result<Box<dyn Subscription>>;
+
+    /// Whether the bus answers now (readiness): a round trip, not a cached state.
+    async fn ping(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Events stored for `consumer` that it has not finished yet (the consumer-lag metric);
+    /// `None` when the consumer does not exist (yet).
+    async fn lag(&self, consumer: &str) -> anyhow::Result<Option<i64>> {
+        let _ = consumer;
+        Ok(None)
+    }
 }
 
 #[async_trait::async_trait]
@@ -173,6 +185,19 @@ impl EmbeddedBus {
 
 #[async_trait::async_trait]
 impl Bus for EmbeddedBus {
+    async fn ping(&self) -> anyhow::Result<()> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    async fn lag(&self, consumer: &str) -> anyhow::Result<Option<i64>> {
+        Ok(EmbeddedBus::lag(self)
+            .await?
+            .into_iter()
+            .find(|(c, _)| c == consumer)
+            .map(|(_, n)| n))
+    }
+
     async fn publish(&self, env: &Envelope) -> anyhow::Result<()> {
         self.publish_batch(std::slice::from_ref(env)).await?;
         Ok(())

@@ -33,6 +33,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What a service does with an event, inside the transaction the consumer opened.
 #[async_trait::async_trait]
@@ -148,7 +149,9 @@ impl Consumer {
         let mut outcomes = Vec::with_capacity(batch.len());
         for env in batch {
             if self.claim(&mut tx, env, now).await? {
-                self.handler.handle(&mut tx, env).await?;
+                // Each event keeps its own trace, a child of the span that wrote it.
+                let span = crate::telemetry::process_span(&self.name, env);
+                self.handler.handle(&mut tx, env).instrument(span).await?;
                 outcomes.push(Outcome::Applied);
             } else {
                 outcomes.push(Outcome::Duplicate);
@@ -281,7 +284,8 @@ impl Consumer {
                 // tried again here rather than asked for anew, so an outage does not count as
                 // deliveries towards the limit.
                 loop {
-                    match self.deliver(delivery).await {
+                    let span = crate::telemetry::process_span(&self.name, &delivery.envelope);
+                    match self.deliver(delivery).instrument(span).await {
                         Ok(_) => {
                             if let Err(e) = sub.ack_batch(std::slice::from_ref(delivery)).await {
                                 tracing::warn!(consumer = %self.name, error = %e, "ack failed; the event will come again");

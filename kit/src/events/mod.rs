@@ -75,7 +75,21 @@ impl Envelope {
 }
 
 /// Appends an event to the outbox within the caller's transaction.
+///
+/// The event's trace context becomes the span that writes it (the request, the event handler,
+/// the job), so whoever handles it is that span's child; outside any span it keeps its cause's.
 pub async fn append(tx: &mut Tx, env: &Envelope) -> Result<(), crate::db::Error> {
+    let stamped;
+    let env = match crate::telemetry::current_traceparent() {
+        Some(tp) if env.traceparent.as_deref() != Some(tp.as_str()) => {
+            stamped = Envelope {
+                traceparent: Some(tp),
+                ..env.clone()
+            };
+            &stamped
+        }
+        _ => env,
+    };
     let body = serde_json::to_string(env).map_err(|e| crate::db::Error::Encode(Box::new(e)))?;
     crate::db::query(
         "INSERT INTO outbox (event_id, event_type, aggregate_id, envelope, created_at) VALUES ($1, $2, $3, $4, $5)",

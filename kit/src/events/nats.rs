@@ -275,6 +275,46 @@ impl NatsBus {
 
 #[async_trait::async_trait]
 impl Bus for NatsBus {
+    async fn ping(&self) -> anyhow::Result<()> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            bail!("NATS is not connected");
+        }
+        // Connected is the client's belief; JetStream answering is the fact.
+        let reply = self
+            .client
+            .request("$JS.API.INFO", Default::default())
+            .await
+            .context("JetStream does not answer")?;
+        let info: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+        if let Some(error) = info.get("error") {
+            bail!("JetStream refuses: {error}");
+        }
+        Ok(())
+    }
+
+    async fn lag(&self, consumer: &str) -> anyhow::Result<Option<i64>> {
+        // One durable consumer per stream the service reads, all of the same name.
+        let prefix = format!("{}_", self.options.prefix.to_uppercase());
+        let mut names = Vec::new();
+        let mut listed = self.js.stream_names();
+        while let Some(name) = listed.next().await {
+            let name = name?;
+            if name.starts_with(&prefix) {
+                names.push(name);
+            }
+        }
+        let mut total = None;
+        for name in names {
+            let Ok(stream) = self.js.get_stream(&name).await else {
+                continue;
+            };
+            if let Ok(info) = stream.consumer_info(consumer).await {
+                *total.get_or_insert(0) += (info.num_pending + info.num_ack_pending as u64) as i64;
+            }
+        }
+        Ok(total)
+    }
+
     async fn publish(&self, env: &Envelope) -> anyhow::Result<()> {
         let domain = domain_of(&env.event_type)?;
         let subject = self.subject(&env.event_type);

@@ -603,3 +603,41 @@ impl BusProbe {
         }
     }
 }
+
+/// `host:port` of a PostgreSQL URL.
+pub fn pg_authority(db_url: &str) -> String {
+    db_url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("a URL with user@host:port/db")
+        .to_owned()
+}
+
+/// A TCP gate in front of `target` (a backend that can go away): while shut, new connections
+/// are accepted and dropped at once and the ones passing through are cut; once open, they pass.
+/// Returns its port and its switch (`send_replace(false)` shuts it).
+pub async fn gate(target: String, open: bool) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let (switch, state) = tokio::sync::watch::channel(open);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            if !*state.borrow() {
+                drop(inbound);
+                continue;
+            }
+            let target = target.clone();
+            let mut shut = state.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = shut.wait_for(|open| !open) => {}
+                    }
+                }
+            });
+        }
+    });
+    (port, switch)
+}

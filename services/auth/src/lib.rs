@@ -15,7 +15,7 @@ use mercato_kit::config::{CommonConfig, Env, Secret};
 use mercato_kit::db::{Db, Migrations};
 use mercato_kit::health::DbCheck;
 use mercato_kit::http::{HttpSettings, Service};
-use mercato_kit::metrics::Metrics;
+use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,15 +159,18 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         verifier: verifier.clone(),
     });
     let purge_db = db.clone();
+    let metrics = Metrics::new("auth");
+    let probes: Vec<Arc<dyn Probe>> = vec![StorageProbe::new(&metrics, db.clone(), None)];
     Ok(Service::new(
         "auth",
         router,
         openapi,
-        Metrics::new("auth"),
+        metrics,
         vec![Arc::new(DbCheck(db.clone()))],
         &HttpSettings::from(c),
     )
     .with_admin(verifier)
+    .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
     .closes(db))
 }

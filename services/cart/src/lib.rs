@@ -29,9 +29,9 @@ use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{redact, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer};
-use mercato_kit::health::{DbCheck, HealthCheck};
+use mercato_kit::health::{BusCheck, DbCheck, HealthCheck};
 use mercato_kit::http::{HttpSettings, Service};
-use mercato_kit::metrics::Metrics;
+use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use mercato_kit::redis::{self as kit_redis, RedisCheck, RedisConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,7 +155,10 @@ const REDIS_EVENT_RETRIES: (u32, Duration) = (9, Duration::from_millis(100));
 pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
     let common = &config.common;
     let db = connect(&config.database_url, common.db_pool_size).await?;
-    let mut checks: Vec<Arc<dyn HealthCheck>> = vec![Arc::new(DbCheck(db.clone()))];
+    let mut checks: Vec<Arc<dyn HealthCheck>> = vec![
+        Arc::new(DbCheck(db.clone())),
+        Arc::new(BusCheck(bus.clone())),
+    ];
     let store: Arc<dyn store::KvStore> = match &config.redis {
         None => Arc::new(store::SqlKv::new(db.clone())),
         Some(redis) => {
@@ -177,6 +180,11 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         }
     };
     let metrics = Metrics::new(SERVICE);
+    let probes: Vec<Arc<dyn Probe>> = vec![StorageProbe::new(
+        &metrics,
+        db.clone(),
+        Some((bus.clone(), SERVICE)),
+    )];
     let carts = Arc::new(service::Carts::new(
         db.clone(),
         store.clone(),
@@ -231,6 +239,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         &HttpSettings::from(common),
     )
     .with_admin(verifier)
+    .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
     .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop));
     // Redis drops expired carts itself.

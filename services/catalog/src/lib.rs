@@ -19,9 +19,9 @@ use mercato_kit::auth::Verifier;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{redact, Db, Migrations};
 use mercato_kit::events::{Bus, Relay};
-use mercato_kit::health::DbCheck;
+use mercato_kit::health::{BusCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
-use mercato_kit::metrics::Metrics;
+use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use std::sync::Arc;
 
 pub const SERVICE: &str = "catalog";
@@ -94,16 +94,19 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     );
     let (router, openapi) = http::router(db.clone(), verifier.clone());
     let purge_db = db.clone();
-    let relay = Relay::new(db.clone(), bus, db.outbox_waker());
+    let relay = Relay::new(db.clone(), bus.clone(), db.outbox_waker());
+    let metrics = Metrics::new(SERVICE);
+    let probes: Vec<Arc<dyn Probe>> = vec![StorageProbe::new(&metrics, db.clone(), None)];
     Ok(Service::new(
         SERVICE,
         router,
         openapi,
-        Metrics::new(SERVICE),
-        vec![Arc::new(DbCheck(db.clone()))],
+        metrics,
+        vec![Arc::new(DbCheck(db.clone())), Arc::new(BusCheck(bus))],
         &HttpSettings::from(&config.common),
     )
     .with_admin(verifier)
+    .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
     .with_task(move |stop| relay.run(stop))
     .closes(db))

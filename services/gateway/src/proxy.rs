@@ -28,6 +28,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Requests in flight to one service through one gateway before it answers 503 instead of
 /// queueing: well above what a healthy service has in flight, low enough that a stuck one
@@ -205,18 +206,39 @@ pub async fn forward(
             Ok(u) => u,
             Err(e) => return Problem::internal(&format!("bad upstream URI: {e}")).into_response(),
         };
+        // This hop's span, a child of the gateway's request span; the service continues it.
+        let span = mercato_kit::telemetry::client_span(
+            route.service,
+            parts.method.as_str(),
+            &uri.to_string(),
+            Some(&ctx.traceparent),
+        );
         let mut out = axum::http::Request::builder()
             .method(parts.method.clone())
             .uri(uri)
             .version(axum::http::Version::HTTP_11);
         if let Some(h) = out.headers_mut() {
             *h = headers.clone();
+            if let Some(v) = mercato_kit::telemetry::traceparent(&span)
+                .and_then(|tp| HeaderValue::from_str(&tp).ok())
+            {
+                h.insert(TRACEPARENT, v);
+            }
         }
         let out = match out.body(body.take().unwrap_or_else(Body::empty)) {
             Ok(r) => r,
             Err(e) => return Problem::internal(&e).into_response(),
         };
-        let failure = match tokio::time::timeout(proxy.timeout, proxy.client.request(out)).await {
+        let sent = tokio::time::timeout(proxy.timeout, proxy.client.request(out))
+            .instrument(span.clone())
+            .await;
+        let answered = sent.as_ref().ok().and_then(|r| r.as_ref().ok());
+        mercato_kit::telemetry::record_status(
+            &span,
+            answered.map(|r| r.status().as_u16()),
+            answered.is_none().then_some("no_answer"),
+        );
+        let failure = match sent {
             Ok(Ok(res)) => {
                 replica.restore();
                 let status = res.status();

@@ -23,9 +23,9 @@ use mercato_kit::auth::Verifier;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{redact, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
-use mercato_kit::health::DbCheck;
+use mercato_kit::health::{BusCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
-use mercato_kit::metrics::Metrics;
+use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,12 +106,24 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     let common = &config.common;
     let db = connect(&config.database_url, common.db_pool_size).await?;
     let waker = OutboxWaker::default();
-    let inv = Arc::new(service::Inventory::new(
-        db.clone(),
-        config.settings(),
-        waker.clone(),
-        service::SweepSignal::default(),
-    ));
+    let metrics = Metrics::new(SERVICE);
+    let inv_metrics = service::InventoryMetrics::new(metrics.registry());
+    let probes: Vec<Arc<dyn Probe>> = vec![
+        StorageProbe::new(&metrics, db.clone(), Some((bus.clone(), events::CONSUMER))),
+        Arc::new(service::InventoryProbe {
+            db: db.clone(),
+            metrics: inv_metrics.clone(),
+        }),
+    ];
+    let inv = Arc::new(
+        service::Inventory::new(
+            db.clone(),
+            config.settings(),
+            waker.clone(),
+            service::SweepSignal::default(),
+        )
+        .counted(inv_metrics),
+    );
     let relay = Relay::new(db.clone(), bus.clone(), waker.clone());
     let consumer = Consumer::new(
         events::CONSUMER,
@@ -133,11 +145,15 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         SERVICE,
         router,
         openapi,
-        Metrics::new(SERVICE),
-        vec![Arc::new(DbCheck(db.clone()))],
+        metrics,
+        vec![
+            Arc::new(DbCheck(db.clone())),
+            Arc::new(BusCheck(bus.clone())),
+        ],
         &HttpSettings::from(common),
     )
     .with_admin(verifier)
+    .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
     .with_task(move |stop| relay.run(stop))
     .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
     .with_task(move |stop| sweeper::run(inv, stop))

@@ -19,6 +19,7 @@ use mercato_kit::events::{Envelope, OutboxWaker};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::time::Micros;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -190,6 +191,89 @@ pub struct Inventory {
     pub sweep: SweepSignal,
     /// Demo stock by sku, when seeding.
     demo_stock: HashMap<String, i64>,
+    pub metrics: Arc<InventoryMetrics>,
+}
+
+/// Inventory's business metrics: reservations counted where they are made and released (in
+/// the use case's transaction, before its commit), reservations open and low stock read from
+/// the database by [`InventoryProbe`]. Stock is shown as counts of products at or under
+/// thresholds, never per product.
+pub struct InventoryMetrics {
+    reservations: IntCounterVec,
+    released: IntCounterVec,
+    open: IntGaugeVec,
+    low_stock: IntGaugeVec,
+}
+
+/// At or under this many available units a product counts as low on stock.
+pub const LOW_STOCK: i64 = 5;
+
+impl InventoryMetrics {
+    pub fn new(registry: &prometheus::Registry) -> Arc<InventoryMetrics> {
+        use mercato_kit::metrics::register;
+        Arc::new(InventoryMetrics {
+            reservations: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "inventory_reservations_total",
+                        "Reservations asked for, by outcome (reserved, insufficient_stock)",
+                    ),
+                    &["outcome"],
+                ),
+            ),
+            released: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "inventory_reservations_released_total",
+                        "Reservations released, by reason (expired, cancelled)",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            open: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "inventory_reservations_open",
+                        "Reservations holding stock: active (expiring) and held (paid, kept past the TTL)",
+                    ),
+                    &["status"],
+                ),
+            ),
+            low_stock: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "inventory_products_low_stock",
+                        "Active products by how little is available: out (0) or low (1 to 5)",
+                    ),
+                    &["level"],
+                ),
+            ),
+        })
+    }
+}
+
+/// Reads open reservations and low stock from the database (right after a restart, the same
+/// on every replica).
+pub struct InventoryProbe {
+    pub db: Db,
+    pub metrics: Arc<InventoryMetrics>,
+}
+
+#[async_trait::async_trait]
+impl mercato_kit::metrics::Probe for InventoryProbe {
+    async fn sample(&self) -> anyhow::Result<()> {
+        let (active, held) = store::open_reservations(self.db.reader()).await?;
+        self.metrics.open.with_label_values(&["active"]).set(active);
+        self.metrics.open.with_label_values(&["held"]).set(held);
+        let (out, low) = store::low_stock(self.db.reader(), LOW_STOCK).await?;
+        self.metrics.low_stock.with_label_values(&["out"]).set(out);
+        self.metrics.low_stock.with_label_values(&["low"]).set(low);
+        Ok(())
+    }
 }
 
 impl Inventory {
@@ -208,7 +292,14 @@ impl Inventory {
             outbox,
             sweep,
             demo_stock,
+            metrics: InventoryMetrics::new(&prometheus::Registry::new()),
         }
+    }
+
+    /// Counts into the service's registry (without it, into metrics of its own: tests).
+    pub fn counted(mut self, metrics: Arc<InventoryMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Keeps the product's stock row in step with the catalog: creates it the first time (with
@@ -319,9 +410,17 @@ impl Inventory {
         }
         if !short.is_empty() {
             sp.rollback().await?;
+            self.metrics
+                .reservations
+                .with_label_values(&["insufficient_stock"])
+                .inc();
             return Ok(Reserved::Short(short));
         }
         sp.commit().await?;
+        self.metrics
+            .reservations
+            .with_label_values(&["reserved"])
+            .inc();
         self.sweep.schedule(expires_at);
         Ok(Reserved::Created(Reservation {
             order_id,
@@ -489,6 +588,13 @@ impl Inventory {
                         order_id,
                     })?;
             }
+        }
+        if let Some(reason) = reason {
+            let reason = match reason {
+                ReleaseReason::Expired => "expired",
+                _ => "cancelled",
+            };
+            self.metrics.released.with_label_values(&[reason]).inc();
         }
         Ok(Transition::Applied(r))
     }

@@ -545,3 +545,28 @@ pub async fn audit(pool: &Pool) -> Result<Vec<Audit>, mercato_kit::db::Error> {
         })
         .collect()
 }
+
+/// How many reservations are active (expiring) and held (paid, kept past the TTL).
+pub async fn open_reservations(pool: &Pool) -> Result<(i64, i64), mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(
+        "SELECT COUNT(CASE WHEN status = 'active' THEN 1 END) AS active, \
+         COUNT(CASE WHEN status = 'held' THEN 1 END) AS held \
+         FROM reservations WHERE status IN ('active', 'held')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.try_get("active")?, row.try_get("held")?))
+}
+
+/// How many active products have nothing available, and how many have 1 to `low` units.
+pub async fn low_stock(pool: &Pool, low: i64) -> Result<(i64, i64), mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(
+        "SELECT COUNT(CASE WHEN on_hand - reserved <= 0 THEN 1 END) AS out_n, \
+         COUNT(CASE WHEN on_hand - reserved BETWEEN 1 AND $1 THEN 1 END) AS low_n \
+         FROM stock WHERE active = 1",
+    )
+    .bind(low)
+    .fetch_one(pool)
+    .await?;
+    Ok((row.try_get("out_n")?, row.try_get("low_n")?))
+}

@@ -24,6 +24,7 @@ use mercato_kit::time::{now_us, Micros};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The longest the sweeper sleeps without looking at the database.
 pub const SAFETY_NET: Duration = Duration::from_secs(30);
@@ -47,16 +48,7 @@ impl Inventory {
                 let mut tx = self.db.begin().await?;
                 match self.expire(&mut tx, *order_id, now).await? {
                     Transition::Applied(r) => {
-                        events::released(
-                            &mut tx,
-                            r.order_id,
-                            ReleaseReason::Expired,
-                            &Cause::Expiry(&r),
-                        )
-                        .await?;
-                        tx.commit().await?;
-                        self.outbox.wake();
-                        tracing::info!(order_id = %r.order_id, "reservation expired; stock released");
+                        self.released_on_expiry(tx, &r).await?;
                         progressed += 1;
                     }
                     _ => tx.rollback().await?,
@@ -67,6 +59,36 @@ impl Inventory {
                 return Ok(expired);
             }
         }
+    }
+
+    /// Announces an expired reservation and commits its expiry, in a span of the trace that
+    /// made the reservation (the checkout), so the cancellation that follows is found there.
+    async fn released_on_expiry(
+        &self,
+        mut tx: mercato_kit::db::Tx,
+        r: &store::Reservation,
+    ) -> Result<(), Error> {
+        let span = mercato_kit::telemetry::job_span(
+            crate::SERVICE,
+            "reservation expired",
+            &r.order_id.to_string(),
+            r.traceparent.as_deref(),
+        );
+        async {
+            events::released(
+                &mut tx,
+                r.order_id,
+                ReleaseReason::Expired,
+                &Cause::Expiry(r),
+            )
+            .await?;
+            tx.commit().await?;
+            self.outbox.wake();
+            tracing::info!(order_id = %r.order_id, "reservation expired; stock released");
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 
     /// [`sweep`](Self::sweep) on PostgreSQL: one claimed reservation per transaction.
@@ -80,16 +102,7 @@ impl Inventory {
             };
             match self.expire(&mut tx, order_id, now).await? {
                 Transition::Applied(r) => {
-                    events::released(
-                        &mut tx,
-                        r.order_id,
-                        ReleaseReason::Expired,
-                        &Cause::Expiry(&r),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    self.outbox.wake();
-                    tracing::info!(order_id = %r.order_id, "reservation expired; stock released");
+                    self.released_on_expiry(tx, &r).await?;
                     expired += 1;
                 }
                 other => {

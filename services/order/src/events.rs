@@ -134,7 +134,7 @@ impl OrderEvents {
         id: OrderId,
         command: Command,
     ) -> anyhow::Result<()> {
-        match service::apply(tx, id, command, Cause::Event(env)).await {
+        match service::apply(tx, id, command, Cause::Event(env), self.orders.metrics()).await {
             Ok(applied) => {
                 tracing::info!(order_id = %id, event_type = %env.event_type,
                     status = applied.order.status.name(), "order moved");

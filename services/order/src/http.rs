@@ -282,7 +282,14 @@ async fn create_order(
     // Outside any transaction: this may call inventory.
     let priced = s.orders.prepare(&input, Some(&ctx)).await?;
     let mut tx = s.orders.db().begin().await?;
-    let order = service::create(&mut tx, customer, &priced, Cause::Request(&ctx)).await?;
+    let order = service::create(
+        &mut tx,
+        customer,
+        &priced,
+        Cause::Request(&ctx),
+        s.orders.metrics(),
+    )
+    .await?;
     let res = claim
         .finish(tx, StatusCode::CREATED, &OrderBody::from(&order))
         .await?;
@@ -477,7 +484,14 @@ async fn cancel_as(
         return Ok(r);
     }
     let mut tx = s.orders.db().begin().await?;
-    let applied = service::cancel(&mut tx, id, !owner, Cause::Request(&ctx)).await?;
+    let applied = service::cancel(
+        &mut tx,
+        id,
+        !owner,
+        Cause::Request(&ctx),
+        s.orders.metrics(),
+    )
+    .await?;
     let res = claim
         .finish(tx, StatusCode::OK, &OrderBody::from(&applied.order))
         .await?;
@@ -543,7 +557,14 @@ async fn work_on(
         return Ok(r);
     }
     let mut tx = s.orders.db().begin().await?;
-    let applied = service::apply(&mut tx, id, command, Cause::Request(&ctx)).await?;
+    let applied = service::apply(
+        &mut tx,
+        id,
+        command,
+        Cause::Request(&ctx),
+        s.orders.metrics(),
+    )
+    .await?;
     let res = claim
         .finish(tx, StatusCode::OK, &OrderBody::from(&applied.order))
         .await?;
@@ -640,7 +661,14 @@ async fn refund_order(
         amount_cents: input.amount_cents,
     };
     let mut tx = s.orders.db().begin().await?;
-    let applied = service::apply(&mut tx, id, command, Cause::Request(&ctx)).await?;
+    let applied = service::apply(
+        &mut tx,
+        id,
+        command,
+        Cause::Request(&ctx),
+        s.orders.metrics(),
+    )
+    .await?;
     let res = claim
         .finish(tx, StatusCode::OK, &OrderBody::from(&applied.order))
         .await?;

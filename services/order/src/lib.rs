@@ -26,9 +26,10 @@ use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{redact, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
-use mercato_kit::health::DbCheck;
+use mercato_kit::health::{BusCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::Metrics;
+use mercato_kit::metrics::{sample_every, Probe, StorageProbe, SAMPLE_EVERY};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,7 +137,16 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         metrics.registry(),
     )?;
     let stock = inventory::InventoryClient::new(&config.inventory_url, dependency, tokens);
-    let orders = service::Orders::new(db.clone(), waker.clone(), Arc::new(stock));
+    let order_metrics = service::OrderMetrics::new(metrics.registry());
+    let probes: Vec<Arc<dyn Probe>> = vec![
+        StorageProbe::new(&metrics, db.clone(), Some((bus.clone(), SERVICE))),
+        Arc::new(service::OrdersProbe {
+            db: db.clone(),
+            metrics: order_metrics.clone(),
+        }),
+    ];
+    let orders =
+        service::Orders::counted(db.clone(), waker.clone(), Arc::new(stock), order_metrics);
     let handler = events::OrderEvents::new(orders.clone());
     let consumer = Consumer::new(SERVICE, db.clone(), Arc::new(handler)).waking(waker.clone());
     let verifier = Verifier::remote(&common.auth_url, &common.jwt_issuer, &common.jwt_audience);
@@ -155,10 +165,14 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         router,
         openapi,
         metrics,
-        vec![Arc::new(DbCheck(db.clone()))],
+        vec![
+            Arc::new(DbCheck(db.clone())),
+            Arc::new(BusCheck(bus.clone())),
+        ],
         &HttpSettings::from(common),
     )
     .with_admin(verifier)
+    .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
     .with_task(move |stop| relay.run(stop))
     .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))

@@ -19,6 +19,9 @@ use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::now_us;
 use mercato_kit::validate::Errors;
 use mercato_kit::Problem;
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+};
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -83,6 +86,7 @@ pub async fn apply(
     id: OrderId,
     command: Command,
     cause: Cause<'_>,
+    metrics: &OrderMetrics,
 ) -> Result<Applied, Error> {
     for _ in 0..CAS_ATTEMPTS {
         let mut order = store::get_order(tx, id).await?.ok_or(Error::NotFound(id))?;
@@ -111,6 +115,7 @@ pub async fn apply(
         for effect in effects {
             mercato_kit::events::append(tx, &cause.stamp(events::announce(id, effect))).await?;
         }
+        metrics.changed(next, now - order.created_at);
         order.status = next;
         order.updated_at = now;
         order.version += 1;
@@ -129,8 +134,9 @@ pub async fn cancel(
     id: OrderId,
     by_admin: bool,
     cause: Cause<'_>,
+    metrics: &OrderMetrics,
 ) -> Result<Applied, Error> {
-    match apply(tx, id, Command::Cancel { by_admin }, cause).await {
+    match apply(tx, id, Command::Cancel { by_admin }, cause, metrics).await {
         Err(Error::Refused(r)) if r.is_repeated_cancel() => Ok(Applied {
             order: store::get_order(tx, id).await?.ok_or(Error::NotFound(id))?,
             changed: false,
@@ -145,11 +151,13 @@ pub async fn create(
     customer: UserId,
     priced: &PricedOrder,
     cause: Cause<'_>,
+    metrics: &OrderMetrics,
 ) -> Result<Order, Error> {
     let id = OrderId::new();
     let now = now_us();
     store::insert_order(tx, id, customer, priced, now).await?;
     mercato_kit::events::append(tx, &cause.stamp(events::created(id, customer, priced))).await?;
+    metrics.created.inc();
     Ok(Order {
         id,
         customer_id: customer,
@@ -191,6 +199,124 @@ pub async fn change_address(
     Err(Error::Contended(id))
 }
 
+/// The order service's business metrics, counted where the status changes ([`apply`],
+/// [`create`]), so a change from an event counts as one from a request does. They count in the
+/// use case's transaction, before its commit: a transaction that then fails to commit (and is
+/// retried) counts twice, which is rare enough for a rate. Labels stay bounded: states and
+/// cancel reasons, never an order.
+pub struct OrderMetrics {
+    created: IntCounter,
+    paid: IntCounter,
+    cancelled: IntCounterVec,
+    time_to_paid: Histogram,
+    in_state: IntGaugeVec,
+    oldest_in_state: GaugeVec,
+}
+
+impl OrderMetrics {
+    pub fn new(registry: &prometheus::Registry) -> Arc<OrderMetrics> {
+        use mercato_kit::metrics::register;
+        Arc::new(OrderMetrics {
+            created: register(
+                registry,
+                IntCounter::new("orders_created_total", "Orders accepted (PENDING)"),
+            ),
+            paid: register(
+                registry,
+                IntCounter::new("orders_paid_total", "Orders that reached PAID"),
+            ),
+            cancelled: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("orders_cancelled_total", "Orders cancelled, by reason"),
+                    &["reason"],
+                ),
+            ),
+            time_to_paid: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "order_time_to_paid_seconds",
+                        "Time from an order's acceptance to PAID",
+                    )
+                    .buckets(vec![
+                        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                        1800.0,
+                    ]),
+                ),
+            ),
+            in_state: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "orders_in_state",
+                        "Orders in each non-final state, read from the database",
+                    ),
+                    &["state"],
+                ),
+            ),
+            oldest_in_state: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "orders_oldest_in_state_seconds",
+                        "Time since the longest-waiting order in each non-final state last changed",
+                    ),
+                    &["state"],
+                ),
+            ),
+        })
+    }
+
+    /// Metrics of their own, for tests that drive the use cases without a service.
+    pub fn detached() -> Arc<OrderMetrics> {
+        OrderMetrics::new(&prometheus::Registry::new())
+    }
+
+    /// An order moved to `next`, `age_us` after it was accepted.
+    fn changed(&self, next: domain::OrderStatus, age_us: i64) {
+        match next {
+            domain::OrderStatus::Paid => {
+                self.paid.inc();
+                self.time_to_paid.observe(age_us.max(0) as f64 / 1e6);
+            }
+            domain::OrderStatus::Cancelled(reason) => self
+                .cancelled
+                .with_label_values(&[domain::reason_name(reason)])
+                .inc(),
+            _ => {}
+        }
+    }
+}
+
+/// Reads the non-final states' gauges from the database, so they are right after a restart
+/// and the same on every replica.
+pub struct OrdersProbe {
+    pub db: Db,
+    pub metrics: Arc<OrderMetrics>,
+}
+
+#[async_trait::async_trait]
+impl mercato_kit::metrics::Probe for OrdersProbe {
+    async fn sample(&self) -> anyhow::Result<()> {
+        let open = store::open_states(self.db.reader()).await?;
+        let now = now_us();
+        for state in store::OPEN_STATES {
+            let (n, oldest) = open
+                .iter()
+                .find(|(s, _, _)| s == state)
+                .map(|(_, n, t)| (*n, (now - t).max(0) as f64 / 1e6))
+                .unwrap_or((0, 0.0));
+            self.metrics.in_state.with_label_values(&[state]).set(n);
+            self.metrics
+                .oldest_in_state
+                .with_label_values(&[state])
+                .set(oldest);
+        }
+        Ok(())
+    }
+}
+
 /// The order service's shared parts: its database, its outbox relay's waker, the status feed
 /// and the stock pre-check.
 pub struct Orders {
@@ -198,16 +324,32 @@ pub struct Orders {
     feed: StatusFeed,
     waker: OutboxWaker,
     stock: Arc<dyn StockChecker>,
+    metrics: Arc<OrderMetrics>,
 }
 
 impl Orders {
+    /// With metrics of its own (tests); a service passes its registry's to [`Orders::counted`].
     pub fn new(db: Db, waker: OutboxWaker, stock: Arc<dyn StockChecker>) -> Arc<Orders> {
+        Orders::counted(db, waker, stock, OrderMetrics::detached())
+    }
+
+    pub fn counted(
+        db: Db,
+        waker: OutboxWaker,
+        stock: Arc<dyn StockChecker>,
+        metrics: Arc<OrderMetrics>,
+    ) -> Arc<Orders> {
         Arc::new(Orders {
             db,
             feed: StatusFeed::default(),
             waker,
             stock,
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &OrderMetrics {
+        &self.metrics
     }
 
     pub fn db(&self) -> &Db {

@@ -13,7 +13,7 @@ use crate::domain::{
 use mercato_kit::contracts::ProductChanged;
 use mercato_kit::db::{get_bool, Backend, Db, Tx};
 use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
-use mercato_kit::db::{Conn, Row};
+use mercato_kit::db::{Conn, Pool, Row};
 use std::collections::HashMap;
 
 fn decode(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> mercato_kit::db::Error {
@@ -494,4 +494,21 @@ pub async fn committed_status(db: &Db, id: OrderId) -> Result<Option<OrderStatus
                 .transpose()
         }
     }
+}
+
+/// The states an order waits in (the saga's and the seller's), as stored.
+pub const OPEN_STATES: [&str; 4] = ["PENDING", "CONFIRMED", "PAID", "PROCESSING"];
+
+/// For each non-final state with orders in it: how many, and when the longest-waiting one
+/// last changed.
+pub async fn open_states(pool: &Pool) -> Result<Vec<(String, i64, i64)>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(
+        "SELECT status, COUNT(*) AS n, MIN(updated_at) AS oldest FROM orders \
+         WHERE status IN ('PENDING', 'CONFIRMED', 'PAID', 'PROCESSING') GROUP BY status",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("status")?, r.try_get("n")?, r.try_get("oldest")?)))
+        .collect()
 }

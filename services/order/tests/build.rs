@@ -101,9 +101,15 @@ async fn the_built_service_consumes_from_the_bus_and_publishes_to_it() {
     );
     let ctx = ctx();
     let mut tx = db.begin().await.unwrap();
-    let order = service::create(&mut tx, UserId::new(), &priced, Cause::Request(&ctx))
-        .await
-        .unwrap();
+    let order = service::create(
+        &mut tx,
+        UserId::new(),
+        &priced,
+        Cause::Request(&ctx),
+        orders.metrics(),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
     // Payment authorizes on the bus; the service's consumer moves the order, and its relay

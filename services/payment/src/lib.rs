@@ -29,9 +29,9 @@ use mercato_kit::config::{CommonConfig, Env, Secret};
 use mercato_kit::db::{redact, Db, Migrations};
 use mercato_kit::events::consumer::admin_router;
 use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
-use mercato_kit::health::DbCheck;
+use mercato_kit::health::{BusCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
-use mercato_kit::metrics::Metrics;
+use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,9 +149,20 @@ pub async fn assemble(
         service::Settings::new(config.psp_webhook_secret.clone(), config.psp_timeout);
     settings.retry_cap = config.psp_retry_max;
     settings.retry_base = settings.retry_base.min(settings.retry_cap);
-    let payments = service::Payments::new(db.clone(), settings, waker.clone());
     // The processor client's breaker and request counts show on this service's /metrics.
     let metrics = Metrics::new(SERVICE);
+    let payments = service::Payments::counted(
+        db.clone(),
+        settings,
+        waker.clone(),
+        service::PaymentMetrics::new(metrics.registry()),
+    );
+    let probes: Vec<Arc<dyn Probe>> = vec![StorageProbe::new(
+        &metrics,
+        db.clone(),
+        Some((bus.clone(), events::CONSUMER)),
+    )];
+    let bus_check = BusCheck(bus.clone());
     let processor = psp::PspClient::new(
         &config.psp_url,
         psp::policy(config.psp_timeout, config.processor_breaker_reset),
@@ -179,10 +190,11 @@ pub async fn assemble(
         router,
         openapi,
         metrics,
-        vec![Arc::new(DbCheck(db.clone()))],
+        vec![Arc::new(DbCheck(db.clone())), Arc::new(bus_check)],
         &HttpSettings::from(c),
     )
     .with_admin(verifier)
+    .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
     .with_task(move |stop| relay.run(stop))
     .with_task(move |stop| running.run(consumer_bus, events::CONSUMED.to_vec(), stop))
     .with_task(move |stop| worker.run(stop))

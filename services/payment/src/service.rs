@@ -26,6 +26,7 @@ use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{Currency, OrderId, UserId};
 use mercato_kit::time::{now_us, to_rfc3339};
 use mercato_kit::Problem;
+use prometheus::{IntCounterVec, Opts};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +98,75 @@ pub struct Payments {
     outbox: OutboxWaker,
     worker: Arc<Notify>,
     changes: watch::Sender<u64>,
+    metrics: PaymentMetrics,
+}
+
+/// Payment's business metrics, counted in [`Payments::save`], the one place a payment
+/// changes (in the use case's transaction, before its commit): payments reaching each status,
+/// and money captured and refunded in minor units per currency (a shop has few currencies).
+#[derive(Clone)]
+pub struct PaymentMetrics {
+    outcomes: IntCounterVec,
+    captured: IntCounterVec,
+    refunded: IntCounterVec,
+}
+
+impl PaymentMetrics {
+    pub fn new(registry: &prometheus::Registry) -> PaymentMetrics {
+        use mercato_kit::metrics::register;
+        PaymentMetrics {
+            outcomes: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "payments_total",
+                        "Payments reaching a status (AUTHORIZED, FAILED, CAPTURED, VOIDED, REFUNDED...)",
+                    ),
+                    &["status"],
+                ),
+            ),
+            captured: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "payment_captured_minor_units_total",
+                        "Money captured, in minor units of the currency",
+                    ),
+                    &["currency"],
+                ),
+            ),
+            refunded: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "payment_refunded_minor_units_total",
+                        "Money refunded, in minor units of the currency",
+                    ),
+                    &["currency"],
+                ),
+            ),
+        }
+    }
+
+    fn changed(&self, before: &Payment, next: &Payment) {
+        if next.money.status != before.money.status {
+            self.outcomes
+                .with_label_values(&[next.money.status.as_str()])
+                .inc();
+        }
+        let captured = next.money.captured_cents - before.money.captured_cents;
+        if captured > 0 {
+            self.captured
+                .with_label_values(&[&next.currency])
+                .inc_by(captured as u64);
+        }
+        let refunded = next.money.refunded_cents - before.money.refunded_cents;
+        if refunded > 0 {
+            self.refunded
+                .with_label_values(&[&next.currency])
+                .inc_by(refunded as u64);
+        }
+    }
 }
 
 impl Cause {
@@ -104,7 +174,9 @@ impl Cause {
     pub fn of_event(env: &Envelope) -> Cause {
         Cause {
             correlation_id: env.correlation_id.clone(),
-            traceparent: env.traceparent.clone(),
+            // The handler's span when there is one, so the work it queues hangs under it.
+            traceparent: mercato_kit::telemetry::current_traceparent()
+                .or_else(|| env.traceparent.clone()),
             causation_id: Some(env.event_id),
         }
     }
@@ -199,13 +271,29 @@ fn queued(jobs: &[Job]) -> Vec<Queued> {
 }
 
 impl Payments {
+    /// With metrics of its own (tests); a service passes its registry's to [`Payments::counted`].
     pub fn new(db: Db, settings: Settings, outbox: OutboxWaker) -> Arc<Payments> {
+        Payments::counted(
+            db,
+            settings,
+            outbox,
+            PaymentMetrics::new(&prometheus::Registry::new()),
+        )
+    }
+
+    pub fn counted(
+        db: Db,
+        settings: Settings,
+        outbox: OutboxWaker,
+        metrics: PaymentMetrics,
+    ) -> Arc<Payments> {
         Arc::new(Payments {
             db,
             settings,
             outbox,
             worker: Arc::new(Notify::new()),
             changes: watch::channel(0).0,
+            metrics,
         })
     }
 
@@ -278,6 +366,7 @@ impl Payments {
         if !store::update_payment(tx, &next, before.version).await? {
             return Err(concurrent_update());
         }
+        self.metrics.changed(before, &next);
         next.version = before.version + 1;
         Ok(next)
     }

@@ -24,6 +24,7 @@ use mercato_kit::time::now_us;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Calls made at once: a bulkhead, so a slow processor holds at most this many.
 pub const CONCURRENCY: usize = 8;
@@ -81,7 +82,17 @@ impl Worker {
             let failed = futures::stream::iter(jobs)
                 .map(|job| async move {
                     let seq = job.seq;
-                    self.run_job(job).await.map_err(|e| (seq, e))
+                    // The call's span continues the trace of what queued it (the checkout).
+                    let span = mercato_kit::telemetry::job_span(
+                        crate::SERVICE,
+                        &format!("processor {}", job.kind),
+                        &job.payment_id.to_string(),
+                        job.cause.traceparent.as_deref(),
+                    );
+                    self.run_job(job)
+                        .instrument(span)
+                        .await
+                        .map_err(|e| (seq, e))
                 })
                 .buffer_unordered(CONCURRENCY)
                 .filter_map(|r| async move { r.err() })

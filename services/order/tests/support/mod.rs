@@ -171,7 +171,14 @@ impl Harness {
         let ctx = ctx();
         let priced = self.orders.prepare(&input, Some(&ctx)).await?;
         let mut tx = self.db.begin().await?;
-        let order = service::create(&mut tx, customer, &priced, Cause::Request(&ctx)).await?;
+        let order = service::create(
+            &mut tx,
+            customer,
+            &priced,
+            Cause::Request(&ctx),
+            self.orders.metrics(),
+        )
+        .await?;
         tx.commit().await?;
         self.orders.committed(&order);
         Ok(order)
@@ -197,9 +204,18 @@ impl Harness {
         let mut tx = self.db.begin().await?;
         let applied = match command {
             domain::Command::Cancel { by_admin } => {
-                service::cancel(&mut tx, id, by_admin, Cause::Request(&ctx)).await?
+                service::cancel(
+                    &mut tx,
+                    id,
+                    by_admin,
+                    Cause::Request(&ctx),
+                    self.orders.metrics(),
+                )
+                .await?
             }
-            c => service::apply(&mut tx, id, c, Cause::Request(&ctx)).await?,
+            c => {
+                service::apply(&mut tx, id, c, Cause::Request(&ctx), self.orders.metrics()).await?
+            }
         };
         tx.commit().await?;
         if applied.changed {
