@@ -1,0 +1,118 @@
+// "My orders": the customer's orders, newest first, filtered by status, a page at a time.
+
+import { useEffect, useState } from "preact/hooks";
+import { useLocation } from "preact-iso";
+import type { Schemas } from "../api/client";
+import { api } from "../app-context";
+import { type Problem, offline } from "../api/problem";
+import { RequireRole } from "../components/layout";
+import { formatMoney } from "../lib/money";
+import { STATUSES } from "../lib/orders";
+import { Button, Empty, Loading, PageTitle, ProblemNotice, Select, StatusBadge } from "../components/ui";
+
+type Order = Schemas["OrderBody"];
+
+export function OrdersPage() {
+  return (
+    <RequireRole roles={["CUSTOMER", "ADMIN"]}>
+      <OrderList title="My orders" />
+    </RequireRole>
+  );
+}
+
+/** The list both the customer's and the seller's pages show; `actions` adds buttons per row. */
+export function OrderList({ title, actions }: { title: string; actions?: (o: Order, reload: () => void) => preact.ComponentChildren }) {
+  const { query, route, path } = useLocation();
+  const status = query.status ?? "";
+  const [items, setItems] = useState<Order[] | null>(null);
+  const [next, setNext] = useState<string | null>(null);
+  const [problem, setProblem] = useState<Problem | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  async function load(cursor: string | null) {
+    setBusy(true);
+    try {
+      const { data, error } = await api.GET("/api/v1/orders", {
+        params: { query: { status: status || undefined, cursor: cursor ?? undefined, limit: 20 } as any },
+      });
+      if (error) return setProblem(error as Problem);
+      setProblem(null);
+      setItems((prev) => (cursor && prev ? [...prev, ...data.items] : data.items));
+      setNext(data.next_cursor ?? null);
+    } catch (e) {
+      setProblem(offline(e));
+    } finally {
+      setBusy(false);
+    }
+  }
+  useEffect(() => {
+    setItems(null);
+    load(null);
+  }, [status]);
+
+  return (
+    <section aria-labelledby="orders-title">
+      <PageTitle>
+        <span id="orders-title">{title}</span>
+      </PageTitle>
+      <div class="filters">
+        <Select
+          label="Status"
+          value={status}
+          onChange={(v) => route(v ? `${path}?status=${v}` : path, true)}
+          options={[{ value: "", label: "Any status" }, ...STATUSES.map((s) => ({ value: s, label: s }))]}
+        />
+      </div>
+      <ProblemNotice problem={problem} />
+      {items === null ? (
+        <Loading what="Loading orders" />
+      ) : items.length === 0 ? (
+        <Empty title={status ? `No ${status} orders` : "No orders yet"} />
+      ) : (
+        <>
+          <table class="table">
+            <thead>
+              <tr>
+                <th scope="col">Order</th>
+                <th scope="col">Placed</th>
+                <th scope="col">Status</th>
+                <th scope="col">Items</th>
+                <th scope="col" class="num">
+                  Total
+                </th>
+                {actions && (
+                  <th scope="col">
+                    <span class="visually-hidden">Actions</span>
+                  </th>
+                )}
+              </tr>
+            </thead>
+            <tbody>
+              {items.map((o) => (
+                <tr data-testid="order-row" data-order-id={o.id}>
+                  <th scope="row">
+                    <a href={`/orders/${o.id}`}>{o.id.slice(-8)}</a>
+                  </th>
+                  <td>{new Date(o.created_at).toLocaleString()}</td>
+                  <td>
+                    <StatusBadge status={o.status} />
+                  </td>
+                  <td>{o.items.map((i) => `${i.quantity} × ${i.name}`).join(", ")}</td>
+                  <td class="num">{formatMoney(o.total_cents, o.currency)}</td>
+                  {actions && <td class="actions">{actions(o, () => load(null))}</td>}
+                </tr>
+              ))}
+            </tbody>
+          </table>
+          {next && (
+            <div class="more">
+              <Button variant="secondary" busy={busy} onClick={() => load(next)}>
+                Load more
+              </Button>
+            </div>
+          )}
+        </>
+      )}
+    </section>
+  );
+}
