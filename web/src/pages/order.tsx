@@ -127,7 +127,7 @@ export function OrderPage() {
                 <th scope="col">Product</th>
                 <th scope="col">Quantity</th>
                 <th scope="col" class="num">
-                  Price
+                  Line total
                 </th>
               </tr>
             </thead>
