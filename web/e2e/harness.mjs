@@ -52,8 +52,9 @@ async function until(what, deadlineMs, f) {
   throw new Error(`${what} did not happen within ${deadlineMs} ms${last ? `: ${last}` : ""}`);
 }
 
-/** Starts Mercato and Chromium; `stop()` ends both and removes the data dir. */
-export async function start() {
+/** Starts Mercato and (unless `browser: false`) Chromium; `stop()` ends both and removes the
+ * data dir. */
+export async function start({ browser: withBrowser = true } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), "mercato-e2e-"));
   const env = { ...process.env, MERCATO_LOG: "warn", MERCATO_LOG_FORMAT: "json" };
   for (const s of SERVICES) env[`MERCATO_${s.toUpperCase()}_PORT`] = String(await freePort());
@@ -73,7 +74,7 @@ export async function start() {
     const p = await fetch(`${base}/api/v1/products?limit=1`).then((r) => r.json());
     return p.items?.length > 0;
   });
-  const browser = await chromium.launch({
+  const browser = withBrowser && await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
     args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
@@ -82,6 +83,11 @@ export async function start() {
     base,
     browser,
     api: apiClient(base),
+    /** The gateway's API document, keys sorted, as the client snapshot keeps it. */
+    async openapi() {
+      const doc = await fetch(`${base}/openapi.json`).then((r) => r.json());
+      return JSON.stringify(sortKeys(doc), null, 2) + "\n";
+    },
     async page(viewport = { width: 1280, height: 860 }) {
       const context = await browser.newContext({ baseURL: base, viewport });
       const page = await context.newPage();
@@ -89,12 +95,18 @@ export async function start() {
       return page;
     },
     async stop() {
-      await browser.close().catch(() => {});
+      if (browser) await browser.close().catch(() => {});
       proc.kill("SIGTERM");
       await new Promise((r) => (exited !== null ? r() : proc.once("exit", r)));
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+function sortKeys(v) {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === "object") return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys(v[k])]));
+  return v;
 }
 
 let shot = 0;
