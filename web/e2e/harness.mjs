@@ -77,7 +77,9 @@ export async function start({ browser: withBrowser = true } = {}) {
   const browser = withBrowser && await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+    // Without the background-networking flags Chromium keeps trying to reach hosts this closed
+    // network refuses. Playwright gives every launch a fresh temporary --user-data-dir.
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
   });
   return {
     base,
