@@ -25,8 +25,13 @@ export function Layout({ children }: { children: ComponentChildren }) {
   const { path } = useLocation();
   const user = session.user.value;
   const items = NAV.filter((n) => !n.roles || (user && n.roles.includes(user.role)));
-  const current = (href: string) =>
+  // The one item whose address is the longest prefix of this page's is the current one.
+  const matches = (href: string) =>
     href === "/" ? path === "/" || path.startsWith("/products") : path === href || path.startsWith(href + "/");
+  const currentHref = items
+    .filter((n) => matches(n.href))
+    .sort((a, b) => b.href.length - a.href.length)[0]?.href;
+  const current = (href: string) => href === currentHref;
   return (
     <>
       <a class="skip" href="#main">

@@ -99,7 +99,11 @@ export function OrderList({ title, actions }: { title: string; actions?: (o: Ord
                   </td>
                   <td>{o.items.map((i) => `${i.quantity} × ${i.name}`).join(", ")}</td>
                   <td class="num">{formatMoney(o.total_cents, o.currency)}</td>
-                  {actions && <td class="actions">{actions(o, () => load(null))}</td>}
+                  {actions && (
+                    <td>
+                      <div class="actions">{actions(o, () => load(null))}</div>
+                    </td>
+                  )}
                 </tr>
               ))}
             </tbody>
