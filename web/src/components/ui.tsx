@@ -144,3 +144,15 @@ export function ProblemNotice({ problem, shown = [] }: { problem: Problem | null
   const text = summaryOf(problem, shown);
   return text ? <Notice>{text}</Notice> : null;
 }
+
+/** The "Load more" button of a cursor-paged list; nothing on the last page. */
+export function LoadMore({ next, busy, onLoad }: { next: string | null; busy: boolean; onLoad: () => void }) {
+  if (!next) return null;
+  return (
+    <div class="more">
+      <Button variant="secondary" busy={busy} onClick={onLoad}>
+        Load more
+      </Button>
+    </div>
+  );
+}

@@ -3,7 +3,8 @@
 import { useState } from "preact/hooks";
 import { useLocation } from "preact-iso";
 import { api } from "../app-context";
-import { type Problem, offline } from "../api/problem";
+import type { Problem } from "../api/problem";
+import { useAction } from "../lib/use-action";
 import { go, safeNext, session } from "../app-context";
 import { refreshCartCount } from "../lib/cart-store";
 import { Button, Field, PageTitle, ProblemNotice } from "../components/ui";
@@ -23,22 +24,15 @@ export function SignInPage() {
   const next = useNext();
   const [email, setEmail] = useState("");
   const [password, setPassword] = useState("");
-  const [problem, setProblem] = useState<Problem | null>(null);
-  const [busy, setBusy] = useState(false);
+  const { busy, problem, run } = useAction();
 
-  async function submit(e: Event) {
+  function submit(e: Event) {
     e.preventDefault();
-    setBusy(true);
-    setProblem(null);
-    try {
+    run(async () => {
       const r = await session.signIn(email.trim(), password);
-      if (!r.ok) return setProblem(r.problem);
+      if (!r.ok) return r.problem;
       await signedIn(next);
-    } catch (err) {
-      setProblem(offline(err));
-    } finally {
-      setBusy(false);
-    }
+    });
   }
 
   return (
@@ -67,26 +61,19 @@ export function RegisterPage() {
   const [name, setName] = useState("");
   const [email, setEmail] = useState("");
   const [password, setPassword] = useState("");
-  const [problem, setProblem] = useState<Problem | null>(null);
-  const [busy, setBusy] = useState(false);
+  const { busy, problem, run } = useAction();
 
-  async function submit(e: Event) {
+  function submit(e: Event) {
     e.preventDefault();
-    setBusy(true);
-    setProblem(null);
-    try {
+    run(async () => {
       const { error } = await api.POST("/api/v1/auth/register", {
         body: { email: email.trim(), password, name: name.trim() },
       });
-      if (error) return setProblem(error as Problem);
+      if (error) return error as Problem;
       const r = await session.signIn(email.trim(), password);
-      if (!r.ok) return setProblem(r.problem);
+      if (!r.ok) return r.problem;
       await signedIn(next);
-    } catch (err) {
-      setProblem(offline(err));
-    } finally {
-      setBusy(false);
-    }
+    });
   }
 
   return (

@@ -6,9 +6,9 @@ import { useEffect, useState } from "preact/hooks";
 import { useLocation } from "preact-iso";
 import type { Schemas } from "../api/client";
 import { api } from "../app-context";
-import { type Problem, offline } from "../api/problem";
 import { formatMoney } from "../lib/money";
-import { Button, Empty, Field, Loading, PageTitle, ProblemNotice, Select } from "../components/ui";
+import { Button, Empty, Field, LoadMore, Loading, PageTitle, ProblemNotice, Select } from "../components/ui";
+import { usePages } from "../lib/use-pages";
 
 type Product = Schemas["ProductBody"];
 type Category = Schemas["CategoryBody"];
@@ -27,20 +27,9 @@ export function Catalog() {
   const sort = query.sort ?? "newest";
   const [words, setWords] = useState(q);
   const [categories, setCategories] = useState<Category[]>([]);
-  const [items, setItems] = useState<Product[] | null>(null);
-  const [next, setNext] = useState<string | null>(null);
-  const [busy, setBusy] = useState(false);
-  const [problem, setProblem] = useState<Problem | null>(null);
-
-  useEffect(() => {
-    api.GET("/api/v1/categories").then(({ data }) => data && setCategories(data.items));
-  }, []);
-
-  async function load(cursor: string | null) {
-    setBusy(true);
-    setProblem(null);
-    try {
-      const { data, error } = await api.GET("/api/v1/products", {
+  const { items, next, busy, problem, loadMore } = usePages<Product>(
+    (cursor) =>
+      api.GET("/api/v1/products", {
         params: {
           query: {
             q: q || undefined,
@@ -50,26 +39,14 @@ export function Catalog() {
             cursor: cursor ?? undefined,
           } as any,
         },
-      });
-      if (error) {
-        setProblem(error as Problem);
-        if (!cursor) setItems([]);
-        return;
-      }
-      setItems((prev) => (cursor && prev ? [...prev, ...data.items] : data.items));
-      setNext(data.next_cursor ?? null);
-    } catch (e) {
-      setProblem(offline(e));
-    } finally {
-      setBusy(false);
-    }
-  }
+      }),
+    [q, category, sort],
+  );
 
   useEffect(() => {
-    setWords(q);
-    setItems(null);
-    load(null);
-  }, [q, category, sort]);
+    api.GET("/api/v1/categories").then(({ data }) => data && setCategories(data.items));
+  }, []);
+  useEffect(() => setWords(q), [q]);
 
   function apply(change: Record<string, string>) {
     const params = new URLSearchParams({ q, category, sort, ...change });
@@ -124,13 +101,7 @@ export function Catalog() {
               </li>
             ))}
           </ul>
-          {next && (
-            <div class="more">
-              <Button variant="secondary" busy={busy} onClick={() => load(next)}>
-                Load more
-              </Button>
-            </div>
-          )}
+          <LoadMore next={next} busy={busy} onLoad={loadMore} />
         </>
       )}
     </section>

@@ -1,14 +1,13 @@
 // "My orders": the customer's orders, newest first, filtered by status, a page at a time.
 
-import { useEffect, useState } from "preact/hooks";
 import { useLocation } from "preact-iso";
 import type { Schemas } from "../api/client";
 import { api } from "../app-context";
-import { type Problem, offline } from "../api/problem";
 import { RequireRole } from "../components/layout";
 import { formatMoney } from "../lib/money";
 import { STATUSES } from "../lib/orders";
-import { Button, Empty, Loading, PageTitle, ProblemNotice, Select, StatusBadge } from "../components/ui";
+import { Empty, LoadMore, Loading, PageTitle, ProblemNotice, Select, StatusBadge } from "../components/ui";
+import { usePages } from "../lib/use-pages";
 
 type Order = Schemas["OrderBody"];
 
@@ -24,31 +23,13 @@ export function OrdersPage() {
 export function OrderList({ title, actions }: { title: string; actions?: (o: Order, reload: () => void) => preact.ComponentChildren }) {
   const { query, route, path } = useLocation();
   const status = query.status ?? "";
-  const [items, setItems] = useState<Order[] | null>(null);
-  const [next, setNext] = useState<string | null>(null);
-  const [problem, setProblem] = useState<Problem | null>(null);
-  const [busy, setBusy] = useState(false);
-
-  async function load(cursor: string | null) {
-    setBusy(true);
-    try {
-      const { data, error } = await api.GET("/api/v1/orders", {
+  const { items, next, busy, problem, loadMore, reload } = usePages<Order>(
+    (cursor) =>
+      api.GET("/api/v1/orders", {
         params: { query: { status: status || undefined, cursor: cursor ?? undefined, limit: 20 } as any },
-      });
-      if (error) return setProblem(error as Problem);
-      setProblem(null);
-      setItems((prev) => (cursor && prev ? [...prev, ...data.items] : data.items));
-      setNext(data.next_cursor ?? null);
-    } catch (e) {
-      setProblem(offline(e));
-    } finally {
-      setBusy(false);
-    }
-  }
-  useEffect(() => {
-    setItems(null);
-    load(null);
-  }, [status]);
+      }),
+    [status],
+  );
 
   return (
     <section aria-labelledby="orders-title">
@@ -101,20 +82,14 @@ export function OrderList({ title, actions }: { title: string; actions?: (o: Ord
                   <td class="num">{formatMoney(o.total_cents, o.currency)}</td>
                   {actions && (
                     <td>
-                      <div class="actions">{actions(o, () => load(null))}</div>
+                      <div class="actions">{actions(o, reload)}</div>
                     </td>
                   )}
                 </tr>
               ))}
             </tbody>
           </table>
-          {next && (
-            <div class="more">
-              <Button variant="secondary" busy={busy} onClick={() => load(next)}>
-                Load more
-              </Button>
-            </div>
-          )}
+          <LoadMore next={next} busy={busy} onLoad={loadMore} />
         </>
       )}
     </section>

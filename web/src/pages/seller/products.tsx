@@ -1,13 +1,13 @@
 // The seller's products: every one they own, on sale or not, with its stock.
 
-import { useEffect, useState } from "preact/hooks";
+import { useState } from "preact/hooks";
 import type { Schemas } from "../../api/client";
 import { api } from "../../app-context";
-import { type Problem, offline } from "../../api/problem";
 import { session } from "../../app-context";
 import { RequireRole } from "../../components/layout";
 import { formatMoney } from "../../lib/money";
-import { Button, Empty, Loading, PageTitle, ProblemNotice } from "../../components/ui";
+import { Empty, LoadMore, Loading, PageTitle, ProblemNotice } from "../../components/ui";
+import { usePages } from "../../lib/use-pages";
 
 type Product = Schemas["ProductBody"];
 type Stock = Schemas["StockView"];
@@ -22,45 +22,30 @@ export function SellerProducts() {
 
 function Products() {
   const me = session.user.value!;
-  const [items, setItems] = useState<Product[] | null>(null);
   const [stock, setStock] = useState<Record<string, Stock | null>>({});
-  const [next, setNext] = useState<string | null>(null);
-  const [problem, setProblem] = useState<Problem | null>(null);
-  const [busy, setBusy] = useState(false);
-
-  async function load(cursor: string | null) {
-    setBusy(true);
-    try {
-      const { data, error } = await api.GET("/api/v1/products", {
-        params: {
-          query: {
-            ...(me.role === "SELLER" ? { seller_id: me.id } : {}),
-            active: "all",
-            sort: "newest",
-            limit: "20",
-            cursor: cursor ?? undefined,
-          } as any,
-        },
-      });
-      if (error) return setProblem(error as Problem);
-      setItems((prev) => (cursor && prev ? [...prev, ...data.items] : data.items));
-      setNext(data.next_cursor ?? null);
+  const { items, next, busy, problem, loadMore } = usePages<Product>(async (cursor) => {
+    const page = await api.GET("/api/v1/products", {
+      params: {
+        query: {
+          ...(me.role === "SELLER" ? { seller_id: me.id } : {}),
+          active: "all",
+          sort: "newest",
+          limit: "20",
+          cursor: cursor ?? undefined,
+        } as any,
+      },
+    });
+    if (page.data) {
       const levels = await Promise.all(
-        data.items.map((p) =>
+        page.data.items.map((p) =>
           api
             .GET("/api/v1/inventory/{product_id}", { params: { path: { product_id: p.id } } })
             .then(({ data }) => [p.id, data ?? null] as const, () => [p.id, null] as const),
         ),
       );
       setStock((s) => ({ ...s, ...Object.fromEntries(levels) }));
-    } catch (e) {
-      setProblem(offline(e));
-    } finally {
-      setBusy(false);
     }
-  }
-  useEffect(() => {
-    load(null);
+    return page;
   }, []);
 
   return (
@@ -125,13 +110,7 @@ function Products() {
               })}
             </tbody>
           </table>
-          {next && (
-            <div class="more">
-              <Button variant="secondary" busy={busy} onClick={() => load(next)}>
-                Load more
-              </Button>
-            </div>
-          )}
+          <LoadMore next={next} busy={busy} onLoad={loadMore} />
         </>
       )}
     </section>
