@@ -56,7 +56,8 @@ async function until(what, deadlineMs, f) {
  * data dir. */
 export async function start({ browser: withBrowser = true } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), "mercato-e2e-"));
-  const env = { ...process.env, MERCATO_LOG: "warn", MERCATO_LOG_FORMAT: "json" };
+  // Processor retries at most 1 s apart, so an outage the tests end is over quickly.
+  const env = { ...process.env, MERCATO_LOG: "warn", MERCATO_LOG_FORMAT: "json", MERCATO_PSP_RETRY_MAX_MS: "1000" };
   for (const s of SERVICES) env[`MERCATO_${s.toUpperCase()}_PORT`] = String(await freePort());
   const base = `http://127.0.0.1:${env.MERCATO_GATEWAY_PORT}`;
   mkdirSync(SHOTS, { recursive: true });
@@ -83,6 +84,8 @@ export async function start({ browser: withBrowser = true } = {}) {
   });
   return {
     base,
+    /** psp-mock, whose test routes (chaos, settling) the tests drive. */
+    psp: `http://127.0.0.1:${env.MERCATO_PSP_MOCK_PORT}`,
     browser,
     api: apiClient(base),
     /** The gateway's API document, keys sorted, as the client snapshot keeps it. */

@@ -110,7 +110,7 @@ describe("storefront", () => {
     await page.getByRole("button", { name: "Place order" }).click();
     await page.waitForURL(/\/orders\/[0-9a-f-]{36}$/, WAIT);
     const orderId = page.url().split("/").pop();
-    await page.getByTestId("order-status").getByText("PAID").waitFor(WAIT);
+    await page.getByTestId("order-status").getByText("PAID", { exact: true }).waitFor(WAIT);
     assert.ok(await sameDocument(page), "the order page followed the order without a reload");
     await page.locator(".timeline li", { hasText: "payment.authorized" }).waitFor(WAIT);
     await screenshot(page, "order-paid-live");
@@ -124,7 +124,7 @@ describe("storefront", () => {
 
     // A reload keeps the user signed in (the refresh cookie, not localStorage).
     await page.reload();
-    await page.getByTestId("order-status").getByText("PAID").waitFor(WAIT);
+    await page.getByTestId("order-status").getByText("PAID", { exact: true }).waitFor(WAIT);
     assert.equal(await page.evaluate(() => localStorage.length), 0, "nothing is kept in localStorage");
     const cookies = await page.context().cookies();
     const refresh = cookies.find((c) => c.name === "mercato_refresh");
@@ -146,7 +146,7 @@ describe("storefront", () => {
     await screenshot(stranger, "sign-in-remembers-page");
     await signIn(stranger, customer);
     await stranger.waitForURL(new RegExp(`/orders/${orderId}$`), WAIT);
-    await stranger.getByTestId("order-status").getByText("PAID").waitFor(WAIT);
+    await stranger.getByTestId("order-status").getByText("PAID", { exact: true }).waitFor(WAIT);
     await stranger.context().close();
     await page.context().close();
   });
@@ -162,13 +162,62 @@ describe("storefront", () => {
     await fillAddress(page);
     await page.getByRole("button", { name: "Place order" }).click();
     await page.waitForURL(/\/orders\//, WAIT);
-    await page.getByTestId("order-status").getByText("CANCELLED").waitFor(WAIT);
+    await page.getByTestId("order-status").getByText("CANCELLED", { exact: true }).waitFor(WAIT);
     await page.getByText("the card was declined").first().waitFor(WAIT);
     await screenshot(page, "order-declined");
     await page.goto("/cart");
     await page.getByTestId("cart-line").first().waitFor(WAIT);
     assert.equal(await page.getByTestId("cart-line").count(), 1, "the cart is kept for another try");
     assert.equal(await cartCount(page), 1);
+    await page.context().close();
+  });
+
+  test("a processor outage shows as waiting for payment, then the order is paid", async () => {
+    const page = await w.page();
+    await register(page);
+    await page.goto("/");
+    await search(page, "keyboard");
+    await addFirstResult(page, 1);
+    await page.goto("/checkout");
+    await fillAddress(page);
+    const down = await fetch(`${w.psp}/v1/test/chaos`, {
+      method: "PUT",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ error_rate: 1.0 }),
+    });
+    assert.equal(down.status, 200, await down.text());
+    try {
+      await page.getByRole("button", { name: "Place order" }).click();
+      await page.waitForURL(/\/orders\//, WAIT);
+      await page.getByTestId("waiting-for").waitFor(WAIT);
+      assert.match(await page.getByTestId("waiting-for").innerText(), /^Waiting for payment: .+/);
+      await page.getByTestId("order-status").getByText("CONFIRMED", { exact: true }).waitFor(WAIT);
+      await screenshot(page, "order-waiting-for-payment");
+    } finally {
+      await fetch(`${w.psp}/v1/test/chaos`, { method: "DELETE" });
+    }
+    await page.getByTestId("order-status").getByText("PAID", { exact: true }).waitFor({ timeout: 40_000 });
+    assert.equal(await page.getByTestId("waiting-for").count(), 0);
+    await page.context().close();
+  });
+
+  test("Cancel order while payment is pending cancels it", async () => {
+    const page = await w.page();
+    await register(page);
+    await page.goto("/");
+    await search(page, "speaker");
+    await addFirstResult(page, 1);
+    await page.goto("/checkout");
+    await page.getByRole("radio", { name: /pm_card_pending$/ }).check();
+    await fillAddress(page);
+    await page.getByRole("button", { name: "Place order" }).click();
+    await page.waitForURL(/\/orders\//, WAIT);
+    await page.getByTestId("order-status").getByText("CONFIRMED", { exact: true }).waitFor(WAIT);
+    await page.getByRole("button", { name: "Cancel order" }).click();
+    await page.getByTestId("order-status").getByText("CANCELLED", { exact: true }).waitFor(WAIT);
+    await page.getByText("cancelled by the customer").first().waitFor(WAIT);
+    assert.equal(await page.getByRole("button", { name: "Cancel order" }).count(), 0, "no cancel once cancelled");
+    await screenshot(page, "order-cancelled-by-customer");
     await page.context().close();
   });
 
@@ -182,7 +231,7 @@ describe("storefront", () => {
     await fillAddress(page);
     await page.getByRole("button", { name: "Place order" }).dblclick();
     await page.waitForURL(/\/orders\//, WAIT);
-    await page.getByTestId("order-status").getByText("PAID").waitFor(WAIT);
+    await page.getByTestId("order-status").getByText("PAID", { exact: true }).waitFor(WAIT);
     const token = await w.api.login(customer);
     const orders = await w.api.call("GET", "/orders", { token });
     assert.equal(orders.body.items.length, 1, JSON.stringify(orders.body.items.map((o) => o.id)));
@@ -256,7 +305,7 @@ describe("seller back office", () => {
     await customer.getByRole("button", { name: "Place order" }).click();
     await customer.waitForURL(/\/orders\//, WAIT);
     const orderId = customer.url().split("/").pop();
-    await customer.getByTestId("order-status").getByText("PAID").waitFor(WAIT);
+    await customer.getByTestId("order-status").getByText("PAID", { exact: true }).waitFor(WAIT);
 
     // The seller sees it, processes and fulfils it; the customer's page follows.
     await seller.getByRole("link", { name: "Seller orders" }).click();
@@ -269,7 +318,7 @@ describe("seller back office", () => {
     await row.getByRole("button", { name: /^Fulfil/ }).click();
     await row.getByText("FULFILLED").waitFor(WAIT);
     await screenshot(seller, "seller-fulfilled");
-    await customer.getByTestId("order-status").getByText("FULFILLED").waitFor(WAIT);
+    await customer.getByTestId("order-status").getByText("FULFILLED", { exact: true }).waitFor(WAIT);
     await screenshot(customer, "customer-sees-fulfilled");
 
     // Fulfilment committed the stock: 8 on hand, 2 shipped.

@@ -12,7 +12,7 @@ import { api } from "../app-context";
 import { type Problem, offline, fieldError } from "../api/problem";
 import { demoCards, go } from "../app-context";
 import { RequireRole } from "../components/layout";
-import { setCart } from "../lib/cart-store";
+import { refreshCartCount } from "../lib/cart-store";
 import { summarize } from "../lib/cart";
 import { formatMoney } from "../lib/money";
 import { Button, Empty, Field, Loading, PageTitle, ProblemNotice } from "../components/ui";
@@ -81,7 +81,8 @@ function Checkout() {
         return;
       }
       attempt.current = null;
-      setCart(null);
+      // The cart keeps its lines until the order is paid (and keeps them if it is not).
+      refreshCartCount();
       go(`/orders/${(data as any).id}`);
     } catch (e) {
       setProblem(offline(e));
