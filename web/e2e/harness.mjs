@@ -82,8 +82,11 @@ export async function start({ browser: withBrowser = true } = {}) {
     // network refuses. Playwright gives every launch a fresh temporary --user-data-dir.
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
   });
+  const problems = [];
   return {
     base,
+    /** Script errors and CSP violations seen on any page: the tests end by asserting none. */
+    problems,
     /** psp-mock, whose test routes (chaos, settling) the tests drive. */
     psp: `http://127.0.0.1:${env.MERCATO_PSP_MOCK_PORT}`,
     browser,
@@ -96,7 +99,13 @@ export async function start({ browser: withBrowser = true } = {}) {
     async page(viewport = { width: 1280, height: 860 }) {
       const context = await browser.newContext({ baseURL: base, viewport });
       const page = await context.newPage();
-      page.on("pageerror", (e) => console.error("page error:", e.message));
+      page.on("pageerror", (e) => {
+        console.error("page error:", e.message);
+        problems.push(`page error: ${e.message}`);
+      });
+      page.on("console", (m) => {
+        if (m.text().includes("Content Security Policy")) problems.push(m.text());
+      });
       return page;
     },
     async stop() {

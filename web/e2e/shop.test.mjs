@@ -333,3 +333,8 @@ describe("seller back office", () => {
     await seller.context().close();
   });
 });
+
+// Declared last, so it runs after every page above was used.
+test("no page had a script error or a CSP violation", () => {
+  assert.deepEqual(w.problems, []);
+});
