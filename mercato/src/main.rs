@@ -106,7 +106,8 @@ async fn up(env: Env, telemetry: &mercato_kit::telemetry::Settings) -> anyhow::R
         started.elapsed().as_secs_f64()
     );
     if let Some(gw) = running.urls.get("gateway") {
-        println!("\n  API        {gw}/api/v1");
+        println!("\n  Shop       {gw}/   (storefront and seller back office)");
+        println!("  API        {gw}/api/v1");
         println!("  API docs   {gw}/docs   (OpenAPI {gw}/openapi.json)");
     }
     println!("\nEach service also answers on its own port:");
@@ -114,7 +115,7 @@ async fn up(env: Env, telemetry: &mercato_kit::telemetry::Settings) -> anyhow::R
         println!("  {name:<10} {url}/api/v1   (health {url}/health/ready, API {url}/openapi.json)");
     }
     if seeded {
-        println!("\nDemo logins (POST /api/v1/auth/login):");
+        println!("\nDemo logins (\"Sign in\" in the shop, or POST /api/v1/auth/login):");
         for a in mercato_kit::demo::ACCOUNTS {
             println!("  {:<9} {:<24} {}", a.role.as_str(), a.email, a.password);
         }

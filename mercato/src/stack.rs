@@ -475,6 +475,11 @@ pub async fn start_until(
             }
         }
     }
+    // The web app's checkout lists psp-mock's test cards when it is psp-mock that pays.
+    if env.raw("MERCATO_DEMO_CARDS").is_none() && listeners.iter().any(|(s, _, _)| *s == "psp-mock")
+    {
+        env.set("MERCATO_DEMO_CARDS", "true".to_owned());
+    }
     let stop_starters = |starters: &[(&str, CancellationToken)]| {
         starters.iter().for_each(|(_, t)| t.cancel());
     };

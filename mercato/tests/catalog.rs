@@ -480,3 +480,74 @@ async fn the_demo_is_seeded_once_and_its_logins_work() {
     );
     t.stop().await;
 }
+
+/// Issue 9, item 6: a screen that creates a product and then stocks it must not meet the
+/// moment before the catalog's event reaches inventory. Through the gateway, on either backend.
+#[tokio::test]
+async fn a_seller_stocks_a_product_right_after_creating_it() {
+    let shop = Shop::open(&[]).await;
+    let t = &shop.t;
+    let (_, other) = t.user("SELLER").await;
+    let gw = |path: &str| format!("{}/api/v1{path}", t.base("gateway"));
+    for n in 0..5 {
+        let res = t
+            .http
+            .post(gw("/products"))
+            .bearer_auth(&shop.seller)
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .json(&product(
+                &format!(
+                    "QUICK-{n}-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..6].to_uppercase()
+                ),
+                "Quick Stock Lamp",
+                "home-kitchen",
+                1500,
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let id = res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let put = |token: &str, body: Value| {
+            t.http
+                .put(gw(&format!("/inventory/{id}")))
+                .bearer_auth(token)
+                .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+                .json(&body)
+                .send()
+        };
+        // Straight after the 201, before anything waited for the event: another seller is
+        // refused, the owner is not.
+        problem(put(&other, json!({"on_hand": 9})).await.unwrap(), 403).await;
+        let res = put(&shop.seller, json!({"on_hand": 4})).await.unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "{}",
+            res.text().await.unwrap()
+        );
+        // Once the order service knows the product too, it sells from that stock.
+        let order = eventually(WAIT, || async {
+            let res = shop
+                .order(json!([{"product_id": id, "quantity": 3}]), "pm_card_visa")
+                .await;
+            if res.status() != StatusCode::CREATED {
+                return None;
+            }
+            let o: Value = res.json().await.unwrap();
+            Some(o["id"].as_str().unwrap().to_owned())
+        })
+        .await;
+        shop.status_becomes(&order, "PAID").await;
+        let stock = shop.stock(&id).await;
+        assert_eq!(
+            (stock["on_hand"].as_i64(), stock["available"].as_i64()),
+            (Some(4), Some(1)),
+            "{stock}"
+        );
+    }
+}

@@ -6,15 +6,18 @@
 //! per client address and per user ([`ratelimit`]; in Redis, shared by every replica, when
 //! `MERCATO_REDIS_URL` is set: `mercato_kit::redis`), bad tokens refused (each service still
 //! verifies good ones itself), body limits and security headers. It serves one OpenAPI document
-//! merged from every service's and an offline API explorer ([`docs`]), plus the kit's own
-//! `/health/*` and `/metrics`. It keeps no data of its own.
+//! merged from every service's and an offline API explorer ([`docs`]), the web app at `/`
+//! ([`web`]) with its browser sessions ([`session`]), plus the kit's own `/health/*` and
+//! `/metrics`. It keeps no data of its own.
 
 pub mod docs;
 pub mod edge;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
+pub mod session;
 pub mod upstream;
+pub mod web;
 
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::routing::{any, get};
@@ -69,6 +72,12 @@ pub struct Config {
     /// `MERCATO_REDIS_URL` / `MERCATO_REDIS_PREFIX`: rate-limit buckets shared by every
     /// replica; each replica's own when not set.
     pub redis: Option<RedisConfig>,
+    /// `MERCATO_REFRESH_TOKEN_TTL_SECS` (30 days), read as the auth service reads it: how
+    /// long the web app's session cookie is kept.
+    pub session_max_age: Duration,
+    /// `MERCATO_DEMO_CARDS` (set by `mercato up` when it runs psp-mock): the web app's checkout
+    /// lists the test processor's card tokens.
+    pub demo_cards: bool,
 }
 
 /// Reads `MERCATO_<SERVICE>_URLS` or `_URL` as a list of base URLs.
@@ -160,6 +169,11 @@ impl Config {
             env.reject("MERCATO_CORS_ORIGINS", "comma-separated origins, or *");
         }
         let redis = RedisConfig::read(env);
+        let session_max_age = env.secs(
+            "MERCATO_REFRESH_TOKEN_TTL_SECS",
+            30 * 86_400,
+            60..=365 * 86_400,
+        );
         Config {
             common,
             port,
@@ -169,6 +183,8 @@ impl Config {
             user_limit,
             cors_origins,
             redis,
+            session_max_age,
+            demo_cards: env.flag("MERCATO_DEMO_CARDS", false),
         }
     }
 }
@@ -340,13 +356,22 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         per_user,
         stopped,
     };
+    let sessions = session::Sessions {
+        proxy: proxy.clone(),
+        max_age: config.session_max_age,
+    };
     let proxied = Router::new()
         .route("/api/v1/{*rest}", any(proxy::forward))
         .route("/.well-known/jwks.json", get(proxy::forward))
         .with_state(proxy)
+        .merge(session::router(sessions))
         .layer(axum::middleware::from_fn_with_state(edge, edge::edge));
     let mut api = edge::security_headers(
-        proxied.merge(docs::router(Arc::new(docs::Docs::new(upstreams.clone())))),
+        proxied
+            .merge(docs::router(Arc::new(docs::Docs::new(upstreams.clone()))))
+            .merge(web::router(web::AppConfig {
+                demo_cards: config.demo_cards,
+            })),
     );
     if let Some(cors) = cors(&config.cors_origins) {
         api = api.layer(cors);

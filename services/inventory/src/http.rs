@@ -8,6 +8,7 @@
 //! callers that need an answer now, and its reservation expires, holds, commits and releases
 //! like any other (those do emit their events).
 
+use crate::catalog::Catalog;
 use crate::domain::{self, LedgerKind, OrderLines, ReleaseReason, ReservationStatus, StockChange};
 use crate::events;
 use crate::service::{Cause, Error, Inventory, Reserved, StockEdit, Transition};
@@ -34,6 +35,8 @@ use utoipa_axum::routes;
 pub struct AppState {
     pub inv: Arc<Inventory>,
     pub verifier: Verifier,
+    /// Asked about products the catalog's events have not brought in yet.
+    pub catalog: Arc<dyn Catalog>,
 }
 
 impl FromRef<AppState> for Verifier {
@@ -693,12 +696,14 @@ pub struct StockInput {
 }
 
 /// Sets (`on_hand`) or adds to (`restock`) a product's stock, recorded in the ledger (its
-/// SELLER, ADMIN). Give exactly one of the two.
+/// SELLER, ADMIN). Give exactly one of the two. A product the catalog has just created can be
+/// stocked at once: its owner is asked of the catalog when its event has not arrived yet.
 #[utoipa::path(put, path = "/inventory/{product_id}", tag = "inventory", security(("bearer" = [])),
     params(("product_id" = String, Path, description = "product id")),
     request_body = StockInput,
     responses((status = 200, body = StockView), (status = 403, body = Problem), (status = 404, body = Problem),
-              (status = 409, description = "below_reserved", body = Problem), (status = 422, body = Problem)))]
+              (status = 409, description = "below_reserved", body = Problem), (status = 422, body = Problem),
+              (status = 503, description = "catalog_unavailable: the product is new here and the catalog could not be asked", body = Problem)))]
 async fn put_stock(
     State(s): State<AppState>,
     p: Principal,
@@ -723,11 +728,10 @@ async fn put_stock(
         .filter(|n| !n.is_empty());
     errors.finish()?;
     let change = change.ok_or_else(|| Problem::bad_request("no change given"))?;
-    let stock = s
-        .inv
-        .stock(product_id)
-        .await?
-        .ok_or(Error::UnknownProduct(product_id))?;
+    let stock = match s.inv.stock(product_id).await? {
+        Some(stock) => stock,
+        None => adopt(&s, &p, &ctx, product_id).await?,
+    };
     let seller = stock_manager(&p, &stock)?;
     let mut claim = key.claim(&s.inv.db, &p.subject, &input).await?;
     if let Some(r) = claim.replayed() {
@@ -755,6 +759,43 @@ async fn put_stock(
     claim
         .finish(tx, StatusCode::OK, &StockView::from(&stock))
         .await
+}
+
+/// The stock row of a product the catalog has but whose event has not arrived yet, made from
+/// the catalog's answer so a seller can stock a product right after creating it. The owner is
+/// checked before anything is written: another seller's request changes nothing.
+async fn adopt(
+    s: &AppState,
+    p: &Principal,
+    ctx: &RequestContext,
+    product_id: ProductId,
+) -> Result<Stock, Problem> {
+    let product = s
+        .catalog
+        .product(product_id, Some(ctx))
+        .await
+        .map_err(|e| {
+            tracing::warn!(%product_id, error = %e, "catalog lookup failed");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "catalog_unavailable",
+                "The catalog service is unavailable",
+            )
+            .with_detail(format!(
+                "no stock is kept for product {product_id} yet and the catalog could not be asked about it; try again shortly"
+            ))
+            .with_retry_after(1)
+        })?
+        .ok_or(Error::UnknownProduct(product_id))?;
+    if !p.is(Role::Admin) && p.require_user()? != product.seller_id {
+        return Err(Error::NotOwner.into());
+    }
+    let cause = Cause::Request { principal: p, ctx };
+    s.inv.adopt_product(&product, now_us(), &cause).await?;
+    Ok(s.inv
+        .stock(product_id)
+        .await?
+        .ok_or(Error::UnknownProduct(product_id))?)
 }
 
 #[cfg(test)]

@@ -9,9 +9,11 @@
 //! and releases reservations that expire unpaid (see `sweeper`).
 //!
 //! Rooms: [`domain`] (rules), [`store`] (SQL), [`service`] (use cases), [`events`] (the saga's
-//! events in and out), [`sweeper`] (expiry), [`http`] (routes). [`build`] puts them together;
+//! events in and out), [`sweeper`] (expiry), [`http`] (routes), [`catalog`] (asking the catalog
+//! about a product whose event has not arrived yet). [`build`] puts them together;
 //! the `mercato` binary and the tests run the result.
 
+pub mod catalog;
 pub mod domain;
 pub mod events;
 pub mod http;
@@ -20,6 +22,7 @@ pub mod store;
 pub mod sweeper;
 
 use mercato_kit::auth::Verifier;
+use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{redact, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
@@ -46,6 +49,9 @@ pub struct Config {
     /// `MERCATO_SEED_DEMO` (default false): products of the demo catalog start with their demo
     /// stock when their stock row is created.
     pub seed_demo: bool,
+    /// `MERCATO_CATALOG_URL` (default `http://127.0.0.1:8082`): asked who owns a product whose
+    /// event has not arrived yet (see [`catalog`]).
+    pub catalog_url: String,
 }
 
 impl Config {
@@ -61,6 +67,10 @@ impl Config {
                 1..=domain::TTL_MAX_SECS,
             ),
             seed_demo: env.flag("MERCATO_SEED_DEMO", false),
+            catalog_url: env
+                .string("MERCATO_CATALOG_URL", "http://127.0.0.1:8082")
+                .trim_end_matches('/')
+                .to_owned(),
             common,
         }
     }
@@ -81,6 +91,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &redact(&self.database_url))
             .field("reservation_ttl", &self.reservation_ttl)
             .field("seed_demo", &self.seed_demo)
+            .field("catalog_url", &self.catalog_url)
             .field("common", &self.common)
             .finish()
     }
@@ -132,9 +143,19 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     )
     .waking(waker.clone());
     let verifier = Verifier::remote(&common.auth_url, &common.jwt_issuer, &common.jwt_audience);
+    let metrics = Metrics::new(SERVICE);
+    let catalog = Arc::new(catalog::CatalogClient::new(
+        &config.catalog_url,
+        Dependency::new(
+            "catalog",
+            catalog::policy(Duration::from_secs(3)),
+            metrics.registry(),
+        )?,
+    ));
     let (api, openapi) = http::router(http::AppState {
         inv: inv.clone(),
         verifier: verifier.clone(),
+        catalog,
     });
     let router = api.merge(mercato_kit::events::consumer::admin_router(
         consumer.clone(),

@@ -338,6 +338,22 @@ impl Inventory {
         Ok(())
     }
 
+    /// Makes the stock row of a product the catalog just created, before its event arrives,
+    /// from the facts the catalog answered (see [`crate::catalog`]). Recorded as seen at time
+    /// zero, so the product's events, whenever they come, still apply over it. Nothing happens
+    /// when the row exists already.
+    pub async fn adopt_product(
+        &self,
+        p: &ProductChanged,
+        now: Micros,
+        cause: &Cause<'_>,
+    ) -> Result<(), Error> {
+        let mut tx = self.db.begin().await?;
+        self.product_changed(&mut tx, p, 0, now, cause).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Reserves every line of the order, or none: the lines are taken inside a savepoint that
     /// is rolled back when any line is short, so the caller's transaction stays usable for its
     /// inbox row and the failure event. Each line is one conditional update, in product order.

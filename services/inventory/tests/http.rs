@@ -5,15 +5,18 @@ mod common;
 
 use axum::http::StatusCode;
 use common::*;
+use mercato_inventory::catalog::{Catalog, EventsOnly, Unavailable};
 use mercato_inventory::http::{router, AppState};
 use mercato_kit::auth::Role;
 use mercato_kit::contracts::types::*;
-use mercato_kit::contracts::{payload, InventoryReleased, ReleaseReason};
+use mercato_kit::contracts::{payload, InventoryReleased, ProductChanged, ReleaseReason};
+use mercato_kit::events::consumer::Outcome;
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::metrics::Metrics;
 use mercato_kit::testing::Answer;
 use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn token_for(subject: &str, role: Role) -> String {
@@ -38,11 +41,16 @@ struct App {
 }
 
 async fn app() -> App {
+    app_with(Arc::new(EventsOnly)).await
+}
+
+async fn app_with(catalog: Arc<dyn Catalog>) -> App {
     let w = World::new().await;
     let verifier = mercato_kit::testing::verifier();
     let (api, openapi) = router(AppState {
         inv: w.inv.clone(),
         verifier,
+        catalog,
     });
     let settings = HttpSettings {
         request_timeout: Duration::from_secs(10),
@@ -429,6 +437,143 @@ async fn release_and_commit_move_stock_and_announce_it() {
     a.w.assert_books().await;
 }
 
+/// The kinds of a ledger page's entries, in order.
+fn kinds(page: &Answer) -> Vec<String> {
+    page.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A catalog that knows the products it is given and counts the questions; or is down.
+struct FakeCatalog {
+    products: Mutex<Vec<ProductChanged>>,
+    asked: Mutex<usize>,
+    down: bool,
+}
+
+#[async_trait::async_trait]
+impl Catalog for FakeCatalog {
+    async fn product(
+        &self,
+        id: ProductId,
+        _ctx: Option<&mercato_kit::http::RequestContext>,
+    ) -> Result<Option<ProductChanged>, Unavailable> {
+        *self.asked.lock().unwrap() += 1;
+        if self.down {
+            return Err(Unavailable("down".into()));
+        }
+        Ok(self
+            .products
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|p| p.product_id == id)
+            .cloned())
+    }
+}
+
+fn fake_catalog(products: Vec<ProductChanged>, down: bool) -> Arc<FakeCatalog> {
+    Arc::new(FakeCatalog {
+        products: Mutex::new(products),
+        asked: Mutex::new(0),
+        down,
+    })
+}
+
+#[tokio::test]
+async fn a_product_is_stocked_before_its_event_arrives_with_ownership_checked() {
+    let id = ProductId::new();
+    let event = product_event(PRODUCT_CREATED, id, "NEW-0001", true);
+    let facts: ProductChanged = payload(&event).unwrap();
+    let catalog = fake_catalog(vec![facts], false);
+    let a = app_with(catalog.clone()).await;
+    let uri = format!("/api/v1/inventory/{id}");
+    let put = |token: String, body: Value| {
+        let uri = uri.clone();
+        let a = &a;
+        async move { a.call("PUT", &uri, Some(&token), None, Some(body)).await }
+    };
+
+    // Another seller is refused and nothing is written: the row is still unknown.
+    put(seller(UserId::new()), json!({"on_hand": 3}))
+        .await
+        .problem(403, "forbidden");
+    a.get(&uri, None).await.problem(404, "not_found");
+
+    // The owner stocks it at once; the row is made from the catalog's answer.
+    let set = put(seller(SELLER), json!({"on_hand": 7})).await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    assert_eq!(
+        (set.body["on_hand"].as_i64(), set.body["sku"].as_str()),
+        (Some(7), Some("NEW-0001"))
+    );
+    let asked = *catalog.asked.lock().unwrap();
+    // Now the row exists: the catalog is not asked again, and ownership still holds.
+    put(seller(SELLER), json!({"restock": 1})).await;
+    put(seller(UserId::new()), json!({"restock": 1}))
+        .await
+        .problem(403, "forbidden");
+    assert_eq!(*catalog.asked.lock().unwrap(), asked);
+
+    // The event arriving afterwards applies over the row and keeps its stock.
+    assert_eq!(a.w.deliver(&event).await, Outcome::Applied);
+    let taken_off = product_event(PRODUCT_UPDATED, id, "NEW-0001", false);
+    assert_eq!(a.w.deliver(&taken_off).await, Outcome::Applied);
+    assert_eq!(a.w.levels(id).await.on_hand, 8);
+    let ledger = a.get(&format!("{uri}/ledger"), Some(&admin())).await;
+    assert_eq!(kinds(&ledger), ["initial", "adjust", "restock"]);
+
+    // Admins may stock any product; one the catalog does not have stays unknown.
+    assert_eq!(
+        put(admin(), json!({"restock": 1})).await.status,
+        StatusCode::OK
+    );
+    a.call(
+        "PUT",
+        &format!("/api/v1/inventory/{}", ProductId::new()),
+        Some(&admin()),
+        None,
+        Some(json!({"restock": 1})),
+    )
+    .await
+    .problem(404, "not_found");
+    a.w.assert_books().await;
+}
+
+#[tokio::test]
+async fn a_new_product_cannot_be_stocked_while_the_catalog_is_down() {
+    let a = app_with(fake_catalog(vec![], true)).await;
+    let id = ProductId::new();
+    let down = a
+        .call(
+            "PUT",
+            &format!("/api/v1/inventory/{id}"),
+            Some(&seller(SELLER)),
+            None,
+            Some(json!({"on_hand": 1})),
+        )
+        .await;
+    down.problem(503, "catalog_unavailable");
+    a.get(&format!("/api/v1/inventory/{id}"), None)
+        .await
+        .problem(404, "not_found");
+    // A product whose event arrived needs no catalog.
+    let known = a.w.product(0).await;
+    let ok = a
+        .call(
+            "PUT",
+            &format!("/api/v1/inventory/{known}"),
+            Some(&seller(SELLER)),
+            None,
+            Some(json!({"on_hand": 1})),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+}
+
 #[tokio::test]
 async fn sellers_set_and_restock_their_own_products_and_read_their_ledger() {
     let a = app().await;
@@ -519,26 +664,14 @@ async fn sellers_set_and_restock_their_own_products_and_read_their_ledger() {
     // The ledger, oldest first, a page at a time.
     let page = a.get(&format!("{uri}/ledger?limit=3"), Some(&mine)).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-    let kinds: Vec<_> = page.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(kinds, ["initial", "adjust", "restock"]);
+    assert_eq!(kinds(&page), ["initial", "adjust", "restock"]);
     assert_eq!(page.body["items"][1]["note"], "stocktake");
     assert_eq!(page.body["items"][1]["actor"], SELLER.to_string());
     let cursor = page.body["next_cursor"].as_str().unwrap();
     let rest = a
         .get(&format!("{uri}/ledger?cursor={cursor}"), Some(&admin()))
         .await;
-    let kinds: Vec<_> = rest.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(kinds, ["reserve", "adjust"]);
+    assert_eq!(kinds(&rest), ["reserve", "adjust"]);
     assert_eq!(rest.body["items"][1]["on_hand_delta"], -9);
     a.get(&format!("{uri}/ledger"), Some(&seller(UserId::new())))
         .await
