@@ -208,7 +208,7 @@ impl Verifier {
     pub fn remote(auth_url: &str, issuer: &str, audience: &str) -> Self {
         let cache = JwksCache {
             url: format!("{}/.well-known/jwks.json", auth_url.trim_end_matches('/')),
-            http: reqwest::Client::new(),
+            http: crate::client::pooled_client(),
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
         };
@@ -343,7 +343,7 @@ impl ServiceTokens {
             ),
             service: service.into(),
             secret,
-            http: reqwest::Client::new(),
+            http: crate::client::pooled_client(),
             cached: Mutex::new(None),
         }
     }

@@ -3,9 +3,10 @@
 //!
 //! Layers, outermost first: request context (request id, correlation id, trace context, one
 //! span per request that every log line of the request carries), panic catching, metrics by
-//! route template, per-request timeout, and the problem normaliser, which turns any error that
-//! a framework layer answered in plain text (unknown route, wrong method, oversized body) into
-//! `application/problem+json`.
+//! route template, the body read timeout (the whole body must arrive within it, else 408),
+//! per-request timeout, and the problem normaliser, which turns any error that a framework
+//! layer answered in plain text (unknown route, wrong method, oversized body) into
+//! `application/problem+json`. Connections themselves are watched by [`crate::server`].
 
 use crate::health::{self, HealthCheck};
 use crate::metrics::Metrics;
@@ -209,6 +210,56 @@ async fn timeout_layer(State(limit): State<Duration>, mut req: Request, next: Ne
     }
 }
 
+/// Reads the whole request body within `timeout` (and at most `limit` bytes) before the
+/// handler runs: a client that trickles its body gets 408 and the connection closes, instead
+/// of holding a handler (or, at the gateway, an upstream connection) for as long as it likes.
+/// Bodies here are small JSON documents, so holding one in memory is what the handlers did
+/// anyway.
+async fn body_layer(
+    State((timeout, limit)): State<(Duration, usize)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::body::HttpBody;
+    use http_body_util::BodyExt;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect());
+    match read.await {
+        Ok(Ok(collected)) => {
+            next.run(Request::from_parts(parts, Body::from(collected.to_bytes())))
+                .await
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Problem::for_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some(format!("the body is larger than {limit} bytes")),
+        )
+        .into_response(),
+        Ok(Err(e)) => {
+            Problem::bad_request(format!("the request body could not be read: {e}")).into_response()
+        }
+        Err(_) => {
+            let mut res = Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                "The request body took too long to arrive",
+            )
+            .with_detail(format!(
+                "the whole body must arrive within {} ms",
+                timeout.as_millis()
+            ))
+            .into_response();
+            // The rest of the body is still on its way: this connection cannot carry another
+            // request.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            res
+        }
+    }
+}
+
 /// Turns a plain-text error answered by a framework layer into a problem document.
 async fn problem_layer(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
@@ -362,6 +413,10 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
 pub struct HttpSettings {
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
+    /// How long the whole request body may take to arrive (408 past it).
+    pub body_timeout: Duration,
+    /// Header and idle timeouts, connection caps (see [`crate::server`]).
+    pub connections: crate::server::ConnectionLimits,
     /// Peers whose `X-Forwarded-For` is believed (see [`client_ip`]).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The chaos profile the service starts with (`CHAOS_MODE`); off by default.
@@ -373,6 +428,8 @@ impl Default for HttpSettings {
         HttpSettings {
             request_timeout: Duration::from_secs(15),
             body_limit_bytes: 256 * 1024,
+            body_timeout: Duration::from_secs(10),
+            connections: crate::server::ConnectionLimits::default(),
             trusted_proxies: crate::config::DEFAULT_TRUSTED_PROXIES
                 .split(',')
                 .filter_map(|n| n.parse().ok())
@@ -387,6 +444,14 @@ impl From<&crate::config::CommonConfig> for HttpSettings {
         HttpSettings {
             request_timeout: c.request_timeout,
             body_limit_bytes: c.body_limit_bytes,
+            body_timeout: c.body_timeout,
+            connections: crate::server::ConnectionLimits {
+                header_timeout: c.header_timeout,
+                idle_timeout: c.idle_timeout,
+                max_connections: c.max_connections,
+                max_per_address: None,
+                exempt: c.trusted_proxies.clone(),
+            },
             trusted_proxies: c.trusted_proxies.clone(),
             chaos: if c.chaos_mode {
                 crate::chaos::Profile::default_mode()
@@ -501,6 +566,10 @@ impl Service {
                 timeout_layer,
             ))
             .layer(middleware::from_fn_with_state(
+                (settings.body_timeout, settings.body_limit_bytes),
+                body_layer,
+            ))
+            .layer(middleware::from_fn_with_state(
                 self.metrics.clone(),
                 metrics_layer,
             ))
@@ -527,20 +596,31 @@ impl Service {
             .collect();
         let draining = self.draining.clone();
         let name = self.name;
-        let stop = shutdown.clone();
-        let served = axum::serve(
+        let stop = CancellationToken::new();
+        let announce = {
+            let stop = stop.clone();
+            async move {
+                shutdown.cancelled().await;
+                draining.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    service = name,
+                    "shutting down: finishing in-flight requests"
+                );
+                stop.cancel();
+            }
+        };
+        let announcer = tokio::spawn(announce);
+        let connections = crate::server::ConnectionMetrics::register(self.metrics.registry())
+            .map_err(std::io::Error::other)?;
+        let served = crate::server::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            app,
+            self.settings.connections.clone(),
+            connections,
+            stop,
         )
-        .with_graceful_shutdown(async move {
-            stop.cancelled().await;
-            draining.store(true, Ordering::SeqCst);
-            tracing::info!(
-                service = name,
-                "shutting down: finishing in-flight requests"
-            );
-        })
         .await;
+        announcer.abort();
         tasks_token.cancel();
         for h in handles {
             let _ = h.await;

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod metrics;
 pub mod problem;
 pub mod redis;
+pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

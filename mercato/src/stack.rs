@@ -429,10 +429,16 @@ pub async fn start_until(
         let starter_stop = CancellationToken::new();
         let starter = TcpListener::from_std(l.try_clone()?)?;
         let token = starter_stop.clone();
+        let limits = mercato_kit::http::HttpSettings::from(&common).connections;
         tokio::spawn(async move {
-            let _ = axum::serve(starter, starting_router(s))
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
+            let _ = mercato_kit::server::serve(
+                starter,
+                starting_router(s),
+                limits,
+                mercato_kit::server::ConnectionMetrics::unregistered(),
+                token,
+            )
+            .await;
         });
         starters.push((s, starter_stop));
         listeners.push((s, TcpListener::from_std(l)?, bound));

@@ -69,6 +69,9 @@ pub struct Config {
     /// `MERCATO_REDIS_URL` / `MERCATO_REDIS_PREFIX`: rate-limit buckets shared by every
     /// replica; each replica's own when not set.
     pub redis: Option<RedisConfig>,
+    /// `MERCATO_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS` (128): connections open at once from one
+    /// client address; trusted proxies are exempt.
+    pub max_connections_per_address: usize,
 }
 
 /// Reads `MERCATO_<SERVICE>_URLS` or `_URL` as a list of base URLs.
@@ -160,6 +163,11 @@ impl Config {
             env.reject("MERCATO_CORS_ORIGINS", "comma-separated origins, or *");
         }
         let redis = RedisConfig::read(env);
+        let max_connections_per_address = env.int(
+            "MERCATO_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS",
+            128,
+            1..=1_000_000,
+        ) as usize;
         Config {
             common,
             port,
@@ -169,6 +177,7 @@ impl Config {
             user_limit,
             cors_origins,
             redis,
+            max_connections_per_address,
         }
     }
 }
@@ -368,11 +377,13 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         .collect();
     // The gateway's own deadline sits just past the upstream timeout, so the answer that
     // names the slow service is the one the client gets.
-    let settings = HttpSettings {
+    let mut settings = HttpSettings {
         request_timeout: config.upstream_timeout + Duration::from_secs(1),
         body_limit_bytes: config.common.body_limit_bytes,
         ..HttpSettings::from(&config.common)
     };
+    // The front door is where strangers connect: one address may not hold every slot.
+    settings.connections.max_per_address = Some(config.max_connections_per_address);
     Ok(Service::new(
         SERVICE,
         api,
