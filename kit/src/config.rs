@@ -169,6 +169,18 @@ impl Env {
         self.raw(name).map(Secret::new)
     }
 
+    /// A secret that has no default: missing, it is recorded as an error saying what it is
+    /// for (`mercato up` generates the embedded ones into the data directory first).
+    pub fn required_secret(&mut self, name: &str, what: &str) -> Secret {
+        match self.secret(name) {
+            Some(s) => s,
+            None => {
+                self.reject(name, &format!("{what} (required; nothing is assumed)"));
+                Secret::new(String::new())
+            }
+        }
+    }
+
     /// A URL with one of the given schemes.
     pub fn url(&mut self, name: &str, default: Option<&str>, schemes: &[&str]) -> Option<String> {
         let v = self

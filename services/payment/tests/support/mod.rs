@@ -31,7 +31,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const SECRET: &str = "whsec_mercato_dev";
+/// The webhook secret psp-mock and the service share in these tests.
+pub const SECRET: &str = "whsec_payment_tests";
 
 /// A processor client of its own (its own breaker, on a registry of its own), as one replica's
 /// worker has.
@@ -134,6 +135,7 @@ impl Harness {
 
         let mut env = Env::from_pairs([
             ("MERCATO_DATA_DIR", data.clone()),
+            ("MERCATO_PSP_WEBHOOK_SECRET", SECRET.to_owned()),
             (
                 "MERCATO_PSP_WEBHOOK_URL",
                 format!("{url}/api/v1/payments/webhook"),
@@ -156,6 +158,7 @@ impl Harness {
         }
         let mut env = Env::from_pairs(pairs.into_iter().chain([
             ("MERCATO_DATA_DIR", data.clone()),
+            ("MERCATO_PSP_WEBHOOK_SECRET", SECRET.to_owned()),
             ("MERCATO_PSP_URL", configured_psp_url.clone()),
             ("MERCATO_PSP_TIMEOUT_MS", opts.psp_timeout_ms.to_string()),
             (
