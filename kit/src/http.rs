@@ -544,8 +544,12 @@ impl Service {
     }
 
     /// Adds the admin routes every service has, `GET/PUT/DELETE /api/v1/admin/chaos`, checked
-    /// with `verifier` (ADMIN only).
+    /// with `verifier` (ADMIN only), and keeps the verifier's revocation list fresh while the
+    /// service runs (the verifier is the one its routes use: clones share the list).
     pub fn with_admin(mut self, verifier: crate::auth::Verifier) -> Self {
+        if let Some(revocations) = verifier.revocations() {
+            self = self.with_task(move |stop| revocations.run(stop));
+        }
         self.api = self
             .api
             .merge(crate::chaos::admin_router(self.chaos.clone(), verifier));

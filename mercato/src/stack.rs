@@ -130,11 +130,22 @@ fn default_port(service: &str) -> u16 {
 /// The secrets services share, each with the file it is kept in when embedded, the services
 /// that cannot run without it, and whether their configuration checks it already.
 const SHARED_SECRETS: [(&str, &str, &[&str], bool); 2] = [
-    // Services trade it for SERVICE tokens (the order's stock pre-check); auth checks it.
+    // Services trade it for SERVICE tokens (the order's stock pre-check, reading the
+    // revocation list); auth checks it.
     (
         "MERCATO_SERVICE_SECRET",
         "service-secret",
-        &["auth", "catalog", "inventory", "order", "cart", "payment"],
+        // Every service that checks tokens also reads the auth service's revocation list
+        // with its own SERVICE token.
+        &[
+            "auth",
+            "catalog",
+            "inventory",
+            "order",
+            "cart",
+            "payment",
+            "gateway",
+        ],
         false,
     ),
     // The card processor signs its webhooks with it; the payment service checks them.

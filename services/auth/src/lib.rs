@@ -120,7 +120,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let key_file = config.key_file.clone();
     let key =
         tokio::task::spawn_blocking(move || keys::SigningKey::load_or_create(&key_file)).await??;
-    let verifier = Verifier::local(key.decoding_keys(), &c.jwt_issuer, &c.jwt_audience);
+    let decoding_keys = key.decoding_keys();
     let auth = service::Auth::new(
         db.clone(),
         key,
@@ -136,6 +136,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
             argon2_memory_kib: config.argon2_memory_kib,
         },
     )?;
+    let verifier = Verifier::local(decoding_keys, &c.jwt_issuer, &c.jwt_audience)
+        .with_revocations(auth.revocations.clone());
     if let (Some(email), Some(password)) = (&config.admin_email, &config.admin_password) {
         auth.ensure_account(
             mercato_kit::ids::UserId::new(),
@@ -154,6 +156,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
                 .await?;
         }
     }
+    let purge_auth = auth.clone();
     let (router, openapi) = http::router(http::AppState {
         auth,
         verifier: verifier.clone(),
@@ -169,5 +172,6 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     )
     .with_admin(verifier)
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
+    .with_task(move |stop| service::purge_revocations_task(purge_auth, stop))
     .closes(db))
 }

@@ -3,13 +3,13 @@
 
 use crate::domain::{self, Email, RefreshDecision, Throttle};
 use crate::keys::SigningKey;
-use crate::store::{self, User};
+use crate::store::{self, User, UserWithHash};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use axum::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use mercato_kit::auth::{Claims, Principal, Role};
+use mercato_kit::auth::{Claims, Principal, Revocation, RevocationPage, Revocations, Role};
 use mercato_kit::config::Secret;
 use mercato_kit::db::{is_unique_violation, Db, Tx};
 use mercato_kit::ids::UserId;
@@ -56,6 +56,9 @@ pub struct Auth {
     pub db: Db,
     pub key: SigningKey,
     pub settings: Settings,
+    /// This replica's copy of the revocation list, read again right after a change so the
+    /// change holds here at once (other services read it within seconds).
+    pub revocations: Arc<Revocations>,
     throttle: Mutex<Throttle>,
     /// A real hash to verify against when the email is unknown, so a wrong email takes as
     /// long as a wrong password and timing does not reveal which accounts exist.
@@ -83,10 +86,15 @@ fn random_token() -> String {
 impl Auth {
     pub fn new(db: Db, key: SigningKey, settings: Settings) -> anyhow::Result<Arc<Auth>> {
         let window = settings.login_window;
+        let revocations = Arc::new(Revocations::new(StoredRevocations {
+            db: db.clone(),
+            token_ttl: settings.access_ttl,
+        }));
         let mut auth = Auth {
             db,
             key,
             settings,
+            revocations,
             throttle: Mutex::new(Throttle::new(window)),
             dummy_hash: String::new(),
         };
@@ -128,11 +136,16 @@ impl Auth {
         .unwrap_or(false)
     }
 
+    /// An access token for `subject`. `version` and `session` tie it to the account's token
+    /// version and to its sign-in, so either can retire it early (service tokens have
+    /// neither).
     pub fn access_token(
         &self,
         subject: &str,
         role: Role,
         email: Option<&str>,
+        version: i64,
+        session: Option<&str>,
     ) -> Result<String, Problem> {
         let now = now_us() / 1_000_000;
         let claims = Claims {
@@ -142,19 +155,49 @@ impl Auth {
             iss: self.settings.issuer.clone(),
             aud: self.settings.audience.clone(),
             iat: now,
+            nbf: now,
             exp: now + self.settings.access_ttl.as_secs() as i64,
             jti: uuid::Uuid::now_v7().to_string(),
+            ver: version,
+            sid: session.map(str::to_owned),
         };
         self.key.sign(&claims).map_err(Problem::from)
     }
 
+    /// Reads the revocation list again after a change was committed, so it holds on this
+    /// replica at once. A failed read is caught up by the periodic one.
+    pub async fn revoked(&self) {
+        if let Err(e) = self.revocations.sync().await {
+            tracing::warn!(error = %e, "re-reading the revocation list failed");
+        }
+    }
+
+    /// The revocation list from `since` (µs), as every verifier reads it.
+    pub async fn revocations_since(&self, since: i64) -> Result<RevocationPage, Problem> {
+        read_revocations(&self.db, self.settings.access_ttl, since)
+            .await
+            .map_err(Problem::from)
+    }
+
     /// Issues an access token and the next refresh token of `family`.
-    async fn issue(&self, tx: &mut Tx, user: &User, family: &str) -> Result<Tokens, Problem> {
+    async fn issue(
+        &self,
+        tx: &mut Tx,
+        user: &UserWithHash,
+        family: &str,
+    ) -> Result<Tokens, Problem> {
         let refresh = random_token();
         let expires = now_us() + self.settings.refresh_ttl.as_micros() as i64;
-        store::insert_refresh(tx, &token_hash(&refresh), family, user.id, expires).await?;
+        let u = &user.user;
+        store::insert_refresh(tx, &token_hash(&refresh), family, u.id, expires).await?;
         Ok(Tokens {
-            access_token: self.access_token(&user.id.to_string(), user.role, Some(&user.email))?,
+            access_token: self.access_token(
+                &u.id.to_string(),
+                u.role,
+                Some(&u.email),
+                user.token_version,
+                Some(family),
+            )?,
             refresh_token: refresh,
             token_type: "Bearer",
             expires_in: self.settings.access_ttl.as_secs(),
@@ -244,7 +287,7 @@ impl Auth {
         self.throttle.lock().expect("throttle lock").clear(&acct);
         let mut tx = self.db.begin().await?;
         let tokens = self
-            .issue(&mut tx, &found.user, &uuid::Uuid::now_v7().to_string())
+            .issue(&mut tx, &found, &uuid::Uuid::now_v7().to_string())
             .await?;
         tx.commit().await?;
         Ok(tokens)
@@ -264,9 +307,12 @@ impl Auth {
                 RefreshDecision::Expired => "the refresh token has expired; sign in again",
                 RefreshDecision::Revoked => "the refresh token was revoked; sign in again",
                 _ => {
-                    // A spent token came back: it was copied. End every session of this login.
+                    // A spent token came back: it was copied. End every session of this login,
+                    // its access tokens included.
                     store::revoke_family(&mut tx, &stored.family_id).await?;
+                    store::end_session(&mut tx, stored.user_id, &stored.family_id).await?;
                     tx.commit().await?;
+                    self.revoked().await;
                     tracing::warn!(user = %stored.user_id, "refresh token reuse: login family revoked");
                     return Err(Problem::unauthorized("the refresh token was already used; every session of this sign-in was ended"));
                 }
@@ -276,17 +322,23 @@ impl Auth {
         let user = store::user_by_id(&mut *tx, stored.user_id)
             .await?
             .ok_or_else(|| Problem::unauthorized("the account no longer exists"))?;
-        let tokens = self.issue(&mut tx, &user.user, &stored.family_id).await?;
+        let tokens = self.issue(&mut tx, &user, &stored.family_id).await?;
         tx.commit().await?;
         Ok(tokens)
     }
 
+    /// Ends the sign-in the refresh token belongs to: its refresh tokens, and the access
+    /// tokens issued in it.
     pub async fn logout(&self, refresh_token: &str) -> Result<(), Problem> {
         let mut tx = self.db.begin().await?;
-        if let Some(stored) = store::refresh_by_hash(&mut tx, &token_hash(refresh_token)).await? {
-            store::revoke_family(&mut tx, &stored.family_id).await?;
-        }
+        let Some(stored) = store::refresh_by_hash(&mut tx, &token_hash(refresh_token)).await?
+        else {
+            return Ok(());
+        };
+        store::revoke_family(&mut tx, &stored.family_id).await?;
+        store::end_session(&mut tx, stored.user_id, &stored.family_id).await?;
         tx.commit().await?;
+        self.revoked().await;
         Ok(())
     }
 
@@ -355,11 +407,16 @@ impl Auth {
             .await?
             .ok_or_else(|| Problem::not_found("account"))?;
         if hash.is_some() {
+            // Whoever knew the old password is signed out everywhere, this token included.
             store::revoke_all_of_user(tx, id).await?;
+            store::retire_tokens(tx, id).await?;
         }
         Ok(user)
     }
 
+    /// Gives `target` the role `role`. The actor's authority is its role now, read in the
+    /// same transaction, not the one its token was issued with; the target's older tokens
+    /// are retired when its role changes.
     pub async fn change_role(
         &self,
         tx: &mut Tx,
@@ -367,11 +424,22 @@ impl Auth {
         target: UserId,
         role: Role,
     ) -> Result<User, Problem> {
-        domain::may_change_role(actor, actor.user_id() == Some(target), role)
+        let current = match actor.user_id() {
+            Some(id) => store::user_by_id(&mut **tx, id).await?.map(|u| u.user.role),
+            None => None,
+        };
+        domain::may_change_role(current, actor.user_id() == Some(target), role)
             .map_err(Problem::forbidden)?;
-        store::update_user(tx, target, None, None, Some(role))
+        let before = store::user_by_id(&mut **tx, target)
             .await?
-            .ok_or_else(|| Problem::not_found(format!("no user {target}")))
+            .ok_or_else(|| Problem::not_found(format!("no user {target}")))?;
+        let user = store::update_user(tx, target, None, None, Some(role))
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no user {target}")))?;
+        if before.user.role != role {
+            store::retire_tokens(tx, target).await?;
+        }
+        Ok(user)
     }
 
     pub async fn service_token(
@@ -393,7 +461,13 @@ impl Auth {
             return Err(Problem::unauthorized("unknown service or wrong secret"));
         }
         Ok(ServiceToken {
-            access_token: self.access_token(&format!("service:{service}"), Role::Service, None)?,
+            access_token: self.access_token(
+                &format!("service:{service}"),
+                Role::Service,
+                None,
+                0,
+                None,
+            )?,
             token_type: "Bearer",
             expires_in: self.settings.access_ttl.as_secs(),
         })
@@ -426,6 +500,7 @@ impl Auth {
                 if !same || existing.user.role != role {
                     store::update_user(&mut tx, existing.user.id, None, Some(&hash), Some(role))
                         .await?;
+                    store::retire_tokens(&mut tx, existing.user.id).await?;
                 }
             }
             None => {
@@ -443,5 +518,56 @@ impl Auth {
         limit: i64,
     ) -> Result<Vec<User>, Problem> {
         Ok(store::list_users(self.db.reader(), role, after, limit).await?)
+    }
+}
+
+/// Entries are read in pages of this many.
+const REVOCATION_PAGE: i64 = 5000;
+
+async fn read_revocations(
+    db: &Db,
+    token_ttl: Duration,
+    since: i64,
+) -> anyhow::Result<RevocationPage> {
+    let now = now_us();
+    // Nothing older than a token's lifetime retires a token still valid.
+    let oldest = now - token_ttl.as_micros() as i64 - 60_000_000;
+    let mut items: Vec<Revocation> =
+        store::revocations_since(db.reader(), since.max(oldest), REVOCATION_PAGE + 1).await?;
+    let more = items.len() as i64 > REVOCATION_PAGE;
+    items.truncate(REVOCATION_PAGE as usize);
+    Ok(RevocationPage {
+        items,
+        now,
+        more,
+        token_ttl_secs: token_ttl.as_secs(),
+    })
+}
+
+/// The auth service reads the list from its own database (its replicas share it).
+struct StoredRevocations {
+    db: Db,
+    token_ttl: Duration,
+}
+
+#[async_trait::async_trait]
+impl mercato_kit::auth::RevocationSource for StoredRevocations {
+    async fn since(&self, since: i64) -> anyhow::Result<RevocationPage> {
+        read_revocations(&self.db, self.token_ttl, since).await
+    }
+}
+
+/// Forgets, hourly, revocation entries no valid token can be affected by.
+pub async fn purge_revocations_task(auth: Arc<Auth>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {
+                let before = now_us() - auth.settings.access_ttl.as_micros() as i64 - 3_600_000_000;
+                if let Err(e) = store::purge_revocations(auth.db.reader(), before).await {
+                    tracing::warn!(error = %e, "purging old revocation entries failed");
+                }
+            }
+        }
     }
 }

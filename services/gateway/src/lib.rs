@@ -338,11 +338,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let per_ip = config.ip_limit.map(&limiter);
     let per_user = config.user_limit.map(&limiter);
     let limiters: Vec<Arc<dyn RateLimit>> = per_ip.iter().chain(per_user.iter()).cloned().collect();
-    let verifier = Verifier::remote(
-        &auth_base,
-        &config.common.jwt_issuer,
-        &config.common.jwt_audience,
-    );
+    let verifier = Verifier::for_service(&auth_base, &config.common, SERVICE);
     let edge = edge::Edge {
         verifier: verifier.clone(),
         per_ip,

@@ -119,7 +119,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         Arc::new(events::Handler::new(inv.clone())),
     )
     .waking(waker.clone());
-    let verifier = Verifier::remote(&common.auth_url, &common.jwt_issuer, &common.jwt_audience);
+    let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
     let (api, openapi) = http::router(http::AppState {
         inv: inv.clone(),
         verifier: verifier.clone(),

@@ -133,7 +133,7 @@ pub struct Built {
 /// worker, not yet listening.
 pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
     let c = &config.common;
-    let verifier = Verifier::remote(&c.auth_url, &c.jwt_issuer, &c.jwt_audience);
+    let verifier = Verifier::for_service(&c.auth_url, c, SERVICE);
     Ok(assemble(config, bus, verifier).await?.service)
 }
 

@@ -275,8 +275,11 @@ impl Harness {
                 iss: "mercato-auth".into(),
                 aud: "mercato".into(),
                 exp: now + 600,
+                nbf: now,
                 iat: now,
                 jti: uuid::Uuid::now_v7().to_string(),
+                ver: 0,
+                sid: None,
             })
             .unwrap()
     }
