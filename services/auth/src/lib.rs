@@ -31,6 +31,7 @@ pub struct Config {
     pub login_window: Duration,
     pub max_failures_per_account: usize,
     pub max_failures_per_address: usize,
+    pub max_login_delay: Duration,
     pub admin_email: Option<String>,
     pub admin_password: Option<Secret>,
     pub seed_demo: bool,
@@ -49,6 +50,7 @@ impl std::fmt::Debug for Config {
             .field("login_window", &self.login_window)
             .field("max_failures_per_account", &self.max_failures_per_account)
             .field("max_failures_per_address", &self.max_failures_per_address)
+            .field("max_login_delay", &self.max_login_delay)
             .field("admin_email", &self.admin_email)
             .field("admin_password", &self.admin_password)
             .field("seed_demo", &self.seed_demo)
@@ -90,6 +92,7 @@ impl Config {
                 50,
                 1..=100_000,
             ) as usize,
+            max_login_delay: env.secs("MERCATO_LOGIN_MAX_DELAY_SECS", 30, 1..=3600),
             admin_email,
             admin_password,
             seed_demo: env.flag("MERCATO_SEED_DEMO", false),
@@ -132,6 +135,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
             login_window: config.login_window,
             max_failures_per_account: config.max_failures_per_account,
             max_failures_per_address: config.max_failures_per_address,
+            max_login_delay: config.max_login_delay,
             service_secret: c.service_secret.clone(),
             argon2_memory_kib: config.argon2_memory_kib,
         },
