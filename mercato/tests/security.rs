@@ -237,3 +237,206 @@ async fn signing_out_and_changing_the_password_end_access_tokens_too() {
     assert_eq!(me(&t, &fresh.access).await["email"], email.as_str());
     t.stop().await;
 }
+
+#[tokio::test]
+async fn eight_strangers_failing_cannot_keep_the_owner_out() {
+    let t = TestStack::start().await;
+    let email = format!("owner-{}@test.local", uuid::Uuid::new_v4().simple());
+    assert_eq!(
+        t.register(&email, support::PASSWORD, "Owner")
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    // Each client comes through the gateway from its own address.
+    let login = |from: &str, password: &str| {
+        t.http
+            .post(t.api("gateway", "/auth/login"))
+            .header("x-forwarded-for", from)
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    let home = "198.51.100.7";
+    assert_eq!(
+        login(home, support::PASSWORD).await.unwrap().status(),
+        StatusCode::OK,
+        "the owner has signed in from home before"
+    );
+    let mut throttled = 0;
+    for i in 1..=8 {
+        for _ in 0..2 {
+            let r = login(&format!("203.0.113.{i}"), "Wr0ng-guess-123")
+                .await
+                .unwrap();
+            match r.status().as_u16() {
+                401 => {}
+                429 => {
+                    let wait: u64 = r.headers()["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert!(wait >= 1);
+                    problem(r, 429).await;
+                    throttled += 1;
+                }
+                other => panic!("a stranger's guess was answered {other}"),
+            }
+        }
+    }
+    assert!(throttled > 0, "the guessing is slowed down");
+    // The owner, from home, with the right password: in at once.
+    let r = login(home, support::PASSWORD).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    // From a new address the owner may be asked to wait, briefly, never locked out.
+    let r = login("192.0.2.50", support::PASSWORD).await.unwrap();
+    match r.status().as_u16() {
+        200 => {}
+        429 => {
+            let wait: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=30).contains(&wait), "{wait}");
+        }
+        other => panic!("the owner from a new address was answered {other}"),
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn money_moves_only_as_the_order_decides_so_nothing_ships_unpaid() {
+    let s = support::Shop::open(&[]).await;
+    let product = s.product(2500, 10).await;
+    let order = s.place(&product, 2, "pm_card_visa").await;
+    s.status_becomes(&order, "PAID").await;
+    let payment = s.payment_becomes(&order, "AUTHORIZED").await;
+    let pid = payment["id"].as_str().unwrap().to_owned();
+    let admin_post = |path: String| {
+        s.t.http
+            .post(s.t.api("gateway", &path))
+            .bearer_auth(&s.admin)
+            .send()
+    };
+    // Voiding (or refunding, or capturing) a PAID order's payment behind its back is refused:
+    // the order would stay PAID with its stock held and could be fulfilled unpaid.
+    for (action, code) in [
+        ("void", "order_not_cancelled"),
+        ("refund", "order_not_refunded"),
+        ("capture", "order_not_fulfilled"),
+    ] {
+        let p = problem(
+            admin_post(format!("/payments/{pid}/{action}"))
+                .await
+                .unwrap(),
+            409,
+        )
+        .await;
+        assert_eq!(p["code"], code, "{action}: {p}");
+    }
+    assert_eq!(s.get_order(&order).await["status"], "PAID");
+    assert_eq!(s.stock(&product).await["reserved"], 2);
+    assert_eq!(s.payment(&order).await.unwrap()["status"], "AUTHORIZED");
+
+    // Fulfilment finds its money: the stock is committed and the payment captured.
+    assert_eq!(
+        s.seller_post(&order, "process").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.seller_post(&order, "fulfill").await.status(),
+        StatusCode::OK
+    );
+    let captured = s.payment_becomes(&order, "CAPTURED").await;
+    assert_eq!(captured["captured_cents"], 5000);
+    support::eventually(support::WAIT, || async {
+        let st = s.stock(&product).await;
+        (st["on_hand"] == 8 && st["reserved"] == 0).then_some(())
+    })
+    .await;
+    // After fulfilment the money goes back only through the order's refund.
+    let p = problem(
+        admin_post(format!("/payments/{pid}/void")).await.unwrap(),
+        409,
+    )
+    .await;
+    assert_eq!(p["code"], "order_not_cancelled");
+    let p = problem(
+        admin_post(format!("/payments/{pid}/refund")).await.unwrap(),
+        409,
+    )
+    .await;
+    assert_eq!(p["code"], "order_not_refunded");
+    let refunded = admin_post(format!("/orders/{order}/refund")).await.unwrap();
+    assert_eq!(
+        refunded.status(),
+        StatusCode::OK,
+        "{}",
+        refunded.text().await.unwrap()
+    );
+    let p = s.payment_becomes(&order, "REFUNDED").await;
+    assert_eq!(p["refunded_cents"], 5000);
+    assert_eq!(s.get_order(&order).await["status"], "REFUNDED");
+
+    // No payment for an order that does not exist.
+    let ghost = uuid::Uuid::now_v7();
+    let r = s
+        .t
+        .http
+        .post(s.t.api("gateway", "/payments/authorize"))
+        .bearer_auth(&s.admin)
+        .json(&json!({"order_id": ghost, "amount_cents": 100, "currency": "USD", "payment_method": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, 404).await;
+    assert_eq!(p["code"], "unknown_order");
+    // Nor one on other terms than the order's.
+    let other = s.place(&product, 1, "pm_card_pending").await;
+    support::eventually(support::WAIT, || async { s.payment(&other).await }).await;
+    let r = s
+        .t
+        .http
+        .post(s.t.api("gateway", "/payments/authorize"))
+        .bearer_auth(&s.admin)
+        .json(&json!({"order_id": other, "amount_cents": 1, "currency": "USD", "payment_method": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 409).await["code"], "order_mismatch");
+    s.t.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_without_an_idempotency_key_is_refused_and_places_nothing() {
+    let s = support::Shop::open(&[]).await;
+    let product = s.product(900, 3).await;
+    for url in [s.t.api("order", "/orders"), s.t.api("gateway", "/orders")] {
+        let r = s
+            .t
+            .http
+            .post(&url)
+            .bearer_auth(&s.customer)
+            .json(&json!({"items": [{"product_id": product, "quantity": 1}], "payment_method": "pm_card_visa"}))
+            .send()
+            .await
+            .unwrap();
+        let p = problem(r, 400).await;
+        assert_eq!(p["code"], "idempotency_key_required", "{url}");
+        assert!(p["detail"].as_str().unwrap().contains("Idempotency-Key"));
+    }
+    let mine: Value =
+        s.t.http
+            .get(s.t.api("order", "/orders"))
+            .bearer_auth(&s.customer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert!(mine["items"].as_array().unwrap().is_empty(), "{mine}");
+    assert_eq!(s.stock(&product).await["reserved"], 0);
+    s.t.stop().await;
+}

@@ -182,7 +182,7 @@ async fn authorize(
     let mut tx = s.payments.db.begin().await?;
     let (payment, created) = match s
         .payments
-        .open(&mut tx, &open, &Cause::of_request(&ctx))
+        .open_requested(&mut tx, &open, &Cause::of_request(&ctx))
         .await?
     {
         Opened::Created(payment) => (payment, true),

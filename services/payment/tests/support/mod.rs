@@ -462,6 +462,23 @@ pub fn reserved_until(
     env
 }
 
+/// `order.created` for an order of `amount_cents` USD (the terms a payment is opened on).
+pub fn created(order: OrderId, customer: UserId, amount_cents: i64) -> Envelope {
+    Envelope::new(
+        "order",
+        ORDER_CREATED,
+        order,
+        &OrderCreated {
+            order_id: order,
+            customer_id: customer,
+            items: vec![],
+            total_cents: amount_cents,
+            currency: "USD".into(),
+            payment_method: "pm_card_visa".into(),
+        },
+    )
+}
+
 pub fn cancelled(order: OrderId) -> Envelope {
     Envelope::new(
         "order",
