@@ -366,13 +366,42 @@ where
     }
 }
 
-/// Query-string extractor whose rejection is a 400 problem naming the parameter.
+/// Query-string extractor whose rejection is a 400 problem naming the parameter. A parameter
+/// given with an empty value (`?seller_id=`) is refused with 422 naming it: it is not the same
+/// as leaving the filter out, and reading it as absent would answer a question nobody asked.
 #[derive(Debug, Clone, Default)]
 pub struct Query<T>(pub T);
+
+/// The names of the query string's parameters that have an empty value.
+pub fn empty_query_values(query: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| match pair.split_once('=') {
+            Some((name, value)) if value.is_empty() => Some(name),
+            None => Some(pair),
+            _ => None,
+        })
+        .map(|name| name.to_owned())
+        .collect()
+}
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let empty = empty_query_values(parts.uri.query().unwrap_or(""));
+        if !empty.is_empty() {
+            return Err(Problem::validation(
+                empty
+                    .into_iter()
+                    .map(|field| crate::problem::FieldError {
+                        field,
+                        message: "must not be empty: leave the parameter out to not filter by it"
+                            .into(),
+                    })
+                    .collect(),
+            ));
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))
@@ -470,6 +499,12 @@ pub struct Service {
     pub name: &'static str,
     api: Router,
     ops: Router,
+    /// `/metrics` (on the operator port when there is one).
+    metrics_route: Router,
+    /// A port of its own for `/metrics` and `/health/*`, for operators only.
+    ops_listener: Option<std::net::TcpListener>,
+    /// Headers every answer carries unless its route set its own.
+    response_headers: Vec<(HeaderName, HeaderValue)>,
     metrics: Metrics,
     settings: HttpSettings,
     chaos: crate::chaos::Chaos,
@@ -490,15 +525,18 @@ impl Service {
         settings: &HttpSettings,
     ) -> Service {
         let draining = Arc::new(AtomicBool::new(false));
-        let mut ops = health::router(name, checks, draining.clone())
-            .route("/metrics", get(render_metrics).with_state(metrics.clone()));
+        let mut ops = health::router(name, checks, draining.clone());
+        let metrics_route =
+            Router::new().route("/metrics", get(render_metrics).with_state(metrics.clone()));
         // Without a document the API router serves its own `/openapi.json` (the gateway's is
         // assembled from every service's at request time).
         if let Some(openapi) = openapi.into() {
-            let openapi = Arc::new(openapi);
+            let mut doc = serde_json::to_value(&openapi).expect("an OpenAPI document is JSON");
+            crate::openapi::complete(&mut doc);
+            let doc = Arc::new(doc);
             ops = ops.route(
                 "/openapi.json",
-                get(move || async move { axum::Json((*openapi).clone()) }),
+                get(move || async move { axum::Json((*doc).clone()) }),
             );
         }
         // Chaos sits in front of the API routes only: health, metrics and the admin routes stay
@@ -513,6 +551,9 @@ impl Service {
             name,
             api,
             ops,
+            metrics_route,
+            ops_listener: None,
+            response_headers: Vec::new(),
             metrics,
             settings: settings.clone(),
             chaos,
@@ -556,12 +597,46 @@ impl Service {
         self
     }
 
+    /// Serves `/metrics` (and `/health/*`) on `listener` only, not on the service's port: for
+    /// a service whose port is public (the gateway), so its traffic and internals are not.
+    pub fn with_ops_port(mut self, listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        self.ops_listener = Some(listener);
+        Ok(self)
+    }
+
+    /// The operator port's address, when it has one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Adds headers to every answer of this service that does not set them itself, its own
+    /// problem answers (404, 408, 413, timeouts) and operational routes included.
+    pub fn with_response_headers(
+        mut self,
+        headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+    ) -> Self {
+        self.response_headers.extend(headers);
+        self
+    }
+
     /// The router, for tests that drive it without a socket.
     pub fn router(&self) -> Router {
+        let mut public = self.api.clone().merge(self.ops.clone());
+        if self.ops_listener.is_none() {
+            public = public.merge(self.metrics_route.clone());
+        }
+        self.layered(public)
+    }
+
+    /// What the operator port serves.
+    fn ops_router(&self) -> Router {
+        self.layered(self.ops.clone().merge(self.metrics_route.clone()))
+    }
+
+    fn layered(&self, routes: Router) -> Router {
         let settings = &self.settings;
-        self.api
-            .clone()
-            .merge(self.ops.clone())
+        let router = routes
             .fallback(|| async { Problem::not_found("no such route") })
             .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
             .layer(middleware::from_fn(problem_layer))
@@ -581,17 +656,31 @@ impl Service {
             .layer(middleware::from_fn_with_state(
                 Arc::new(settings.trusted_proxies.clone()),
                 context_layer,
-            ))
+            ));
+        self.response_headers
+            .iter()
+            .fold(router, |r, (name, value)| {
+                r.layer(
+                    tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                        name.clone(),
+                        value.clone(),
+                    ),
+                )
+            })
     }
 
     /// Serves until `shutdown` is cancelled: then stops accepting, lets in-flight requests
     /// finish, stops the background work and closes the pools.
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let app = self.router();
+        let ops = match self.ops_listener.take() {
+            Some(l) => Some((TcpListener::from_std(l)?, self.ops_router())),
+            None => None,
+        };
         let tasks_token = CancellationToken::new();
         let handles: Vec<_> = self
             .tasks
@@ -616,6 +705,15 @@ impl Service {
         let announcer = tokio::spawn(announce);
         let connections = crate::server::ConnectionMetrics::register(self.metrics.registry())
             .map_err(std::io::Error::other)?;
+        let ops_served = ops.map(|(l, router)| {
+            tokio::spawn(crate::server::serve(
+                l,
+                router,
+                self.settings.connections.clone(),
+                crate::server::ConnectionMetrics::unregistered(),
+                stop.clone(),
+            ))
+        });
         let served = crate::server::serve(
             listener,
             app,
@@ -624,6 +722,9 @@ impl Service {
             stop,
         )
         .await;
+        if let Some(h) = ops_served {
+            let _ = h.await;
+        }
         announcer.abort();
         tasks_token.cancel();
         for h in handles {
@@ -709,6 +810,14 @@ impl utoipa::Modify for BearerAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_query_values_are_found_by_name() {
+        assert_eq!(empty_query_values("seller_id=&limit=5"), ["seller_id"]);
+        assert_eq!(empty_query_values("q&status=PAID"), ["q"]);
+        assert!(empty_query_values("limit=5&cursor=abc").is_empty());
+        assert!(empty_query_values("").is_empty());
+    }
 
     #[test]
     fn traceparent_checks() {

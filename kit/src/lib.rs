@@ -17,6 +17,7 @@ pub mod http;
 pub mod idempotency;
 pub mod ids;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod redis;
 pub mod server;

@@ -560,6 +560,10 @@ pub async fn start_until(
             t.cancel();
         }
         stack.urls.insert(name, format!("http://{addr}"));
+        if let Some(ops) = service.ops_addr() {
+            // The gateway's operator port: /metrics is there, not on the public port.
+            stack.urls.insert("gateway-ops", format!("http://{ops}"));
+        }
         stack.handles.push((
             name,
             tokio::spawn(service.run(listener, shutdown.child_token())),

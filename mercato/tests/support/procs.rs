@@ -51,6 +51,8 @@ pub fn shared_env(
         ("MERCATO_RATE_LIMIT_IP_PER_SEC", "0".into()),
         ("MERCATO_RATE_LIMIT_USER_PER_SEC", "0".into()),
         ("MERCATO_DB_POOL_SIZE", "4".into()),
+        // Two gateways on one machine: each its own operator port.
+        ("MERCATO_GATEWAY_OPS_PORT", "0".into()),
     ]
     .map(|(k, v)| (k.to_owned(), v))
     .to_vec();

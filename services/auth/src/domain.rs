@@ -226,6 +226,22 @@ impl Throttle {
         (q.len() >= max).then(|| secs(window.saturating_sub(now.duration_since(oldest))))
     }
 
+    /// `Some(seconds to wait)` when `address` has used up its failures on any accounts
+    /// (registration checks this too: an email found taken counts as a failure).
+    pub fn address_blocked(&mut self, address: &str, now: Instant) -> Option<u64> {
+        let max = self.limits.per_address;
+        self.over(&format!("ip:{address}"), max, now)
+    }
+
+    /// A failure of `address` that is about no account in particular (a registration that
+    /// found its email taken).
+    pub fn fail_address(&mut self, address: &str, now: Instant) {
+        self.failures
+            .entry(format!("ip:{address}"))
+            .or_default()
+            .push_back(now);
+    }
+
     /// `Some(seconds to wait)` when this attempt must not be tried now.
     pub fn blocked(&mut self, account: &str, address: &str, now: Instant) -> Option<u64> {
         let l = self.limits;

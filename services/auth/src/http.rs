@@ -71,9 +71,11 @@ pub struct RegisterInput {
               (status = 422, description = "weak password or bad email", body = Problem)))]
 async fn register(
     State(s): State<AppState>,
+    ctx: RequestContext,
     key: IdempotencyKey,
     Json(input): Json<RegisterInput>,
 ) -> Result<Response, Problem> {
+    s.auth.registration_allowed(ctx.client_ip)?;
     // Never store the password in the idempotency record's fingerprint input in clear: hash it.
     let fp_input = (&input.email, &input.name, sha_hex(&input.password));
     let mut claim = key.claim(&s.auth.db, "anonymous", &fp_input).await?;
@@ -85,10 +87,19 @@ async fn register(
         .prepare_registration(&input.email, &input.password, &input.name)
         .await?;
     let mut tx = s.auth.db.begin().await?;
-    let user = s
+    let user = match s
         .auth
         .insert_user(&mut tx, UserId::new(), &email, &name, &hash, Role::Customer)
-        .await?;
+        .await
+    {
+        Ok(user) => user,
+        Err(p) => {
+            if p.code == "email_taken" {
+                s.auth.registration_refused(ctx.client_ip);
+            }
+            return Err(p);
+        }
+    };
     claim.finish(tx, StatusCode::CREATED, &user).await
 }
 

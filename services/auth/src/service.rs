@@ -230,6 +230,37 @@ impl Auth {
         Ok((email, name, hash))
     }
 
+    /// Registration answers 409 for an email that has an account (the contract says so, and
+    /// without a confirmation mail a vaguer answer would leave people believing they had
+    /// registered). So that this cannot be used to list accounts any faster than sign-in can,
+    /// an address that found emails taken spends the same per-address budget as failed
+    /// sign-ins, and is refused (429) once it is spent. Both paths hash a password, so their
+    /// timing does not tell either.
+    pub fn registration_allowed(&self, client: Option<IpAddr>) -> Result<(), Problem> {
+        let addr = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+        let blocked = self
+            .throttle
+            .lock()
+            .expect("throttle lock")
+            .address_blocked(&addr, Instant::now());
+        match blocked {
+            Some(wait) => Err(Problem::too_many_requests(
+                "too many failed sign-ins or registrations from this address; wait before trying again",
+                wait,
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a registration that found its email taken against the address.
+    pub fn registration_refused(&self, client: Option<IpAddr>) {
+        let addr = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+        self.throttle
+            .lock()
+            .expect("throttle lock")
+            .fail_address(&addr, Instant::now());
+    }
+
     pub async fn insert_user(
         &self,
         tx: &mut Tx,

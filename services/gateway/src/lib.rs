@@ -52,6 +52,9 @@ pub struct Config {
     pub common: CommonConfig,
     /// `MERCATO_GATEWAY_PORT`, 8080 by default.
     pub port: u16,
+    /// `MERCATO_GATEWAY_OPS_PORT`, 8089 by default (0 when the gateway's own port is 0): the
+    /// operator port, where `/metrics` is served instead of the public port.
+    pub ops_port: u16,
     /// Each service's replicas: `MERCATO_<SERVICE>_URLS` (comma-separated), else
     /// `MERCATO_<SERVICE>_URL`, else the service's default port on 127.0.0.1.
     pub upstreams: Vec<(&'static str, Vec<String>)>,
@@ -131,6 +134,7 @@ impl Config {
     pub fn read(env: &mut Env) -> Config {
         let common = CommonConfig::read(env);
         let port = env.port("MERCATO_GATEWAY_PORT", 8080);
+        let ops_port = env.port("MERCATO_GATEWAY_OPS_PORT", if port == 0 { 0 } else { 8089 });
         let upstreams = routes::UPSTREAMS
             .iter()
             .map(|&s| {
@@ -171,6 +175,7 @@ impl Config {
         Config {
             common,
             port,
+            ops_port,
             upstreams,
             upstream_timeout,
             ip_limit,
@@ -350,9 +355,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         .route("/.well-known/jwks.json", get(proxy::forward))
         .with_state(proxy)
         .layer(axum::middleware::from_fn_with_state(edge, edge::edge));
-    let mut api = edge::security_headers(
-        proxied.merge(docs::router(Arc::new(docs::Docs::new(upstreams.clone())))),
-    );
+    let mut api = proxied.merge(docs::router(Arc::new(docs::Docs::new(upstreams.clone()))));
     if let Some(cors) = cors(&config.cors_origins) {
         api = api.layer(cors);
     }
@@ -380,6 +383,12 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     };
     // The front door is where strangers connect: one address may not hold every slot.
     settings.connections.max_per_address = Some(config.max_connections_per_address);
+    let ops_addr = format!("{}:{}", config.common.host, config.ops_port);
+    let ops_listener = std::net::TcpListener::bind(&ops_addr).map_err(|e| {
+        anyhow::anyhow!(
+            "the gateway's operator port cannot listen on {ops_addr}: {e} (set MERCATO_GATEWAY_OPS_PORT to move it)"
+        )
+    })?;
     Ok(Service::new(
         SERVICE,
         api,
@@ -389,6 +398,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         &settings,
     )
     .with_admin(verifier)
+    .with_response_headers(edge::security_headers())
+    .with_ops_port(ops_listener)?
     .with_task(move |stop| async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
