@@ -463,6 +463,12 @@ pub async fn start_until(
         env.url("MERCATO_NATS_URL", None, &["nats", "tls"]);
     }
     env.check()?;
+    // "Any free port" for the gateway means any free operator port too (the port variable
+    // is about to be rewritten with the port actually bound).
+    if env.raw("MERCATO_GATEWAY_PORT") == Some("0") && env.raw("MERCATO_GATEWAY_OPS_PORT").is_none()
+    {
+        env.set("MERCATO_GATEWAY_OPS_PORT", "0");
+    }
     let shutdown = CancellationToken::new();
     let mut listeners = Vec::new();
     let mut starters = Vec::new();

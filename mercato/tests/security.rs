@@ -82,34 +82,13 @@ async fn a_demoted_admins_old_token_stops_working_everywhere() {
     }
 
     // The real admin demotes X.
-    let demoted = t
-        .http
-        .patch(t.api("auth", &format!("/admin/users/{x_id}")))
-        .bearer_auth(&root)
-        .json(&json!({"role": "CUSTOMER"}))
-        .send()
-        .await
-        .unwrap();
+    let demoted = set_role(&t, &root, &x_id, "CUSTOMER").await;
     assert_eq!(demoted.status(), StatusCode::OK);
 
     // X's token, still signed ADMIN and unexpired, can neither undo it nor strike back.
-    let undo = t
-        .http
-        .patch(t.api("auth", &format!("/admin/users/{x_id}")))
-        .bearer_auth(&x)
-        .json(&json!({"role": "ADMIN"}))
-        .send()
-        .await
-        .unwrap();
+    let undo = set_role(&t, &x, &x_id, "ADMIN").await;
     problem(undo, 401).await;
-    let strike = t
-        .http
-        .patch(t.api("auth", &format!("/admin/users/{root_id}")))
-        .bearer_auth(&x)
-        .json(&json!({"role": "CUSTOMER"}))
-        .send()
-        .await
-        .unwrap();
+    let strike = set_role(&t, &x, &root_id, "CUSTOMER").await;
     problem(strike, 401).await;
     assert_eq!(
         me(&t, &root).await["role"],
@@ -136,16 +115,20 @@ async fn a_demoted_admins_old_token_stops_working_everywhere() {
     problem(r, 403).await;
 
     // No admin changes its own role, not even to the role it has.
-    let own = t
-        .http
-        .patch(t.api("auth", &format!("/admin/users/{root_id}")))
-        .bearer_auth(&root)
-        .json(&json!({"role": "ADMIN"}))
-        .send()
-        .await
-        .unwrap();
+    let own = set_role(&t, &root, &root_id, "ADMIN").await;
     problem(own, 403).await;
     t.stop().await;
+}
+
+/// `PATCH /admin/users/{id}` `{"role": role}` as `token`.
+async fn set_role(t: &TestStack, token: &str, id: &str, role: &str) -> reqwest::Response {
+    t.http
+        .patch(t.api("auth", &format!("/admin/users/{id}")))
+        .bearer_auth(token)
+        .json(&json!({ "role": role }))
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn me(t: &TestStack, token: &str) -> Value {
