@@ -378,7 +378,7 @@ pub fn empty_query_values(query: &str) -> Vec<String> {
         .split('&')
         .filter(|pair| !pair.is_empty())
         .filter_map(|pair| match pair.split_once('=') {
-            Some((name, value)) if value.is_empty() => Some(name),
+            Some((name, "")) => Some(name),
             None => Some(pair),
             _ => None,
         })
