@@ -1,7 +1,16 @@
 //! Token checks every service does itself: RS256 JWTs signed by the auth service, verified
 //! against its JWKS (cached; fetched again when a token names an unknown `kid`), with the
-//! algorithm pinned, expiry, issuer and audience checked. Roles are checked by the handlers
-//! through [`Principal::require`].
+//! algorithm pinned, expiry, not-before, issuer and audience checked. Roles are checked by the
+//! handlers through [`Principal::require`].
+//!
+//! A signature says what was true when the token was issued. What changed since (a role
+//! taken away, a sign-out, a new password) is in the auth service's revocation list, which
+//! each verifier keeps in memory ([`Revocations`]) and refreshes every two seconds, so the
+//! hot path stays a map lookup: a token whose `ver` is below its account's current token
+//! version, or whose session (`sid`) was ended, is refused. If the list cannot be refreshed,
+//! ADMIN and SELLER tokens are refused (503) once it is 30 s old, since their authority is
+//! what a revocation most often takes away; CUSTOMER tokens, which act only on their own
+//! data, are still accepted from the last list.
 
 use crate::problem::Problem;
 use axum::extract::{FromRef, FromRequestParts};
@@ -59,8 +68,17 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub exp: i64,
+    /// Not before: a token is refused until then (auth sets it to `iat`).
+    pub nbf: i64,
     pub iat: i64,
     pub jti: String,
+    /// The account's token version when issued; a role change or password change raises it
+    /// and so retires every older token of the account.
+    #[serde(default)]
+    pub ver: i64,
+    /// The sign-in (refresh-token family) the token belongs to; signing out ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// The caller of a request, from a verified token.
@@ -187,12 +205,239 @@ impl JwksCache {
     }
 }
 
+/// One entry of the auth service's revocation list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Revocation {
+    pub user_id: String,
+    /// Tokens of the account with a lower `ver` are refused.
+    pub min_version: i64,
+    /// A sign-in that was ended: its tokens are refused whatever their version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// When it was recorded, µs since the epoch.
+    pub at: i64,
+}
+
+/// A page of the revocation list: entries recorded after the asked-for time, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RevocationPage {
+    pub items: Vec<Revocation>,
+    /// The auth service's clock when it answered, µs.
+    pub now: i64,
+    /// Whether more entries follow the last one (ask again from its `at`).
+    pub more: bool,
+    /// How long access tokens live: entries older than that retire nothing still valid.
+    pub token_ttl_secs: u64,
+}
+
+/// Where a verifier reads the revocation list from.
+#[async_trait::async_trait]
+pub trait RevocationSource: Send + Sync {
+    /// Entries recorded at or after `since` (µs).
+    async fn since(&self, since: i64) -> anyhow::Result<RevocationPage>;
+}
+
+/// The revocation list as the auth service serves it at `GET /api/v1/auth/revocations`, read
+/// with this service's own SERVICE token.
+pub struct RemoteRevocations {
+    url: String,
+    tokens: ServiceTokens,
+    http: reqwest::Client,
+}
+
+impl RemoteRevocations {
+    pub fn new(auth_url: &str, tokens: ServiceTokens) -> Self {
+        RemoteRevocations {
+            url: format!("{}/api/v1/auth/revocations", auth_url.trim_end_matches('/')),
+            tokens,
+            http: crate::client::pooled_client(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RevocationSource for RemoteRevocations {
+    async fn since(&self, since: i64) -> anyhow::Result<RevocationPage> {
+        let token = self.tokens.token().await?;
+        Ok(self
+            .http
+            .get(&self.url)
+            .query(&[("since", since)])
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+}
+
+/// How often the list is read again.
+pub const REVOCATION_REFRESH: Duration = Duration::from_secs(2);
+/// How old the list may be before privileged tokens are refused.
+const REVOCATION_MAX_AGE: Duration = Duration::from_secs(30);
+/// Reads overlap by this much: an entry committed late (PostgreSQL transactions finish out of
+/// order) is still seen. Applying an entry twice changes nothing.
+const REVOCATION_OVERLAP_US: i64 = 10_000_000;
+
+#[derive(Default)]
+struct RevocationState {
+    /// Account → (lowest version still valid, when recorded).
+    min_version: HashMap<String, (i64, i64)>,
+    /// Ended sessions → when recorded.
+    ended: HashMap<String, i64>,
+    /// Where the next read starts, µs on the auth service's clock.
+    cursor: i64,
+    token_ttl_us: i64,
+}
+
+/// A verifier's copy of the revocation list (see the module header).
+pub struct Revocations {
+    source: Box<dyn RevocationSource>,
+    state: std::sync::RwLock<RevocationState>,
+    /// When the last read that worked began, and when the last read was tried.
+    times: std::sync::Mutex<(Option<Instant>, Option<Instant>)>,
+    /// One read at a time.
+    reading: Mutex<()>,
+}
+
+impl Revocations {
+    pub fn new(source: impl RevocationSource + 'static) -> Self {
+        Revocations {
+            source: Box::new(source),
+            state: std::sync::RwLock::new(RevocationState::default()),
+            times: std::sync::Mutex::new((None, None)),
+            reading: Mutex::new(()),
+        }
+    }
+
+    /// Reads what was recorded since the last read, and forgets what no valid token can be
+    /// affected by any more.
+    pub async fn sync(&self) -> anyhow::Result<()> {
+        let _one = self.reading.lock().await;
+        self.read().await
+    }
+
+    async fn read(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        self.times.lock().expect("revocation times").1 = Some(started);
+        loop {
+            let since = self.state.read().expect("revocations").cursor;
+            let page = self.source.since(since).await?;
+            let mut s = self.state.write().expect("revocations");
+            s.token_ttl_us = page.token_ttl_secs as i64 * 1_000_000;
+            for r in &page.items {
+                match &r.session_id {
+                    Some(sid) => {
+                        s.ended.insert(sid.clone(), r.at);
+                    }
+                    None => {
+                        let e = s.min_version.entry(r.user_id.clone()).or_insert((0, 0));
+                        *e = (e.0.max(r.min_version), e.1.max(r.at));
+                    }
+                }
+            }
+            // Older than a token lives (plus the overlap): nothing it retires is still valid.
+            let horizon = page.now - s.token_ttl_us - REVOCATION_OVERLAP_US;
+            s.min_version.retain(|_, (_, at)| *at >= horizon);
+            s.ended.retain(|_, at| *at >= horizon);
+            match page.items.last() {
+                Some(last) if page.more => s.cursor = last.at,
+                _ => {
+                    s.cursor = page.now - REVOCATION_OVERLAP_US;
+                    break;
+                }
+            }
+        }
+        self.times.lock().expect("revocation times").0 = Some(started);
+        Ok(())
+    }
+
+    /// Keeps the list fresh until `stop`.
+    pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            match self.sync().await {
+                Ok(()) => {
+                    if failing_since.take().is_some() {
+                        tracing::info!("the revocation list is fresh again");
+                    }
+                }
+                Err(e) => {
+                    // Said once when it starts failing and every minute after, not every 2 s.
+                    let say = failing_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                    if say {
+                        tracing::warn!(error = %e, "the revocation list could not be read from the auth service");
+                        failing_since = Some(Instant::now());
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(REVOCATION_REFRESH) => {}
+            }
+        }
+    }
+
+    /// Whether the list was read less than [`REVOCATION_MAX_AGE`] ago.
+    fn fresh(&self) -> bool {
+        let (synced, _) = *self.times.lock().expect("revocation times");
+        synced.is_some_and(|t| t.elapsed() < REVOCATION_MAX_AGE)
+    }
+
+    /// Refuses a token that was revoked; for a privileged one, also when the list is too old
+    /// to tell (after trying to read it once more).
+    async fn check(&self, claims: &Claims) -> Result<(), Problem> {
+        if claims.role == Role::Service {
+            return Ok(());
+        }
+        let privileged = matches!(claims.role, Role::Admin | Role::Seller);
+        if privileged && !self.fresh() {
+            // A read may be under way (the first one, at start): wait for it, then try one
+            // more unless one was just tried, so an unreachable auth service is not asked
+            // once per request.
+            let _one = self.reading.lock().await;
+            let (_, tried) = *self.times.lock().expect("revocation times");
+            if !self.fresh() && tried.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if let Err(e) = self.read().await {
+                    tracing::warn!(error = %e, "the revocation list could not be read for a privileged token");
+                }
+            }
+            if !self.fresh() {
+                return Err(Problem::unavailable(
+                    "whether this token is still valid cannot be checked now (the auth service's revocation list is unavailable)",
+                )
+                .with_retry_after(2));
+            }
+        }
+        let s = self.state.read().expect("revocations");
+        let retired = s
+            .min_version
+            .get(&claims.sub)
+            .is_some_and(|(min, _)| claims.ver < *min);
+        let ended = claims
+            .sid
+            .as_ref()
+            .is_some_and(|sid| s.ended.contains_key(sid));
+        if retired || ended {
+            return Err(Problem::unauthorized(if ended {
+                "the token's sign-in was ended; sign in again"
+            } else {
+                "the token was issued before the account's role or password changed; sign in again"
+            }));
+        }
+        Ok(())
+    }
+}
+
 /// Verifies access tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct Verifier {
     keys: Arc<Keys>,
     issuer: String,
     audience: String,
+    revocations: Option<Arc<Revocations>>,
 }
 
 impl Verifier {
@@ -201,6 +446,44 @@ impl Verifier {
             keys: Arc::new(Keys::Local(keys)),
             issuer: issuer.into(),
             audience: audience.into(),
+            revocations: None,
+        }
+    }
+
+    /// Also refuses revoked tokens, as the list read from `revocations` says.
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
+    /// The revocation list this verifier consults, for the task that keeps it fresh.
+    pub fn revocations(&self) -> Option<Arc<Revocations>> {
+        self.revocations.clone()
+    }
+
+    /// A service's verifier: keys from the auth service's JWKS, revocations from its list
+    /// (read with `secret`'s SERVICE token as `service`). Without a secret no list can be
+    /// read: tokens are then trusted until they expire, and that is said at start.
+    pub fn for_service(
+        auth_url: &str,
+        config: &crate::config::CommonConfig,
+        service: &str,
+    ) -> Self {
+        let v = Verifier::remote(auth_url, &config.jwt_issuer, &config.jwt_audience);
+        match &config.service_secret {
+            Some(secret) => {
+                let tokens = ServiceTokens::new(auth_url, service, secret.clone());
+                v.with_revocations(Arc::new(Revocations::new(RemoteRevocations::new(
+                    auth_url, tokens,
+                ))))
+            }
+            None => {
+                tracing::warn!(
+                    service,
+                    "no MERCATO_SERVICE_SECRET: revoked tokens are accepted until they expire"
+                );
+                v
+            }
         }
     }
 
@@ -208,7 +491,7 @@ impl Verifier {
     pub fn remote(auth_url: &str, issuer: &str, audience: &str) -> Self {
         let cache = JwksCache {
             url: format!("{}/.well-known/jwks.json", auth_url.trim_end_matches('/')),
-            http: reqwest::Client::new(),
+            http: crate::client::pooled_client(),
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
         };
@@ -216,6 +499,7 @@ impl Verifier {
             keys: Arc::new(Keys::Remote(Box::new(cache))),
             issuer: issuer.into(),
             audience: audience.into(),
+            revocations: None,
         }
     }
 
@@ -242,7 +526,8 @@ impl Verifier {
         let mut v = Validation::new(Algorithm::RS256);
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        v.validate_nbf = true;
         v.leeway = 5;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
@@ -251,9 +536,13 @@ impl Verifier {
                 ErrorKind::InvalidIssuer => "the token was issued by someone else",
                 ErrorKind::InvalidAudience => "the token is meant for someone else",
                 ErrorKind::InvalidSignature => "the token's signature is not valid",
+                ErrorKind::ImmatureSignature => "the token is not valid yet",
                 _ => "the token is not valid",
             })
         })?;
+        if let Some(r) = &self.revocations {
+            r.check(&data.claims).await?;
+        }
         Ok(Principal {
             subject: data.claims.sub,
             role: data.claims.role,
@@ -343,7 +632,7 @@ impl ServiceTokens {
             ),
             service: service.into(),
             secret,
-            http: reqwest::Client::new(),
+            http: crate::client::pooled_client(),
             cached: Mutex::new(None),
         }
     }
@@ -375,6 +664,110 @@ impl ServiceTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A revocation list that answers what it is given, or fails (`None`).
+    struct Listed(std::sync::Mutex<Option<Vec<Revocation>>>);
+
+    #[async_trait::async_trait]
+    impl RevocationSource for Arc<Listed> {
+        async fn since(&self, since: i64) -> anyhow::Result<RevocationPage> {
+            let items = self.0.lock().unwrap().clone();
+            let items = items.ok_or_else(|| anyhow::anyhow!("auth is down"))?;
+            Ok(RevocationPage {
+                items: items.into_iter().filter(|r| r.at >= since).collect(),
+                now: crate::time::now_us(),
+                more: false,
+                token_ttl_secs: 900,
+            })
+        }
+    }
+
+    fn claims(sub: &str, role: Role, ver: i64, sid: Option<&str>) -> Claims {
+        Claims {
+            sub: sub.into(),
+            role,
+            email: None,
+            iss: "i".into(),
+            aud: "a".into(),
+            exp: 0,
+            nbf: 0,
+            iat: 0,
+            jti: "j".into(),
+            ver,
+            sid: sid.map(Into::into),
+        }
+    }
+
+    #[tokio::test]
+    async fn revoked_versions_and_sessions_are_refused_and_a_stale_list_stops_privilege() {
+        let now = crate::time::now_us();
+        let entries = vec![
+            Revocation {
+                user_id: "demoted".into(),
+                min_version: 2,
+                session_id: None,
+                at: now,
+            },
+            Revocation {
+                user_id: "left".into(),
+                min_version: 0,
+                session_id: Some("s-1".into()),
+                at: now,
+            },
+        ];
+        let source = Arc::new(Listed(std::sync::Mutex::new(Some(entries))));
+        let r = Revocations::new(source.clone());
+        // Never read yet: a privileged token makes it read the list first.
+        assert!(r
+            .check(&claims("demoted", Role::Admin, 2, None))
+            .await
+            .is_ok());
+        assert_eq!(
+            r.check(&claims("demoted", Role::Admin, 1, None))
+                .await
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(
+            r.check(&claims("left", Role::Customer, 0, Some("s-1")))
+                .await
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert!(r
+            .check(&claims("left", Role::Customer, 0, Some("s-2")))
+            .await
+            .is_ok());
+        assert!(r
+            .check(&claims("service:x", Role::Service, 0, None))
+            .await
+            .is_ok());
+        // The list is old and auth cannot be read: privileged tokens wait, customers do not.
+        *source.0.lock().unwrap() = None;
+        r.times.lock().unwrap().0 = Some(Instant::now() - REVOCATION_MAX_AGE);
+        r.times.lock().unwrap().1 = Some(Instant::now() - Duration::from_secs(5));
+        assert_eq!(
+            r.check(&claims("someone", Role::Seller, 0, None))
+                .await
+                .unwrap_err()
+                .status,
+            503
+        );
+        assert!(r
+            .check(&claims("someone", Role::Customer, 0, None))
+            .await
+            .is_ok());
+        assert_eq!(
+            r.check(&claims("demoted", Role::Customer, 1, None))
+                .await
+                .unwrap_err()
+                .status,
+            401,
+            "what the last list said still holds"
+        );
+    }
 
     #[test]
     fn roles_parse_and_check() {

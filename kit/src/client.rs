@@ -750,7 +750,7 @@ impl Dependency {
     ) -> prometheus::Result<Self> {
         let metrics = ClientMetrics::register(name, registry)?;
         Ok(Dependency {
-            http: reqwest::Client::new(),
+            http: pooled_client(),
             shared: Arc::new(Shared {
                 name: name.into(),
                 breaker: Mutex::new(Breaker::new(policy.breaker.clone())),
@@ -1148,6 +1148,16 @@ fn error_chain(e: &reqwest::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+/// A client whose pooled connections are given up well before a Mercato listener closes
+/// them as idle (75 s by default, [`crate::server`]), so a request is never sent on a
+/// connection the server is closing at that moment.
+pub fn pooled_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

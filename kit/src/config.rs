@@ -169,6 +169,18 @@ impl Env {
         self.raw(name).map(Secret::new)
     }
 
+    /// A secret that has no default: missing, it is recorded as an error saying what it is
+    /// for (`mercato up` generates the embedded ones into the data directory first).
+    pub fn required_secret(&mut self, name: &str, what: &str) -> Secret {
+        match self.secret(name) {
+            Some(s) => s,
+            None => {
+                self.reject(name, &format!("{what} (required; nothing is assumed)"));
+                Secret::new(String::new())
+            }
+        }
+    }
+
     /// A URL with one of the given schemes.
     pub fn url(&mut self, name: &str, default: Option<&str>, schemes: &[&str]) -> Option<String> {
         let v = self
@@ -229,6 +241,15 @@ pub struct CommonConfig {
     pub db_pool_size: u32,
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
+    /// `MERCATO_HTTP_HEADER_TIMEOUT_MS`: a request head must arrive within it.
+    pub header_timeout: Duration,
+    /// `MERCATO_HTTP_IDLE_TIMEOUT_MS`: a kept-alive connection waits this long for its next
+    /// request.
+    pub idle_timeout: Duration,
+    /// `MERCATO_HTTP_BODY_TIMEOUT_MS`: a request body must arrive within it (else 408).
+    pub body_timeout: Duration,
+    /// `MERCATO_HTTP_MAX_CONNECTIONS`: connections open at once per listener.
+    pub max_connections: usize,
     pub auth_url: String,
     pub jwt_issuer: String,
     pub jwt_audience: String,
@@ -253,6 +274,10 @@ impl fmt::Debug for CommonConfig {
             .field("db_pool_size", &self.db_pool_size)
             .field("request_timeout", &self.request_timeout)
             .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_connections", &self.max_connections)
             .field("auth_url", &self.auth_url)
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
@@ -309,6 +334,22 @@ impl CommonConfig {
                 256 * 1024,
                 1024..=64 * 1024 * 1024,
             ) as usize,
+            header_timeout: Duration::from_millis(env.int(
+                "MERCATO_HTTP_HEADER_TIMEOUT_MS",
+                10_000,
+                10..=600_000,
+            )),
+            idle_timeout: Duration::from_millis(env.int(
+                "MERCATO_HTTP_IDLE_TIMEOUT_MS",
+                75_000,
+                10..=3_600_000,
+            )),
+            body_timeout: Duration::from_millis(env.int(
+                "MERCATO_HTTP_BODY_TIMEOUT_MS",
+                10_000,
+                10..=600_000,
+            )),
+            max_connections: env.int("MERCATO_HTTP_MAX_CONNECTIONS", 1024, 1..=1_000_000) as usize,
             auth_url: env
                 .url(
                     "MERCATO_AUTH_URL",

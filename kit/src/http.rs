@@ -3,9 +3,10 @@
 //!
 //! Layers, outermost first: request context (request id, correlation id, trace context, one
 //! span per request that every log line of the request carries), panic catching, metrics by
-//! route template, per-request timeout, and the problem normaliser, which turns any error that
-//! a framework layer answered in plain text (unknown route, wrong method, oversized body) into
-//! `application/problem+json`.
+//! route template, the body read timeout (the whole body must arrive within it, else 408),
+//! per-request timeout, and the problem normaliser, which turns any error that a framework
+//! layer answered in plain text (unknown route, wrong method, oversized body) into
+//! `application/problem+json`. Connections themselves are watched by [`crate::server`].
 
 use crate::health::{self, HealthCheck};
 use crate::metrics::Metrics;
@@ -235,6 +236,56 @@ async fn timeout_layer(State(limit): State<Duration>, mut req: Request, next: Ne
     }
 }
 
+/// Reads the whole request body within `timeout` (and at most `limit` bytes) before the
+/// handler runs: a client that trickles its body gets 408 and the connection closes, instead
+/// of holding a handler (or, at the gateway, an upstream connection) for as long as it likes.
+/// Bodies here are small JSON documents, so holding one in memory is what the handlers did
+/// anyway.
+async fn body_layer(
+    State((timeout, limit)): State<(Duration, usize)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::body::HttpBody;
+    use http_body_util::BodyExt;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect());
+    match read.await {
+        Ok(Ok(collected)) => {
+            next.run(Request::from_parts(parts, Body::from(collected.to_bytes())))
+                .await
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Problem::for_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some(format!("the body is larger than {limit} bytes")),
+        )
+        .into_response(),
+        Ok(Err(e)) => {
+            Problem::bad_request(format!("the request body could not be read: {e}")).into_response()
+        }
+        Err(_) => {
+            let mut res = Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                "The request body took too long to arrive",
+            )
+            .with_detail(format!(
+                "the whole body must arrive within {} ms",
+                timeout.as_millis()
+            ))
+            .into_response();
+            // The rest of the body is still on its way: this connection cannot carry another
+            // request.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            res
+        }
+    }
+}
+
 /// Turns a plain-text error answered by a framework layer into a problem document.
 async fn problem_layer(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
@@ -341,13 +392,42 @@ where
     }
 }
 
-/// Query-string extractor whose rejection is a 400 problem naming the parameter.
+/// Query-string extractor whose rejection is a 400 problem naming the parameter. A parameter
+/// given with an empty value (`?seller_id=`) is refused with 422 naming it: it is not the same
+/// as leaving the filter out, and reading it as absent would answer a question nobody asked.
 #[derive(Debug, Clone, Default)]
 pub struct Query<T>(pub T);
+
+/// The names of the query string's parameters that have an empty value.
+pub fn empty_query_values(query: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| match pair.split_once('=') {
+            Some((name, "")) => Some(name),
+            None => Some(pair),
+            _ => None,
+        })
+        .map(|name| name.to_owned())
+        .collect()
+}
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let empty = empty_query_values(parts.uri.query().unwrap_or(""));
+        if !empty.is_empty() {
+            return Err(Problem::validation(
+                empty
+                    .into_iter()
+                    .map(|field| crate::problem::FieldError {
+                        field,
+                        message: "must not be empty: leave the parameter out to not filter by it"
+                            .into(),
+                    })
+                    .collect(),
+            ));
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))
@@ -388,6 +468,10 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
 pub struct HttpSettings {
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
+    /// How long the whole request body may take to arrive (408 past it).
+    pub body_timeout: Duration,
+    /// Header and idle timeouts, connection caps (see [`crate::server`]).
+    pub connections: crate::server::ConnectionLimits,
     /// Peers whose `X-Forwarded-For` is believed (see [`client_ip`]).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The chaos profile the service starts with (`CHAOS_MODE`); off by default.
@@ -399,6 +483,8 @@ impl Default for HttpSettings {
         HttpSettings {
             request_timeout: Duration::from_secs(15),
             body_limit_bytes: 256 * 1024,
+            body_timeout: Duration::from_secs(10),
+            connections: crate::server::ConnectionLimits::default(),
             trusted_proxies: crate::config::DEFAULT_TRUSTED_PROXIES
                 .split(',')
                 .filter_map(|n| n.parse().ok())
@@ -413,6 +499,14 @@ impl From<&crate::config::CommonConfig> for HttpSettings {
         HttpSettings {
             request_timeout: c.request_timeout,
             body_limit_bytes: c.body_limit_bytes,
+            body_timeout: c.body_timeout,
+            connections: crate::server::ConnectionLimits {
+                header_timeout: c.header_timeout,
+                idle_timeout: c.idle_timeout,
+                max_connections: c.max_connections,
+                max_per_address: None,
+                exempt: c.trusted_proxies.clone(),
+            },
             trusted_proxies: c.trusted_proxies.clone(),
             chaos: if c.chaos_mode {
                 crate::chaos::Profile::default_mode()
@@ -431,6 +525,12 @@ pub struct Service {
     pub name: &'static str,
     api: Router,
     ops: Router,
+    /// `/metrics` (on the operator port when there is one).
+    metrics_route: Router,
+    /// A port of its own for `/metrics` and `/health/*`, for operators only.
+    ops_listener: Option<std::net::TcpListener>,
+    /// Headers every answer carries unless its route set its own.
+    response_headers: Vec<(HeaderName, HeaderValue)>,
     metrics: Metrics,
     settings: HttpSettings,
     chaos: crate::chaos::Chaos,
@@ -451,15 +551,18 @@ impl Service {
         settings: &HttpSettings,
     ) -> Service {
         let draining = Arc::new(AtomicBool::new(false));
-        let mut ops = health::router(name, checks, draining.clone())
-            .route("/metrics", get(render_metrics).with_state(metrics.clone()));
+        let mut ops = health::router(name, checks, draining.clone());
+        let metrics_route =
+            Router::new().route("/metrics", get(render_metrics).with_state(metrics.clone()));
         // Without a document the API router serves its own `/openapi.json` (the gateway's is
         // assembled from every service's at request time).
         if let Some(openapi) = openapi.into() {
-            let openapi = Arc::new(openapi);
+            let mut doc = serde_json::to_value(&openapi).expect("an OpenAPI document is JSON");
+            crate::openapi::complete(&mut doc);
+            let doc = Arc::new(doc);
             ops = ops.route(
                 "/openapi.json",
-                get(move || async move { axum::Json((*openapi).clone()) }),
+                get(move || async move { axum::Json((*doc).clone()) }),
             );
         }
         // Chaos sits in front of the API routes only: health, metrics and the admin routes stay
@@ -474,6 +577,9 @@ impl Service {
             name,
             api,
             ops,
+            metrics_route,
+            ops_listener: None,
+            response_headers: Vec::new(),
             metrics,
             settings: settings.clone(),
             chaos,
@@ -505,26 +611,68 @@ impl Service {
     }
 
     /// Adds the admin routes every service has, `GET/PUT/DELETE /api/v1/admin/chaos`, checked
-    /// with `verifier` (ADMIN only).
+    /// with `verifier` (ADMIN only), and keeps the verifier's revocation list fresh while the
+    /// service runs (the verifier is the one its routes use: clones share the list).
     pub fn with_admin(mut self, verifier: crate::auth::Verifier) -> Self {
+        if let Some(revocations) = verifier.revocations() {
+            self = self.with_task(move |stop| revocations.run(stop));
+        }
         self.api = self
             .api
             .merge(crate::chaos::admin_router(self.chaos.clone(), verifier));
         self
     }
 
+    /// Serves `/metrics` (and `/health/*`) on `listener` only, not on the service's port: for
+    /// a service whose port is public (the gateway), so its traffic and internals are not.
+    pub fn with_ops_port(mut self, listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        self.ops_listener = Some(listener);
+        Ok(self)
+    }
+
+    /// The operator port's address, when it has one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Adds headers to every answer of this service that does not set them itself, its own
+    /// problem answers (404, 408, 413, timeouts) and operational routes included.
+    pub fn with_response_headers(
+        mut self,
+        headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+    ) -> Self {
+        self.response_headers.extend(headers);
+        self
+    }
+
     /// The router, for tests that drive it without a socket.
     pub fn router(&self) -> Router {
+        let mut public = self.api.clone().merge(self.ops.clone());
+        if self.ops_listener.is_none() {
+            public = public.merge(self.metrics_route.clone());
+        }
+        self.layered(public)
+    }
+
+    /// What the operator port serves.
+    fn ops_router(&self) -> Router {
+        self.layered(self.ops.clone().merge(self.metrics_route.clone()))
+    }
+
+    fn layered(&self, routes: Router) -> Router {
         let settings = &self.settings;
-        self.api
-            .clone()
-            .merge(self.ops.clone())
+        let router = routes
             .fallback(|| async { Problem::not_found("no such route") })
             .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
             .layer(middleware::from_fn(problem_layer))
             .layer(middleware::from_fn_with_state(
                 settings.request_timeout,
                 timeout_layer,
+            ))
+            .layer(middleware::from_fn_with_state(
+                (settings.body_timeout, settings.body_limit_bytes),
+                body_layer,
             ))
             .layer(middleware::from_fn_with_state(
                 self.metrics.clone(),
@@ -537,17 +685,31 @@ impl Service {
                     trusted: Arc::new(settings.trusted_proxies.clone()),
                 },
                 context_layer,
-            ))
+            ));
+        self.response_headers
+            .iter()
+            .fold(router, |r, (name, value)| {
+                r.layer(
+                    tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                        name.clone(),
+                        value.clone(),
+                    ),
+                )
+            })
     }
 
     /// Serves until `shutdown` is cancelled: then stops accepting, lets in-flight requests
     /// finish, stops the background work and closes the pools.
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let app = self.router();
+        let ops = match self.ops_listener.take() {
+            Some(l) => Some((TcpListener::from_std(l)?, self.ops_router())),
+            None => None,
+        };
         let tasks_token = CancellationToken::new();
         let handles: Vec<_> = self
             .tasks
@@ -556,20 +718,43 @@ impl Service {
             .collect();
         let draining = self.draining.clone();
         let name = self.name;
-        let stop = shutdown.clone();
-        let served = axum::serve(
+        let stop = CancellationToken::new();
+        let announce = {
+            let stop = stop.clone();
+            async move {
+                shutdown.cancelled().await;
+                draining.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    service = name,
+                    "shutting down: finishing in-flight requests"
+                );
+                stop.cancel();
+            }
+        };
+        let announcer = tokio::spawn(announce);
+        let connections = crate::server::ConnectionMetrics::register(self.metrics.registry())
+            .map_err(std::io::Error::other)?;
+        let ops_served = ops.map(|(l, router)| {
+            tokio::spawn(crate::server::serve(
+                l,
+                router,
+                self.settings.connections.clone(),
+                crate::server::ConnectionMetrics::unregistered(),
+                stop.clone(),
+            ))
+        });
+        let served = crate::server::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            app,
+            self.settings.connections.clone(),
+            connections,
+            stop,
         )
-        .with_graceful_shutdown(async move {
-            stop.cancelled().await;
-            draining.store(true, Ordering::SeqCst);
-            tracing::info!(
-                service = name,
-                "shutting down: finishing in-flight requests"
-            );
-        })
         .await;
+        if let Some(h) = ops_served {
+            let _ = h.await;
+        }
+        announcer.abort();
         tasks_token.cancel();
         for h in handles {
             let _ = h.await;
@@ -654,6 +839,14 @@ impl utoipa::Modify for BearerAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_query_values_are_found_by_name() {
+        assert_eq!(empty_query_values("seller_id=&limit=5"), ["seller_id"]);
+        assert_eq!(empty_query_values("q&status=PAID"), ["q"]);
+        assert!(empty_query_values("limit=5&cursor=abc").is_empty());
+        assert!(empty_query_values("").is_empty());
+    }
 
     #[test]
     fn traceparent_checks() {

@@ -92,6 +92,21 @@ impl IdempotencyKey {
         self.key.as_deref()
     }
 
+    /// The key, for routes whose contract requires one (an order placed twice is two
+    /// orders): without it, 400 `idempotency_key_required` saying why `what` needs it.
+    pub fn required(&self, what: &str) -> Result<&str, Problem> {
+        self.key.as_deref().ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_required",
+                "An Idempotency-Key is required",
+            )
+            .with_detail(format!(
+                "{what}: send an Idempotency-Key header, and the same one when retrying"
+            ))
+        })
+    }
+
     /// What identifies "the same request": method, path and the request's parsed body.
     pub fn fingerprint<T: Serialize>(&self, body: &T) -> String {
         let mut h = Sha256::new();

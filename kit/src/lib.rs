@@ -17,8 +17,10 @@ pub mod http;
 pub mod idempotency;
 pub mod ids;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod redis;
+pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

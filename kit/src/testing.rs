@@ -57,8 +57,11 @@ pub fn token(subject: &str, role: Role) -> String {
         iss: ISSUER.into(),
         aud: AUDIENCE.into(),
         exp: now + 600,
+        nbf: now,
         iat: now,
         jti: uuid::Uuid::new_v4().to_string(),
+        ver: 0,
+        sid: None,
     };
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(KID.into());

@@ -44,7 +44,18 @@ impl Errors {
     }
 }
 
-/// Checks a single-line text: trimmed, `min..=max` characters, no control characters.
+/// Characters that change how text around them is shown without showing themselves: the
+/// bidirectional embeddings, overrides and isolates (a name that reads one way and sorts or
+/// compares another, "Trojan Source"), and the zero-width space, word joiner and byte-order
+/// mark (two names that look the same). Zero-width (non-)joiners are only refused in
+/// single-line texts such as names: in a paragraph they are part of some scripts and emoji.
+fn invisible(c: char, multiline: bool) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}' | '\u{2060}' | '\u{FEFF}')
+        || (!multiline && matches!(c, '\u{200C}' | '\u{200D}'))
+}
+
+/// Checks a single-line text: trimmed, `min..=max` characters, no control characters, no
+/// invisible formatting characters (see `invisible`).
 pub fn line(value: &str, min: usize, max: usize) -> Result<String, String> {
     text(value, min, max, false)
 }
@@ -60,6 +71,12 @@ fn text(value: &str, min: usize, max: usize, multiline: bool) -> Result<String, 
         .any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\t' | '\r')))
     {
         return Err("must not contain control characters".into());
+    }
+    if v.chars().any(|c| invisible(c, multiline)) {
+        return Err(
+            "must not contain invisible formatting characters (bidirectional overrides, zero-width characters)"
+                .into(),
+        );
     }
     let n = v.chars().count();
     if n < min {
@@ -77,6 +94,23 @@ fn text(value: &str, min: usize, max: usize, multiline: bool) -> Result<String, 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn invisible_formatting_is_refused_in_names() {
+        for sneaky in [
+            "admin\u{200B}",
+            "\u{202E}nimda",
+            "a\u{2066}b\u{2069}",
+            "\u{FEFF}Casey",
+            "Ca\u{200D}sey",
+        ] {
+            assert!(line(sneaky, 1, 100).is_err(), "{sneaky:?}");
+        }
+        assert!(line("Zoë Ångström-Łukasz 李", 1, 100).is_ok());
+        // In a paragraph a zero-width joiner belongs to emoji and some scripts.
+        assert!(paragraph("family: 👨\u{200D}👩\u{200D}👧", 1, 100).is_ok());
+        assert!(paragraph("\u{202E}reversed", 1, 100).is_err());
+    }
+
     use super::*;
 
     #[test]

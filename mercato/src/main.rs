@@ -110,8 +110,15 @@ async fn up(env: Env, telemetry: &mercato_kit::telemetry::Settings) -> anyhow::R
         println!("  API        {gw}/api/v1");
         println!("  API docs   {gw}/docs   (OpenAPI {gw}/openapi.json)");
     }
+    if let Some(ops) = running.urls.get("gateway-ops") {
+        println!("  Operators  {ops}/metrics   (the gateway's metrics, not on its public port)");
+    }
     println!("\nEach service also answers on its own port:");
-    for (name, url) in running.urls.iter().filter(|(n, _)| **n != "gateway") {
+    for (name, url) in running
+        .urls
+        .iter()
+        .filter(|(n, _)| !n.starts_with("gateway"))
+    {
         println!("  {name:<10} {url}/api/v1   (health {url}/health/ready, API {url}/openapi.json)");
     }
     if seeded {

@@ -127,37 +127,90 @@ fn default_port(service: &str) -> u16 {
     }
 }
 
-/// The shared secret services use to get their own tokens. Embedded, it is generated once and
-/// kept in the data directory (mode 0600); distributed, the operator sets it.
-pub fn ensure_service_secret(env: &mut Env, data_dir: &Path) -> anyhow::Result<()> {
-    if env.raw("MERCATO_SERVICE_SECRET").is_some() {
-        return Ok(());
-    }
-    let path = data_dir.join("service-secret");
-    let secret = match std::fs::read_to_string(&path) {
-        Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
-        _ => {
-            use rand::RngCore;
-            use std::io::Write;
-            let mut b = [0u8; 32];
-            rand::thread_rng().fill_bytes(&mut b);
-            let s: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            std::fs::create_dir_all(data_dir)?;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            opts.open(&path)
-                .and_then(|mut f| f.write_all(s.as_bytes()))
-                .with_context(|| format!("writing {}", path.display()))?;
-            s
+/// The secrets services share, each with the file it is kept in when embedded, the services
+/// that cannot run without it, and whether their configuration checks it already.
+const SHARED_SECRETS: [(&str, &str, &[&str], bool); 2] = [
+    // Services trade it for SERVICE tokens (the order's stock pre-check, reading the
+    // revocation list); auth checks it.
+    (
+        "MERCATO_SERVICE_SECRET",
+        "service-secret",
+        // Every service that checks tokens also reads the auth service's revocation list
+        // with its own SERVICE token.
+        &[
+            "auth",
+            "catalog",
+            "inventory",
+            "order",
+            "cart",
+            "payment",
+            "gateway",
+        ],
+        false,
+    ),
+    // The card processor signs its webhooks with it; the payment service checks them.
+    (
+        "MERCATO_PSP_WEBHOOK_SECRET",
+        "psp-webhook-secret",
+        &["payment", "psp-mock"],
+        true,
+    ),
+];
+
+/// Embedded, each shared secret is generated once and kept in the data directory (mode 0600),
+/// so every process started on that directory agrees on it and nobody else knows it.
+/// Distributed (a service on PostgreSQL), the operator sets them: a missing one is a
+/// configuration error naming it, not a start that fails later one request at a time.
+pub fn ensure_shared_secrets(
+    env: &mut Env,
+    data_dir: &Path,
+    services: &[&str],
+    embedded: bool,
+) -> anyhow::Result<()> {
+    for (var, file, needed_by, checked) in SHARED_SECRETS {
+        if env.raw(var).is_some() || !services.iter().any(|s| needed_by.contains(s)) {
+            continue;
         }
-    };
-    env.set("MERCATO_SERVICE_SECRET", secret);
+        if embedded {
+            let secret = generated_secret(&data_dir.join(file))?;
+            env.set(var, secret);
+        } else if !checked {
+            env.reject(
+                var,
+                "a shared secret: set it for every service when they run on PostgreSQL \
+                 (only embedded mode generates one)",
+            );
+        }
+    }
     Ok(())
+}
+
+/// The secret kept at `path`, created there (32 random bytes, hex, mode 0600) if absent.
+fn generated_secret(path: &Path) -> anyhow::Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().to_owned());
+        }
+    }
+    use rand::RngCore;
+    use std::io::Write;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    let s: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+        .and_then(|mut f| f.write_all(s.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(s)
 }
 
 /// Reads a service's configuration into a scratch copy of `env` and carries its errors over.
@@ -409,6 +462,13 @@ pub async fn start_until(
     let wanted = wanted(&env, services)?;
     let alone = wanted.len() == 1;
     let common = mercato_kit::config::CommonConfig::read(&mut env);
+    // Embedded: no service of this process keeps its data in PostgreSQL.
+    let embedded = wanted.iter().all(|s| {
+        !common
+            .database_url_for(&mut env.clone(), s)
+            .starts_with("postgres")
+    });
+    ensure_shared_secrets(&mut env, &common.data_dir, &wanted, embedded)?;
     // Read every service's configuration up front so that all bad values are reported at
     // once, before anything listens.
     for &s in &wanted {
@@ -419,8 +479,11 @@ pub async fn start_until(
         env.url("MERCATO_NATS_URL", None, &["nats", "tls"]);
     }
     env.check()?;
-    if common.database_url.is_none() {
-        ensure_service_secret(&mut env, &common.data_dir)?;
+    // "Any free port" for the gateway means any free operator port too (the port variable
+    // is about to be rewritten with the port actually bound).
+    if env.raw("MERCATO_GATEWAY_PORT") == Some("0") && env.raw("MERCATO_GATEWAY_OPS_PORT").is_none()
+    {
+        env.set("MERCATO_GATEWAY_OPS_PORT", "0");
     }
     let shutdown = CancellationToken::new();
     let mut listeners = Vec::new();
@@ -445,10 +508,16 @@ pub async fn start_until(
         let starter_stop = CancellationToken::new();
         let starter = TcpListener::from_std(l.try_clone()?)?;
         let token = starter_stop.clone();
+        let limits = mercato_kit::http::HttpSettings::from(&common).connections;
         tokio::spawn(async move {
-            let _ = axum::serve(starter, starting_router(s))
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
+            let _ = mercato_kit::server::serve(
+                starter,
+                starting_router(s),
+                limits,
+                mercato_kit::server::ConnectionMetrics::unregistered(),
+                token,
+            )
+            .await;
         });
         starters.push((s, starter_stop));
         listeners.push((s, TcpListener::from_std(l)?, bound));
@@ -518,6 +587,10 @@ pub async fn start_until(
             t.cancel();
         }
         stack.urls.insert(name, format!("http://{addr}"));
+        if let Some(ops) = service.ops_addr() {
+            // The gateway's operator port: /metrics is there, not on the public port.
+            stack.urls.insert("gateway-ops", format!("http://{ops}"));
+        }
         stack.handles.push((
             name,
             tokio::spawn(service.run(listener, shutdown.child_token())),

@@ -297,7 +297,7 @@ async fn forged_and_stale_tokens_are_refused() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let claims = |iss: &str, aud: &str, exp: i64| json!({"sub": id, "role": "ADMIN", "iss": iss, "aud": aud, "exp": exp, "iat": now, "jti": "x"});
+    let claims = |iss: &str, aud: &str, exp: i64| json!({"sub": id, "role": "ADMIN", "iss": iss, "aud": aud, "exp": exp, "iat": now, "nbf": now, "jti": "x"});
 
     // Tampered: flip the payload to claim ADMIN while keeping the signature.
     let parts: Vec<&str> = good.split('.').collect();
@@ -357,6 +357,17 @@ async fn forged_and_stale_tokens_are_refused() {
     )
     .await;
     assert!(p["detail"].as_str().unwrap().contains("expired"));
+    // Not valid yet (nbf an hour ahead), or with no nbf at all: every token auth issues has one.
+    let mut early = claims("mercato-auth", "mercato", now + 7200);
+    early["nbf"] = json!(now + 3600);
+    let p = problem(call(sign(early)).await.unwrap(), 401).await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("not valid yet"),
+        "{p}"
+    );
+    let mut without = claims("mercato-auth", "mercato", now + 600);
+    without.as_object_mut().unwrap().remove("nbf");
+    problem(call(sign(without)).await.unwrap(), 401).await;
     problem(
         call(sign(claims("evil", "mercato", now + 600)))
             .await

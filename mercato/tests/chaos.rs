@@ -24,7 +24,13 @@ use support::{eventually, problem, Shop, TestStack, ADMIN_EMAIL, ADMIN_PASSWORD}
 
 /// `support::metric` of one service of the stack.
 async fn metric(t: &TestStack, service: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    support::metric(&t.http, &t.base(service), name, labels).await
+    // The gateway's metrics are on its operator port.
+    let at = if service == "gateway" {
+        "gateway-ops"
+    } else {
+        service
+    };
+    support::metric(&t.http, &t.base(at), name, labels).await
 }
 
 async fn set_chaos(s: &Shop, service: &str, profile: Value) {

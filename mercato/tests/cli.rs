@@ -49,6 +49,38 @@ fn bad_configuration_names_every_variable_and_exits_2() {
 }
 
 #[test]
+fn outside_embedded_mode_a_missing_shared_secret_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: the configuration is refused before any connection is tried.
+    let pg = "postgres://postgres@127.0.0.1:1/nothing";
+    let out = mercato()
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("MERCATO_DATABASE_URL", pg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MERCATO_SERVICE_SECRET"), "{err}");
+    assert!(err.contains("MERCATO_PSP_WEBHOOK_SECRET"), "{err}");
+    assert!(
+        !dir.path().join("psp-webhook-secret").exists(),
+        "nothing is generated outside embedded mode"
+    );
+    let out = mercato()
+        .args(["serve", "payment"])
+        .env("MERCATO_DATA_DIR", dir.path())
+        .env("MERCATO_DATABASE_URL", pg)
+        .env("MERCATO_SERVICE_SECRET", "set")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MERCATO_PSP_WEBHOOK_SECRET"), "{err}");
+    assert!(!err.contains("MERCATO_SERVICE_SECRET"), "{err}");
+}
+
+#[test]
 fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let child = mercato()
@@ -91,6 +123,19 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
     }
     let text = printed.join("\n");
     assert!(text.contains("customer@mercato.local"), "{text}");
+    // The shared secrets were generated into the data directory, readable by its owner only.
+    for file in ["service-secret", "psp-webhook-secret"] {
+        let path = dir.path().join(file);
+        let secret = std::fs::read_to_string(&path).expect(file);
+        assert_eq!(secret.trim().len(), 64, "{file}: 32 random bytes in hex");
+        assert!(!text.contains(secret.trim()), "{file} is not printed");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+    }
     assert!(text.contains("Seller-demo-2026"), "{text}");
     let catalog = printed
         .iter()

@@ -169,6 +169,14 @@ async fn a_killed_process_finishes_every_saga_once_after_restart() {
     ));
     // Claims of requests that died with the process are taken over after the request timeout.
     env.push(("MERCATO_REQUEST_TIMEOUT_MS".into(), "3000".into()));
+    // The processor runs apart, on a data directory of its own: the webhook secret is shared
+    // by hand, as an operator would.
+    let webhook_secret = (
+        "MERCATO_PSP_WEBHOOK_SECRET".to_owned(),
+        "crash-test-webhook-secret".to_owned(),
+    );
+    env.push(webhook_secret.clone());
+    env.push(("MERCATO_GATEWAY_OPS_PORT".into(), free_port().to_string()));
     let payment_port = ports.0.iter().find(|(s, _)| *s == "PAYMENT").unwrap().1;
     let _psp = Killed(
         mercato(
@@ -180,6 +188,7 @@ async fn a_killed_process_finishes_every_saga_once_after_restart() {
                     "MERCATO_PSP_WEBHOOK_URL".into(),
                     format!("http://127.0.0.1:{payment_port}/api/v1/payments/webhook"),
                 ),
+                webhook_secret.clone(),
             ],
         )
         .stdout(Stdio::null())

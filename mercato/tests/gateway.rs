@@ -166,7 +166,7 @@ async fn a_missing_service_gets_a_quick_problem_naming_it_and_the_rest_keeps_wor
 
     let metrics = t
         .http
-        .get(format!("{}/metrics", t.base("gateway")))
+        .get(format!("{}/metrics", t.base("gateway-ops")))
         .send()
         .await
         .unwrap()
@@ -267,7 +267,7 @@ async fn a_replica_answering_503_is_passed_over_by_requests_that_may_be_repeated
     assert!(answers.contains(&503), "{answers:?}");
     let retries = t
         .http
-        .get(format!("{}/metrics", t.base("gateway")))
+        .get(format!("{}/metrics", t.base("gateway-ops")))
         .send()
         .await
         .unwrap()
@@ -414,14 +414,46 @@ async fn oversized_bodies_are_refused_and_headers_are_set() {
     let p = problem(res, 413).await;
     assert_eq!(p["code"], "payload_too_large");
 
-    let res = t.http.get(gw(&t, "/categories")).send().await.unwrap();
-    let h = res.headers();
-    assert_eq!(h["x-content-type-options"], "nosniff");
-    assert_eq!(h["x-frame-options"], "DENY");
-    assert!(h["content-security-policy"]
-        .to_str()
-        .unwrap()
-        .contains("default-src 'none'"));
+    // On the services' answers it forwards and on its own (a 413, a 404, health) alike.
+    let own_404 = format!("{}/nothing-here", t.base("gateway"));
+    let health = format!("{}/health/ready", t.base("gateway"));
+    for url in [gw(&t, "/categories"), own_404, health] {
+        let res = t.http.get(&url).send().await.unwrap();
+        let h = res.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{url}");
+        assert_eq!(h["x-frame-options"], "DENY", "{url}");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'"),
+            "{url}"
+        );
+    }
+    let res = t
+        .http
+        .post(gw(&t, "/auth/register"))
+        .json(&json!({"email": "big@test.local", "password": "x".repeat(4096), "name": "Big"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+    // The gateway's metrics are on its operator port, not where strangers connect.
+    let public = t
+        .http
+        .get(format!("{}/metrics", t.base("gateway")))
+        .send()
+        .await
+        .unwrap();
+    problem(public, 404).await;
+    let ops = t
+        .http
+        .get(format!("{}/metrics", t.base("gateway-ops")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ops.status(), StatusCode::OK);
+    assert!(ops.text().await.unwrap().contains("http_requests_total"));
     t.stop().await;
 }
 

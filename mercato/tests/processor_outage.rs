@@ -37,6 +37,7 @@ impl Processor {
         let mut env = Env::from_pairs([
             ("MERCATO_DATA_DIR", t.dir.path().display().to_string()),
             ("MERCATO_PSP_MOCK_PORT", port.to_string()),
+            ("MERCATO_PSP_WEBHOOK_SECRET", t.webhook_secret()),
             (
                 "MERCATO_PSP_WEBHOOK_URL",
                 format!("{}/api/v1/payments/webhook", t.base("payment")),

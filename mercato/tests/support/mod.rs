@@ -16,6 +16,8 @@ use std::time::Duration;
 pub const ADMIN_EMAIL: &str = "root@test.local";
 pub const ADMIN_PASSWORD: &str = "Root-password-1";
 pub const PASSWORD: &str = "Str0ng-enough-pw";
+/// The webhook secret of stacks on PostgreSQL (embedded ones generate theirs).
+pub const TEST_WEBHOOK_SECRET: &str = "test-webhook-secret";
 
 pub struct TestStack {
     pub stack: Option<Stack>,
@@ -98,6 +100,7 @@ impl TestStack {
         if let Some((_, db_url)) = &pg {
             env.set("MERCATO_DATABASE_URL", db_url.clone());
             env.set("MERCATO_SERVICE_SECRET", "test-service-secret");
+            env.set("MERCATO_PSP_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET);
         }
         if let Some((url, prefix)) = &nats {
             env.set("MERCATO_NATS_URL", url.clone());
@@ -150,6 +153,14 @@ impl TestStack {
                 }
             }
         }
+    }
+
+    /// The secret psp-mock signs webhooks with: generated into the data directory when
+    /// embedded, the test's own on PostgreSQL.
+    pub fn webhook_secret(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("psp-webhook-secret"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| TEST_WEBHOOK_SECRET.into())
     }
 
     pub fn base(&self, service: &str) -> String {

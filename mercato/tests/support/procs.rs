@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// What every process of one test shares: its database, NATS prefix, service secret, signing
-/// key, admin, cheap password hashing, no rate limits, small pools, the request timeout given
-/// (a request that died with its process frees its idempotency key that much sooner), and
-/// Redis under the same prefix when `MERCATO_TEST_REDIS_URL` is set. Also returns the guard
-/// that deletes those Redis keys when the test ends.
+/// What every process of one test shares: its database, NATS prefix, service and webhook
+/// secrets, signing key, admin, cheap password hashing, no rate limits, small pools, the
+/// request timeout given (a request that died with its process frees its idempotency key that
+/// much sooner), and Redis under the same prefix when `MERCATO_TEST_REDIS_URL` is set. Also
+/// returns the guard that deletes those Redis keys when the test ends.
 pub fn shared_env(
     db_url: &str,
     nats: &str,
@@ -34,6 +34,10 @@ pub fn shared_env(
         ("MERCATO_NATS_PREFIX", prefix.to_owned()),
         ("MERCATO_SERVICE_SECRET", format!("{prefix}-secret")),
         (
+            "MERCATO_PSP_WEBHOOK_SECRET",
+            format!("{prefix}-webhook-secret"),
+        ),
+        (
             "MERCATO_AUTH_KEY_FILE",
             dir.join("auth-key.pem").display().to_string(),
         ),
@@ -47,6 +51,8 @@ pub fn shared_env(
         ("MERCATO_RATE_LIMIT_IP_PER_SEC", "0".into()),
         ("MERCATO_RATE_LIMIT_USER_PER_SEC", "0".into()),
         ("MERCATO_DB_POOL_SIZE", "4".into()),
+        // Two gateways on one machine: each its own operator port.
+        ("MERCATO_GATEWAY_OPS_PORT", "0".into()),
     ]
     .map(|(k, v)| (k.to_owned(), v))
     .to_vec();

@@ -107,20 +107,22 @@ pub fn check_password(password: &str, email: Option<&Email>) -> Result<(), Strin
     Ok(())
 }
 
-/// Whether `actor` may give `target` the role `new_role`.
+/// Whether an actor whose account has the role `actor_role` now (`None`: no such account)
+/// may give `target` the role `new_role`.
 pub fn may_change_role(
-    actor: &mercato_kit::auth::Principal,
+    actor_role: Option<Role>,
     target_is_actor: bool,
     new_role: Role,
 ) -> Result<(), String> {
-    if actor.role != Role::Admin {
+    if actor_role != Some(Role::Admin) {
         return Err("only an admin changes roles".into());
     }
     if new_role == Role::Service {
         return Err("SERVICE is not a role a user can have".into());
     }
-    // An admin demoting itself could leave the shop with no admin at all.
-    if target_is_actor && new_role != Role::Admin {
+    // Not even to ADMIN: an admin demoting itself could leave the shop with no admin, and a
+    // token that outlived a demotion must not be able to undo it.
+    if target_is_actor {
         return Err("an admin cannot change its own role".into());
     }
     Ok(())
@@ -156,61 +158,162 @@ pub fn refresh_decision(t: &RefreshState, now_us: i64) -> RefreshDecision {
     }
 }
 
-/// Failed-login throttling: at most `max` failures per key within `window`. Keys are an
-/// account (`acct:<email>`) or a client address (`ip:<addr>`), each with its own limit.
-pub struct Throttle {
-    window: Duration,
-    failures: HashMap<String, VecDeque<Instant>>,
+/// How failed sign-ins are limited (OWASP's authentication guidance: no lock a stranger can
+/// set off, limits on what one address may try, and delays that grow for an account under
+/// attack).
+#[derive(Clone, Copy, Debug)]
+pub struct ThrottleLimits {
+    /// Failures are counted over this window.
+    pub window: Duration,
+    /// Failures one address may make on one account; past them that address waits for the
+    /// window (429). Also how many failures an account takes before its delay starts.
+    pub per_account_address: usize,
+    /// Failures one address may make on any accounts (password spraying).
+    pub per_address: usize,
+    /// The longest an account's growing delay gets.
+    pub max_delay: Duration,
 }
 
+/// Failed-login throttling, in memory (each auth replica keeps its own).
+///
+/// - An address that failed `per_account_address` times on an account, or `per_address`
+///   times in all, waits out the window: it is the one guessing.
+/// - An account that failed more than `per_account_address` times in the window, from
+///   anywhere, is slowed rather than locked: each further attempt from an address it was
+///   never signed in from must come at least a growing delay (1 s, 2 s, 4 s ... up to
+///   `max_delay`) after the last failure. Addresses the account signed in from before pass
+///   without delay, so strangers' failures cannot keep the owner out; a new address of the
+///   owner's waits at most `max_delay`.
+/// - A correct password is never refused for what others did: only for its own address's
+///   failures.
+pub struct Throttle {
+    limits: ThrottleLimits,
+    failures: HashMap<String, VecDeque<Instant>>,
+    /// Account → addresses it signed in from, with when (most recent last).
+    known: HashMap<String, VecDeque<(String, Instant)>>,
+}
+
+/// How many addresses are remembered per account, and for how long.
+const KNOWN_ADDRESSES: usize = 8;
+const KNOWN_FOR: Duration = Duration::from_secs(30 * 86_400);
+/// Above this many keys, whoever is past the window is forgotten (a spray of distinct keys
+/// must not grow memory without bound).
+const MAX_KEYS: usize = 100_000;
+
 impl Throttle {
-    pub fn new(window: Duration) -> Self {
+    pub fn new(limits: ThrottleLimits) -> Self {
         Throttle {
-            window,
+            limits,
             failures: HashMap::new(),
+            known: HashMap::new(),
         }
     }
 
-    /// `Some(seconds to wait)` when `key` has used up its `max` failures.
-    pub fn blocked(&mut self, key: &str, max: usize, now: Instant) -> Option<u64> {
+    fn recent(&mut self, key: &str, now: Instant) -> Option<&VecDeque<Instant>> {
+        let window = self.limits.window;
         let q = self.failures.get_mut(key)?;
-        while q
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
             q.pop_front();
         }
-        if q.len() >= max {
-            let oldest = *q.front()?;
-            let wait = self.window.saturating_sub(now.duration_since(oldest));
-            Some(wait.as_secs().max(1))
-        } else {
-            None
-        }
+        Some(&*q)
     }
 
-    pub fn fail(&mut self, key: &str, now: Instant) {
-        if self.failures.len() > 100_000 {
-            // Bound memory under a spray of distinct keys: forget whoever is past the window.
-            let window = self.window;
-            self.failures
-                .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
-        }
+    /// Seconds until the oldest of `key`'s failures leaves the window, when it has `max`.
+    fn over(&mut self, key: &str, max: usize, now: Instant) -> Option<u64> {
+        let window = self.limits.window;
+        let q = self.recent(key, now)?;
+        let oldest = *q.front()?;
+        (q.len() >= max).then(|| secs(window.saturating_sub(now.duration_since(oldest))))
+    }
+
+    /// `Some(seconds to wait)` when `address` has used up its failures on any accounts
+    /// (registration checks this too: an email found taken counts as a failure).
+    pub fn address_blocked(&mut self, address: &str, now: Instant) -> Option<u64> {
+        let max = self.limits.per_address;
+        self.over(&format!("ip:{address}"), max, now)
+    }
+
+    /// A failure of `address` that is about no account in particular (a registration that
+    /// found its email taken).
+    pub fn fail_address(&mut self, address: &str, now: Instant) {
         self.failures
-            .entry(key.to_owned())
+            .entry(format!("ip:{address}"))
             .or_default()
             .push_back(now);
     }
 
-    pub fn clear(&mut self, key: &str) {
-        self.failures.remove(key);
+    /// `Some(seconds to wait)` when this attempt must not be tried now.
+    pub fn blocked(&mut self, account: &str, address: &str, now: Instant) -> Option<u64> {
+        let l = self.limits;
+        if let Some(wait) = self.over(&format!("ip:{address}"), l.per_address, now) {
+            return Some(wait);
+        }
+        let pair = format!("acct:{account}|ip:{address}");
+        if let Some(wait) = self.over(&pair, l.per_account_address, now) {
+            return Some(wait);
+        }
+        if self.is_known(account, address, now) {
+            return None;
+        }
+        let q = self.recent(&format!("acct:{account}"), now)?;
+        let beyond = q.len().checked_sub(l.per_account_address)?;
+        let last = *q.back()?;
+        let delay = Duration::from_secs(1u64 << beyond.min(20)).min(l.max_delay);
+        let ready = last + delay;
+        (now < ready).then(|| secs(ready - now))
     }
+
+    fn is_known(&self, account: &str, address: &str, now: Instant) -> bool {
+        self.known.get(account).is_some_and(|list| {
+            list.iter()
+                .any(|(a, at)| a == address && now.duration_since(*at) < KNOWN_FOR)
+        })
+    }
+
+    pub fn fail(&mut self, account: &str, address: &str, now: Instant) {
+        if self.failures.len() > MAX_KEYS {
+            let window = self.limits.window;
+            self.failures
+                .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+        }
+        for key in [
+            format!("acct:{account}"),
+            format!("ip:{address}"),
+            format!("acct:{account}|ip:{address}"),
+        ] {
+            self.failures.entry(key).or_default().push_back(now);
+        }
+    }
+
+    /// A correct password from `address`: its own failures on the account are forgotten
+    /// and the address is remembered as the account's. The account's count stays: whoever
+    /// else is guessing is still slowed.
+    pub fn succeed(&mut self, account: &str, address: &str, now: Instant) {
+        self.failures
+            .remove(&format!("acct:{account}|ip:{address}"));
+        if self.known.len() > MAX_KEYS {
+            self.known.retain(|_, l| {
+                l.back()
+                    .is_some_and(|(_, at)| now.duration_since(*at) < KNOWN_FOR)
+            });
+        }
+        let list = self.known.entry(account.to_owned()).or_default();
+        list.retain(|(a, _)| a != address);
+        list.push_back((address.to_owned(), now));
+        while list.len() > KNOWN_ADDRESSES {
+            list.pop_front();
+        }
+    }
+}
+
+/// A wait in whole seconds, at least one (what Retry-After carries).
+fn secs(d: Duration) -> u64 {
+    (d.as_millis().div_ceil(1000) as u64).max(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mercato_kit::auth::Principal;
     use proptest::prelude::*;
 
     #[test]
@@ -263,21 +366,20 @@ mod tests {
 
     #[test]
     fn role_changes() {
-        let admin = Principal {
-            subject: "a".into(),
-            role: Role::Admin,
-            email: None,
-        };
-        let seller = Principal {
-            subject: "s".into(),
-            role: Role::Seller,
-            email: None,
-        };
-        assert!(may_change_role(&admin, false, Role::Seller).is_ok());
-        assert!(may_change_role(&admin, false, Role::Admin).is_ok());
-        assert!(may_change_role(&admin, true, Role::Customer).is_err());
-        assert!(may_change_role(&admin, false, Role::Service).is_err());
-        assert!(may_change_role(&seller, false, Role::Seller).is_err());
+        let admin = Some(Role::Admin);
+        assert!(may_change_role(admin, false, Role::Seller).is_ok());
+        assert!(may_change_role(admin, false, Role::Admin).is_ok());
+        assert!(may_change_role(admin, true, Role::Customer).is_err());
+        assert!(
+            may_change_role(admin, true, Role::Admin).is_err(),
+            "not even to the role it has"
+        );
+        assert!(may_change_role(admin, false, Role::Service).is_err());
+        assert!(may_change_role(Some(Role::Seller), false, Role::Seller).is_err());
+        assert!(
+            may_change_role(None, false, Role::Seller).is_err(),
+            "an account that no longer exists has no authority"
+        );
     }
 
     #[test]
@@ -305,27 +407,98 @@ mod tests {
         );
     }
 
+    fn throttle() -> Throttle {
+        Throttle::new(ThrottleLimits {
+            window: Duration::from_secs(60),
+            per_account_address: 3,
+            per_address: 10,
+            max_delay: Duration::from_secs(30),
+        })
+    }
+
     #[test]
-    fn throttle_blocks_after_max_and_recovers_after_window() {
-        let mut th = Throttle::new(Duration::from_secs(60));
+    fn an_address_that_keeps_failing_waits_out_the_window() {
+        let mut th = throttle();
         let t0 = Instant::now();
         for i in 0..3 {
-            assert!(th.blocked("acct:a", 3, t0).is_none());
-            th.fail("acct:a", t0 + Duration::from_secs(i));
+            assert!(th.blocked("ann", "1.1.1.1", t0).is_none());
+            th.fail("ann", "1.1.1.1", t0 + Duration::from_secs(i));
         }
-        let wait = th
-            .blocked("acct:a", 3, t0 + Duration::from_secs(10))
-            .unwrap();
-        assert_eq!(wait, 50);
-        assert!(
-            th.blocked("acct:b", 3, t0).is_none(),
-            "keys are independent"
+        // The address that failed three times on ann waits until its oldest failure is gone,
+        // whether or not its next password would be right.
+        assert_eq!(
+            th.blocked("ann", "1.1.1.1", t0 + Duration::from_secs(10)),
+            Some(50)
         );
         assert!(th
-            .blocked("acct:a", 3, t0 + Duration::from_secs(61))
+            .blocked("ann", "1.1.1.1", t0 + Duration::from_secs(61))
             .is_none());
-        th.fail("acct:a", t0);
-        th.clear("acct:a");
-        assert!(th.blocked("acct:a", 1, t0).is_none());
+        // Another account from that address is not affected by ann's failures.
+        assert!(th
+            .blocked("bob", "1.1.1.1", t0 + Duration::from_secs(10))
+            .is_none());
+    }
+
+    #[test]
+    fn strangers_failing_slow_the_account_but_never_keep_its_owner_out() {
+        let mut th = throttle();
+        let t0 = Instant::now();
+        th.succeed("ann", "9.9.9.9", t0);
+        // Eight strangers, one failure each.
+        let mut refused = 0;
+        for i in 0..8 {
+            let stranger = format!("10.0.0.{i}");
+            let at = t0 + Duration::from_millis(100 * i);
+            match th.blocked("ann", &stranger, at) {
+                Some(_) => refused += 1,
+                None => th.fail("ann", &stranger, at),
+            }
+        }
+        assert!(
+            refused > 0,
+            "past three failures, new addresses are made to wait"
+        );
+        let after = t0 + Duration::from_secs(1);
+        // The owner's usual address passes at once.
+        assert_eq!(th.blocked("ann", "9.9.9.9", after), None);
+        // From a new address the owner is delayed, never by more than the cap.
+        let wait = th.blocked("ann", "8.8.8.8", after).expect("a delay");
+        assert!((1..=30).contains(&wait), "{wait}");
+        // The delay grows with every failure and stops at the cap.
+        for i in 0..30 {
+            let at = after + Duration::from_millis(500 * i);
+            th.fail("ann", &format!("11.0.0.{i}"), at);
+        }
+        let wait = th
+            .blocked("ann", "8.8.8.8", after + Duration::from_millis(500 * 29))
+            .expect("a delay");
+        assert_eq!(wait, 30);
+    }
+
+    #[test]
+    fn one_address_spraying_many_accounts_is_stopped() {
+        let mut th = throttle();
+        let t0 = Instant::now();
+        for i in 0..10 {
+            th.fail(&format!("user{i}"), "6.6.6.6", t0);
+        }
+        assert!(th.blocked("someone-else", "6.6.6.6", t0).is_some());
+        assert!(th.blocked("someone-else", "7.7.7.7", t0).is_none());
+    }
+
+    #[test]
+    fn success_forgets_only_its_own_failures() {
+        let mut th = throttle();
+        let t0 = Instant::now();
+        for i in 0..2 {
+            th.fail("ann", "1.1.1.1", t0 + Duration::from_secs(i));
+        }
+        th.succeed("ann", "1.1.1.1", t0 + Duration::from_secs(3));
+        for i in 0..2 {
+            assert!(th
+                .blocked("ann", "1.1.1.1", t0 + Duration::from_secs(4))
+                .is_none());
+            th.fail("ann", "1.1.1.1", t0 + Duration::from_secs(4 + i));
+        }
     }
 }

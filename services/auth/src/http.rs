@@ -7,7 +7,7 @@ use crate::store::User;
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mercato_kit::auth::{Principal, Role, Verifier};
+use mercato_kit::auth::{Principal, RevocationPage, Role, Verifier};
 use mercato_kit::http::BearerAuth;
 use mercato_kit::http::{Json, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(logout))
         .routes(routes!(me, update_me))
         .routes(routes!(service_token))
+        .routes(routes!(revocations))
         .routes(routes!(list_users))
         .routes(routes!(get_user, change_role));
     let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -70,9 +71,11 @@ pub struct RegisterInput {
               (status = 422, description = "weak password or bad email", body = Problem)))]
 async fn register(
     State(s): State<AppState>,
+    ctx: RequestContext,
     key: IdempotencyKey,
     Json(input): Json<RegisterInput>,
 ) -> Result<Response, Problem> {
+    s.auth.registration_allowed(ctx.client_ip)?;
     // Never store the password in the idempotency record's fingerprint input in clear: hash it.
     let fp_input = (&input.email, &input.name, sha_hex(&input.password));
     let mut claim = key.claim(&s.auth.db, "anonymous", &fp_input).await?;
@@ -84,10 +87,19 @@ async fn register(
         .prepare_registration(&input.email, &input.password, &input.name)
         .await?;
     let mut tx = s.auth.db.begin().await?;
-    let user = s
+    let user = match s
         .auth
         .insert_user(&mut tx, UserId::new(), &email, &name, &hash, Role::Customer)
-        .await?;
+        .await
+    {
+        Ok(user) => user,
+        Err(p) => {
+            if p.code == "email_taken" {
+                s.auth.registration_refused(ctx.client_ip);
+            }
+            return Err(p);
+        }
+    };
     claim.finish(tx, StatusCode::CREATED, &user).await
 }
 
@@ -205,7 +217,11 @@ async fn update_me(
         .auth
         .apply_profile_change(&mut tx, id, name.as_deref(), hash.as_deref())
         .await?;
-    claim.finish(tx, StatusCode::OK, &user).await
+    let answer = claim.finish(tx, StatusCode::OK, &user).await?;
+    if hash.is_some() {
+        s.auth.revoked().await;
+    }
+    Ok(answer)
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -325,7 +341,30 @@ async fn change_role(
     }
     let mut tx = s.auth.db.begin().await?;
     let user = s.auth.change_role(&mut tx, &p, id, role).await?;
-    claim.finish(tx, StatusCode::OK, &user).await
+    let answer = claim.finish(tx, StatusCode::OK, &user).await?;
+    s.auth.revoked().await;
+    Ok(answer)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationParams {
+    /// Entries recorded at or after this time (µs since the epoch); 0 for all that matter.
+    since: Option<i64>,
+}
+
+/// The revocation list: what retired access tokens before they expire (role and password
+/// changes, sign-outs) within the last access-token lifetime, oldest first. Every service's
+/// verifier reads it every two seconds (SERVICE, ADMIN).
+#[utoipa::path(get, path = "/auth/revocations", tag = "auth", security(("bearer" = [])), params(RevocationParams),
+    responses((status = 200, body = RevocationPage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn revocations(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<RevocationParams>,
+) -> Result<Json<RevocationPage>, Problem> {
+    p.require(&[Role::Service, Role::Admin])?;
+    Ok(Json(s.auth.revocations_since(q.since.unwrap_or(0)).await?))
 }
 
 /// The public keys that verify access tokens.

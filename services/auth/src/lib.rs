@@ -31,6 +31,7 @@ pub struct Config {
     pub login_window: Duration,
     pub max_failures_per_account: usize,
     pub max_failures_per_address: usize,
+    pub max_login_delay: Duration,
     pub admin_email: Option<String>,
     pub admin_password: Option<Secret>,
     pub seed_demo: bool,
@@ -49,6 +50,7 @@ impl std::fmt::Debug for Config {
             .field("login_window", &self.login_window)
             .field("max_failures_per_account", &self.max_failures_per_account)
             .field("max_failures_per_address", &self.max_failures_per_address)
+            .field("max_login_delay", &self.max_login_delay)
             .field("admin_email", &self.admin_email)
             .field("admin_password", &self.admin_password)
             .field("seed_demo", &self.seed_demo)
@@ -90,6 +92,7 @@ impl Config {
                 50,
                 1..=100_000,
             ) as usize,
+            max_login_delay: env.secs("MERCATO_LOGIN_MAX_DELAY_SECS", 30, 1..=3600),
             admin_email,
             admin_password,
             seed_demo: env.flag("MERCATO_SEED_DEMO", false),
@@ -120,7 +123,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let key_file = config.key_file.clone();
     let key =
         tokio::task::spawn_blocking(move || keys::SigningKey::load_or_create(&key_file)).await??;
-    let verifier = Verifier::local(key.decoding_keys(), &c.jwt_issuer, &c.jwt_audience);
+    let decoding_keys = key.decoding_keys();
     let auth = service::Auth::new(
         db.clone(),
         key,
@@ -132,10 +135,13 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
             login_window: config.login_window,
             max_failures_per_account: config.max_failures_per_account,
             max_failures_per_address: config.max_failures_per_address,
+            max_login_delay: config.max_login_delay,
             service_secret: c.service_secret.clone(),
             argon2_memory_kib: config.argon2_memory_kib,
         },
     )?;
+    let verifier = Verifier::local(decoding_keys, &c.jwt_issuer, &c.jwt_audience)
+        .with_revocations(auth.revocations.clone());
     if let (Some(email), Some(password)) = (&config.admin_email, &config.admin_password) {
         auth.ensure_account(
             mercato_kit::ids::UserId::new(),
@@ -154,6 +160,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
                 .await?;
         }
     }
+    let purge_auth = auth.clone();
     let (router, openapi) = http::router(http::AppState {
         auth,
         verifier: verifier.clone(),
@@ -172,5 +179,6 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     .with_admin(verifier)
     .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
+    .with_task(move |stop| service::purge_revocations_task(purge_auth, stop))
     .closes(db))
 }

@@ -1,15 +1,15 @@
 //! The auth use cases: register, log in, rotate refresh tokens, change profiles and roles,
 //! issue service tokens. Handlers call these; they know nothing of HTTP.
 
-use crate::domain::{self, Email, RefreshDecision, Throttle};
+use crate::domain::{self, Email, RefreshDecision, Throttle, ThrottleLimits};
 use crate::keys::SigningKey;
-use crate::store::{self, User};
+use crate::store::{self, User, UserWithHash};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use axum::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use mercato_kit::auth::{Claims, Principal, Role};
+use mercato_kit::auth::{Claims, Principal, Revocation, RevocationPage, Revocations, Role};
 use mercato_kit::config::Secret;
 use mercato_kit::db::{is_unique_violation, Db, Tx};
 use mercato_kit::ids::UserId;
@@ -32,6 +32,7 @@ pub struct Settings {
     pub login_window: Duration,
     pub max_failures_per_account: usize,
     pub max_failures_per_address: usize,
+    pub max_login_delay: Duration,
     pub service_secret: Option<Secret>,
     pub argon2_memory_kib: u32,
 }
@@ -56,6 +57,9 @@ pub struct Auth {
     pub db: Db,
     pub key: SigningKey,
     pub settings: Settings,
+    /// This replica's copy of the revocation list, read again right after a change so the
+    /// change holds here at once (other services read it within seconds).
+    pub revocations: Arc<Revocations>,
     throttle: Mutex<Throttle>,
     /// A real hash to verify against when the email is unknown, so a wrong email takes as
     /// long as a wrong password and timing does not reveal which accounts exist.
@@ -82,12 +86,22 @@ fn random_token() -> String {
 
 impl Auth {
     pub fn new(db: Db, key: SigningKey, settings: Settings) -> anyhow::Result<Arc<Auth>> {
-        let window = settings.login_window;
+        let limits = ThrottleLimits {
+            window: settings.login_window,
+            per_account_address: settings.max_failures_per_account,
+            per_address: settings.max_failures_per_address,
+            max_delay: settings.max_login_delay,
+        };
+        let revocations = Arc::new(Revocations::new(StoredRevocations {
+            db: db.clone(),
+            token_ttl: settings.access_ttl,
+        }));
         let mut auth = Auth {
             db,
             key,
             settings,
-            throttle: Mutex::new(Throttle::new(window)),
+            revocations,
+            throttle: Mutex::new(Throttle::new(limits)),
             dummy_hash: String::new(),
         };
         auth.dummy_hash = auth.hash_now("not-a-real-password-0")?;
@@ -128,11 +142,16 @@ impl Auth {
         .unwrap_or(false)
     }
 
+    /// An access token for `subject`. `version` and `session` tie it to the account's token
+    /// version and to its sign-in, so either can retire it early (service tokens have
+    /// neither).
     pub fn access_token(
         &self,
         subject: &str,
         role: Role,
         email: Option<&str>,
+        version: i64,
+        session: Option<&str>,
     ) -> Result<String, Problem> {
         let now = now_us() / 1_000_000;
         let claims = Claims {
@@ -142,19 +161,49 @@ impl Auth {
             iss: self.settings.issuer.clone(),
             aud: self.settings.audience.clone(),
             iat: now,
+            nbf: now,
             exp: now + self.settings.access_ttl.as_secs() as i64,
             jti: uuid::Uuid::now_v7().to_string(),
+            ver: version,
+            sid: session.map(str::to_owned),
         };
         self.key.sign(&claims).map_err(Problem::from)
     }
 
+    /// Reads the revocation list again after a change was committed, so it holds on this
+    /// replica at once. A failed read is caught up by the periodic one.
+    pub async fn revoked(&self) {
+        if let Err(e) = self.revocations.sync().await {
+            tracing::warn!(error = %e, "re-reading the revocation list failed");
+        }
+    }
+
+    /// The revocation list from `since` (µs), as every verifier reads it.
+    pub async fn revocations_since(&self, since: i64) -> Result<RevocationPage, Problem> {
+        read_revocations(&self.db, self.settings.access_ttl, since)
+            .await
+            .map_err(Problem::from)
+    }
+
     /// Issues an access token and the next refresh token of `family`.
-    async fn issue(&self, tx: &mut Tx, user: &User, family: &str) -> Result<Tokens, Problem> {
+    async fn issue(
+        &self,
+        tx: &mut Tx,
+        user: &UserWithHash,
+        family: &str,
+    ) -> Result<Tokens, Problem> {
         let refresh = random_token();
         let expires = now_us() + self.settings.refresh_ttl.as_micros() as i64;
-        store::insert_refresh(tx, &token_hash(&refresh), family, user.id, expires).await?;
+        let u = &user.user;
+        store::insert_refresh(tx, &token_hash(&refresh), family, u.id, expires).await?;
         Ok(Tokens {
-            access_token: self.access_token(&user.id.to_string(), user.role, Some(&user.email))?,
+            access_token: self.access_token(
+                &u.id.to_string(),
+                u.role,
+                Some(&u.email),
+                user.token_version,
+                Some(family),
+            )?,
             refresh_token: refresh,
             token_type: "Bearer",
             expires_in: self.settings.access_ttl.as_secs(),
@@ -179,6 +228,37 @@ impl Auth {
         let (email, name) = (email.expect("checked"), name.expect("checked"));
         let hash = self.hash(password.to_owned()).await?;
         Ok((email, name, hash))
+    }
+
+    /// Registration answers 409 for an email that has an account (the contract says so, and
+    /// without a confirmation mail a vaguer answer would leave people believing they had
+    /// registered). So that this cannot be used to list accounts any faster than sign-in can,
+    /// an address that found emails taken spends the same per-address budget as failed
+    /// sign-ins, and is refused (429) once it is spent. Both paths hash a password, so their
+    /// timing does not tell either.
+    pub fn registration_allowed(&self, client: Option<IpAddr>) -> Result<(), Problem> {
+        let addr = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+        let blocked = self
+            .throttle
+            .lock()
+            .expect("throttle lock")
+            .address_blocked(&addr, Instant::now());
+        match blocked {
+            Some(wait) => Err(Problem::too_many_requests(
+                "too many failed sign-ins or registrations from this address; wait before trying again",
+                wait,
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a registration that found its email taken against the address.
+    pub fn registration_refused(&self, client: Option<IpAddr>) {
+        let addr = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+        self.throttle
+            .lock()
+            .expect("throttle lock")
+            .fail_address(&addr, Instant::now());
     }
 
     pub async fn insert_user(
@@ -208,23 +288,19 @@ impl Auth {
         client: Option<IpAddr>,
     ) -> Result<Tokens, Problem> {
         let normalized = email.trim().to_lowercase();
-        let acct = format!("acct:{normalized}");
-        let addr = client.map(|ip| format!("ip:{ip}"));
-        {
-            let now = Instant::now();
-            let mut th = self.throttle.lock().expect("throttle lock");
-            let blocked = th
-                .blocked(&acct, self.settings.max_failures_per_account, now)
-                .or_else(|| {
-                    addr.as_ref()
-                        .and_then(|a| th.blocked(a, self.settings.max_failures_per_address, now))
-                });
-            if let Some(wait) = blocked {
-                return Err(Problem::too_many_requests(
-                    "too many failed sign-ins; wait before trying again",
-                    wait,
-                ));
-            }
+        // Without a known address (a test calling the router directly) every such caller
+        // shares one.
+        let addr = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+        let blocked = self.throttle.lock().expect("throttle lock").blocked(
+            &normalized,
+            &addr,
+            Instant::now(),
+        );
+        if let Some(wait) = blocked {
+            return Err(Problem::too_many_requests(
+                "too many failed sign-ins; wait before trying again",
+                wait,
+            ));
         }
         let found = store::user_by_email(self.db.reader(), &normalized).await?;
         let hash = found
@@ -233,18 +309,19 @@ impl Auth {
             .unwrap_or_else(|| self.dummy_hash.clone());
         let ok = self.verify(password.to_owned(), hash).await && found.is_some();
         let Some(found) = found.filter(|_| ok) else {
-            let now = Instant::now();
-            let mut th = self.throttle.lock().expect("throttle lock");
-            th.fail(&acct, now);
-            if let Some(a) = &addr {
-                th.fail(a, now);
-            }
+            self.throttle
+                .lock()
+                .expect("throttle lock")
+                .fail(&normalized, &addr, Instant::now());
             return Err(invalid_credentials());
         };
-        self.throttle.lock().expect("throttle lock").clear(&acct);
+        self.throttle
+            .lock()
+            .expect("throttle lock")
+            .succeed(&normalized, &addr, Instant::now());
         let mut tx = self.db.begin().await?;
         let tokens = self
-            .issue(&mut tx, &found.user, &uuid::Uuid::now_v7().to_string())
+            .issue(&mut tx, &found, &uuid::Uuid::now_v7().to_string())
             .await?;
         tx.commit().await?;
         Ok(tokens)
@@ -264,9 +341,12 @@ impl Auth {
                 RefreshDecision::Expired => "the refresh token has expired; sign in again",
                 RefreshDecision::Revoked => "the refresh token was revoked; sign in again",
                 _ => {
-                    // A spent token came back: it was copied. End every session of this login.
+                    // A spent token came back: it was copied. End every session of this login,
+                    // its access tokens included.
                     store::revoke_family(&mut tx, &stored.family_id).await?;
+                    store::end_session(&mut tx, stored.user_id, &stored.family_id).await?;
                     tx.commit().await?;
+                    self.revoked().await;
                     tracing::warn!(user = %stored.user_id, "refresh token reuse: login family revoked");
                     return Err(Problem::unauthorized("the refresh token was already used; every session of this sign-in was ended"));
                 }
@@ -276,17 +356,23 @@ impl Auth {
         let user = store::user_by_id(&mut *tx, stored.user_id)
             .await?
             .ok_or_else(|| Problem::unauthorized("the account no longer exists"))?;
-        let tokens = self.issue(&mut tx, &user.user, &stored.family_id).await?;
+        let tokens = self.issue(&mut tx, &user, &stored.family_id).await?;
         tx.commit().await?;
         Ok(tokens)
     }
 
+    /// Ends the sign-in the refresh token belongs to: its refresh tokens, and the access
+    /// tokens issued in it.
     pub async fn logout(&self, refresh_token: &str) -> Result<(), Problem> {
         let mut tx = self.db.begin().await?;
-        if let Some(stored) = store::refresh_by_hash(&mut tx, &token_hash(refresh_token)).await? {
-            store::revoke_family(&mut tx, &stored.family_id).await?;
-        }
+        let Some(stored) = store::refresh_by_hash(&mut tx, &token_hash(refresh_token)).await?
+        else {
+            return Ok(());
+        };
+        store::revoke_family(&mut tx, &stored.family_id).await?;
+        store::end_session(&mut tx, stored.user_id, &stored.family_id).await?;
         tx.commit().await?;
+        self.revoked().await;
         Ok(())
     }
 
@@ -355,11 +441,16 @@ impl Auth {
             .await?
             .ok_or_else(|| Problem::not_found("account"))?;
         if hash.is_some() {
+            // Whoever knew the old password is signed out everywhere, this token included.
             store::revoke_all_of_user(tx, id).await?;
+            store::retire_tokens(tx, id).await?;
         }
         Ok(user)
     }
 
+    /// Gives `target` the role `role`. The actor's authority is its role now, read in the
+    /// same transaction, not the one its token was issued with; the target's older tokens
+    /// are retired when its role changes.
     pub async fn change_role(
         &self,
         tx: &mut Tx,
@@ -367,11 +458,22 @@ impl Auth {
         target: UserId,
         role: Role,
     ) -> Result<User, Problem> {
-        domain::may_change_role(actor, actor.user_id() == Some(target), role)
+        let current = match actor.user_id() {
+            Some(id) => store::user_by_id(&mut **tx, id).await?.map(|u| u.user.role),
+            None => None,
+        };
+        domain::may_change_role(current, actor.user_id() == Some(target), role)
             .map_err(Problem::forbidden)?;
-        store::update_user(tx, target, None, None, Some(role))
+        let before = store::user_by_id(&mut **tx, target)
             .await?
-            .ok_or_else(|| Problem::not_found(format!("no user {target}")))
+            .ok_or_else(|| Problem::not_found(format!("no user {target}")))?;
+        let user = store::update_user(tx, target, None, None, Some(role))
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no user {target}")))?;
+        if before.user.role != role {
+            store::retire_tokens(tx, target).await?;
+        }
+        Ok(user)
     }
 
     pub async fn service_token(
@@ -393,7 +495,13 @@ impl Auth {
             return Err(Problem::unauthorized("unknown service or wrong secret"));
         }
         Ok(ServiceToken {
-            access_token: self.access_token(&format!("service:{service}"), Role::Service, None)?,
+            access_token: self.access_token(
+                &format!("service:{service}"),
+                Role::Service,
+                None,
+                0,
+                None,
+            )?,
             token_type: "Bearer",
             expires_in: self.settings.access_ttl.as_secs(),
         })
@@ -426,6 +534,7 @@ impl Auth {
                 if !same || existing.user.role != role {
                     store::update_user(&mut tx, existing.user.id, None, Some(&hash), Some(role))
                         .await?;
+                    store::retire_tokens(&mut tx, existing.user.id).await?;
                 }
             }
             None => {
@@ -443,5 +552,56 @@ impl Auth {
         limit: i64,
     ) -> Result<Vec<User>, Problem> {
         Ok(store::list_users(self.db.reader(), role, after, limit).await?)
+    }
+}
+
+/// Entries are read in pages of this many.
+const REVOCATION_PAGE: i64 = 5000;
+
+async fn read_revocations(
+    db: &Db,
+    token_ttl: Duration,
+    since: i64,
+) -> anyhow::Result<RevocationPage> {
+    let now = now_us();
+    // Nothing older than a token's lifetime retires a token still valid.
+    let oldest = now - token_ttl.as_micros() as i64 - 60_000_000;
+    let mut items: Vec<Revocation> =
+        store::revocations_since(db.reader(), since.max(oldest), REVOCATION_PAGE + 1).await?;
+    let more = items.len() as i64 > REVOCATION_PAGE;
+    items.truncate(REVOCATION_PAGE as usize);
+    Ok(RevocationPage {
+        items,
+        now,
+        more,
+        token_ttl_secs: token_ttl.as_secs(),
+    })
+}
+
+/// The auth service reads the list from its own database (its replicas share it).
+struct StoredRevocations {
+    db: Db,
+    token_ttl: Duration,
+}
+
+#[async_trait::async_trait]
+impl mercato_kit::auth::RevocationSource for StoredRevocations {
+    async fn since(&self, since: i64) -> anyhow::Result<RevocationPage> {
+        read_revocations(&self.db, self.token_ttl, since).await
+    }
+}
+
+/// Forgets, hourly, revocation entries no valid token can be affected by.
+pub async fn purge_revocations_task(auth: Arc<Auth>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {
+                let before = now_us() - auth.settings.access_ttl.as_micros() as i64 - 3_600_000_000;
+                if let Err(e) = store::purge_revocations(auth.db.reader(), before).await {
+                    tracing::warn!(error = %e, "purging old revocation entries failed");
+                }
+            }
+        }
     }
 }

@@ -22,9 +22,12 @@ pub struct User {
 pub struct UserWithHash {
     pub user: User,
     pub password_hash: String,
+    /// Every access token carries it; raising it retires the older ones.
+    pub token_version: i64,
 }
 
-const USER_COLS: &str = "id, email, name, role, password_hash, created_at, updated_at";
+const USER_COLS: &str =
+    "id, email, name, role, password_hash, token_version, created_at, updated_at";
 
 fn user_from(row: &Row) -> Result<UserWithHash, mercato_kit::db::Error> {
     let role: String = row.try_get("role")?;
@@ -40,6 +43,7 @@ fn user_from(row: &Row) -> Result<UserWithHash, mercato_kit::db::Error> {
             updated_at: to_rfc3339(row.try_get("updated_at")?),
         },
         password_hash: row.try_get("password_hash")?,
+        token_version: row.try_get("token_version")?,
     })
 }
 
@@ -215,4 +219,81 @@ pub async fn revoke_all_of_user(tx: &mut Tx, user: UserId) -> Result<(), mercato
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Raises the account's token version (retiring every token issued before) and records it in
+/// the revocation list; the new version.
+pub async fn retire_tokens(tx: &mut Tx, user: UserId) -> Result<i64, mercato_kit::db::Error> {
+    mercato_kit::db::query("UPDATE users SET token_version = token_version + 1 WHERE id = $1")
+        .bind(user.to_string())
+        .execute(&mut **tx)
+        .await?;
+    let version: i64 = mercato_kit::db::query("SELECT token_version FROM users WHERE id = $1")
+        .bind(user.to_string())
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("token_version")?;
+    insert_revocation(tx, user, version, None).await?;
+    Ok(version)
+}
+
+/// Records that one sign-in (a refresh-token family) was ended.
+pub async fn end_session(tx: &mut Tx, user: UserId, family: &str) -> Result<(), mercato_kit::db::Error> {
+    insert_revocation(tx, user, 0, Some(family)).await
+}
+
+async fn insert_revocation(
+    tx: &mut Tx,
+    user: UserId,
+    min_version: i64,
+    session: Option<&str>,
+) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query(
+        "INSERT INTO token_revocations (id, user_id, min_version, session_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(user.to_string())
+    .bind(min_version)
+    .bind(session)
+    .bind(now_us())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Revocation entries recorded at or after `since` (µs), oldest first, at most `limit`.
+pub async fn revocations_since(
+    pool: &Pool,
+    since: i64,
+    limit: i64,
+) -> Result<Vec<mercato_kit::auth::Revocation>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(
+        "SELECT user_id, min_version, session_id, created_at FROM token_revocations \
+         WHERE created_at >= $1 ORDER BY created_at, id LIMIT $2",
+    )
+    .bind(since)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(mercato_kit::auth::Revocation {
+                user_id: r.try_get("user_id")?,
+                min_version: r.try_get("min_version")?,
+                session_id: r.try_get("session_id")?,
+                at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Forgets revocation entries older than `before` (µs): no token they retire is still valid.
+pub async fn purge_revocations(pool: &Pool, before: i64) -> Result<u64, mercato_kit::db::Error> {
+    Ok(
+        mercato_kit::db::query("DELETE FROM token_revocations WHERE created_at < $1")
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
 }

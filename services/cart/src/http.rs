@@ -405,14 +405,7 @@ async fn checkout(
     headers: HeaderMap,
     Json(input): Json<CheckoutInput>,
 ) -> Result<Response, Problem> {
-    let Some(client_key) = key.key().map(str::to_owned) else {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "idempotency_key_required",
-            "An Idempotency-Key is required",
-        )
-        .with_detail("checkout places an order: send an Idempotency-Key header, and the same one when retrying"));
-    };
+    let client_key = key.required("checkout places an order")?.to_owned();
     // The Customer extractor read a valid Bearer token from this very header.
     let authorization = headers
         .get(header::AUTHORIZATION)

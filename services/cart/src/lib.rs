@@ -220,7 +220,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         let (attempts, backoff) = REDIS_EVENT_RETRIES;
         consumer = consumer.with_retries(attempts, backoff);
     }
-    let verifier = Verifier::remote(&common.auth_url, &common.jwt_issuer, &common.jwt_audience);
+    let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
     let (api_router, openapi) = http::router(http::AppState {
         carts,
         verifier: verifier.clone(),

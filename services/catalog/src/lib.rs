@@ -87,11 +87,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         let added = seed::seed_demo(&db).await?;
         tracing::info!(service = SERVICE, added, "demo catalog seeded");
     }
-    let verifier = Verifier::remote(
-        &config.common.auth_url,
-        &config.common.jwt_issuer,
-        &config.common.jwt_audience,
-    );
+    let verifier = Verifier::for_service(&config.common.auth_url, &config.common, "catalog");
     let (router, openapi) = http::router(db.clone(), verifier.clone());
     let purge_db = db.clone();
     let relay = Relay::new(db.clone(), bus.clone(), db.outbox_waker());

@@ -176,7 +176,7 @@ pub fn merge(docs: &[(&str, Value)], missing: &[&str]) -> Value {
             missing.join(", ")
         ));
     }
-    json!({
+    let mut merged = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Mercato API",
@@ -187,7 +187,28 @@ pub fn merge(docs: &[(&str, Value)], missing: &[&str]) -> Value {
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": security_schemes},
         "tags": tags,
-    })
+    });
+    // What the gateway answers itself, on any route.
+    mercato_kit::openapi::add_to_every_operation(
+        &mut merged,
+        &[
+            (
+                "401",
+                "A token was sent and is not valid (refused at the gateway)",
+            ),
+            (
+                "429",
+                "Too many requests from this address or account (with Retry-After)",
+            ),
+            ("502", "The owning service refused the connection"),
+            (
+                "503",
+                "The owning service is unavailable, or its circuit breaker is open",
+            ),
+            ("504", "The owning service did not answer in time"),
+        ],
+    );
+    merged
 }
 
 fn title_case(s: &str) -> String {

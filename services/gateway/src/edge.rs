@@ -12,7 +12,6 @@ use mercato_kit::http::RequestContext;
 use mercato_kit::problem::Problem;
 use prometheus::{IntCounterVec, Opts};
 use std::sync::Arc;
-use tower_http::set_header::SetResponseHeaderLayer;
 
 #[derive(Clone)]
 pub struct Edge {
@@ -80,13 +79,11 @@ pub async fn edge(State(edge): State<Edge>, req: Request, next: Next) -> Respons
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// Headers every answer carries unless its route set its own (the docs page sets a CSP that
-/// lets its own scripts run).
-pub fn security_headers<S>(router: axum::Router<S>) -> axum::Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    let headers: [(&'static str, &'static str); 4] = [
+/// Headers every answer of the gateway carries unless its route set its own (the docs page
+/// sets a CSP that lets its own scripts run): the services' answers it forwards and its own
+/// (404s, 429s, timeouts, health) alike.
+pub fn security_headers() -> Vec<(HeaderName, HeaderValue)> {
+    [
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
         ("referrer-policy", "no-referrer"),
@@ -94,11 +91,9 @@ where
             "content-security-policy",
             "default-src 'none'; frame-ancestors 'none'",
         ),
-    ];
-    headers.into_iter().fold(router, |r, (name, value)| {
-        r.layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        ))
-    })
+        ("cross-origin-resource-policy", "same-origin"),
+    ]
+    .into_iter()
+    .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+    .collect()
 }

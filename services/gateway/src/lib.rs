@@ -55,6 +55,9 @@ pub struct Config {
     pub common: CommonConfig,
     /// `MERCATO_GATEWAY_PORT`, 8080 by default.
     pub port: u16,
+    /// `MERCATO_GATEWAY_OPS_PORT`, 8089 by default (0 when the gateway's own port is 0): the
+    /// operator port, where `/metrics` is served instead of the public port.
+    pub ops_port: u16,
     /// Each service's replicas: `MERCATO_<SERVICE>_URLS` (comma-separated), else
     /// `MERCATO_<SERVICE>_URL`, else the service's default port on 127.0.0.1.
     pub upstreams: Vec<(&'static str, Vec<String>)>,
@@ -78,6 +81,9 @@ pub struct Config {
     /// `MERCATO_DEMO_CARDS` (set by `mercato up` when it runs psp-mock): the web app's checkout
     /// lists the test processor's card tokens.
     pub demo_cards: bool,
+    /// `MERCATO_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS` (128): connections open at once from one
+    /// client address; trusted proxies are exempt.
+    pub max_connections_per_address: usize,
 }
 
 /// Reads `MERCATO_<SERVICE>_URLS` or `_URL` as a list of base URLs.
@@ -137,6 +143,7 @@ impl Config {
     pub fn read(env: &mut Env) -> Config {
         let common = CommonConfig::read(env);
         let port = env.port("MERCATO_GATEWAY_PORT", 8080);
+        let ops_port = env.port("MERCATO_GATEWAY_OPS_PORT", if port == 0 { 0 } else { 8089 });
         let upstreams = routes::UPSTREAMS
             .iter()
             .map(|&s| {
@@ -174,9 +181,15 @@ impl Config {
             30 * 86_400,
             60..=365 * 86_400,
         );
+        let max_connections_per_address = env.int(
+            "MERCATO_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS",
+            128,
+            1..=1_000_000,
+        ) as usize;
         Config {
             common,
             port,
+            ops_port,
             upstreams,
             upstream_timeout,
             ip_limit,
@@ -185,6 +198,7 @@ impl Config {
             redis,
             session_max_age,
             demo_cards: env.flag("MERCATO_DEMO_CARDS", false),
+            max_connections_per_address,
         }
     }
 }
@@ -345,11 +359,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let per_ip = config.ip_limit.map(&limiter);
     let per_user = config.user_limit.map(&limiter);
     let limiters: Vec<Arc<dyn RateLimit>> = per_ip.iter().chain(per_user.iter()).cloned().collect();
-    let verifier = Verifier::remote(
-        &auth_base,
-        &config.common.jwt_issuer,
-        &config.common.jwt_audience,
-    );
+    let verifier = Verifier::for_service(&auth_base, &config.common, SERVICE);
     let edge = edge::Edge {
         verifier: verifier.clone(),
         per_ip,
@@ -366,13 +376,13 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         .with_state(proxy)
         .merge(session::router(sessions))
         .layer(axum::middleware::from_fn_with_state(edge, edge::edge));
-    let mut api = edge::security_headers(
-        proxied
-            .merge(docs::router(Arc::new(docs::Docs::new(upstreams.clone()))))
-            .merge(web::router(web::AppConfig {
-                demo_cards: config.demo_cards,
-            })),
-    );
+    // The security headers are added to every answer by the service skeleton below
+    // (`with_response_headers`), unless a route set its own (the web app's pages set their CSP).
+    let mut api = proxied
+        .merge(docs::router(Arc::new(docs::Docs::new(upstreams.clone()))))
+        .merge(web::router(web::AppConfig {
+            demo_cards: config.demo_cards,
+        }));
     if let Some(cors) = cors(&config.cors_origins) {
         api = api.layer(cors);
     }
@@ -393,11 +403,19 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         .collect();
     // The gateway's own deadline sits just past the upstream timeout, so the answer that
     // names the slow service is the one the client gets.
-    let settings = HttpSettings {
+    let mut settings = HttpSettings {
         request_timeout: config.upstream_timeout + Duration::from_secs(1),
         body_limit_bytes: config.common.body_limit_bytes,
         ..HttpSettings::from(&config.common)
     };
+    // The front door is where strangers connect: one address may not hold every slot.
+    settings.connections.max_per_address = Some(config.max_connections_per_address);
+    let ops_addr = format!("{}:{}", config.common.host, config.ops_port);
+    let ops_listener = std::net::TcpListener::bind(&ops_addr).map_err(|e| {
+        anyhow::anyhow!(
+            "the gateway's operator port cannot listen on {ops_addr}: {e} (set MERCATO_GATEWAY_OPS_PORT to move it)"
+        )
+    })?;
     Ok(Service::new(
         SERVICE,
         api,
@@ -407,6 +425,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         &settings,
     )
     .with_admin(verifier)
+    .with_response_headers(edge::security_headers())
+    .with_ops_port(ops_listener)?
     .with_task(move |stop| async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {

@@ -37,6 +37,8 @@ async fn a_streamed_body_over_the_limit_is_refused_and_one_under_it_passes() {
     let mut env = Env::from_pairs([
         ("MERCATO_CATALOG_URL", catalog.as_str()),
         ("MERCATO_BODY_LIMIT_BYTES", "2048"),
+        // Any free port: a test never takes a fixed one.
+        ("MERCATO_GATEWAY_OPS_PORT", "0"),
     ]);
     let config = mercato_gateway::Config::read(&mut env);
     env.check().unwrap();

@@ -142,7 +142,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         Arc::new(events::Handler::new(inv.clone())),
     )
     .waking(waker.clone());
-    let verifier = Verifier::remote(&common.auth_url, &common.jwt_issuer, &common.jwt_audience);
+    let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
     let metrics = Metrics::new(SERVICE);
     let catalog = Arc::new(catalog::CatalogClient::new(
         &config.catalog_url,

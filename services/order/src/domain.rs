@@ -241,7 +241,10 @@ pub fn transition(
         (S::Pending, C::ReservationFailed) => cancel(R::OutOfStock),
         (S::Pending | S::Confirmed, C::PaymentAuthorized) => Ok((S::Paid, vec![Effect::OrderPaid])),
         (S::Pending | S::Confirmed, C::PaymentFailed) => cancel(R::PaymentDeclined),
-        (S::Pending | S::Confirmed | S::Paid, C::InventoryReleasedExpired) => {
+        // Also once PROCESSING: inventory may have swept the reservation before it heard the
+        // order was paid, and the payment service voids the hold when stock is released for
+        // expiry. Goods without their stock and money must not be fulfilled.
+        (S::Pending | S::Confirmed | S::Paid | S::Processing, C::InventoryReleasedExpired) => {
             cancel(R::ReservationExpired)
         }
         (S::Pending | S::Confirmed | S::Paid | S::Processing, C::Cancel { by_admin }) => {
@@ -767,7 +770,7 @@ mod tests {
         PENDING     CONFIRMED  X:oos      PAID       X:dec      X:exp      X:cus      X:adm      -          -          -          -
         CONFIRMED   -          -          PAID       X:dec      X:exp      X:cus      X:adm      -          -          -          -
         PAID        -          -          -          -          X:exp      X:cus      X:adm      PROCESSING FULFILLED  -          -
-        PROCESSING  -          -          -          -          -          X:cus      X:adm      -          FULFILLED  -          -
+        PROCESSING  -          -          -          -          X:exp      X:cus      X:adm      -          FULFILLED  -          -
         FULFILLED   -          -          -          -          -          -          -          -          -          REFUNDED   REFUNDED
         CANCELLED   -          -          -          -          -          -          -          -          -          -          -
         REFUNDED    -          -          -          -          -          -          -          -          -          -          -

@@ -259,9 +259,10 @@ async fn visible(s: &AppState, p: &Principal, id: OrderId) -> Result<Order, Prob
 /// when inventory cannot answer the order is accepted with `stock_check: deferred`.
 #[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])),
     request_body = CreateOrder,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first answer")),
+    params(("Idempotency-Key" = String, Header, description = "Required: retries with the same key return the first answer and place no second order")),
     responses(
         (status = 201, description = "The order, PENDING", body = OrderBody),
+        (status = 400, description = "`idempotency_key_required`, or malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a customer", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient_stock`, with the short `lines`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A bad line, product, payment method or address", body = Problem, content_type = "application/problem+json"),
@@ -275,6 +276,7 @@ async fn create_order(
 ) -> Result<Response, Problem> {
     p.require(&[Role::Customer])?;
     let customer = p.require_user()?;
+    key.required("an order is placed once per key")?;
     let mut claim = key.claim(s.orders.db(), &p.subject, &input).await?;
     if let Some(r) = claim.replayed() {
         return Ok(r);

@@ -149,7 +149,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         service::Orders::counted(db.clone(), waker.clone(), Arc::new(stock), order_metrics);
     let handler = events::OrderEvents::new(orders.clone());
     let consumer = Consumer::new(SERVICE, db.clone(), Arc::new(handler)).waking(waker.clone());
-    let verifier = Verifier::remote(&common.auth_url, &common.jwt_issuer, &common.jwt_audience);
+    let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
     let (api_router, openapi) = http::router(http::AppState {
         orders,
         verifier: verifier.clone(),

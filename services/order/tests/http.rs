@@ -135,8 +135,12 @@ impl Api {
         self.call(Method::GET, uri, Some(who), None, None).await
     }
 
+    /// A POST with a fresh Idempotency-Key, as every client sends (placing an order needs
+    /// one).
     async fn post(&self, uri: &str, who: &User, body: Option<Value>) -> Answer {
-        self.call(Method::POST, uri, Some(who), body, None).await
+        let key = uuid::Uuid::new_v4().to_string();
+        self.call(Method::POST, uri, Some(who), body, Some(&key))
+            .await
     }
 
     /// A PENDING order of `customer` for 2 × a product of `seller` at 1250.
@@ -184,6 +188,24 @@ async fn placing_an_order_checks_the_caller_the_input_and_the_stock() {
         .post("/api/v1/orders", &seller, Some(good.clone()))
         .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
+    // Without an Idempotency-Key (API.md requires one): refused, naming it.
+    let a = api
+        .call(
+            Method::POST,
+            "/api/v1/orders",
+            Some(&customer),
+            Some(good.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("idempotency_key_required"))
+    );
+    assert!(a.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Idempotency-Key"));
 
     let a = api
         .call(

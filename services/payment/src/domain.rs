@@ -343,6 +343,51 @@ pub fn plan(projected: &Money, request: Request) -> Result<Queued, Refusal> {
     }
 }
 
+/// What the payment service has heard of an order's life (from the order's own events).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrderStanding {
+    /// Cancelled, or its reservation expired.
+    pub cancelled: bool,
+    pub fulfilled: bool,
+    pub refunded: bool,
+}
+
+/// Why a capture, void or refund asked for directly is not the payment service's to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotTheOrders {
+    #[error("the order is not cancelled: cancel the order instead (POST /api/v1/orders/{{id}}/cancel), which releases its stock and voids its payment")]
+    VoidOfLiveOrder,
+    #[error("the order has not been fulfilled: its payment is captured when it is (POST /api/v1/orders/{{id}}/fulfill), never before the goods leave")]
+    CaptureBeforeFulfilment,
+    #[error("the order is neither cancelled nor refunded: refund the order instead (POST /api/v1/orders/{{id}}/refund), so the order and its money agree")]
+    RefundOfLiveOrder,
+}
+
+/// Whether a capture, void or refund asked for over HTTP (an admin, another service) may be
+/// made, given the order's standing.
+///
+/// One source of truth for money: the order's state machine decides what happens to an
+/// order, and the payment service carries out what that decision means for the money
+/// (cancelled: void or refund; fulfilled: capture; refunded: refund). So a direct request is
+/// only ever that same step asked for again (a repair after a processor failure); anything
+/// else would move money the order does not know of: a void of a PAID order would leave its
+/// goods shippable unpaid, a capture before fulfilment would take money for goods not sent,
+/// and no later event could take that back once the goods are gone. Because of this rule an
+/// order that is PAID or PROCESSING always has its authorization, and fulfilment, allowed only
+/// from those states, always finds money to capture.
+pub fn direct_request(order: &OrderStanding, request: Request) -> Result<(), NotTheOrders> {
+    match request {
+        Request::Void if !order.cancelled => Err(NotTheOrders::VoidOfLiveOrder),
+        Request::Capture { .. } if !order.fulfilled || order.cancelled => {
+            Err(NotTheOrders::CaptureBeforeFulfilment)
+        }
+        Request::Refund { .. } if !order.cancelled && !order.refunded => {
+            Err(NotTheOrders::RefundOfLiveOrder)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What a cancelled order (or an expired reservation) means for its payment's money.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnCancel {
@@ -382,6 +427,54 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration, spread: f64) -> Dura
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn direct_requests_only_repeat_what_the_order_decided() {
+        let live = OrderStanding::default();
+        let cancelled = OrderStanding {
+            cancelled: true,
+            ..live
+        };
+        let fulfilled = OrderStanding {
+            fulfilled: true,
+            ..live
+        };
+        let refunded = OrderStanding {
+            fulfilled: true,
+            refunded: true,
+            ..live
+        };
+        let capture = Request::Capture { amount_cents: None };
+        let refund = Request::Refund { amount_cents: None };
+        assert_eq!(
+            direct_request(&live, Request::Void),
+            Err(NotTheOrders::VoidOfLiveOrder)
+        );
+        assert_eq!(
+            direct_request(&fulfilled, Request::Void),
+            Err(NotTheOrders::VoidOfLiveOrder)
+        );
+        assert!(direct_request(&cancelled, Request::Void).is_ok());
+        assert_eq!(
+            direct_request(&live, capture),
+            Err(NotTheOrders::CaptureBeforeFulfilment)
+        );
+        assert_eq!(
+            direct_request(&cancelled, capture),
+            Err(NotTheOrders::CaptureBeforeFulfilment)
+        );
+        assert!(direct_request(&fulfilled, capture).is_ok());
+        assert_eq!(
+            direct_request(&live, refund),
+            Err(NotTheOrders::RefundOfLiveOrder)
+        );
+        assert_eq!(
+            direct_request(&fulfilled, refund),
+            Err(NotTheOrders::RefundOfLiveOrder)
+        );
+        assert!(direct_request(&refunded, refund).is_ok());
+        assert!(direct_request(&cancelled, refund).is_ok());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -13,11 +13,12 @@
 use crate::service::{Open, Opened, Payments};
 use crate::store::Cause;
 use mercato_kit::contracts::types::{
-    INVENTORY_RELEASED, INVENTORY_RESERVED, ORDER_CANCELLED, ORDER_FULFILLED, ORDER_REFUNDED,
+    INVENTORY_RELEASED, INVENTORY_RESERVED, ORDER_CANCELLED, ORDER_CREATED, ORDER_FULFILLED,
+    ORDER_REFUNDED,
 };
 use mercato_kit::contracts::{
-    payload, InventoryReleased, InventoryReserved, OrderCancelled, OrderRef, OrderRefunded,
-    ReleaseReason,
+    payload, InventoryReleased, InventoryReserved, OrderCancelled, OrderCreated, OrderRef,
+    OrderRefunded, ReleaseReason,
 };
 use mercato_kit::db::Tx;
 use mercato_kit::events::{Bus, Delivery, Envelope, EventHandler, Subscription};
@@ -30,7 +31,8 @@ use tokio::sync::Notify;
 pub const CONSUMER: &str = "payment";
 
 /// The event types this service consumes.
-pub const CONSUMED: [&str; 5] = [
+pub const CONSUMED: [&str; 6] = [
+    ORDER_CREATED,
     INVENTORY_RESERVED,
     ORDER_CANCELLED,
     INVENTORY_RELEASED,
@@ -65,6 +67,13 @@ impl Handler {
                 tracing::warn!(order = %e.order_id, expires_at = %e.expires_at, "reservation expiry unreadable; using the default patience");
                 now_us() + self.payments.settings.authorize_patience.as_micros() as i64
             });
+        // The order's terms, in case its order.created has not arrived (another stream).
+        let terms = crate::store::OrderTerms {
+            customer_id: Some(e.customer_id),
+            amount_cents: e.amount_cents,
+            currency: currency.as_str().to_owned(),
+        };
+        self.payments.order_created(tx, e.order_id, &terms).await?;
         let open = Open {
             order_id: e.order_id,
             customer_id: Some(e.customer_id),
@@ -100,6 +109,19 @@ impl EventHandler for Handler {
         let cause = Cause::of_event(env);
         let p = &self.payments;
         match env.event_type.as_str() {
+            // A free order is never charged: no terms to hold a payment to.
+            ORDER_CREATED => {
+                let e: OrderCreated = payload(env)?;
+                if e.total_cents <= 0 {
+                    return Ok(());
+                }
+                let terms = crate::store::OrderTerms {
+                    customer_id: Some(e.customer_id),
+                    amount_cents: e.total_cents,
+                    currency: e.currency,
+                };
+                p.order_created(tx, e.order_id, &terms).await?;
+            }
             INVENTORY_RESERVED => self.reserved(tx, env, &cause).await?,
             ORDER_CANCELLED => {
                 let e: OrderCancelled = payload(env)?;

@@ -141,7 +141,8 @@ pub struct AuthorizeInput {
               (status = 200, description = "the order's existing payment", body = PaymentView),
               (status = 202, description = "the processor has not decided yet", body = PaymentView),
               (status = 403, body = Problem),
-              (status = 409, description = "the order was cancelled, or has a payment with other terms", body = Problem),
+              (status = 404, description = "`unknown_order`: no such order was announced to the payment service", body = Problem),
+              (status = 409, description = "`order_cancelled`; `order_mismatch`: not the order's amount, currency or customer; `payment_exists`: the order has a payment with another method", body = Problem),
               (status = 422, body = Problem)))]
 async fn authorize(
     State(s): State<AppState>,
@@ -182,7 +183,7 @@ async fn authorize(
     let mut tx = s.payments.db.begin().await?;
     let (payment, created) = match s
         .payments
-        .open(&mut tx, &open, &Cause::of_request(&ctx))
+        .open_requested(&mut tx, &open, &Cause::of_request(&ctx))
         .await?
     {
         Opened::Created(payment) => (payment, true),
@@ -265,7 +266,7 @@ async fn change(
     request_body(content = AmountInput, description = "optional"),
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = PaymentView), (status = 202, description = "the processor has not answered yet", body = PaymentView),
-              (status = 404, body = Problem), (status = 409, description = "`invalid_state`: not authorized", body = Problem),
+              (status = 404, body = Problem), (status = 409, description = "`order_not_fulfilled`: the order's fulfilment captures it; `invalid_state`: not authorized", body = Problem),
               (status = 422, description = "`invalid_amount`", body = Problem)))]
 async fn capture(
     State(s): State<AppState>,
@@ -285,7 +286,7 @@ async fn capture(
 #[utoipa::path(post, path = "/payments/{id}/void", tag = "payments", security(("bearer" = [])),
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = PaymentView), (status = 202, description = "the processor has not answered yet", body = PaymentView),
-              (status = 404, body = Problem), (status = 409, description = "`invalid_state`: not authorized", body = Problem)))]
+              (status = 404, body = Problem), (status = 409, description = "`order_not_cancelled`: cancel the order instead; `invalid_state`: not authorized", body = Problem)))]
 async fn void(
     State(s): State<AppState>,
     p: Principal,
@@ -301,7 +302,7 @@ async fn void(
     request_body(content = AmountInput, description = "optional"),
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = PaymentView), (status = 202, description = "the processor has not answered yet", body = PaymentView),
-              (status = 404, body = Problem), (status = 409, description = "`invalid_state`: nothing captured or all refunded", body = Problem),
+              (status = 404, body = Problem), (status = 409, description = "`order_not_refunded`: refund the order instead; `invalid_state`: nothing captured or all refunded", body = Problem),
               (status = 422, description = "`invalid_amount`: more than is left", body = Problem)))]
 async fn refund(
     State(s): State<AppState>,

@@ -46,8 +46,8 @@ pub struct Config {
     pub database_url: String,
     /// `MERCATO_PSP_URL`: the card processor, `http://127.0.0.1:8090` by default.
     pub psp_url: String,
-    /// `MERCATO_PSP_WEBHOOK_SECRET`: the key of the processor's webhook signatures
-    /// (`whsec_mercato_dev` by default, psp-mock's own default).
+    /// `MERCATO_PSP_WEBHOOK_SECRET` (required; `mercato up` generates one into the data
+    /// directory and gives psp-mock the same): the key of the processor's webhook signatures.
     pub psp_webhook_secret: Secret,
     /// `MERCATO_PSP_TIMEOUT_MS`: how long one processor call may take, 5000 by default.
     pub psp_timeout: Duration,
@@ -73,9 +73,10 @@ impl Config {
                     &["http", "https"],
                 )
                 .unwrap_or_default(),
-            psp_webhook_secret: env
-                .secret("MERCATO_PSP_WEBHOOK_SECRET")
-                .unwrap_or_else(|| Secret::new(mercato_psp_mock::DEV_WEBHOOK_SECRET)),
+            psp_webhook_secret: env.required_secret(
+                "MERCATO_PSP_WEBHOOK_SECRET",
+                mercato_psp_mock::WEBHOOK_SECRET_WHAT,
+            ),
             psp_timeout: Duration::from_millis(env.int(
                 "MERCATO_PSP_TIMEOUT_MS",
                 5000,
@@ -132,7 +133,7 @@ pub struct Built {
 /// worker, not yet listening.
 pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
     let c = &config.common;
-    let verifier = Verifier::remote(&c.auth_url, &c.jwt_issuer, &c.jwt_audience);
+    let verifier = Verifier::for_service(&c.auth_url, c, SERVICE);
     Ok(assemble(config, bus, verifier).await?.service)
 }
 
@@ -214,12 +215,19 @@ mod tests {
     #[test]
     fn configuration_defaults_overrides_and_masking() {
         let mut env = Env::from_pairs([("MERCATO_DATA_DIR", "/tmp/m")]);
+        let _ = Config::read(&mut env);
+        let text = env.check().unwrap_err().to_string();
+        assert!(text.contains("MERCATO_PSP_WEBHOOK_SECRET"), "{text}");
+        let mut env = Env::from_pairs([
+            ("MERCATO_DATA_DIR", "/tmp/m"),
+            ("MERCATO_PSP_WEBHOOK_SECRET", "whsec_generated"),
+        ]);
         let c = Config::read(&mut env);
         assert!(env.check().is_ok());
         assert_eq!(c.port, 8084);
         assert_eq!(c.database_url, "sqlite:///tmp/m/payment.db?mode=rwc");
         assert_eq!(c.psp_url, "http://127.0.0.1:8090");
-        assert_eq!(c.psp_webhook_secret.expose(), "whsec_mercato_dev");
+        assert_eq!(c.psp_webhook_secret.expose(), "whsec_generated");
         assert_eq!(c.psp_timeout, Duration::from_millis(5000));
         assert_eq!(c.psp_retry_max, Duration::from_secs(60));
         assert_eq!(c.processor_breaker_reset, Duration::from_secs(30));

@@ -504,8 +504,69 @@ impl Payments {
         Ok(Opened::Created(payment))
     }
 
+    /// A payment asked for directly (HTTP) for an order announced to us: opened on the
+    /// order's own terms, never on a caller's. 404 for an order we never heard of, 409 when
+    /// the terms asked for are not the order's.
+    pub async fn open_requested(
+        &self,
+        tx: &mut Tx,
+        open: &Open,
+        cause: &Cause,
+    ) -> Result<Opened, Problem> {
+        let (terms, standing) = store::order_facts(tx, open.order_id).await?;
+        if standing.cancelled {
+            return Ok(Opened::OrderCancelled);
+        }
+        let Some(terms) = terms else {
+            return Err(
+                Problem::new(StatusCode::NOT_FOUND, "unknown_order", "No such order").with_detail(
+                    format!(
+                        "no order {} has been announced to the payment service",
+                        open.order_id
+                    ),
+                ),
+            );
+        };
+        let same = terms.amount_cents == open.amount_cents
+            && terms.currency == open.currency.as_str()
+            && open
+                .customer_id
+                .is_none_or(|c| terms.customer_id == Some(c));
+        if !same {
+            return Err(Problem::conflict(
+                "order_mismatch",
+                format!(
+                    "order {} is for {} {} (customer {}); a payment is only opened on its terms",
+                    open.order_id,
+                    terms.amount_cents,
+                    terms.currency,
+                    terms
+                        .customer_id
+                        .map_or_else(|| "unknown".to_owned(), |c| c.to_string())
+                ),
+            ));
+        }
+        let open = Open {
+            customer_id: terms.customer_id,
+            ..open.clone()
+        };
+        self.open(tx, &open, cause).await
+    }
+
+    /// The order was created: remember its terms.
+    pub async fn order_created(
+        &self,
+        tx: &mut Tx,
+        order_id: OrderId,
+        terms: &store::OrderTerms,
+    ) -> Result<(), Problem> {
+        store::record_order_terms(tx, order_id, terms).await?;
+        Ok(())
+    }
+
     /// A capture, void or refund asked for directly (HTTP): refused with 404, 409 or 422 when
-    /// it cannot be done, else queued.
+    /// it cannot be done, and with 409 when it is not the order's to make (see
+    /// [`domain::direct_request`]), else queued.
     pub async fn request(
         &self,
         tx: &mut Tx,
@@ -516,6 +577,18 @@ impl Payments {
         let payment = store::payment_by_id(&mut **tx, id)
             .await?
             .ok_or_else(|| Problem::not_found(format!("no payment {id}")))?;
+        let (_, standing) = store::order_facts(tx, payment.order_id).await?;
+        domain::direct_request(&standing, request).map_err(|r| {
+            let code = match r {
+                domain::NotTheOrders::VoidOfLiveOrder => "order_not_cancelled",
+                domain::NotTheOrders::CaptureBeforeFulfilment => "order_not_fulfilled",
+                domain::NotTheOrders::RefundOfLiveOrder => "order_not_refunded",
+            };
+            Problem::conflict(
+                code,
+                r.to_string().replace("{id}", &payment.order_id.to_string()),
+            )
+        })?;
         let projected = self.projection(tx, &payment).await?;
         let call = domain::plan(&projected, request).map_err(refused)?;
         self.queue(tx, &payment, call, cause).await
@@ -579,6 +652,7 @@ impl Payments {
         order_id: OrderId,
         cause: &Cause,
     ) -> Result<(), Problem> {
+        store::record_order_step(tx, order_id, store::OrderStep::Fulfilled).await?;
         let Some(payment) = store::payment_by_order(&mut **tx, order_id).await? else {
             tracing::warn!(order = %order_id, "order fulfilled without a payment; nothing to capture");
             return Ok(());
@@ -605,6 +679,7 @@ impl Payments {
         amount_cents: Option<i64>,
         cause: &Cause,
     ) -> Result<(), Problem> {
+        store::record_order_step(tx, order_id, store::OrderStep::Refunded).await?;
         let Some(payment) = store::payment_by_order(&mut **tx, order_id).await? else {
             tracing::warn!(order = %order_id, "order refunded without a payment; nothing to refund");
             return Ok(());

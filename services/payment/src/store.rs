@@ -608,3 +608,107 @@ pub async fn webhook_outcome(
         .await?;
     row.map(|r| r.try_get("outcome")).transpose()
 }
+
+/// An order's terms as its events announced them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderTerms {
+    pub customer_id: Option<UserId>,
+    pub amount_cents: i64,
+    pub currency: String,
+}
+
+/// Remembers an order's terms, unless they are known already (the first announcement wins;
+/// both carry the same).
+pub async fn record_order_terms(
+    tx: &mut Tx,
+    order_id: OrderId,
+    terms: &OrderTerms,
+) -> Result<(), mercato_kit::db::Error> {
+    mercato_kit::db::query(
+        "INSERT INTO order_facts (order_id, customer_id, amount_cents, currency, recorded_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO UPDATE SET \
+         customer_id = COALESCE(order_facts.customer_id, excluded.customer_id), \
+         amount_cents = COALESCE(order_facts.amount_cents, excluded.amount_cents), \
+         currency = COALESCE(order_facts.currency, excluded.currency)",
+    )
+    .bind(order_id.to_string())
+    .bind(terms.customer_id.map(|c| c.to_string()))
+    .bind(terms.amount_cents)
+    .bind(&terms.currency)
+    .bind(now_us())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A step of the order's life the payment service must remember.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderStep {
+    Fulfilled,
+    Refunded,
+}
+
+pub async fn record_order_step(
+    tx: &mut Tx,
+    order_id: OrderId,
+    step: OrderStep,
+) -> Result<(), mercato_kit::db::Error> {
+    let column = match step {
+        OrderStep::Fulfilled => "fulfilled_at",
+        OrderStep::Refunded => "refunded_at",
+    };
+    mercato_kit::db::query(&format!(
+        "INSERT INTO order_facts (order_id, {column}, recorded_at) VALUES ($1, $2, $2) \
+         ON CONFLICT (order_id) DO UPDATE SET {column} = COALESCE(order_facts.{column}, excluded.{column})"
+    ))
+    .bind(order_id.to_string())
+    .bind(now_us())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// What is known of an order: its terms (if announced) and its standing.
+pub async fn order_facts(
+    tx: &mut Tx,
+    order_id: OrderId,
+) -> Result<(Option<OrderTerms>, crate::domain::OrderStanding), mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(
+        "SELECT customer_id, amount_cents, currency, fulfilled_at, refunded_at \
+         FROM order_facts WHERE order_id = $1",
+    )
+    .bind(order_id.to_string())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let cancelled = is_cancelled(&mut **tx, order_id).await?;
+    let Some(row) = row else {
+        return Ok((
+            None,
+            crate::domain::OrderStanding {
+                cancelled,
+                ..Default::default()
+            },
+        ));
+    };
+    let customer: Option<String> = row.try_get("customer_id")?;
+    let amount: Option<i64> = row.try_get("amount_cents")?;
+    let currency: Option<String> = row.try_get("currency")?;
+    let terms = match (amount, currency) {
+        (Some(amount_cents), Some(currency)) => Some(OrderTerms {
+            customer_id: customer
+                .as_deref()
+                .map(parse_db_uuid)
+                .transpose()?
+                .map(UserId),
+            amount_cents,
+            currency,
+        }),
+        _ => None,
+    };
+    let standing = crate::domain::OrderStanding {
+        cancelled,
+        fulfilled: row.try_get::<Option<i64>, _>("fulfilled_at")?.is_some(),
+        refunded: row.try_get::<Option<i64>, _>("refunded_at")?.is_some(),
+    };
+    Ok((terms, standing))
+}

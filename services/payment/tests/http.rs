@@ -80,6 +80,44 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
     .await;
     assert_eq!(r.status, 403);
 
+    // An order nobody announced is not charged.
+    let r = call(
+        &h,
+        post.clone(),
+        "/payments/authorize",
+        Some(&svc),
+        Some(body.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (404, Some("unknown_order")),
+        "{}",
+        r.body
+    );
+    assert_eq!(h.psp_stats().await["authorizations"], 0);
+    assert!(h.payment_of(order).await.is_none());
+
+    h.deliver(&created(order, customer, 1234)).await;
+    // Only on the order's terms: not another amount, not for someone else.
+    for (amount, who) in [(999, customer), (1234, UserId::new())] {
+        let r = call(
+            &h,
+            post.clone(),
+            "/payments/authorize",
+            Some(&svc),
+            Some(authorize_body(order, who, amount, "pm_card_visa")),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (409, Some("order_mismatch")),
+            "{}",
+            r.body
+        );
+    }
     let first = call(
         &h,
         post.clone(),
@@ -93,6 +131,7 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
     assert_eq!(first.body["status"], "AUTHORIZED");
     assert_eq!(first.body["amount_cents"], 1234);
     assert_eq!(first.body["captured_cents"], 0);
+    assert_eq!(first.body["customer_id"], customer.to_string());
     assert!(first.body["provider_ref"]
         .as_str()
         .unwrap()
@@ -109,7 +148,7 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
     .await;
     assert_eq!(again.status, 200);
     assert_eq!(again.body["id"], first.body["id"]);
-    let other = authorize_body(order, customer, 999, "pm_card_visa");
+    let other = authorize_body(order, customer, 1234, "pm_card_chargeDeclined");
     let r = call(
         &h,
         post.clone(),
@@ -147,6 +186,7 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
 
     // A cancelled order is not charged.
     let gone = OrderId::new();
+    h.deliver(&created(gone, customer, 100)).await;
     h.deliver(&cancelled(gone)).await;
     let r = call(
         &h,
@@ -164,6 +204,7 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
 
     // Pending at the processor: 202.
     let pending = OrderId::new();
+    h.deliver(&created(pending, customer, 100)).await;
     let r = call(
         &h,
         post.clone(),
@@ -179,6 +220,7 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
     );
     // Declined: answered, FAILED with the reason.
     let declined = OrderId::new();
+    h.deliver(&created(declined, customer, 100)).await;
     let r = call(
         &h,
         post,
@@ -198,90 +240,86 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
     h.stop().await;
 }
 
+async fn post_as(
+    h: &Harness,
+    token: &str,
+    path: String,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> Reply {
+    call(h, reqwest::Method::POST, &path, Some(token), body, key).await
+}
+
+/// A capture, void or refund asked for directly only repeats what the order's life decided:
+/// the order's cancel voids, its fulfilment captures, its refund refunds.
 #[tokio::test]
-async fn capture_void_and_refund_follow_the_rules() {
+async fn capture_void_and_refund_follow_the_order() {
     let h = Harness::start().await;
     let svc = h.service_token();
     let post = reqwest::Method::POST;
-    let order = OrderId::new();
-    let r = call(
-        &h,
-        post.clone(),
-        "/payments/authorize",
-        Some(&svc),
-        Some(authorize_body(order, UserId::new(), 1000, "pm_card_visa")),
+    let ask = |path: String, body: Option<Value>, key: Option<&'static str>| {
+        post_as(&h, &svc, path, body, key)
+    };
+    let (order, customer) = (OrderId::new(), UserId::new());
+    h.deliver(&created(order, customer, 1000)).await;
+    let r = ask(
+        "/payments/authorize".into(),
+        Some(authorize_body(order, customer, 1000, "pm_card_visa")),
         None,
     )
     .await;
+    assert_eq!(r.body["status"], "AUTHORIZED", "{}", r.body);
     let id = r.body["id"].as_str().unwrap().to_owned();
 
-    let r = call(
-        &h,
-        post.clone(),
-        &format!("/payments/{id}/refund"),
-        Some(&svc),
-        None,
-        None,
-    )
-    .await;
+    // The order is live (PAID): none of these is the payment service's to make.
+    for (action, code) in [
+        ("void", "order_not_cancelled"),
+        ("capture", "order_not_fulfilled"),
+        ("refund", "order_not_refunded"),
+    ] {
+        let r = ask(format!("/payments/{id}/{action}"), None, None).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (409, Some(code)),
+            "{action}: {}",
+            r.body
+        );
+        assert!(r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&order.to_string()));
+    }
+    assert_eq!(
+        h.payment_of(order).await.unwrap().money.status,
+        Status::Authorized
+    );
+
+    // Fulfilled: the saga captures it all; asking again changes nothing.
+    h.deliver(&fulfilled(order)).await;
+    let p = h.settled(order, Status::Captured).await;
+    assert_eq!(p.money.captured_cents, 1000);
+    let r = ask(format!("/payments/{id}/capture"), None, None).await;
     assert_eq!(
         (r.status, r.body["code"].as_str()),
         (409, Some("invalid_state"))
     );
-    let r = call(
-        &h,
-        post.clone(),
-        &format!("/payments/{id}/capture"),
-        Some(&svc),
-        Some(json!({"amount_cents": 1001})),
-        None,
-    )
-    .await;
+    let r = ask(format!("/payments/{id}/void"), None, None).await;
     assert_eq!(
         (r.status, r.body["code"].as_str()),
-        (422, Some("invalid_amount"))
+        (409, Some("order_not_cancelled"))
     );
-    let r = call(
-        &h,
-        post.clone(),
-        &format!("/payments/{id}/capture"),
-        Some(&svc),
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    let r = ask(format!("/payments/{id}/refund"), None, None).await;
     assert_eq!(
-        (r.body["status"].as_str(), r.body["captured_cents"].as_i64()),
-        (Some("CAPTURED"), Some(1000))
+        (r.status, r.body["code"].as_str()),
+        (409, Some("order_not_refunded"))
     );
-    let r = call(
-        &h,
-        post.clone(),
-        &format!("/payments/{id}/capture"),
-        Some(&svc),
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 409);
-    let r = call(
-        &h,
-        post.clone(),
-        &format!("/payments/{id}/void"),
-        Some(&svc),
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 409);
 
-    for bad in [0, -5, 1001] {
-        let r = call(
-            &h,
-            post.clone(),
-            &format!("/payments/{id}/refund"),
-            Some(&svc),
+    // Refunded in part by the order; the rest may then be refunded here (a repair).
+    h.deliver(&refunded(order, Some(100))).await;
+    h.settled(order, Status::PartiallyRefunded).await;
+    for bad in [0, -5, 901] {
+        let r = ask(
+            format!("/payments/{id}/refund"),
             Some(json!({"amount_cents": bad})),
             None,
         )
@@ -289,97 +327,77 @@ async fn capture_void_and_refund_follow_the_rules() {
         assert_eq!(r.status, 422, "{bad}");
     }
     // A refund with a key, sent twice: one refund, the same answer replayed.
-    let first = call(
-        &h,
-        post.clone(),
-        &format!("/payments/{id}/refund"),
-        Some(&svc),
+    let first = ask(
+        format!("/payments/{id}/refund"),
         Some(json!({"amount_cents": 250})),
         Some("refund-1"),
     )
     .await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.body["status"], "PARTIALLY_REFUNDED");
-    let second = call(
-        &h,
-        post.clone(),
-        &format!("/payments/{id}/refund"),
-        Some(&svc),
+    let second = ask(
+        format!("/payments/{id}/refund"),
         Some(json!({"amount_cents": 250})),
         Some("refund-1"),
     )
     .await;
     assert!(second.replayed);
     assert_eq!((second.status, &second.body), (first.status, &first.body));
-    assert_eq!(h.psp_stats().await["refunds"], 1);
-    let r = call(
-        &h,
-        post.clone(),
-        &format!("/payments/{id}/refund"),
-        Some(&svc),
-        Some(json!({"amount_cents": 751})),
+    assert_eq!(h.psp_stats().await["refunds"], 2);
+    let r = ask(
+        format!("/payments/{id}/refund"),
+        Some(json!({"amount_cents": 651})),
         None,
     )
     .await;
     assert_eq!(r.status, 422);
-    let r = call(
-        &h,
-        post.clone(),
-        &format!("/payments/{id}/refund"),
-        Some(&svc),
-        None,
-        None,
-    )
-    .await;
+    let r = ask(format!("/payments/{id}/refund"), None, None).await;
     assert_eq!(
         (r.status, r.body["refunded_cents"].as_i64()),
         (200, Some(1000))
     );
     assert_eq!(r.body["status"], "REFUNDED");
 
-    // Void of a fresh authorization.
+    // Void: only once the order is cancelled, which voids it anyway.
     let order = OrderId::new();
-    let r = call(
-        &h,
-        post.clone(),
-        "/payments/authorize",
-        Some(&svc),
-        Some(authorize_body(order, UserId::new(), 500, "pm_card_visa")),
+    h.deliver(&created(order, customer, 500)).await;
+    let r = ask(
+        "/payments/authorize".into(),
+        Some(authorize_body(order, customer, 500, "pm_card_visa")),
         None,
     )
     .await;
     let id = r.body["id"].as_str().unwrap().to_owned();
+    let someone = h.token(Role::Customer, &UserId::new().to_string());
     let r = call(
         &h,
         post.clone(),
         &format!("/payments/{id}/void"),
-        Some(&svc),
-        None,
-        None,
-    )
-    .await;
-    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("VOIDED")));
-    let r = call(
-        &h,
-        post.clone(),
-        &format!("/payments/{}/void", uuid::Uuid::now_v7()),
-        Some(&svc),
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 404);
-    let customer = h.token(Role::Customer, &UserId::new().to_string());
-    let r = call(
-        &h,
-        post,
-        &format!("/payments/{id}/void"),
-        Some(&customer),
+        Some(&someone),
         None,
         None,
     )
     .await;
     assert_eq!(r.status, 403);
+    let r = ask(format!("/payments/{id}/void"), None, None).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("order_not_cancelled"))
+    );
+    h.deliver(&cancelled(order)).await;
+    h.settled(order, Status::Voided).await;
+    let r = ask(format!("/payments/{id}/void"), None, None).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("invalid_state"))
+    );
+    let r = ask(
+        format!("/payments/{}/void", uuid::Uuid::now_v7()),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404);
     h.stop().await;
 }
 

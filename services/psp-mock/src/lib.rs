@@ -27,8 +27,9 @@ use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::Metrics;
 use std::sync::Arc;
 
-/// The secret used when none is configured; the payment service's default matches it.
-pub const DEV_WEBHOOK_SECRET: &str = "whsec_mercato_dev";
+/// What the webhook secret is, for the message naming it when it is missing.
+pub const WEBHOOK_SECRET_WHAT: &str =
+    "the HMAC key of webhook signatures, shared by the card processor and the payment service";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -38,8 +39,8 @@ pub struct Config {
     /// `MERCATO_PSP_WEBHOOK_URL`: where webhooks are POSTed (the payment service's
     /// `/api/v1/payments/webhook`); without it, events are not sent.
     pub webhook_url: Option<String>,
-    /// `MERCATO_PSP_WEBHOOK_SECRET`, default [`DEV_WEBHOOK_SECRET`]: the HMAC key of webhook
-    /// signatures.
+    /// `MERCATO_PSP_WEBHOOK_SECRET` (required; `mercato up` generates one into the data
+    /// directory): the HMAC key of webhook signatures.
     pub webhook_secret: Secret,
     /// Reserved for pending payments that fail on their own; not read from the environment yet
     /// and unused (always 0).
@@ -84,9 +85,7 @@ impl Config {
             common: CommonConfig::read(env),
             port: env.port("MERCATO_PSP_MOCK_PORT", 8090),
             webhook_url: env.url("MERCATO_PSP_WEBHOOK_URL", None, &["http", "https"]),
-            webhook_secret: env
-                .secret("MERCATO_PSP_WEBHOOK_SECRET")
-                .unwrap_or_else(|| Secret::new(DEV_WEBHOOK_SECRET)),
+            webhook_secret: env.required_secret("MERCATO_PSP_WEBHOOK_SECRET", WEBHOOK_SECRET_WHAT),
             pending_failures: 0,
             processing_error_attempts: env.int("MERCATO_PSP_PROCESSING_ERROR_ATTEMPTS", 2, 0..=100)
                 as u32,
@@ -134,15 +133,20 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let mut env = Env::from_pairs(Vec::<(String, String)>::new());
+        let mut env = Env::from_pairs([("MERCATO_PSP_WEBHOOK_SECRET", "whsec_generated")]);
         let c = Config::read(&mut env);
         assert!(env.check().is_ok());
         assert_eq!(c.port, 8090);
         assert_eq!(c.webhook_url, None);
-        assert_eq!(c.webhook_secret.expose(), DEV_WEBHOOK_SECRET);
+        assert_eq!(c.webhook_secret.expose(), "whsec_generated");
         assert_eq!(c.processing_error_attempts, 2);
         assert_eq!(c.chaos, chaos::ProcessorProfile::default());
-        assert!(!format!("{c:?}").contains(DEV_WEBHOOK_SECRET));
+        assert!(!format!("{c:?}").contains("whsec_generated"));
+        // No secret, no start: a well-known default would let anyone sign webhooks.
+        let mut env = Env::from_pairs(Vec::<(String, String)>::new());
+        let _ = Config::read(&mut env);
+        let text = env.check().unwrap_err().to_string();
+        assert!(text.contains("MERCATO_PSP_WEBHOOK_SECRET"), "{text}");
     }
 
     #[test]
@@ -155,6 +159,7 @@ mod tests {
                 "MERCATO_PSP_CHAOS",
                 r#"{"timeout_rate": 2, "error_rate": -1}"#,
             ),
+            ("MERCATO_PSP_WEBHOOK_SECRET", "s"),
         ]);
         let _ = Config::read(&mut env);
         let text = env.check().unwrap_err().to_string();
@@ -168,7 +173,10 @@ mod tests {
         ] {
             assert!(text.contains(var), "{var} missing from {text}");
         }
-        let mut env = Env::from_pairs([("MERCATO_PSP_CHAOS", r#"{"timeout_rat": 1}"#)]);
+        let mut env = Env::from_pairs([
+            ("MERCATO_PSP_CHAOS", r#"{"timeout_rat": 1}"#),
+            ("MERCATO_PSP_WEBHOOK_SECRET", "s"),
+        ]);
         let _ = Config::read(&mut env);
         let text = env.check().unwrap_err().to_string();
         assert!(text.contains("unknown field `timeout_rat`"), "{text}");

@@ -30,7 +30,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const SECRET: &str = "whsec_mercato_dev";
+/// The webhook secret psp-mock and the service share in these tests.
+pub const SECRET: &str = "whsec_payment_tests";
 
 /// A processor client of its own (its own breaker, on a registry of its own), as one replica's
 /// worker has.
@@ -132,6 +133,7 @@ impl Harness {
 
         let mut env = Env::from_pairs([
             ("MERCATO_DATA_DIR", data.clone()),
+            ("MERCATO_PSP_WEBHOOK_SECRET", SECRET.to_owned()),
             (
                 "MERCATO_PSP_WEBHOOK_URL",
                 format!("{url}/api/v1/payments/webhook"),
@@ -154,6 +156,7 @@ impl Harness {
         }
         let mut env = Env::from_pairs(pairs.into_iter().chain([
             ("MERCATO_DATA_DIR", data.clone()),
+            ("MERCATO_PSP_WEBHOOK_SECRET", SECRET.to_owned()),
             ("MERCATO_PSP_URL", configured_psp_url.clone()),
             ("MERCATO_PSP_TIMEOUT_MS", opts.psp_timeout_ms.to_string()),
             (
@@ -270,8 +273,11 @@ impl Harness {
                 iss: "mercato-auth".into(),
                 aud: "mercato".into(),
                 exp: now + 600,
+                nbf: now,
                 iat: now,
                 jti: uuid::Uuid::now_v7().to_string(),
+                ver: 0,
+                sid: None,
             })
             .unwrap()
     }
@@ -452,6 +458,23 @@ pub fn reserved_until(
     );
     env.correlation_id = Some(format!("corr-{order}"));
     env
+}
+
+/// `order.created` for an order of `amount_cents` USD (the terms a payment is opened on).
+pub fn created(order: OrderId, customer: UserId, amount_cents: i64) -> Envelope {
+    Envelope::new(
+        "order",
+        ORDER_CREATED,
+        order,
+        &OrderCreated {
+            order_id: order,
+            customer_id: customer,
+            items: vec![],
+            total_cents: amount_cents,
+            currency: "USD".into(),
+            payment_method: "pm_card_visa".into(),
+        },
+    )
 }
 
 pub fn cancelled(order: OrderId) -> Envelope {
