@@ -352,11 +352,12 @@ impl Drop for Claim {
 /// Deletes records past retention; run periodically by every service.
 pub async fn purge_expired(db: &Db) -> Result<u64, crate::db::Error> {
     let before = now_us() - RETENTION.as_micros() as i64;
-    let r =
-        crate::db::query("DELETE FROM idempotency_keys WHERE created_at < $1 AND state = 'completed'")
-            .bind(before)
-            .execute(db.writer())
-            .await?;
+    let r = crate::db::query(
+        "DELETE FROM idempotency_keys WHERE created_at < $1 AND state = 'completed'",
+    )
+    .bind(before)
+    .execute(db.writer())
+    .await?;
     Ok(r.rows_affected())
 }
 

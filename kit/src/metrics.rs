@@ -274,9 +274,10 @@ impl Probe for StorageProbe {
                 .map(|t| ((crate::time::now_us() - t).max(0)) as f64 / 1e6)
                 .unwrap_or(0.0),
         );
-        let row = crate::db::query("SELECT COUNT(*) AS n FROM dead_letters WHERE replayed_at IS NULL")
-            .fetch_one(self.db.reader())
-            .await?;
+        let row =
+            crate::db::query("SELECT COUNT(*) AS n FROM dead_letters WHERE replayed_at IS NULL")
+                .fetch_one(self.db.reader())
+                .await?;
         self.dead_letters.set(row.try_get("n")?);
         Ok(())
     }

@@ -415,7 +415,8 @@ async fn oversized_bodies_are_refused_and_headers_are_set() {
     assert_eq!(p["code"], "payload_too_large");
 
     // On the services' answers it forwards and on its own (a 413, a 404, health) alike.
-    let own_404 = format!("{}/nothing-here", t.base("gateway"));
+    // An unknown API path: the gateway answers it itself (other paths are the web app's).
+    let own_404 = format!("{}/api/nothing-here", t.base("gateway"));
     let health = format!("{}/health/ready", t.base("gateway"));
     for url in [gw(&t, "/categories"), own_404, health] {
         let res = t.http.get(&url).send().await.unwrap();

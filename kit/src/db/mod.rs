@@ -27,10 +27,10 @@ mod value;
 pub use value::{Arg, ColumnIndex, Decode, Encode, Kind, Row, Value};
 
 use anyhow::Context;
+use sqlite::{ReaderGuard, SqliteConn, SqliteDb};
 use sqlx::migrate::{Migration, Migrator};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor as _, PgPool, Postgres};
-use sqlite::{ReaderGuard, SqliteConn, SqliteDb};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

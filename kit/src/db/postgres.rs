@@ -33,7 +33,9 @@ fn value(row: &PgRow, i: usize) -> Result<Value, sqlx::Error> {
         "BOOL" => Value::Int(row.try_get::<bool, _>(i)?.into()),
         "FLOAT8" => Value::Real(row.try_get::<f64, _>(i)?),
         "FLOAT4" => Value::Real(row.try_get::<f32, _>(i)?.into()),
-        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => Value::Text(row.try_get::<String, _>(i)?),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
+            Value::Text(row.try_get::<String, _>(i)?)
+        }
         "BYTEA" => Value::Blob(row.try_get::<Vec<u8>, _>(i)?),
         // `SELECT pg_advisory_xact_lock(..)` and friends.
         "VOID" => Value::Null,
@@ -45,7 +47,11 @@ fn rows(found: Vec<PgRow>) -> Result<Vec<Row>, Error> {
     let Some(first) = found.first() else {
         return Ok(Vec::new());
     };
-    let columns: Arc<[Box<str>]> = first.columns().iter().map(|c| Box::from(c.name())).collect();
+    let columns: Arc<[Box<str>]> = first
+        .columns()
+        .iter()
+        .map(|c| Box::from(c.name()))
+        .collect();
     found
         .iter()
         .map(|r| {
@@ -57,7 +63,12 @@ fn rows(found: Vec<PgRow>) -> Result<Vec<Row>, Error> {
         .collect()
 }
 
-pub(crate) async fn run<'e, E>(ex: E, sql: &str, args: Vec<Arg>, want: bool) -> Result<Outcome, Error>
+pub(crate) async fn run<'e, E>(
+    ex: E,
+    sql: &str,
+    args: Vec<Arg>,
+    want: bool,
+) -> Result<Outcome, Error>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {

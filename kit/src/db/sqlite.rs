@@ -80,7 +80,10 @@ impl SqliteConn {
                 None => i,
             };
             let arg = args.get(n - 1).ok_or_else(|| {
-                Error::Protocol(format!("${n} has no argument ({} bound) in {sql:?}", args.len()))
+                Error::Protocol(format!(
+                    "${n} has no argument ({} bound) in {sql:?}",
+                    args.len()
+                ))
             })?;
             match arg {
                 Arg::Int(v) => stmt.raw_bind_parameter(i, v)?,
@@ -189,7 +192,12 @@ impl SqliteDb {
     pub fn reader_stats(&self) -> super::PoolStats {
         let max = self.readers.max;
         let busy = max.saturating_sub(self.readers.slots.available_permits() as u32);
-        let idle = self.readers.idle.lock().map(|v| v.len() as u32).unwrap_or(0);
+        let idle = self
+            .readers
+            .idle
+            .lock()
+            .map(|v| v.len() as u32)
+            .unwrap_or(0);
         super::PoolStats {
             open: busy + idle,
             idle,
@@ -246,13 +254,17 @@ pub struct ReaderGuard {
 impl std::ops::Deref for ReaderGuard {
     type Target = SqliteConn;
     fn deref(&self) -> &SqliteConn {
-        self.conn.as_ref().expect("a reader connection until dropped")
+        self.conn
+            .as_ref()
+            .expect("a reader connection until dropped")
     }
 }
 
 impl std::ops::DerefMut for ReaderGuard {
     fn deref_mut(&mut self) -> &mut SqliteConn {
-        self.conn.as_mut().expect("a reader connection until dropped")
+        self.conn
+            .as_mut()
+            .expect("a reader connection until dropped")
     }
 }
 

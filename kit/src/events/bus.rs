@@ -271,11 +271,13 @@ struct EmbeddedSubscription {
 
 impl EmbeddedSubscription {
     async fn advance(&mut self, seq: i64) -> anyhow::Result<()> {
-        crate::db::query("UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2")
-            .bind(&self.consumer)
-            .bind(seq)
-            .execute(self.db.writer())
-            .await?;
+        crate::db::query(
+            "UPDATE bus_cursors SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2",
+        )
+        .bind(&self.consumer)
+        .bind(seq)
+        .execute(self.db.writer())
+        .await?;
         Ok(())
     }
 

@@ -196,12 +196,13 @@ impl Consumer {
             return self.process(env).await;
         }
         // Applied by a handler whose acknowledgement was lost: nothing to park.
-        let seen = crate::db::query("SELECT 1 AS seen FROM inbox WHERE consumer = $1 AND event_id = $2")
-            .bind(&self.name)
-            .bind(env.event_id.to_string())
-            .fetch_optional(self.db.reader())
-            .await?
-            .is_some();
+        let seen =
+            crate::db::query("SELECT 1 AS seen FROM inbox WHERE consumer = $1 AND event_id = $2")
+                .bind(&self.name)
+                .bind(env.event_id.to_string())
+                .fetch_optional(self.db.reader())
+                .await?
+                .is_some();
         if seen {
             return Ok(Outcome::Duplicate);
         }

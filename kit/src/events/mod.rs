@@ -119,7 +119,8 @@ pub async fn pending(
         .map(|r| {
             let seq: i64 = r.try_get("seq")?;
             let text: String = r.try_get("envelope")?;
-            let env = serde_json::from_str(&text).map_err(|e| crate::db::Error::Decode(Box::new(e)))?;
+            let env =
+                serde_json::from_str(&text).map_err(|e| crate::db::Error::Decode(Box::new(e)))?;
             Ok((seq, env))
         })
         .collect()

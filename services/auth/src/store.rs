@@ -2,10 +2,10 @@
 
 use mercato_kit::auth::Role;
 use mercato_kit::db::Tx;
+use mercato_kit::db::{Pool, Row};
 use mercato_kit::ids::{parse_db_uuid, UserId};
 use mercato_kit::time::{now_us, to_rfc3339};
 use serde::Serialize;
-use mercato_kit::db::{Pool, Row};
 use utoipa::ToSchema;
 
 /// A user as the API shows it: never the password hash.
@@ -238,7 +238,11 @@ pub async fn retire_tokens(tx: &mut Tx, user: UserId) -> Result<i64, mercato_kit
 }
 
 /// Records that one sign-in (a refresh-token family) was ended.
-pub async fn end_session(tx: &mut Tx, user: UserId, family: &str) -> Result<(), mercato_kit::db::Error> {
+pub async fn end_session(
+    tx: &mut Tx,
+    user: UserId,
+    family: &str,
+) -> Result<(), mercato_kit::db::Error> {
     insert_revocation(tx, user, 0, Some(family)).await
 }
 

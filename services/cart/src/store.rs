@@ -19,10 +19,10 @@
 //! itself: its writes are not part of the transaction, which the use cases allow for by being
 //! idempotent on their own (see `service`, `domain::Cart::settle` and `domain::Cart::applied`).
 
+use mercato_kit::db::Conn;
 use mercato_kit::db::{Db, Tx};
 use mercato_kit::time::{now_us, Micros};
 use serde_json::Value;
-use mercato_kit::db::Conn;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -151,17 +151,14 @@ fn expiry(now: Micros, ttl: Duration) -> Micros {
     now.saturating_add(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX))
 }
 
-async fn sql_get(
-    conn: &mut Conn,
-    key: &str,
-    now: Micros,
-) -> Result<Option<Entry>, StoreError> {
-    let row =
-        mercato_kit::db::query("SELECT body, version, expires_at FROM kv WHERE name = $1 AND expires_at > $2")
-            .bind(key)
-            .bind(now)
-            .fetch_optional(&mut *conn)
-            .await?;
+async fn sql_get(conn: &mut Conn, key: &str, now: Micros) -> Result<Option<Entry>, StoreError> {
+    let row = mercato_kit::db::query(
+        "SELECT body, version, expires_at FROM kv WHERE name = $1 AND expires_at > $2",
+    )
+    .bind(key)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some(row) = row else { return Ok(None) };
     let body: String = row.try_get("body")?;
     let value = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
@@ -242,12 +239,14 @@ async fn sql_delete(
                 .await?
         }
         Some(v) => {
-            mercato_kit::db::query("DELETE FROM kv WHERE name = $1 AND expires_at > $2 AND version = $3")
-                .bind(key)
-                .bind(now)
-                .bind(v.0)
-                .execute(&mut *conn)
-                .await?
+            mercato_kit::db::query(
+                "DELETE FROM kv WHERE name = $1 AND expires_at > $2 AND version = $3",
+            )
+            .bind(key)
+            .bind(now)
+            .bind(v.0)
+            .execute(&mut *conn)
+            .await?
         }
     };
     Ok(r.rows_affected() == 1)

@@ -15,10 +15,10 @@ use crate::domain::{
 };
 use crate::events;
 use mercato_kit::db::{get_bool, is_unique_violation, Tx};
+use mercato_kit::db::{Exec, Pool, Row};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{parse_db_uuid, ProductId, UserId};
 use mercato_kit::time::now_us;
-use mercato_kit::db::{Exec, Pool, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -287,10 +287,7 @@ const INSERT: &str = "INSERT INTO products (id, sku, name, name_key, description
                       category, price_cents, currency, seller_id, active, created_at, updated_at) \
                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
-fn bind_insert<'q>(
-    sql: &'q str,
-    p: &Product,
-) -> mercato_kit::db::Query<'q> {
+fn bind_insert<'q>(sql: &'q str, p: &Product) -> mercato_kit::db::Query<'q> {
     mercato_kit::db::query(sql)
         .bind(p.id.to_string())
         .bind(p.sku.clone())

@@ -143,7 +143,6 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     )
     .waking(waker.clone());
     let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
-    let metrics = Metrics::new(SERVICE);
     let catalog = Arc::new(catalog::CatalogClient::new(
         &config.catalog_url,
         Dependency::new(

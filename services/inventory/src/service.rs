@@ -532,7 +532,10 @@ impl Inventory {
                 return Ok(Transition::Tombstoned(r));
             }
         }
-        Err(mercato_kit::db::Error::Protocol(format!("releasing {order_id} kept racing a reservation")).into())
+        Err(mercato_kit::db::Error::Protocol(format!(
+            "releasing {order_id} kept racing a reservation"
+        ))
+        .into())
     }
 
     /// Releases the reservation if it is still active and its time has passed at `now`. The

@@ -8,9 +8,9 @@
 
 use crate::domain::{LedgerKind, Levels, Movement, ReleaseReason, ReservationStatus, ON_HAND_MAX};
 use mercato_kit::contracts::StockLine;
+use mercato_kit::db::{Conn, Pool, Row};
 use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
 use mercato_kit::time::Micros;
-use mercato_kit::db::{Conn, Pool, Row};
 
 /// A product's stock row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,7 +75,8 @@ pub struct Entry<'a> {
 }
 
 fn decode<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, mercato_kit::db::Error> {
-    s.parse().map_err(|e: String| mercato_kit::db::Error::Decode(e.into()))
+    s.parse()
+        .map_err(|e: String| mercato_kit::db::Error::Decode(e.into()))
 }
 
 const STOCK_COLS: &str = "product_id, seller_id, sku, active, on_hand, reserved";
@@ -446,7 +447,11 @@ pub async fn transition(
 }
 
 /// Active reservations whose time has passed, soonest first.
-pub async fn due(pool: &Pool, now: Micros, limit: i64) -> Result<Vec<OrderId>, mercato_kit::db::Error> {
+pub async fn due(
+    pool: &Pool,
+    now: Micros,
+    limit: i64,
+) -> Result<Vec<OrderId>, mercato_kit::db::Error> {
     mercato_kit::db::query(
         "SELECT order_id FROM reservations WHERE status = 'active' AND expires_at <= $1 \
          ORDER BY expires_at LIMIT $2",

@@ -12,15 +12,19 @@ use crate::domain::{
 };
 use mercato_kit::contracts::ProductChanged;
 use mercato_kit::db::{get_bool, Backend, Db, Tx};
-use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
 use mercato_kit::db::{Conn, Pool, Row};
+use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
 use std::collections::HashMap;
 
 fn decode(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> mercato_kit::db::Error {
     mercato_kit::db::Error::Decode(e.into())
 }
 
-fn status_from(row: &Row, status: &str, reason: &str) -> Result<OrderStatus, mercato_kit::db::Error> {
+fn status_from(
+    row: &Row,
+    status: &str,
+    reason: &str,
+) -> Result<OrderStatus, mercato_kit::db::Error> {
     let s: String = row.try_get(status)?;
     let r: Option<String> = row.try_get(reason)?;
     OrderStatus::from_parts(&s, r.as_deref()).map_err(decode)
@@ -30,7 +34,11 @@ fn status_from(row: &Row, status: &str, reason: &str) -> Result<OrderStatus, mer
 // The products read model.
 
 /// Records a product as announced at `at` (µs), unless a newer announcement is already here.
-pub async fn upsert_product(tx: &mut Tx, p: &ProductChanged, at: i64) -> Result<(), mercato_kit::db::Error> {
+pub async fn upsert_product(
+    tx: &mut Tx,
+    p: &ProductChanged,
+    at: i64,
+) -> Result<(), mercato_kit::db::Error> {
     mercato_kit::db::query(
         "INSERT INTO products (product_id, sku, name, price_cents, currency, seller_id, active, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -286,7 +294,11 @@ pub async fn set_status(
 /// recorded (a report of a later attempt, or of a later wait); false otherwise, which is how a
 /// late or repeated report is dropped. The wait keeps the `since` of the report that started
 /// it. Neither the status, the version nor the history changes: waiting is not a state.
-pub async fn record_wait(tx: &mut Tx, id: OrderId, w: &Waiting) -> Result<bool, mercato_kit::db::Error> {
+pub async fn record_wait(
+    tx: &mut Tx,
+    id: OrderId,
+    w: &Waiting,
+) -> Result<bool, mercato_kit::db::Error> {
     let r = mercato_kit::db::query(
         "UPDATE orders SET waiting_step = $2, waiting_reason = $3, waiting_attempt = $4, \
          waiting_next_attempt_at = $5, waiting_retry_until = $6, \
@@ -475,7 +487,10 @@ pub async fn list_orders(
 /// commits), so it hands the announcement to a task that waits here: on SQLite for the one
 /// writer connection the consumer's transaction holds, on PostgreSQL for the row lock its
 /// UPDATE holds. Blocking on the lock is the signal; nothing polls.
-pub async fn committed_status(db: &Db, id: OrderId) -> Result<Option<OrderStatus>, mercato_kit::db::Error> {
+pub async fn committed_status(
+    db: &Db,
+    id: OrderId,
+) -> Result<Option<OrderStatus>, mercato_kit::db::Error> {
     match db.backend() {
         Backend::Sqlite => {
             drop(db.writer().acquire().await?);
@@ -484,11 +499,12 @@ pub async fn committed_status(db: &Db, id: OrderId) -> Result<Option<OrderStatus
         }
         Backend::Postgres => {
             let mut tx = db.begin().await?;
-            let row =
-                mercato_kit::db::query("SELECT status, cancel_reason FROM orders WHERE id = $1 FOR SHARE")
-                    .bind(id.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let row = mercato_kit::db::query(
+                "SELECT status, cancel_reason FROM orders WHERE id = $1 FOR SHARE",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
             tx.commit().await?;
             row.map(|r| status_from(&r, "status", "cancel_reason"))
                 .transpose()

@@ -5,9 +5,9 @@
 
 use crate::domain::{JobKind, Money, Status};
 use mercato_kit::db::Tx;
+use mercato_kit::db::{Exec, Pool, Row};
 use mercato_kit::ids::{parse_db_uuid, OrderId, UserId};
 use mercato_kit::time::now_us;
-use mercato_kit::db::{Exec, Pool, Row};
 use uuid::Uuid;
 
 /// A payment as stored.
@@ -305,7 +305,11 @@ const HEAD_OF_PAYMENT: &str = "NOT EXISTS (SELECT 1 FROM processor_jobs e \
     WHERE e.payment_id = j.payment_id AND e.seq < j.seq)";
 
 /// Calls that may run now: due, not taken by a live worker, first of their payment.
-pub async fn due_jobs(pool: &Pool, now: i64, limit: i64) -> Result<Vec<Job>, mercato_kit::db::Error> {
+pub async fn due_jobs(
+    pool: &Pool,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<Job>, mercato_kit::db::Error> {
     let cols = JOB_COLS
         .split(", ")
         .map(|c| format!("j.{c}"))
@@ -399,7 +403,11 @@ pub struct Retry<'a> {
 }
 
 /// Puts a call back in the queue for another attempt.
-pub async fn reschedule_job(tx: &mut Tx, seq: i64, retry: &Retry<'_>) -> Result<bool, mercato_kit::db::Error> {
+pub async fn reschedule_job(
+    tx: &mut Tx,
+    seq: i64,
+    retry: &Retry<'_>,
+) -> Result<bool, mercato_kit::db::Error> {
     let r = mercato_kit::db::query(
         "UPDATE processor_jobs SET not_before = $2, give_up_at = $3, ambiguous = $4, locked_until = NULL, \
          last_error = $5 WHERE seq = $1",
@@ -456,7 +464,10 @@ pub struct Transaction {
     pub duration_ms: Option<i64>,
 }
 
-pub async fn insert_transaction(tx: &mut Tx, t: &Transaction) -> Result<(), mercato_kit::db::Error> {
+pub async fn insert_transaction(
+    tx: &mut Tx,
+    t: &Transaction,
+) -> Result<(), mercato_kit::db::Error> {
     mercato_kit::db::query(
         "INSERT INTO payment_transactions (id, payment_id, kind, idempotency_key, amount_cents, attempt, outcome, \
          http_status, provider_ref, summary, duration_ms, created_at) \
@@ -521,7 +532,10 @@ pub async fn transactions_of(
 /// Takes the write lock of the order's payment row, if it has one, until the transaction ends
 /// (a write that changes nothing: `FOR UPDATE` is PostgreSQL only, and SQLite's single writer
 /// holds the lock anyway).
-pub async fn lock_payment_of_order(tx: &mut Tx, order_id: OrderId) -> Result<(), mercato_kit::db::Error> {
+pub async fn lock_payment_of_order(
+    tx: &mut Tx,
+    order_id: OrderId,
+) -> Result<(), mercato_kit::db::Error> {
     mercato_kit::db::query("UPDATE payments SET version = version WHERE order_id = $1")
         .bind(order_id.to_string())
         .execute(&mut **tx)
@@ -588,12 +602,14 @@ pub async fn finish_webhook(
     payment_id: Option<Uuid>,
     outcome: &str,
 ) -> Result<(), mercato_kit::db::Error> {
-    mercato_kit::db::query("UPDATE webhook_events SET payment_id = $2, outcome = $3 WHERE event_id = $1")
-        .bind(event_id)
-        .bind(payment_id.map(|p| p.to_string()))
-        .bind(outcome)
-        .execute(&mut **tx)
-        .await?;
+    mercato_kit::db::query(
+        "UPDATE webhook_events SET payment_id = $2, outcome = $3 WHERE event_id = $1",
+    )
+    .bind(event_id)
+    .bind(payment_id.map(|p| p.to_string()))
+    .bind(outcome)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -168,10 +168,11 @@ impl World {
     pub async fn snapshot(&self) -> String {
         let audit = store::audit(self.db.reader()).await.unwrap();
         let outbox = self.outbox().await.len();
-        let rows = mercato_kit::db::query("SELECT order_id, status FROM reservations ORDER BY order_id")
-            .fetch_all(self.db.reader())
-            .await
-            .unwrap();
+        let rows =
+            mercato_kit::db::query("SELECT order_id, status FROM reservations ORDER BY order_id")
+                .fetch_all(self.db.reader())
+                .await
+                .unwrap();
         let reservations: Vec<(String, String)> = rows
             .iter()
             .map(|r| (r.get("order_id"), r.get("status")))
