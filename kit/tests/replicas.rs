@@ -197,6 +197,50 @@ async fn a_relay_publishes_nothing_behind_rows_another_relay_holds() {
     schema.drop().await;
 }
 
+/// Publishing commits the transaction it was given first, as if another request's commit
+/// landed while the relay was publishing.
+struct CommitsWhilePublishing {
+    late: tokio::sync::Mutex<Option<mercato_kit::db::Tx>>,
+    inner: Recording,
+}
+
+#[async_trait::async_trait]
+impl Bus for CommitsWhilePublishing {
+    async fn publish(&self, env: &Envelope) -> anyhow::Result<()> {
+        if let Some(tx) = self.late.lock().await.take() {
+            tx.commit().await?;
+        }
+        self.inner.publish(env).await
+    }
+
+    async fn subscribe(&self, _: &str, _: &[&str]) -> anyhow::Result<Box<dyn Subscription>> {
+        anyhow::bail!("publishing only")
+    }
+}
+
+#[tokio::test]
+async fn a_row_that_commits_late_is_published_not_just_marked() {
+    let Some(url) = postgres() else { return };
+    let schema = Schema::new(&url);
+    let (db, other) = (schema.open().await, schema.open().await);
+    // A sequence number between two committed ones, still uncommitted while they are read.
+    produce(&db, 1).await;
+    let mut late = other.begin().await.unwrap();
+    append(&mut late, &event(2)).await.unwrap();
+    produce(&db, 3).await;
+    let bus = Arc::new(CommitsWhilePublishing {
+        late: tokio::sync::Mutex::new(Some(late)),
+        inner: Recording::default(),
+    });
+    let relay = Relay::new(db.clone(), bus.clone(), OutboxWaker::default());
+    // 2 committed while 1 and 3 were being published: marking them must leave it pending (a
+    // range over the batch would mark it published unpublished), so the next round sends it.
+    assert_eq!(relay.drain().await.unwrap(), 3);
+    assert!(pending(db.reader(), 10).await.unwrap().is_empty());
+    assert_eq!(bus.inner.numbers(), [1, 3, 2]);
+    schema.drop().await;
+}
+
 #[tokio::test]
 async fn a_relay_finds_what_another_replica_committed_without_being_woken() {
     let Some(url) = postgres() else { return };
@@ -280,7 +324,7 @@ async fn processes_starting_together_create_the_schema_and_migrate_it_once() {
                 .iter()
                 .map(|r| r.get("version"))
                 .collect();
-        assert_eq!(versions, [1, 2, 3, 1000], "{service}");
+        assert_eq!(versions, [1, 2, 3, 4, 1000], "{service}");
     }
     for (_, db) in opened {
         db.close().await;

@@ -68,20 +68,26 @@ struct Drained {
     behind_another: bool,
 }
 
-/// Marks the outbox rows `first..=last` published.
+/// Marks exactly these outbox rows published. Not a range: on PostgreSQL a row inside the
+/// range that was still uncommitted when the batch was read (a lower `seq` committing late)
+/// would be visible to the marking statement and marked without ever being published.
 async fn mark<'c>(
     on: impl Into<crate::db::Exec<'c>>,
-    first: i64,
-    last: i64,
+    seqs: &[i64],
 ) -> Result<(), crate::db::Error> {
-    crate::db::query(
-        "UPDATE outbox SET published_at = $3 WHERE seq >= $1 AND seq <= $2 AND published_at IS NULL",
-    )
-    .bind(first)
-    .bind(last)
-    .bind(now_us())
-    .execute(on)
-    .await?;
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let marks: Vec<String> = (0..seqs.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "UPDATE outbox SET published_at = $1 WHERE seq IN ({}) AND published_at IS NULL",
+        marks.join(", ")
+    );
+    let mut q = crate::db::query(&sql).bind(now_us());
+    for seq in seqs {
+        q = q.bind(*seq);
+    }
+    q.execute(on).await?;
     Ok(())
 }
 
@@ -126,8 +132,7 @@ impl Relay {
         }
     }
 
-    /// One batch, SQLite: this process is the only writer, so the pending rows it reads are
-    /// every row up to the last of them, and one statement marks them.
+    /// One batch, SQLite: this process is the only writer; one statement marks the batch.
     async fn publish_pending(&self) -> anyhow::Result<Drained> {
         let batch = pending(self.db.reader(), BATCH).await?;
         let envs: Vec<Envelope> = batch.iter().map(|(_, e)| e.clone()).collect();
@@ -136,9 +141,8 @@ impl Relay {
         } else {
             self.bus.publish_batch(&envs).await?
         };
-        if stored > 0 {
-            mark(self.db.writer(), batch[0].0, batch[stored - 1].0).await?;
-        }
+        let seqs: Vec<i64> = batch[..stored].iter().map(|(seq, _)| *seq).collect();
+        mark(self.db.writer(), &seqs).await?;
         Ok(Drained {
             published: stored,
             behind_another: false,
@@ -190,12 +194,9 @@ impl Relay {
                 return Err(e);
             }
         };
-        // What was published is marked even when the bus failed part-way. The rows from the
-        // first to the last published are all ours (held by this transaction), so a range
-        // marks exactly them.
-        if published > 0 {
-            mark(&mut *tx, ours[0].0, ours[published - 1].0).await?;
-        }
+        // What was published is marked even when the bus failed part-way.
+        let seqs: Vec<i64> = ours[..published].iter().map(|(seq, _)| *seq).collect();
+        mark(&mut *tx, &seqs).await?;
         tx.commit().await?;
         Ok(Drained {
             published,

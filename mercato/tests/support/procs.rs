@@ -123,17 +123,29 @@ impl Drop for Proc {
     }
 }
 
+/// Each process's log goes nowhere, unless `MERCATO_TEST_LOG_DIR` names a folder: then each
+/// writes its warnings and errors to `<service>-<port>.log` there, to read after a failure.
 fn spawn(service: &str, port: u16, env: &[(String, String)], data: &Path) -> Child {
+    let (level, log) = match std::env::var("MERCATO_TEST_LOG_DIR") {
+        Ok(dir) => {
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = std::fs::File::create(Path::new(&dir).join(format!("{service}-{port}.log")))
+                .unwrap();
+            ("warn", Stdio::from(file))
+        }
+        Err(_) => ("error", Stdio::null()),
+    };
     Command::new(env!("CARGO_BIN_EXE_mercato"))
         .args(["serve", service])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("MERCATO_DATA_DIR", data)
-        .env("MERCATO_LOG", "error")
+        .env("MERCATO_LOG", level)
+        .env("MERCATO_LOG_FORMAT", "json")
         .env(port_var(service), port.to_string())
         .envs(env.iter().cloned())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap()
 }
