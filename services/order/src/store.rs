@@ -484,8 +484,7 @@ pub async fn list_orders(
 // Back-pressure and the audit.
 
 /// The saga's backlog as back-pressure measures it (see [`Backlog`]); both aggregates run over
-/// the `orders_in_saga` partial index, so they cost what the backlog is, not the history (each
-/// repeats the index's condition word for word: SQLite uses a partial index only then).
+/// the `orders_by_status` index, so they cost what the backlog is, not the history.
 pub async fn saga_backlog(conn: &mut Conn) -> Result<Backlog, mercato_kit::db::Error> {
     let count = mercato_kit::db::query(
         "SELECT COUNT(*) AS n FROM orders WHERE status IN ('PENDING', 'CONFIRMED') \

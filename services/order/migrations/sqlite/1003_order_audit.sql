@@ -6,7 +6,3 @@ ALTER TABLE orders ADD COLUMN idempotency_key TEXT;
 CREATE INDEX orders_customer_key ON orders (customer_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 
--- The orders still in the saga, which back-pressure counts a few times a second: small when
--- the saga keeps up, whatever the size of the order history.
-CREATE INDEX orders_in_saga ON orders (status, created_at)
-    WHERE status IN ('PENDING', 'CONFIRMED');
