@@ -30,7 +30,9 @@
 //! `min_calls` were made and the share of failures reaches `failure_rate`. A failure is what says
 //! the dependency is unwell: a connect error, a timeout, a broken exchange or a 5xx. Any other
 //! answer — 4xx included, and 429, which a service sends per client (a gateway must not cut
-//! everyone off because one client was throttled) — is a success. Its state machine is plain
+//! everyone off because one client was throttled), and a 503 marked overloaded
+//! ([`crate::problem::OVERLOADED_HEADER`]: a healthy service shedding work it cannot finish in
+//! time) — is a success. Its state machine is plain
 //! Rust driven by the instant it is given, so it is tested without sleeping; a [`Dependency`]
 //! reads instants from a [`Clock`] that tests can replace with a [`ManualClock`]. Open moves to
 //! half-open lazily, on the first call after the reset time, so the state gauge keeps showing
@@ -60,6 +62,7 @@
 //! functions here, tested with a fake clock.
 
 use crate::http::{RequestContext, CORRELATION_ID, IDEMPOTENCY_KEY, TRACEPARENT};
+use crate::problem::is_overloaded;
 use axum::body::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -959,6 +962,14 @@ impl Dependency {
                     message: error_chain(&e),
                 }),
             ),
+            // Shed on purpose by a healthy service: like a 429, not a failure of it.
+            Ok(Ok(response)) if is_overloaded(response.status, &response.headers) => (
+                Outcome::Throttled,
+                Err(Error::Status {
+                    dependency,
+                    response,
+                }),
+            ),
             Ok(Ok(response)) if response.status.is_server_error() => (
                 Outcome::ErrorStatus,
                 Err(Error::Status {
@@ -1029,6 +1040,9 @@ pub enum Ended {
     Connect,
     /// The exchange broke after connecting.
     Transport,
+    /// The dependency shed the request on purpose (a 503 marked overloaded): healthy, like a
+    /// 429, so the breaker does not count it.
+    Overloaded,
 }
 
 /// A call admitted by the breaker and the bulkhead, for a caller that makes the exchange
@@ -1046,7 +1060,9 @@ impl Admitted<'_> {
     pub fn finish(mut self, ended: Ended) {
         let outcome = match ended {
             Ended::Answered(status) if status.is_server_error() => Outcome::ErrorStatus,
-            Ended::Answered(StatusCode::TOO_MANY_REQUESTS) => Outcome::Throttled,
+            Ended::Answered(StatusCode::TOO_MANY_REQUESTS) | Ended::Overloaded => {
+                Outcome::Throttled
+            }
             Ended::Answered(_) => Outcome::Ok,
             Ended::Timeout => Outcome::Timeout,
             Ended::Connect => Outcome::Connect,

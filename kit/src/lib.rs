@@ -4,6 +4,7 @@
 //! token checks, health, metrics) and the contracts services share (typed ids, roles, the event
 //! envelope). It deliberately holds no business rules: those live in each service's `domain`.
 
+pub mod audit;
 pub mod auth;
 pub mod chaos;
 pub mod client;

@@ -13,6 +13,16 @@ use utoipa::ToSchema;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 const TYPE_BASE: &str = "https://mercato.dev/problems/";
 
+/// Marks a 503 as work shed on purpose by a service that is healthy but behind (as Envoy's
+/// `x-envoy-overloaded` does), so callers' circuit breakers do not count it as a failure and
+/// a caller passing the refusal on can say the same.
+pub const OVERLOADED_HEADER: &str = "x-mercato-overloaded";
+
+/// Whether an answer is a deliberate overload refusal (see [`OVERLOADED_HEADER`]).
+pub fn is_overloaded(status: StatusCode, headers: &axum::http::HeaderMap) -> bool {
+    status == StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(OVERLOADED_HEADER)
+}
+
 /// One field that failed validation.
 #[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
 pub struct FieldError {
@@ -173,6 +183,18 @@ impl Problem {
         .with_detail(detail)
     }
 
+    /// The service is behind and refuses new work for now (`Retry-After` says when to try
+    /// again); marked with [`OVERLOADED_HEADER`].
+    pub fn overloaded(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "The shop is busy; try again shortly",
+        )
+        .with_detail(detail)
+        .with_retry_after(retry_after_secs)
+    }
+
     /// An internal failure. The cause is logged here and never sent to the client.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -252,6 +274,9 @@ impl IntoResponse for Problem {
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE && self.code == "overloaded" {
+            headers.insert(OVERLOADED_HEADER, HeaderValue::from_static("true"));
         }
         res
     }

@@ -1,5 +1,7 @@
-//! `mercato`: run every service embedded (`up`) or one service on its own (`serve`).
+//! `mercato`: run every service embedded (`up`) or one service on its own (`serve`), and
+//! measure (`load`) or check (`audit`) a running one.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mercato::stack;
 use mercato_kit::config::Env;
@@ -29,8 +31,12 @@ enum Command {
         #[arg(long)]
         no_seed: bool,
     },
-    /// Place orders against a running Mercato and measure the time to PAID.
+    /// Load a running Mercato through its API (closed loop, or open loop at a fixed rate) and
+    /// measure acceptance and the time to PAID.
     Load(mercato::load::LoadArgs),
+    /// Check the invariants of a running Mercato across its services (exit 0 clean, 1 when
+    /// anything is off, 2 when it could not run).
+    Audit(mercato::audit::AuditArgs),
     /// Apply the database migrations of every service (or the ones named) and exit.
     Migrate {
         /// Services to migrate; all of them when none is named.
@@ -68,6 +74,7 @@ async fn main() -> ExitCode {
         Command::Serve { service } => serve(env, &service).await,
         Command::Migrate { services } => migrate(env, &services).await,
         Command::Load(args) => mercato::load::run(args).await,
+        Command::Audit(args) => return mercato::audit::main(args).await,
     };
     // The spans of the last requests are still queued for export.
     // (It waits for the exporter, which runs on this runtime: off the async threads.)
@@ -127,13 +134,20 @@ async fn up(env: Env, telemetry: &mercato_kit::telemetry::Settings) -> anyhow::R
             println!("  {:<9} {:<24} {}", a.role.as_str(), a.email, a.password);
         }
     }
+    // Where every service listens, for `mercato load` and `mercato audit` on this machine
+    // (the ports may have been 0).
+    let endpoints = std::path::Path::new(&data_dir).join(mercato::shop::ENDPOINTS_FILE);
+    std::fs::write(&endpoints, serde_json::to_vec_pretty(&running.urls)?)
+        .with_context(|| format!("writing {}", endpoints.display()))?;
     println!("\nPress Ctrl-C to stop.");
     let token = running.shutdown_token();
     tokio::spawn(async move {
         mercato_kit::http::shutdown_signal().await;
         token.cancel();
     });
-    running.wait().await
+    let stopped = running.wait().await;
+    let _ = std::fs::remove_file(&endpoints);
+    stopped
 }
 
 /// A token cancelled on SIGINT/SIGTERM, so a start that is waiting for its backends can be

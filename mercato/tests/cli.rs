@@ -154,6 +154,29 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
         .to_owned();
     let via_gateway = reqwest::blocking_get(&format!("{}/products?limit=1", api));
     assert_eq!(via_gateway, body);
+    // Where every service listens is written into the data dir for `mercato load` and
+    // `mercato audit`, which then need no argument.
+    let endpoints: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("endpoints.json")).expect("endpoints.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        format!("{}/api/v1", endpoints["gateway"].as_str().unwrap()),
+        api
+    );
+    let audit = mercato()
+        .arg("audit")
+        .env("MERCATO_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&audit.stdout);
+    assert_eq!(
+        audit.status.code(),
+        Some(0),
+        "{report}{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    assert!(report.contains("clean: every invariant holds"), "{report}");
     Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()
@@ -167,6 +190,10 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+    assert!(
+        !dir.path().join("endpoints.json").exists(),
+        "a stopped shop's endpoints are removed"
+    );
 }
 
 #[test]

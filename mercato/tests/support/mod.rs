@@ -163,6 +163,28 @@ impl TestStack {
             .unwrap_or_else(|_| TEST_WEBHOOK_SECRET.into())
     }
 
+    /// A service's own database, opened beside the running service, for a test that edits
+    /// it directly (SQLite file or PostgreSQL schema, whichever the stack runs on).
+    pub async fn service_db(&self, service: &str) -> mercato_kit::db::Db {
+        let url = match &self.pg {
+            Some((_, db_url)) => db_url.clone(),
+            None => format!(
+                "sqlite://{}/{service}.db?mode=rwc",
+                self.dir.path().display()
+            ),
+        };
+        let db = match service {
+            "order" => mercato_order::connect(&url, 1).await,
+            "inventory" => mercato_inventory::connect(&url, 1).await,
+            "payment" => {
+                mercato_kit::db::Db::connect(&url, "payment", 1, &mercato_payment::migrations())
+                    .await
+            }
+            other => panic!("no database helper for {other}"),
+        };
+        db.expect("the service's database opens")
+    }
+
     pub fn base(&self, service: &str) -> String {
         self.stack
             .as_ref()

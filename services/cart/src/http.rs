@@ -395,7 +395,7 @@ async fn remove_item(
         (status = 403, description = "Not a customer", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`cart_empty`, the order service's `insufficient_stock`, or the same key in flight", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The order service's refusal (a bad payment method or address, a product off sale), or the key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`order_service_unavailable`, or `store_unavailable` (Redis)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`order_service_unavailable`, `store_unavailable` (Redis), or the order service's `overloaded` (the saga is behind; with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn checkout(
     State(s): State<AppState>,
@@ -437,6 +437,14 @@ async fn checkout(
             let mut res = raw_json_response(status, body);
             if let Some(v) = retry_after {
                 res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            // The only 503 passed on is the order service's overload refusal (orders.rs):
+            // marked as such, so the gateway's breaker for the cart does not count it either.
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                res.headers_mut().insert(
+                    mercato_kit::problem::OVERLOADED_HEADER,
+                    header::HeaderValue::from_static("true"),
+                );
             }
             Ok(res)
         }

@@ -221,10 +221,11 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         consumer = consumer.with_retries(attempts, backoff);
     }
     let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
-    let (api_router, openapi) = http::router(http::AppState {
+    let api = http::router(http::AppState {
         carts,
         verifier: verifier.clone(),
     });
+    let (api_router, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
     let router = api_router.merge(mercato_kit::events::consumer::admin_router(
         consumer.clone(),
         verifier.clone(),

@@ -4,7 +4,8 @@
 //! request's correlation id and trace context.
 //!
 //! The order service's answer is the checkout's answer: a placed order (201) is passed on with
-//! its body, and so is a refusal (409 `insufficient_stock`, 422, 401...), exactly as it came.
+//! its body, and so is a refusal (409 `insufficient_stock`, 422, 401, 503 `overloaded`...),
+//! exactly as it came.
 //! Only when the order service cannot answer (unreachable, out of time, failing with a 5xx) does
 //! the cart answer for it, with a 503 naming it; the client retries with the same key, and the
 //! derived key makes sure an order that was placed after all is not placed twice.
@@ -16,6 +17,7 @@
 use mercato_kit::client::{Dependency, Error, Policy};
 use mercato_kit::http::{RequestContext, IDEMPOTENCY_KEY};
 use mercato_kit::ids::OrderId;
+use mercato_kit::problem::is_overloaded;
 use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -100,9 +102,12 @@ impl OrderService for OrderClient {
             .await;
         let res = match res {
             Ok(res) => res,
-            // A 429 is the order service refusing this customer for now: theirs to hear.
+            // A 429 is the order service refusing this customer for now, and a 503 marked
+            // overloaded is it refusing new orders until the saga catches up: theirs to hear,
+            // with the order service's `Retry-After`.
             Err(Error::Status { response, .. })
-                if response.status == StatusCode::TOO_MANY_REQUESTS =>
+                if response.status == StatusCode::TOO_MANY_REQUESTS
+                    || is_overloaded(response.status, &response.headers) =>
             {
                 response
             }

@@ -88,7 +88,8 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         tracing::info!(service = SERVICE, added, "demo catalog seeded");
     }
     let verifier = Verifier::for_service(&config.common.auth_url, &config.common, "catalog");
-    let (router, openapi) = http::router(db.clone(), verifier.clone());
+    let api = http::router(db.clone(), verifier.clone());
+    let (router, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
     let purge_db = db.clone();
     let relay = Relay::new(db.clone(), bus.clone(), db.outbox_waker());
     let metrics = Metrics::new(SERVICE);

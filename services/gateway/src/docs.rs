@@ -92,6 +92,18 @@ impl Docs {
 /// Merges the services' documents. Paths never collide (each family belongs to one service);
 /// schema names may (two services may both call something `Item`), so a clashing schema of a
 /// later service is renamed `<Service><Name>` and that service's references follow it.
+/// The path a service's route has at the gateway: a service's own admin routes are reached
+/// as `/api/v1/admin/{service}/...` there (see [`crate::routes::route`]), auth's user
+/// administration as it is; everything else keeps its path.
+fn at_gateway(service: &str, path: &str) -> String {
+    match path.strip_prefix("/api/v1/admin/") {
+        Some(rest) if !(rest == "users" || rest.starts_with("users/")) => {
+            format!("/api/v1/admin/{service}/{rest}")
+        }
+        _ => path.to_owned(),
+    }
+}
+
 pub fn merge(docs: &[(&str, Value)], missing: &[&str]) -> Value {
     let mut paths = Map::new();
     let mut schemas = Map::new();
@@ -142,6 +154,7 @@ pub fn merge(docs: &[(&str, Value)], missing: &[&str]) -> Value {
         }
         if let Some(own) = doc.get("paths").and_then(Value::as_object) {
             for (path, item) in own {
+                let path = &at_gateway(service, path);
                 let mut item = item.clone();
                 // Group operations by service unless the service grouped them itself.
                 if let Some(ops) = item.as_object_mut() {
@@ -316,6 +329,33 @@ pub fn router(docs: Arc<Docs>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_services_admin_routes_are_documented_where_the_gateway_serves_them() {
+        let own = |path: &str| json!({"paths": {path: {"get": {"responses": {}}}}});
+        let merged = merge(
+            &[
+                ("order", own("/api/v1/admin/audit/events")),
+                ("payment", own("/api/v1/admin/audit/events")),
+                ("auth", own("/api/v1/admin/users/{id}")),
+            ],
+            &[],
+        );
+        let paths = merged["paths"].as_object().unwrap();
+        for path in [
+            "/api/v1/admin/order/audit/events",
+            "/api/v1/admin/payment/audit/events",
+            "/api/v1/admin/users/{id}",
+        ] {
+            assert!(paths.contains_key(path), "{path}: {:?}", paths.keys());
+            let concrete = path.replace("{id}", "0190");
+            assert!(
+                crate::routes::route(&concrete).is_some(),
+                "{path} is routed"
+            );
+        }
+        assert_eq!(paths.len(), 3);
+    }
 
     #[test]
     fn documents_merge_and_clashing_schemas_are_renamed() {

@@ -242,7 +242,15 @@ pub async fn forward(
             Ok(Ok(res)) => {
                 replica.restore();
                 let status = res.status();
-                admitted.finish(Ended::Answered(status));
+                // A service shedding work on purpose is healthy: its breaker must not open
+                // and cut off the routes that still work (reads, other customers' orders).
+                admitted.finish(
+                    if mercato_kit::problem::is_overloaded(status, res.headers()) {
+                        Ended::Overloaded
+                    } else {
+                        Ended::Answered(status)
+                    },
+                );
                 proxy
                     .metrics
                     .requests

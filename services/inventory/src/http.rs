@@ -16,6 +16,7 @@ use crate::store::{self, LedgerEntry, Reservation, Stock};
 use axum::extract::{FromRef, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use mercato_kit::audit::{next_cursor, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
 use mercato_kit::contracts::{ReleaseReason as ReleasedBecause, ShortLine};
 use mercato_kit::http::{BearerAuth, Json, Path, Query, RequestContext};
@@ -52,7 +53,10 @@ impl FromRef<AppState> for Verifier {
         description = "Stock levels, reservations with expiry, and the stock ledger."
     ),
     modifiers(&BearerAuth),
-    tags((name = "inventory", description = "Stock, reservations and the ledger"))
+    tags(
+        (name = "inventory", description = "Stock, reservations and the ledger"),
+        (name = "audit", description = "What `mercato audit` checks (ADMIN)")
+    )
 )]
 struct ApiDoc;
 
@@ -66,7 +70,9 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(commit))
         .routes(routes!(get_reservation))
         .routes(routes!(get_stock, put_stock))
-        .routes(routes!(ledger));
+        .routes(routes!(ledger))
+        .routes(routes!(audit_stock))
+        .routes(routes!(audit_reservations));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api)
         .with_state(state)
@@ -840,4 +846,124 @@ mod tests {
         );
         assert_eq!(check_lines(Some("size=3")).unwrap_err().status, 400);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit (ADMIN): what `mercato audit` checks stock conservation with, and compares with
+// the orders.
+
+/// One product's books three ways (invariant 1): its levels, its ledger summed, and its live
+/// reservations summed. In a healthy shop `on_hand = ledger_on_hand`, `reserved =
+/// ledger_reserved = reserved_by_reservations` and `available >= 0`.
+#[derive(Serialize, ToSchema)]
+pub struct StockAuditBody {
+    product_id: ProductId,
+    on_hand: i64,
+    reserved: i64,
+    available: i64,
+    /// initial + restocks + adjustments − commits, from the ledger.
+    ledger_on_hand: i64,
+    /// reserves − releases − commits, from the ledger.
+    ledger_reserved: i64,
+    /// Units in active and held reservations.
+    reserved_by_reservations: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StockAuditPage {
+    items: Vec<StockAuditBody>,
+    /// Pass as `cursor` for the next page; null after the last.
+    next_cursor: Option<String>,
+}
+
+/// Every product's books, in product id order, a page at a time.
+#[utoipa::path(get, path = "/admin/audit/stock", tag = "audit", security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of products' books", body = StockAuditPage),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad `limit` or `cursor`", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn audit_stock(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<StockAuditPage>, Problem> {
+    p.require(&[Role::Admin])?;
+    let (after, limit) = q.parse::<ProductId>()?;
+    let books = s.inv.audit_stock(after, limit).await?;
+    Ok(Json(StockAuditPage {
+        next_cursor: next_cursor(&books, limit, |b| b.product_id),
+        items: books
+            .iter()
+            .map(|b| StockAuditBody {
+                product_id: b.product_id,
+                on_hand: b.levels.on_hand,
+                reserved: b.levels.reserved,
+                available: b.levels.available(),
+                ledger_on_hand: b.ledger.on_hand,
+                ledger_reserved: b.ledger.reserved,
+                reserved_by_reservations: b.reserved_by_reservations,
+            })
+            .collect(),
+    }))
+}
+
+/// A reservation as the audit compares it with its order.
+#[derive(Serialize, ToSchema)]
+pub struct ReservationAuditBody {
+    order_id: OrderId,
+    status: ReservationStatus,
+    release_reason: Option<ReleaseReason>,
+    /// While active.
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
+    /// Units over its lines; 0 for a tombstone (released before it reserved anything).
+    units: i64,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReservationAuditPage {
+    items: Vec<ReservationAuditBody>,
+    /// Pass as `cursor` for the next page; null after the last.
+    next_cursor: Option<String>,
+}
+
+/// Every reservation, in order id order, a page at a time.
+#[utoipa::path(get, path = "/admin/audit/reservations", tag = "audit", security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of reservations", body = ReservationAuditPage),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad `limit` or `cursor`", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn audit_reservations(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<ReservationAuditPage>, Problem> {
+    p.require(&[Role::Admin])?;
+    let (after, limit) = q.parse::<OrderId>()?;
+    let rs = s.inv.audit_reservations(after, limit).await?;
+    Ok(Json(ReservationAuditPage {
+        next_cursor: next_cursor(&rs, limit, |r| r.order_id),
+        items: rs
+            .iter()
+            .map(|r| ReservationAuditBody {
+                order_id: r.order_id,
+                status: r.status,
+                release_reason: r.release_reason,
+                expires_at: r.expires_at.map(to_rfc3339),
+                units: r.units,
+                created_at: to_rfc3339(r.created_at),
+                updated_at: to_rfc3339(r.updated_at),
+            })
+            .collect(),
+    }))
 }

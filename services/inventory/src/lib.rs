@@ -151,11 +151,12 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
             metrics.registry(),
         )?,
     ));
-    let (api, openapi) = http::router(http::AppState {
+    let api = http::router(http::AppState {
         inv: inv.clone(),
         verifier: verifier.clone(),
         catalog,
     });
+    let (api, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
     let router = api.merge(mercato_kit::events::consumer::admin_router(
         consumer.clone(),
         verifier.clone(),

@@ -693,4 +693,22 @@ impl Inventory {
         let mut conn = self.db.reader().acquire().await?;
         Ok(store::reservation(&mut conn, order_id).await?)
     }
+
+    /// A page of products' books for the audit (see [`store::Audit`]).
+    pub async fn audit_stock(
+        &self,
+        after: Option<ProductId>,
+        limit: i64,
+    ) -> Result<Vec<store::Audit>, Error> {
+        Ok(store::audit_page(self.db.reader(), after, limit).await?)
+    }
+
+    /// A page of reservations for the audit.
+    pub async fn audit_reservations(
+        &self,
+        after: Option<OrderId>,
+        limit: i64,
+    ) -> Result<Vec<store::AuditedReservation>, Error> {
+        Ok(store::audit_reservations(self.db.reader(), after, limit).await?)
+    }
 }

@@ -523,8 +523,18 @@ impl Audit {
     }
 }
 
-/// The books of every product, for tests and for an operator's audit.
+/// The books of every product, for tests.
 pub async fn audit(pool: &Pool) -> Result<Vec<Audit>, mercato_kit::db::Error> {
+    audit_page(pool, None, i64::MAX).await
+}
+
+/// The books of the products after `after` in id order, `limit` of them: the operator's audit
+/// reads the shop a page at a time.
+pub async fn audit_page(
+    pool: &Pool,
+    after: Option<ProductId>,
+    limit: i64,
+) -> Result<Vec<Audit>, mercato_kit::db::Error> {
     let rows = mercato_kit::db::query(
         "SELECT s.product_id, s.on_hand, s.reserved, \
          (SELECT CAST(COALESCE(SUM(l.on_hand_delta), 0) AS BIGINT) FROM stock_ledger l WHERE l.product_id = s.product_id) AS ledger_on_hand, \
@@ -532,8 +542,10 @@ pub async fn audit(pool: &Pool) -> Result<Vec<Audit>, mercato_kit::db::Error> {
          (SELECT CAST(COALESCE(SUM(rl.quantity), 0) AS BIGINT) FROM reservation_lines rl \
             JOIN reservations r ON r.order_id = rl.order_id \
             WHERE rl.product_id = s.product_id AND r.status IN ('active', 'held')) AS held \
-         FROM stock s ORDER BY s.product_id",
+         FROM stock s WHERE ($1 IS NULL OR s.product_id > $1) ORDER BY s.product_id LIMIT $2",
     )
+    .bind(after.map(|a| a.to_string()))
+    .bind(limit)
     .fetch_all(pool)
     .await?;
     rows.iter()
@@ -574,4 +586,51 @@ pub async fn low_stock(pool: &Pool, low: i64) -> Result<(i64, i64), mercato_kit:
     .fetch_one(pool)
     .await?;
     Ok((row.try_get("out_n")?, row.try_get("low_n")?))
+}
+
+/// A reservation as the audit compares it with its order: no lines, only how many units.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditedReservation {
+    pub order_id: OrderId,
+    pub status: ReservationStatus,
+    pub release_reason: Option<ReleaseReason>,
+    pub expires_at: Option<Micros>,
+    /// Units over all its lines (0 for a tombstone).
+    pub units: i64,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+}
+
+/// Reservations in order id order after `after`, `limit` of them.
+pub async fn audit_reservations(
+    pool: &Pool,
+    after: Option<OrderId>,
+    limit: i64,
+) -> Result<Vec<AuditedReservation>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(
+        "SELECT r.order_id, r.status, r.release_reason, r.expires_at, r.created_at, r.updated_at, \
+         (SELECT CAST(COALESCE(SUM(rl.quantity), 0) AS BIGINT) FROM reservation_lines rl \
+            WHERE rl.order_id = r.order_id) AS units \
+         FROM reservations r WHERE ($1 IS NULL OR r.order_id > $1) ORDER BY r.order_id LIMIT $2",
+    )
+    .bind(after.map(|a| a.to_string()))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AuditedReservation {
+                order_id: OrderId(parse_db_uuid(&r.try_get::<String, _>("order_id")?)?),
+                status: decode(&r.try_get::<String, _>("status")?)?,
+                release_reason: r
+                    .try_get::<Option<String>, _>("release_reason")?
+                    .map(|s| decode(&s))
+                    .transpose()?,
+                expires_at: r.try_get("expires_at")?,
+                units: r.try_get("units")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        })
+        .collect()
 }

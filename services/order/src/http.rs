@@ -16,6 +16,7 @@ use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use mercato_kit::audit::{next_cursor, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
 use mercato_kit::contracts::CancelReason;
 use mercato_kit::http::{BearerAuth, Json, Path, Query, RequestContext};
@@ -62,7 +63,10 @@ impl FromRef<AppState> for Verifier {
         description = "Orders and their way through the checkout saga: stock, payment, fulfilment."
     ),
     modifiers(&BearerAuth),
-    tags((name = "orders", description = "Placing, following and moving orders"))
+    tags(
+        (name = "orders", description = "Placing, following and moving orders"),
+        (name = "audit", description = "What `mercato audit` checks (ADMIN)")
+    )
 )]
 struct ApiDoc;
 
@@ -76,7 +80,9 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(fulfill_order))
         .routes(routes!(refund_order))
         .routes(routes!(order_events))
-        .routes(routes!(order_stream));
+        .routes(routes!(order_stream))
+        .routes(routes!(audit_orders))
+        .routes(routes!(audit_keys));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api)
         .with_state(state)
@@ -99,6 +105,9 @@ impl From<Error> for Problem {
             e @ Error::AddressLocked(_) => Problem::conflict("address_locked", e.to_string()),
             e @ Error::Contended(_) => {
                 Problem::conflict("concurrent_update", e.to_string()).with_retry_after(1)
+            }
+            Error::Overloaded(o) => {
+                Problem::overloaded(o.to_string(), service::OVERLOADED_RETRY_AFTER_SECS)
             }
             Error::Db(e) => e.into(),
         }
@@ -266,6 +275,7 @@ async fn visible(s: &AppState, p: &Principal, id: OrderId) -> Result<Order, Prob
         (status = 403, description = "Not a customer", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient_stock`, with the short `lines`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A bad line, product, payment method or address", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded`: the saga is behind its bound (`MERCATO_ORDER_BACKLOG_MAX`, `MERCATO_ORDER_BACKLOG_MAX_AGE_SECS`); try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn create_order(
     State(s): State<AppState>,
@@ -277,12 +287,16 @@ async fn create_order(
     p.require(&[Role::Customer])?;
     let customer = p.require_user()?;
     key.required("an order is placed once per key")?;
+    // Before any work, the key's claim included: a refusal must cost next to nothing. A retry
+    // of an order already placed is refused too, and gets its order once the saga catches up.
+    s.orders.admission().admit()?;
     let mut claim = key.claim(s.orders.db(), &p.subject, &input).await?;
     if let Some(r) = claim.replayed() {
         return Ok(r);
     }
     // Outside any transaction: this may call inventory.
-    let priced = s.orders.prepare(&input, Some(&ctx)).await?;
+    let mut priced = s.orders.prepare(&input, Some(&ctx)).await?;
+    priced.idempotency_key = key.key().map(str::to_owned);
     let mut tx = s.orders.db().begin().await?;
     let order = service::create(
         &mut tx,
@@ -295,7 +309,7 @@ async fn create_order(
     let res = claim
         .finish(tx, StatusCode::CREATED, &OrderBody::from(&order))
         .await?;
-    s.orders.committed(&order);
+    s.orders.placed(&order);
     Ok(res)
 }
 
@@ -797,4 +811,106 @@ impl Watch {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit (ADMIN): what `mercato audit` compares with the stock and the payments.
+
+/// An order as the audit sees it.
+#[derive(Serialize, ToSchema)]
+pub struct AuditOrderBody {
+    id: OrderId,
+    #[schema(example = "PAID")]
+    status: String,
+    cancel_reason: Option<CancelReason>,
+    total_cents: i64,
+    currency: String,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+    /// It reported waiting on an outage (`waiting_for` is set).
+    waiting: bool,
+}
+
+/// Orders in id order.
+#[derive(Serialize, ToSchema)]
+pub struct AuditOrderPage {
+    items: Vec<AuditOrderBody>,
+    /// Pass as `cursor` for the next page; null after the last.
+    next_cursor: Option<String>,
+}
+
+/// Every order in id order (UUIDv7: roughly the order they were placed in), a page at a time.
+#[utoipa::path(get, path = "/admin/audit/orders", tag = "audit", security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of orders", body = AuditOrderPage),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad `limit` or `cursor`", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn audit_orders(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<AuditOrderPage>, Problem> {
+    p.require(&[Role::Admin])?;
+    let (after, limit) = q.parse::<OrderId>()?;
+    let orders = s.orders.audit_page(after, limit).await?;
+    Ok(Json(AuditOrderPage {
+        next_cursor: next_cursor(&orders, limit, |o| o.id),
+        items: orders
+            .iter()
+            .map(|o| AuditOrderBody {
+                id: o.id,
+                status: o.status.name().into(),
+                cancel_reason: o.status.cancel_reason(),
+                total_cents: o.total_cents,
+                currency: o.currency.clone(),
+                created_at: to_rfc3339(o.created_at),
+                updated_at: to_rfc3339(o.updated_at),
+                waiting: o.waiting,
+            })
+            .collect(),
+    }))
+}
+
+/// A customer's Idempotency-Key that placed more than one order.
+#[derive(Serialize, ToSchema)]
+pub struct DuplicateKeyBody {
+    customer_id: UserId,
+    idempotency_key: String,
+    order_ids: Vec<OrderId>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DuplicateKeyList {
+    /// At most 100; none in a healthy shop.
+    items: Vec<DuplicateKeyBody>,
+}
+
+/// Idempotency-Keys that placed more than one order (invariant 2: there should be none).
+#[utoipa::path(get, path = "/admin/audit/order-keys", tag = "audit", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Keys with more than one order, at most 100", body = DuplicateKeyList),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn audit_keys(
+    State(s): State<AppState>,
+    p: Principal,
+) -> Result<Json<DuplicateKeyList>, Problem> {
+    p.require(&[Role::Admin])?;
+    let keys = s.orders.duplicate_keys(100).await?;
+    Ok(Json(DuplicateKeyList {
+        items: keys
+            .into_iter()
+            .map(|k| DuplicateKeyBody {
+                customer_id: k.customer_id,
+                idempotency_key: k.idempotency_key,
+                order_ids: k.orders,
+            })
+            .collect(),
+    }))
 }

@@ -51,6 +51,9 @@ pub struct Config {
     /// `MERCATO_INVENTORY_BREAKER_RESET_MS`: how long the pre-check's circuit breaker stays
     /// open before trying inventory again.
     pub inventory_breaker_reset: Duration,
+    /// `MERCATO_ORDER_BACKLOG_MAX` and `MERCATO_ORDER_BACKLOG_MAX_AGE_SECS`: how far behind
+    /// the saga may fall before new orders are refused with 503 `overloaded`.
+    pub backlog: domain::BacklogLimits,
 }
 
 impl Config {
@@ -73,6 +76,13 @@ impl Config {
             10_000,
             100..=600_000,
         ));
+        // Defaults: 10,000 orders is five seconds of the saga's target rate (2,000/s); a
+        // minute PENDING is far past anything a healthy saga takes and far short of the
+        // reservation TTL, so orders are refused long before the ones accepted would expire.
+        let backlog = domain::BacklogLimits {
+            max_orders: env.int("MERCATO_ORDER_BACKLOG_MAX", 10_000, 0..=100_000_000) as i64,
+            max_age_secs: env.int("MERCATO_ORDER_BACKLOG_MAX_AGE_SECS", 60, 0..=86_400) as i64,
+        };
         Config {
             common,
             port,
@@ -80,6 +90,7 @@ impl Config {
             inventory_url,
             inventory_timeout,
             inventory_breaker_reset,
+            backlog,
         }
     }
 }
@@ -93,6 +104,7 @@ impl std::fmt::Debug for Config {
             .field("inventory_url", &self.inventory_url)
             .field("inventory_timeout", &self.inventory_timeout)
             .field("inventory_breaker_reset", &self.inventory_breaker_reset)
+            .field("backlog", &self.backlog)
             .field("common", &self.common)
             .finish()
     }
@@ -145,16 +157,23 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
             metrics: order_metrics.clone(),
         }),
     ];
-    let orders =
-        service::Orders::counted(db.clone(), waker.clone(), Arc::new(stock), order_metrics);
+    let admission = service::Admission::new(config.backlog, metrics.registry())?;
+    let orders = service::Orders::counted(
+        db.clone(),
+        waker.clone(),
+        Arc::new(stock),
+        order_metrics,
+        admission,
+    );
     let handler = events::OrderEvents::new(orders.clone());
     let consumer = Consumer::new(SERVICE, db.clone(), Arc::new(handler)).waking(waker.clone());
     let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
-    let (api_router, openapi) = http::router(http::AppState {
-        orders,
+    let api = http::router(http::AppState {
+        orders: orders.clone(),
         verifier: verifier.clone(),
         max_wait: max_wait(common.request_timeout),
     });
+    let (api_router, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
     let router = api_router.merge(mercato_kit::events::consumer::admin_router(
         consumer.clone(),
         verifier.clone(),
@@ -176,6 +195,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     .with_task(move |stop| relay.run(stop))
     .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
+    .with_task(move |stop| orders.watch_backlog(stop))
     .closes(db))
 }
 
@@ -192,6 +212,13 @@ mod tests {
         assert_eq!(c.database_url, "sqlite:///tmp/m/order.db?mode=rwc");
         assert_eq!(c.inventory_url, "http://127.0.0.1:8086");
         assert_eq!(c.inventory_timeout, Duration::from_secs(3));
+        assert_eq!(
+            c.backlog,
+            domain::BacklogLimits {
+                max_orders: 10_000,
+                max_age_secs: 60
+            }
+        );
 
         let mut env = Env::from_pairs([
             ("MERCATO_ORDER_PORT", "9083"),

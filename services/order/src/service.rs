@@ -20,9 +20,12 @@ use mercato_kit::time::now_us;
 use mercato_kit::validate::Errors;
 use mercato_kit::Problem;
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 /// What the order service's use cases can fail with; mapped to problem documents in one place
@@ -44,6 +47,9 @@ pub enum Error {
     /// Lost the compare-and-set several times in a row: the order is changing right now.
     #[error("order {0} is being changed concurrently")]
     Contended(OrderId),
+    /// The saga is behind its bound: new orders are refused for now.
+    #[error("{0}")]
+    Overloaded(domain::Overload),
     #[error(transparent)]
     Db(#[from] mercato_kit::db::Error),
 }
@@ -317,20 +323,123 @@ impl mercato_kit::metrics::Probe for OrdersProbe {
     }
 }
 
-/// The order service's shared parts: its database, its outbox relay's waker, the status feed
-/// and the stock pre-check.
+/// How often the backlog gauge is read again from the database.
+pub const BACKLOG_REFRESH: Duration = Duration::from_millis(200);
+
+/// How long a refused client is told to wait: past the next refreshes of every replica's
+/// gauge, so a retry sees the backlog anew.
+pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 2;
+
+/// Back-pressure's view of the saga: a gauge of the backlog that a background task
+/// ([`Orders::watch_backlog`]) reads from the database every [`BACKLOG_REFRESH`], so deciding
+/// whether to take an order costs two atomic loads, never a query. Each order this process
+/// accepts adds one at once, so a burst between two refreshes is counted too.
+///
+/// With replicas, every replica reads the same shared database, so each sees the whole
+/// backlog (its own and the others' orders) at most one refresh late: together they may
+/// overshoot the bound by what all of them accept in one refresh, never more, and nothing has
+/// to be kept in step between them.
+pub struct Admission {
+    limits: domain::BacklogLimits,
+    orders: AtomicI64,
+    /// µs; `i64::MAX` when nothing is PENDING.
+    oldest_pending_at: AtomicI64,
+    backlog_gauge: IntGauge,
+    age_gauge: Gauge,
+    refused: IntCounterVec,
+}
+
+impl Admission {
+    /// Limits and the metrics `orders_backlog`, `orders_backlog_oldest_pending_seconds` and
+    /// `orders_overloaded_total{reason}`, registered in `registry`.
+    pub fn new(limits: domain::BacklogLimits, registry: &Registry) -> prometheus::Result<Self> {
+        let a = Self::unregistered(limits)?;
+        registry.register(Box::new(a.backlog_gauge.clone()))?;
+        registry.register(Box::new(a.age_gauge.clone()))?;
+        registry.register(Box::new(a.refused.clone()))?;
+        for reason in ["backlog", "age"] {
+            a.refused.with_label_values(&[reason]);
+        }
+        Ok(a)
+    }
+
+    fn unregistered(limits: domain::BacklogLimits) -> prometheus::Result<Self> {
+        Ok(Admission {
+            limits,
+            orders: AtomicI64::new(0),
+            oldest_pending_at: AtomicI64::new(i64::MAX),
+            backlog_gauge: IntGauge::new(
+                "orders_backlog",
+                "Orders in the saga (PENDING or CONFIRMED, not waiting on an outage), as back-pressure last read them",
+            )?,
+            age_gauge: Gauge::new(
+                "orders_backlog_oldest_pending_seconds",
+                "Age of the oldest PENDING order, as back-pressure last read it",
+            )?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "orders_overloaded_total",
+                    "New orders refused with 503 overloaded, by the bound that was passed",
+                ),
+                &["reason"],
+            )?,
+        })
+    }
+
+    /// The backlog as last read (plus what this process accepted since).
+    pub fn backlog(&self) -> domain::Backlog {
+        let oldest = self.oldest_pending_at.load(Ordering::Relaxed);
+        domain::Backlog {
+            orders: self.orders.load(Ordering::Relaxed),
+            oldest_pending_at: (oldest != i64::MAX).then_some(oldest),
+        }
+    }
+
+    /// Refuses a new order while the saga is behind a bound (counted), before any work.
+    pub fn admit(&self) -> Result<(), Error> {
+        match self.limits.refuses(self.backlog(), now_us()) {
+            None => Ok(()),
+            Some(o) => {
+                self.refused.with_label_values(&[o.reason()]).inc();
+                Err(Error::Overloaded(o))
+            }
+        }
+    }
+
+    fn accepted(&self) {
+        self.orders.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set(&self, b: domain::Backlog) {
+        self.orders.store(b.orders, Ordering::Relaxed);
+        let oldest = b.oldest_pending_at.unwrap_or(i64::MAX);
+        self.oldest_pending_at.store(oldest, Ordering::Relaxed);
+        self.backlog_gauge.set(b.orders);
+        let age = b
+            .oldest_pending_at
+            .map_or(0.0, |at| ((now_us() - at).max(0)) as f64 / 1e6);
+        self.age_gauge.set(age);
+    }
+}
+
+/// The order service's shared parts: its database, its outbox relay's waker, the status feed,
+/// the stock pre-check and back-pressure.
 pub struct Orders {
     db: Db,
     feed: StatusFeed,
     waker: OutboxWaker,
     stock: Arc<dyn StockChecker>,
     metrics: Arc<OrderMetrics>,
+    admission: Admission,
 }
 
 impl Orders {
-    /// With metrics of its own (tests); a service passes its registry's to [`Orders::counted`].
+    /// With metrics of its own and no back-pressure (tests); a service passes its registry's
+    /// metrics and its bounds to [`Orders::counted`].
     pub fn new(db: Db, waker: OutboxWaker, stock: Arc<dyn StockChecker>) -> Arc<Orders> {
-        Orders::counted(db, waker, stock, OrderMetrics::detached())
+        let admission =
+            Admission::unregistered(domain::BacklogLimits::OFF).expect("valid metric names");
+        Orders::counted(db, waker, stock, OrderMetrics::detached(), admission)
     }
 
     pub fn counted(
@@ -338,6 +447,7 @@ impl Orders {
         waker: OutboxWaker,
         stock: Arc<dyn StockChecker>,
         metrics: Arc<OrderMetrics>,
+        admission: Admission,
     ) -> Arc<Orders> {
         Arc::new(Orders {
             db,
@@ -345,11 +455,52 @@ impl Orders {
             waker,
             stock,
             metrics,
+            admission,
         })
     }
 
     pub fn metrics(&self) -> &OrderMetrics {
         &self.metrics
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Keeps the backlog gauge current until `stop`. A failed read keeps the last values (and
+    /// says so): the database being down stops orders by itself.
+    pub async fn watch_backlog(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            match self.read_backlog().await {
+                Ok(b) => self.admission.set(b),
+                Err(e) => tracing::warn!(error = %e, "reading the saga backlog failed"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(BACKLOG_REFRESH) => {}
+            }
+        }
+    }
+
+    async fn read_backlog(&self) -> Result<domain::Backlog, mercato_kit::db::Error> {
+        let mut conn = self.db.reader().acquire().await?;
+        store::saga_backlog(&mut conn).await
+    }
+
+    /// Orders in id order after `after`, for the audit.
+    pub async fn audit_page(
+        &self,
+        after: Option<OrderId>,
+        limit: i64,
+    ) -> Result<Vec<store::AuditedOrder>, Error> {
+        let mut conn = self.db.reader().acquire().await?;
+        Ok(store::audit_orders(&mut conn, after, limit).await?)
+    }
+
+    /// Keys that placed more than one order, at most `limit`.
+    pub async fn duplicate_keys(&self, limit: i64) -> Result<Vec<store::DuplicateKey>, Error> {
+        let mut conn = self.db.reader().acquire().await?;
+        Ok(store::duplicate_keys(&mut conn, limit).await?)
     }
 
     pub fn db(&self) -> &Db {
@@ -399,6 +550,13 @@ impl Orders {
     pub fn committed(&self, order: &Order) {
         self.waker.wake();
         self.feed.publish(order.id, order.status);
+    }
+
+    /// After the commit that placed `order`: as [`committed`](Self::committed), and counted
+    /// in the backlog at once.
+    pub fn placed(&self, order: &Order) {
+        self.admission.accepted();
+        self.committed(order);
     }
 
     pub async fn get(&self, id: OrderId) -> Result<Option<Order>, Error> {

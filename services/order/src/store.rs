@@ -7,7 +7,7 @@
 //! can never both apply a transition to the same order.
 
 use crate::domain::{
-    reason_name, Cursor, Order, OrderItem, OrderStatus, PricedOrder, ProductSnapshot,
+    reason_name, Backlog, Cursor, Order, OrderItem, OrderStatus, PricedOrder, ProductSnapshot,
     ShippingAddress, Step, StockCheck, WaitStep, Waiting,
 };
 use mercato_kit::contracts::ProductChanged;
@@ -180,8 +180,8 @@ pub async fn insert_order(
 ) -> Result<(), mercato_kit::db::Error> {
     mercato_kit::db::query(
         "INSERT INTO orders (id, customer_id, status, cancel_reason, total_cents, currency, payment_method, \
-         shipping_address, stock_check, created_at, updated_at, version) \
-         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9, $9, 1)",
+         shipping_address, stock_check, created_at, updated_at, version, idempotency_key) \
+         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9, $9, 1, $10)",
     )
     .bind(id.to_string())
     .bind(customer.to_string())
@@ -192,6 +192,7 @@ pub async fn insert_order(
     .bind(address_json(&order.shipping_address)?)
     .bind(order.stock_check.as_str())
     .bind(now)
+    .bind(order.idempotency_key.as_deref())
     .execute(&mut **tx)
     .await?;
     for (n, item) in order.items.iter().enumerate() {
@@ -477,6 +478,117 @@ pub async fn list_orders(
         o.items = by_order.remove(&o.id).unwrap_or_default();
     }
     Ok(orders)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Back-pressure and the audit.
+
+/// The saga's backlog as back-pressure measures it (see [`Backlog`]); both aggregates run over
+/// the `orders_by_status` index, so they cost what the backlog is, not the history.
+pub async fn saga_backlog(conn: &mut Conn) -> Result<Backlog, mercato_kit::db::Error> {
+    let count = mercato_kit::db::query(
+        "SELECT COUNT(*) AS n FROM orders WHERE status IN ('PENDING', 'CONFIRMED') \
+         AND waiting_step IS NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let oldest = mercato_kit::db::query(
+        "SELECT MIN(created_at) AS oldest FROM orders WHERE status IN ('PENDING', 'CONFIRMED') \
+         AND status = 'PENDING' AND waiting_step IS NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Backlog {
+        orders: count.try_get("n")?,
+        oldest_pending_at: oldest.try_get("oldest")?,
+    })
+}
+
+/// An order as the audit compares it with the other services' records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditedOrder {
+    pub id: OrderId,
+    pub status: OrderStatus,
+    pub total_cents: i64,
+    pub currency: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Whether it reported waiting on an outage (`waiting_for`).
+    pub waiting: bool,
+}
+
+/// Orders in id order after `after`: ids are UUIDv7, so this is roughly placement order, and
+/// a cursor survives orders being added behind it.
+pub async fn audit_orders(
+    conn: &mut Conn,
+    after: Option<OrderId>,
+    limit: i64,
+) -> Result<Vec<AuditedOrder>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(
+        "SELECT id, status, cancel_reason, total_cents, currency, created_at, updated_at, waiting_step \
+         FROM orders WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2",
+    )
+    .bind(after.map(|a| a.to_string()))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AuditedOrder {
+                id: OrderId(parse_db_uuid(&r.try_get::<String, _>("id")?)?),
+                status: status_from(r, "status", "cancel_reason")?,
+                total_cents: r.try_get("total_cents")?,
+                currency: r.try_get("currency")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
+                waiting: r.try_get::<Option<String>, _>("waiting_step")?.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// A customer's Idempotency-Key that placed more than one order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuplicateKey {
+    pub customer_id: UserId,
+    pub idempotency_key: String,
+    pub orders: Vec<OrderId>,
+}
+
+/// At most `limit` keys that placed more than one order (there should be none).
+pub async fn duplicate_keys(
+    conn: &mut Conn,
+    limit: i64,
+) -> Result<Vec<DuplicateKey>, mercato_kit::db::Error> {
+    let groups = mercato_kit::db::query(
+        "SELECT customer_id, idempotency_key FROM orders WHERE idempotency_key IS NOT NULL \
+         GROUP BY customer_id, idempotency_key HAVING COUNT(*) > 1 \
+         ORDER BY customer_id, idempotency_key LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(groups.len());
+    for g in &groups {
+        let customer: String = g.try_get("customer_id")?;
+        let key: String = g.try_get("idempotency_key")?;
+        let orders = mercato_kit::db::query(
+            "SELECT id FROM orders WHERE customer_id = $1 AND idempotency_key = $2 ORDER BY id",
+        )
+        .bind(&customer)
+        .bind(&key)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok(OrderId(parse_db_uuid(&r.try_get::<String, _>("id")?)?)))
+        .collect::<Result<_, mercato_kit::db::Error>>()?;
+        out.push(DuplicateKey {
+            customer_id: UserId(parse_db_uuid(&customer)?),
+            idempotency_key: key,
+            orders,
+        });
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------

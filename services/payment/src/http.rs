@@ -13,6 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use mercato_kit::audit::{next_cursor, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
 use mercato_kit::http::{BearerAuth, Json, OptionalJson, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
@@ -58,7 +59,8 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(refund))
         .routes(routes!(get_payment))
         .routes(routes!(list_payments))
-        .routes(routes!(webhook));
+        .routes(routes!(webhook))
+        .routes(routes!(audit_payments));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api)
         .with_state(state)
@@ -474,5 +476,71 @@ async fn webhook(
     Ok(Json(WebhookAck {
         received: true,
         outcome,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit (ADMIN): what `mercato audit` compares with the orders.
+
+/// A payment as the audit sees it.
+#[derive(Serialize, ToSchema)]
+pub struct PaymentAuditBody {
+    id: Uuid,
+    order_id: OrderId,
+    #[schema(example = "AUTHORIZED")]
+    status: String,
+    amount_cents: i64,
+    captured_cents: i64,
+    refunded_cents: i64,
+    currency: String,
+    /// Distinct holds the processor confirmed (0 or 1 in a healthy shop).
+    authorizations: i64,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PaymentAuditPage {
+    items: Vec<PaymentAuditBody>,
+    /// Pass as `cursor` for the next page; null after the last.
+    next_cursor: Option<String>,
+}
+
+/// Every payment, in order id order, a page at a time.
+#[utoipa::path(get, path = "/admin/audit/payments", tag = "audit", security(("bearer" = [])),
+    params(mercato_kit::audit::PageQuery),
+    responses(
+        (status = 200, description = "A page of payments", body = PaymentAuditPage),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad `limit` or `cursor`", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn audit_payments(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<PaymentAuditPage>, Problem> {
+    p.require(&[Role::Admin])?;
+    let (after, limit) = q.parse::<OrderId>()?;
+    let payments = s.payments.audit_page(after, limit).await?;
+    Ok(Json(PaymentAuditPage {
+        next_cursor: next_cursor(&payments, limit, |p| p.order_id),
+        items: payments
+            .iter()
+            .map(|p| PaymentAuditBody {
+                id: p.id,
+                order_id: p.order_id,
+                status: p.money.status.as_str().into(),
+                amount_cents: p.money.amount_cents,
+                captured_cents: p.money.captured_cents,
+                refunded_cents: p.money.refunded_cents,
+                currency: p.currency.clone(),
+                authorizations: p.authorizations,
+                created_at: to_rfc3339(p.created_at),
+                updated_at: to_rfc3339(p.updated_at),
+            })
+            .collect(),
     }))
 }

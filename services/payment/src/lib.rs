@@ -179,10 +179,11 @@ pub async fn assemble(
     .waking(waker);
     let consumer_bus: Arc<dyn Bus> =
         Arc::new(events::WakingBus::new(bus, payments.worker_signal()));
-    let (api, openapi) = http::router(http::AppState {
+    let api = http::router(http::AppState {
         payments: payments.clone(),
         verifier: verifier.clone(),
     });
+    let (api, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
     let router = api.merge(admin_router(consumer.clone(), verifier.clone()));
     let purge_db = db.clone();
     let running = consumer.clone();

@@ -326,6 +326,15 @@ impl Payments {
         Ok(store::list_payments(self.db.reader(), filter, limit).await?)
     }
 
+    /// A page of payments in order id order, for the audit.
+    pub async fn audit_page(
+        &self,
+        after: Option<OrderId>,
+        limit: i64,
+    ) -> Result<Vec<store::AuditedPayment>, Problem> {
+        Ok(store::audit_payments(self.db.reader(), after, limit).await?)
+    }
+
     /// Waits (at most the configured answer wait) until no processor call is queued for the
     /// payment; the payment as it then is, and whether the processor has answered everything.
     pub async fn wait_for_answer(&self, id: Uuid) -> Result<(Payment, bool), Problem> {

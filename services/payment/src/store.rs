@@ -728,3 +728,55 @@ pub async fn order_facts(
     };
     Ok((terms, standing))
 }
+
+/// A payment as the audit compares it with its order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditedPayment {
+    pub id: Uuid,
+    pub order_id: OrderId,
+    pub money: Money,
+    pub currency: String,
+    /// Distinct holds the processor confirmed for it (authorize calls that succeeded, by
+    /// provider reference): retries of one call carry its key and get the same hold back, so
+    /// anything but 0 or 1 means the card was authorized twice.
+    pub authorizations: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Payments in order id order after `after`, `limit` of them.
+pub async fn audit_payments(
+    pool: &Pool,
+    after: Option<OrderId>,
+    limit: i64,
+) -> Result<Vec<AuditedPayment>, mercato_kit::db::Error> {
+    let rows = mercato_kit::db::query(
+        "SELECT p.id, p.order_id, p.status, p.amount_cents, p.captured_cents, p.refunded_cents, \
+         p.currency, p.created_at, p.updated_at, \
+         (SELECT COUNT(DISTINCT t.provider_ref) FROM payment_transactions t \
+            WHERE t.payment_id = p.id AND t.kind = 'authorize' AND t.outcome = 'succeeded') AS authorizations \
+         FROM payments p WHERE ($1 IS NULL OR p.order_id > $1) ORDER BY p.order_id LIMIT $2",
+    )
+    .bind(after.map(|a| a.to_string()))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AuditedPayment {
+                id: parse_db_uuid(&r.try_get::<String, _>("id")?)?,
+                order_id: OrderId(parse_db_uuid(&r.try_get::<String, _>("order_id")?)?),
+                money: Money {
+                    status: decode(r.try_get::<String, _>("status")?.parse::<Status>())?,
+                    amount_cents: r.try_get("amount_cents")?,
+                    captured_cents: r.try_get("captured_cents")?,
+                    refunded_cents: r.try_get("refunded_cents")?,
+                },
+                currency: r.try_get("currency")?,
+                authorizations: r.try_get("authorizations")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        })
+        .collect()
+}
