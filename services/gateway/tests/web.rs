@@ -45,7 +45,12 @@ async fn get(router: &axum::Router, uri: &str) -> Got {
 }
 
 async fn gateway(vars: &[(&str, &str)]) -> axum::Router {
-    let mut env = Env::from_pairs(vars.iter().copied());
+    // Port 0: the operator port is bound when the gateway is built, and 8089 may be taken.
+    let mut env = Env::from_pairs(
+        [("MERCATO_GATEWAY_OPS_PORT", "0")]
+            .into_iter()
+            .chain(vars.iter().copied()),
+    );
     let config = mercato_gateway::Config::read(&mut env);
     env.check().unwrap();
     mercato_gateway::build(&config).await.unwrap().router()
