@@ -6,9 +6,7 @@
 //! before its reservation arrives is remembered so the reservation opens no payment).
 //!
 //! The handler only queues processor calls; the worker makes them once the transaction has
-//! committed. Waking the worker must wait for that commit, which the kit's consumer does not
-//! announce, so the bus is wrapped ([`WakingBus`]): the consumer acknowledges an event only
-//! after its transaction committed, and the acknowledgement wakes the worker.
+//! committed: queueing a call wakes the worker after the commit (`Tx::after_commit`).
 
 use crate::service::{Open, Opened, Payments};
 use crate::store::Cause;
@@ -21,11 +19,10 @@ use mercato_kit::contracts::{
     OrderRefunded, ReleaseReason,
 };
 use mercato_kit::db::Tx;
-use mercato_kit::events::{Bus, Delivery, Envelope, EventHandler, Subscription};
+use mercato_kit::events::{Envelope, EventHandler};
 use mercato_kit::ids::Currency;
 use mercato_kit::time::now_us;
 use std::sync::Arc;
-use tokio::sync::Notify;
 
 /// The consumer name, shared by every replica.
 pub const CONSUMER: &str = "payment";
@@ -155,55 +152,5 @@ impl EventHandler for Handler {
             other => tracing::debug!(event_type = other, "event not for payment; ignored"),
         }
         Ok(())
-    }
-}
-
-/// A bus whose subscriptions wake the processor worker each time an event is acknowledged,
-/// that is, after the handler's transaction (and any call it queued) was committed.
-pub struct WakingBus {
-    inner: Arc<dyn Bus>,
-    wake: Arc<Notify>,
-}
-
-impl WakingBus {
-    pub fn new(inner: Arc<dyn Bus>, wake: Arc<Notify>) -> WakingBus {
-        WakingBus { inner, wake }
-    }
-}
-
-#[async_trait::async_trait]
-impl Bus for WakingBus {
-    async fn publish(&self, env: &Envelope) -> anyhow::Result<()> {
-        self.inner.publish(env).await
-    }
-
-    async fn subscribe(
-        &self,
-        consumer: &str,
-        event_types: &[&str],
-    ) -> anyhow::Result<Box<dyn Subscription>> {
-        Ok(Box::new(WakingSubscription {
-            inner: self.inner.subscribe(consumer, event_types).await?,
-            wake: self.wake.clone(),
-        }))
-    }
-}
-
-struct WakingSubscription {
-    inner: Box<dyn Subscription>,
-    wake: Arc<Notify>,
-}
-
-#[async_trait::async_trait]
-impl Subscription for WakingSubscription {
-    async fn next(&mut self) -> anyhow::Result<Delivery> {
-        self.inner.next().await
-    }
-
-    async fn ack(&mut self, delivery: &Delivery) -> anyhow::Result<()> {
-        let r = self.inner.ack(delivery).await;
-        // The handler committed before the ack was asked for, whatever the ack's own fate.
-        self.wake.notify_one();
-        r
     }
 }

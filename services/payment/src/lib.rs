@@ -177,8 +177,6 @@ pub async fn assemble(
         Arc::new(events::Handler::new(payments.clone())),
     )
     .waking(waker);
-    let consumer_bus: Arc<dyn Bus> =
-        Arc::new(events::WakingBus::new(bus, payments.worker_signal()));
     let api = http::router(http::AppState {
         payments: payments.clone(),
         verifier: verifier.clone(),
@@ -198,7 +196,7 @@ pub async fn assemble(
     .with_admin(verifier)
     .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
     .with_task(move |stop| relay.run(stop))
-    .with_task(move |stop| running.run(consumer_bus, events::CONSUMED.to_vec(), stop))
+    .with_task(move |stop| running.run(bus, events::CONSUMED.to_vec(), stop))
     .with_task(move |stop| worker.run(stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
     .closes(db);

@@ -414,6 +414,10 @@ impl Payments {
             ));
         }
         tracing::info!(payment = %payment.id, kind = %call.kind, amount = ?call.amount_cents, "processor call queued");
+        // The worker may only look once the call is committed; whoever owns the transaction
+        // (a request, the kit's consumer with a whole batch) commits it.
+        let worker = self.worker.clone();
+        tx.after_commit(move || worker.notify_one());
         self.save(tx, payment, next).await
     }
 
