@@ -4,6 +4,7 @@
 //! ([`shop`]).
 
 pub mod audit;
+pub mod ceilings;
 pub mod load;
 pub mod shop;
 pub mod stack;

@@ -37,6 +37,9 @@ enum Command {
     /// Check the invariants of a running Mercato across its services (exit 0 clean, 1 when
     /// anything is off, 2 when it could not run).
     Audit(mercato::audit::AuditArgs),
+    /// Measure what this machine allows (SQLite's and PostgreSQL's single-row commit rates), or
+    /// serve a trivial HTTP handler for wrk, so benchmark figures read as ratios.
+    Ceilings(mercato::ceilings::CeilingsArgs),
     /// Apply the database migrations of every service (or the ones named) and exit.
     Migrate {
         /// Services to migrate; all of them when none is named.
@@ -74,6 +77,7 @@ async fn main() -> ExitCode {
         Command::Serve { service } => serve(env, &service).await,
         Command::Migrate { services } => migrate(env, &services).await,
         Command::Load(args) => mercato::load::run(args).await,
+        Command::Ceilings(args) => mercato::ceilings::run(args).await,
         Command::Audit(args) => return mercato::audit::main(args).await,
     };
     // The spans of the last requests are still queued for export.

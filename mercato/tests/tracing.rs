@@ -136,6 +136,9 @@ async fn one_checkout_is_one_trace_from_the_gateway_to_the_payment_worker() {
                 .all(|s| services.contains(s))
                 && spans.iter().any(|s| s.name == "processor authorize")
                 && spans.iter().any(|s| s.name == "process payment.authorized")
+                && spans
+                    .iter()
+                    .any(|s| s.name == "transaction" && s.service == "order")
                 && spans.iter().all(|s| {
                     s.parent_span_id.is_empty() || ids.contains(s.parent_span_id.as_str())
                 });
@@ -175,5 +178,13 @@ async fn one_checkout_is_one_trace_from_the_gateway_to_the_payment_worker() {
         by_id(&call.parent_span_id).name,
         "process inventory.reserved"
     );
+    // SQL transactions are spans of their own, under the work that opened them: the order's
+    // insert under the order service's request.
+    let insert = spans
+        .iter()
+        .find(|s| s.name == "transaction" && s.service == "order")
+        .unwrap();
+    assert_eq!(by_id(&insert.parent_span_id).service, "order");
+    assert_ne!(by_id(&insert.parent_span_id).name, "transaction");
     shop.t.stop().await;
 }

@@ -408,6 +408,8 @@ pub struct Tx {
     /// statement (PostgreSQL cannot be told from `Drop`).
     abandoned_savepoint: Option<String>,
     savepoints: u32,
+    /// From begin to commit or rollback: the transaction as one span of its caller's trace.
+    span: tracing::Span,
 }
 
 impl std::ops::Deref for Tx {
@@ -425,7 +427,21 @@ impl std::ops::DerefMut for Tx {
 
 impl Tx {
     fn new(conn: Conn) -> Tx {
+        let system = match conn.backend() {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        };
+        let span = tracing::info_span!(
+            "db.transaction",
+            otel.name = "transaction",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            service = crate::telemetry::current_service().unwrap_or_default(),
+            db.system.name = system,
+            db.outcome = tracing::field::Empty,
+        );
         Tx {
+            span,
             conn,
             open: true,
             after_commit: Vec::new(),
@@ -442,10 +458,17 @@ impl Tx {
     pub async fn commit(mut self) -> Result<(), Error> {
         self.settle_savepoint().await?;
         self.open = false;
+        self.span.record("db.outcome", "commit");
         match std::mem::replace(&mut self.conn.0, ConnInner::Ended) {
-            ConnInner::PgTx(t) => t.commit().await?,
+            ConnInner::PgTx(t) => {
+                if let Err(e) = t.commit().await {
+                    self.span.record("otel.status_code", "ERROR");
+                    return Err(e.into());
+                }
+            }
             ConnInner::SqliteWriter { guard, db } => {
                 if let Err(e) = guard.batch("COMMIT") {
+                    self.span.record("otel.status_code", "ERROR");
                     let _ = guard.batch("ROLLBACK");
                     return Err(e);
                 }
@@ -465,6 +488,7 @@ impl Tx {
 
     pub async fn rollback(mut self) -> Result<(), Error> {
         self.open = false;
+        self.span.record("db.outcome", "rollback");
         self.after_commit.clear();
         match std::mem::replace(&mut self.conn.0, ConnInner::Ended) {
             ConnInner::PgTx(t) => t.rollback().await?,
@@ -509,6 +533,7 @@ impl Drop for Tx {
         if !self.open {
             return;
         }
+        self.span.record("db.outcome", "rollback");
         // PostgreSQL: sqlx's transaction rolls back when dropped. SQLite: here and now.
         match &mut self.conn.0 {
             ConnInner::SqliteWriter { guard, .. } => {
