@@ -46,7 +46,7 @@ pub async fn run(args: CeilingsArgs) -> anyhow::Result<()> {
         return serve(addr).await;
     }
     let tmp = tempfile_dir(args.dir.as_deref())?;
-    let url = format!("sqlite://{}/ceilings.db", tmp.display());
+    let url = format!("sqlite://{}/ceilings.db?mode=rwc", tmp.display());
     let sqlite = connect(&url, "ceilings").await?;
     println!("ceilings, each for {:?}:", args.duration);
     let one = commits(&sqlite, 1, args.duration).await?;

@@ -31,6 +31,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const CHECKPOINT_EVERY: u64 = 512;
 /// The longest the checkpointer waits without a nudge.
 const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
+/// WAL frames (pages) past which the checkpointer restarts the log, unless
+/// `MERCATO_SQLITE_WAL_RESTART_PAGES` says otherwise (0: never). A passive checkpoint never
+/// catches up with a writer that never pauses, so the log grows without end (1.5 GB in
+/// order.db after 12,000 orders at 400/s) and every page read probes one more wal-index hash
+/// table per 4,096 frames: the whole shop slows down with it. A restart pauses this process's
+/// writes for its length (tens of ms, seconds when the disk is busy): docs/BENCHMARKS.md.
+const WAL_RESTART_FRAMES: i64 = 65_536;
+
+fn wal_restart_frames() -> i64 {
+    static FRAMES: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *FRAMES.get_or_init(|| {
+        std::env::var("MERCATO_SQLITE_WAL_RESTART_PAGES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map(|n: i64| if n <= 0 { i64::MAX } else { n })
+            .unwrap_or(WAL_RESTART_FRAMES)
+    })
+}
+
 /// Statements each connection keeps prepared.
 const STATEMENT_CACHE: usize = 256;
 
@@ -172,9 +191,10 @@ impl SqliteDb {
         // Every write passes through it: a larger cache than the readers' 2 MB keeps the hot
         // index pages (outbox, inbox, the busiest tables) from being read back each commit.
         writer.batch("PRAGMA cache_size=-16384")?;
-        let checkpoint = Checkpointer::start(&path)?;
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
+        let checkpoint = Checkpointer::start(&path, Arc::downgrade(&writer))?;
         Ok(SqliteDb {
-            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            writer,
             readers: Arc::new(Readers {
                 path,
                 max: readers.max(1),
@@ -293,7 +313,10 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Arc<Checkpointer>, Error> {
+    fn start(
+        path: &Path,
+        writer: std::sync::Weak<tokio::sync::Mutex<SqliteConn>>,
+    ) -> Result<Arc<Checkpointer>, Error> {
         let conn = SqliteConn::open(path, false)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let me = Arc::new(Checkpointer {
@@ -317,7 +340,7 @@ impl Checkpointer {
                     return;
                 }
                 drop(me);
-                if let Err(e) = conn.batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                if let Err(e) = checkpoint(&conn, &writer) {
                     tracing::warn!(error = %e, "SQLite checkpoint failed; the next one retries");
                 }
             })
@@ -335,6 +358,36 @@ impl Checkpointer {
         self.stopped.store(true, Ordering::Relaxed);
         let _ = self.nudge.try_send(());
     }
+}
+
+/// A passive checkpoint; when the log has grown past [`WAL_RESTART_FRAMES`] anyway, a restart
+/// with this process's writer held, so no write of ours is half-way while SQLite waits for the
+/// readers to move to the newest snapshot, and the next commit writes the log from its start.
+/// Writers wait for the lock on the async mutex meanwhile, not in SQLite's sleeping busy
+/// handler on a runtime thread.
+fn checkpoint(
+    conn: &SqliteConn,
+    writer: &std::sync::Weak<tokio::sync::Mutex<SqliteConn>>,
+) -> Result<(), Error> {
+    let frames: i64 = conn
+        .conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    if frames < wal_restart_frames() {
+        return Ok(());
+    }
+    let Some(writer) = writer.upgrade() else {
+        return Ok(());
+    };
+    let asked = std::time::Instant::now();
+    let _writes_paused = writer.blocking_lock();
+    let locked = asked.elapsed();
+    let r = conn.batch("PRAGMA wal_checkpoint(RESTART)");
+    let held = asked.elapsed() - locked;
+    if held > Duration::from_secs(1) {
+        tracing::warn!(frames, held_ms = held.as_millis() as u64,
+            "restarting the SQLite log held this database's writes for over a second (a busy disk?)");
+    }
+    r
 }
 
 /// Applies migrations that are not applied yet, recording them in `_sqlx_migrations` exactly as
