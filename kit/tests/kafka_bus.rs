@@ -9,7 +9,9 @@
 //! `--include-ignored`). Each test works under a prefix of its own.
 
 use mercato_kit::db::{Db, Migrations, Tx};
-use mercato_kit::events::{Bus, Consumer, Delivery, Envelope, EventHandler, KafkaBus, KafkaOptions, Subscription};
+use mercato_kit::events::{
+    Bus, Consumer, Delivery, Envelope, EventHandler, KafkaBus, KafkaOptions, Subscription,
+};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::migrate::Migrator;
@@ -83,7 +85,11 @@ async fn events_published_before_and_after_subscribing_are_delivered_in_order() 
     for e in &before {
         t.bus.publish(e).await.unwrap();
     }
-    let mut sub = t.bus.subscribe("shipping", &["order.created"]).await.unwrap();
+    let mut sub = t
+        .bus
+        .subscribe("shipping", &["order.created"])
+        .await
+        .unwrap();
     let after = event("order.created", 1);
     t.bus.publish(&after).await.unwrap();
     for e in before.iter().chain([&after]) {
@@ -108,7 +114,11 @@ async fn publishing_one_event_id_twice_delivers_it_once() {
     t.bus.publish(&e).await.unwrap();
     let after = event("order.created", 1);
     t.bus.publish(&after).await.unwrap();
-    let mut sub = t.bus.subscribe("shipping", &["order.created"]).await.unwrap();
+    let mut sub = t
+        .bus
+        .subscribe("shipping", &["order.created"])
+        .await
+        .unwrap();
     let first = next(&mut sub).await;
     assert_eq!(first.envelope, e);
     sub.ack(&first).await.unwrap();
@@ -123,8 +133,14 @@ async fn publishing_one_event_id_twice_delivers_it_once() {
 async fn replicas_with_one_consumer_name_share_the_events_each_aggregate_in_order() {
     let t = test_bus().await;
     let replicas = [
-        t.bus.subscribe("inventory", &["order.created"]).await.unwrap(),
-        t.bus.subscribe("inventory", &["order.created"]).await.unwrap(),
+        t.bus
+            .subscribe("inventory", &["order.created"])
+            .await
+            .unwrap(),
+        t.bus
+            .subscribe("inventory", &["order.created"])
+            .await
+            .unwrap(),
     ];
     let sent: Vec<Envelope> = (1..=60).map(|n| event("order.created", n)).collect();
     for e in &sent {
@@ -141,12 +157,17 @@ async fn replicas_with_one_consumer_name_share_the_events_each_aggregate_in_orde
                     _ = stop.cancelled() => return,
                     b = sub.next_batch(8) => b.unwrap(),
                 };
-                log.lock().unwrap().extend(batch.iter().map(|d| (r, d.envelope.clone())));
+                log.lock()
+                    .unwrap()
+                    .extend(batch.iter().map(|d| (r, d.envelope.clone())));
                 sub.ack_batch(&batch).await.unwrap();
             }
         }));
     }
-    until("60 events handled", || async { log.lock().unwrap().len() >= 60 }).await;
+    until("60 events handled", || async {
+        log.lock().unwrap().len() >= 60
+    })
+    .await;
     until("every event committed", || async {
         t.bus.lag("inventory").await.unwrap() == Some(0)
     })
@@ -174,7 +195,10 @@ async fn replicas_with_one_consumer_name_share_the_events_each_aggregate_in_orde
     let partitions = t.bus.options().partitions;
     if partitions > 1 {
         for r in 0..2 {
-            assert!(log.iter().any(|(who, _)| *who == r), "replica {r} got nothing");
+            assert!(
+                log.iter().any(|(who, _)| *who == r),
+                "replica {r} got nothing"
+            );
         }
     }
 }
@@ -185,16 +209,27 @@ async fn an_event_not_acknowledged_comes_again_to_the_next_subscriber() {
     let t = test_bus().await;
     let e = event("payment.authorized", 1);
     t.bus.publish(&e).await.unwrap();
-    let mut crashed = t.bus.subscribe("order", &["payment.authorized"]).await.unwrap();
+    let mut crashed = t
+        .bus
+        .subscribe("order", &["payment.authorized"])
+        .await
+        .unwrap();
     assert_eq!(next(&mut crashed).await.envelope, e);
     // Gone without a word, as a killed replica would be.
     drop(crashed);
-    let mut replica = t.bus.subscribe("order", &["payment.authorized"]).await.unwrap();
+    let mut replica = t
+        .bus
+        .subscribe("order", &["payment.authorized"])
+        .await
+        .unwrap();
     let again = next(&mut replica).await;
     assert_eq!(again.envelope, e);
     assert_eq!(again.attempt, 2, "the second delivery is counted");
     replica.ack(&again).await.unwrap();
-    until("committed", || async { t.bus.lag("order").await.unwrap() == Some(0) }).await;
+    until("committed", || async {
+        t.bus.lag("order").await.unwrap() == Some(0)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -205,12 +240,19 @@ async fn asking_for_the_next_event_without_acknowledging_hands_the_last_one_back
     let second = event("payment.authorized", 1);
     t.bus.publish(&first).await.unwrap();
     t.bus.publish(&second).await.unwrap();
-    let mut sub = t.bus.subscribe("order", &["payment.authorized"]).await.unwrap();
+    let mut sub = t
+        .bus
+        .subscribe("order", &["payment.authorized"])
+        .await
+        .unwrap();
     let d = next(&mut sub).await;
     assert_eq!((d.envelope.event_id, d.attempt), (first.event_id, 1));
     // The handler failed: no ack. The same event comes again, counted, still before the second.
     let again = next(&mut sub).await;
-    assert_eq!((again.envelope.event_id, again.attempt), (first.event_id, 2));
+    assert_eq!(
+        (again.envelope.event_id, again.attempt),
+        (first.event_id, 2)
+    );
     sub.ack(&again).await.unwrap();
     let d = next(&mut sub).await;
     assert_eq!(d.envelope, second);
@@ -256,7 +298,9 @@ async fn a_message_that_is_not_an_envelope_does_not_hold_up_the_ones_behind_it()
         .create()
         .unwrap();
     raw.send(
-        FutureRecord::to(&t.bus.topic("payment")).key("agg-1").payload("{not json"),
+        FutureRecord::to(&t.bus.topic("payment"))
+            .key("agg-1")
+            .payload("{not json"),
         Duration::from_secs(10),
     )
     .await
@@ -367,7 +411,12 @@ async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit()
         "agg",
         &serde_json::json!({"n": 1, "poison": true}),
     );
-    let behind = Envelope::new("payment", "payment.authorized", "agg", &serde_json::json!({"n": 2}));
+    let behind = Envelope::new(
+        "payment",
+        "payment.authorized",
+        "agg",
+        &serde_json::json!({"n": 2}),
+    );
     t.bus.publish(&poison).await.unwrap();
     t.bus.publish(&behind).await.unwrap();
     let bus: Arc<dyn Bus> = Arc::new(t.bus.clone());
@@ -387,7 +436,11 @@ async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit()
     }
     // The third delivery is past the limit: parked unhandled, and the event behind it flows.
     let stop = CancellationToken::new();
-    let task = tokio::spawn(consumer.clone().run(bus.clone(), vec!["payment.authorized"], stop.clone()));
+    let task = tokio::spawn(consumer.clone().run(
+        bus.clone(),
+        vec!["payment.authorized"],
+        stop.clone(),
+    ));
     until("the next event handled and all committed", || async {
         effects(&db).await == vec![2] && t.bus.lag("order").await.unwrap() == Some(0)
     })
@@ -395,7 +448,9 @@ async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit()
     stop.cancel();
     task.await.unwrap();
     assert_eq!(handler.poison_calls.load(Ordering::SeqCst), 2);
-    let parked = mercato_kit::events::consumer::dead_letters(&db).await.unwrap();
+    let parked = mercato_kit::events::consumer::dead_letters(&db)
+        .await
+        .unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].event_id, poison.event_id.to_string());
     assert_eq!(parked[0].attempts, 3);

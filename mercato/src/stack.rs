@@ -437,7 +437,10 @@ async fn open_bus(
 
 /// The Kafka settings; bad values are recorded in `env`.
 fn kafka_options(env: &mut Env) -> KafkaOptions {
-    let brokers = env.raw("MERCATO_KAFKA_BROKERS").unwrap_or_default().to_owned();
+    let brokers = env
+        .raw("MERCATO_KAFKA_BROKERS")
+        .unwrap_or_default()
+        .to_owned();
     let well_formed = brokers.split(',').all(|b| {
         b.trim()
             .rsplit_once(':')
@@ -449,8 +452,16 @@ fn kafka_options(env: &mut Env) -> KafkaOptions {
     let defaults = KafkaOptions::default();
     KafkaOptions {
         prefix: env.string("MERCATO_KAFKA_PREFIX", &defaults.prefix),
-        partitions: env.int("MERCATO_KAFKA_PARTITIONS", defaults.partitions as u64, 1..=10_000) as i32,
-        replication: env.int("MERCATO_KAFKA_REPLICATION", defaults.replication as u64, 1..=32) as i32,
+        partitions: env.int(
+            "MERCATO_KAFKA_PARTITIONS",
+            defaults.partitions as u64,
+            1..=10_000,
+        ) as i32,
+        replication: env.int(
+            "MERCATO_KAFKA_REPLICATION",
+            defaults.replication as u64,
+            1..=32,
+        ) as i32,
         ..defaults
     }
 }

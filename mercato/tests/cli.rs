@@ -62,7 +62,8 @@ fn nats_and_kafka_together_are_refused_naming_both() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("MERCATO_KAFKA_BROKERS=\"127.0.0.1:1\"") && err.contains("MERCATO_NATS_URL unset"),
+        err.contains("MERCATO_KAFKA_BROKERS=\"127.0.0.1:1\"")
+            && err.contains("MERCATO_NATS_URL unset"),
         "{err}"
     );
     let out = mercato()
@@ -73,7 +74,10 @@ fn nats_and_kafka_together_are_refused_naming_both() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("MERCATO_KAFKA_BROKERS=\"kafka-without-port\": expected host:port"), "{err}");
+    assert!(
+        err.contains("MERCATO_KAFKA_BROKERS=\"kafka-without-port\": expected host:port"),
+        "{err}"
+    );
 }
 
 #[test]

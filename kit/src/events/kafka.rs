@@ -226,7 +226,6 @@ impl KafkaBus {
             );
         c
     }
-
 }
 
 #[async_trait::async_trait]
@@ -256,7 +255,11 @@ impl Bus for KafkaBus {
         let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let md = client.fetch_metadata(None, timeout)?;
             let mut tpl = TopicPartitionList::new();
-            for t in md.topics().iter().filter(|t| topics.iter().any(|x| x == t.name())) {
+            for t in md
+                .topics()
+                .iter()
+                .filter(|t| topics.iter().any(|x| x == t.name()))
+            {
                 for p in t.partitions() {
                     tpl.add_partition(t.name(), p.id());
                 }
@@ -541,10 +544,7 @@ impl KafkaSubscription {
             s.skipped.insert(key.clone(), msg.offset() + 1);
             Taken::Skip
         };
-        let envelope = match msg
-            .payload()
-            .map(serde_json::from_slice::<Envelope>)
-        {
+        let envelope = match msg.payload().map(serde_json::from_slice::<Envelope>) {
             Some(Ok(env)) => env,
             other => {
                 // Not an envelope: no handler can ever take it, and handing it out again would
@@ -754,7 +754,8 @@ impl Subscription for KafkaSubscription {
         }
         let client = self.client().clone();
         // A synchronous commit blocks on the brokers' answer: off the async threads.
-        let result = tokio::task::spawn_blocking(move || client.commit(&tpl, CommitMode::Sync)).await?;
+        let result =
+            tokio::task::spawn_blocking(move || client.commit(&tpl, CommitMode::Sync)).await?;
         if result.is_err() {
             // The partitions may have moved: what comes again is no copy then.
             self.recent.clear();
