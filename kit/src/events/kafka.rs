@@ -72,6 +72,9 @@ impl Default for KafkaOptions {
     }
 }
 
+/// Per consumer name: the topics it reads, and a client of its group that reads its offsets.
+type Groups = HashMap<String, (Vec<String>, Arc<BaseConsumer>)>;
+
 /// The [`Bus`] on Kafka. Cheap to clone; clones share the producer and the ledger.
 #[derive(Clone)]
 pub struct KafkaBus {
@@ -82,7 +85,7 @@ pub struct KafkaBus {
     ledger: Db,
     topics: Arc<Mutex<HashSet<String>>>,
     /// The topics each consumer reads, for its lag; and a client per group to read its offsets.
-    groups: Arc<Mutex<HashMap<String, (Vec<String>, Arc<BaseConsumer>)>>>,
+    groups: Arc<Mutex<Groups>>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -443,11 +446,6 @@ impl Drop for KafkaSubscription {
     }
 }
 
-enum Taken {
-    Deliver(Delivery),
-    Skip,
-}
-
 impl KafkaSubscription {
     fn client(&self) -> &Arc<StreamConsumer> {
         self.client.as_ref().expect("the client lives until drop")
@@ -536,13 +534,13 @@ impl KafkaSubscription {
         Ok(())
     }
 
-    /// Looks at one message: one to hand out, or one settled here (other types, copies,
-    /// garbage) whose offset is committed with the next acknowledgement.
-    fn take(&mut self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Taken {
+    /// Looks at one message: one to hand out, or `None` for one settled here (other types,
+    /// copies, garbage) whose offset is committed with the next acknowledgement.
+    fn take(&mut self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Delivery> {
         let key = (msg.topic().to_owned(), msg.partition());
         let skip = |s: &mut Self| {
             s.skipped.insert(key.clone(), msg.offset() + 1);
-            Taken::Skip
+            None
         };
         let envelope = match msg.payload().map(serde_json::from_slice::<Envelope>) {
             Some(Ok(env)) => env,
@@ -580,7 +578,7 @@ impl KafkaSubscription {
                 offset: msg.offset(),
             },
         );
-        Taken::Deliver(Delivery {
+        Some(Delivery {
             envelope,
             seq: self.counter,
             attempt: 1,
@@ -597,11 +595,11 @@ impl KafkaSubscription {
         let taken = self.take(&msg);
         drop(msg);
         Ok(match taken {
-            Taken::Skip => {
+            None => {
                 self.commit_skipped_if_idle(&topic, partition).await;
                 None
             }
-            Taken::Deliver(d) => Some(self.count(d, &topic, partition, offset).await?),
+            Some(d) => Some(self.count(d, &topic, partition, offset).await?),
         })
     }
 
@@ -680,6 +678,11 @@ impl Subscription for KafkaSubscription {
         if first.attempt > 1 {
             return Ok(vec![first]);
         }
+        // Partitions whose first event here was fresh: the ones behind it are fresh too.
+        let mut fresh: HashSet<(String, i32)> = HashSet::new();
+        if let Some(h) = self.unacked.get(&first.seq) {
+            fresh.insert((h.topic.clone(), h.partition));
+        }
         let mut batch = vec![first];
         while batch.len() < max {
             let client = self.client().clone();
@@ -691,8 +694,13 @@ impl Subscription for KafkaSubscription {
                 (msg.topic().to_owned(), msg.partition(), msg.offset());
             let taken = self.take(&msg);
             drop(msg);
-            if let Taken::Deliver(d) = taken {
-                let d = self.count(d, &topic, partition, offset).await?;
+            if let Some(d) = taken {
+                let key = (topic.clone(), partition);
+                let d = if fresh.contains(&key) {
+                    d
+                } else {
+                    self.count(d, &topic, partition, offset).await?
+                };
                 if d.attempt > 1 {
                     // A redelivery behind fresh events: it goes out alone, next time.
                     self.unacked.remove(&d.seq);
@@ -706,6 +714,7 @@ impl Subscription for KafkaSubscription {
                     }
                     break;
                 }
+                fresh.insert(key);
                 batch.push(d);
             }
         }
