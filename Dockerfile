@@ -8,6 +8,10 @@ ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
+# The Kafka client builds librdkafka from its bundled source: configure, make, zlib (bookworm's versions).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make=4.3-4.1 pkg-config=1.8.1-1 zlib1g-dev=1:1.2.13.dfsg-1+deb12u1 \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # The registry and target caches survive between builds (BuildKit), so a code change rebuilds

@@ -176,6 +176,7 @@ pub struct StorageProbe {
     outbox_oldest: prometheus::Gauge,
     dead_letters: IntGauge,
     lag: IntGaugeVec,
+    partition_lag: IntGaugeVec,
     pool: IntGaugeVec,
     pool_max: IntGaugeVec,
 }
@@ -216,6 +217,16 @@ impl StorageProbe {
                         "Events on the bus this service's consumer has not finished",
                     ),
                     &["consumer"],
+                ),
+            ),
+            partition_lag: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "event_consumer_partition_lag",
+                        "Events of one partition this service's consumer group has not committed (Kafka)",
+                    ),
+                    &["consumer", "topic", "partition"],
                 ),
             ),
             pool: register(
@@ -260,6 +271,11 @@ impl Probe for StorageProbe {
         if let Some((bus, consumer)) = &self.consumer {
             if let Some(n) = bus.lag(consumer).await? {
                 self.lag.with_label_values(&[consumer]).set(n);
+            }
+            for (topic, partition, n) in bus.lag_by_partition(consumer).await?.unwrap_or_default() {
+                self.partition_lag
+                    .with_label_values(&[consumer, &topic, &partition.to_string()])
+                    .set(n);
             }
         }
         let row = crate::db::query(

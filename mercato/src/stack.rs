@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use mercato_kit::config::Env;
-use mercato_kit::events::{Bus, EmbeddedBus, NatsBus, NatsOptions};
+use mercato_kit::events::{Bus, EmbeddedBus, KafkaBus, KafkaOptions, NatsBus, NatsOptions};
 use mercato_kit::http::Service;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -395,7 +395,7 @@ where
 }
 
 /// The event bus every service of this process uses: NATS JetStream when `MERCATO_NATS_URL` is
-/// set, else the embedded log (its own SQLite file, or its own schema of the shared
+/// set, Kafka when `MERCATO_KAFKA_BROKERS` is, else the embedded log (its own SQLite file, or its own schema of the shared
 /// PostgreSQL database).
 async fn open_bus(
     env: &Env,
@@ -422,8 +422,48 @@ async fn open_bus(
             common.data_dir.join("bus.db").display()
         )
     });
+    if let Some(brokers) = env.raw("MERCATO_KAFKA_BROKERS") {
+        let options = kafka_options(&mut env.clone());
+        // The delivery counts Kafka does not keep live where the embedded log would.
+        let bus = with_retries("the event bus (Kafka)", stop, || {
+            KafkaBus::connect_with(brokers, options.clone(), &bus_url)
+        })
+        .await?;
+        return Ok((Arc::new(bus), None));
+    }
     let bus = with_retries("the event bus", stop, || EmbeddedBus::open(&bus_url)).await?;
     Ok((Arc::new(bus.clone()), Some(bus)))
+}
+
+/// The Kafka settings; bad values are recorded in `env`.
+fn kafka_options(env: &mut Env) -> KafkaOptions {
+    let brokers = env
+        .raw("MERCATO_KAFKA_BROKERS")
+        .unwrap_or_default()
+        .to_owned();
+    let well_formed = brokers.split(',').all(|b| {
+        b.trim()
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    });
+    if !well_formed {
+        env.reject("MERCATO_KAFKA_BROKERS", "host:port[,host:port...]");
+    }
+    let defaults = KafkaOptions::default();
+    KafkaOptions {
+        prefix: env.string("MERCATO_KAFKA_PREFIX", &defaults.prefix),
+        partitions: env.int(
+            "MERCATO_KAFKA_PARTITIONS",
+            defaults.partitions as u64,
+            1..=10_000,
+        ) as i32,
+        replication: env.int(
+            "MERCATO_KAFKA_REPLICATION",
+            defaults.replication as u64,
+            1..=32,
+        ) as i32,
+        ..defaults
+    }
 }
 
 /// What a port answers while its service waits for a backend: alive, not ready.
@@ -477,6 +517,15 @@ pub async fn start_until(
     }
     if env.raw("MERCATO_NATS_URL").is_some() {
         env.url("MERCATO_NATS_URL", None, &["nats", "tls"]);
+    }
+    if env.raw("MERCATO_KAFKA_BROKERS").is_some() {
+        if env.raw("MERCATO_NATS_URL").is_some() {
+            env.reject(
+                "MERCATO_KAFKA_BROKERS",
+                "unset, or MERCATO_NATS_URL unset: events go to NATS or to Kafka, not both",
+            );
+        }
+        kafka_options(&mut env);
     }
     env.check()?;
     // "Any free port" for the gateway means any free operator port too (the port variable
@@ -655,7 +704,13 @@ pub fn summary(
         (
             "events",
             env.raw("MERCATO_NATS_URL").map_or_else(
-                || "the embedded log (outbox -> bus in this process)".to_owned(),
+                || match env.raw("MERCATO_KAFKA_BROKERS") {
+                    Some(b) => format!(
+                        "Kafka at {b}, prefix {}",
+                        env.raw("MERCATO_KAFKA_PREFIX").unwrap_or("mercato")
+                    ),
+                    None => "the embedded log (outbox -> bus in this process)".to_owned(),
+                },
                 |u| {
                     format!(
                         "NATS JetStream at {}, prefix {}",

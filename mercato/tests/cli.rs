@@ -49,6 +49,38 @@ fn bad_configuration_names_every_variable_and_exits_2() {
 }
 
 #[test]
+fn nats_and_kafka_together_are_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on either: the configuration is refused before any connection is tried.
+    let out = mercato()
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("MERCATO_NATS_URL", "nats://127.0.0.1:1")
+        .env("MERCATO_KAFKA_BROKERS", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MERCATO_KAFKA_BROKERS=\"127.0.0.1:1\"")
+            && err.contains("MERCATO_NATS_URL unset"),
+        "{err}"
+    );
+    let out = mercato()
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("MERCATO_KAFKA_BROKERS", "kafka-without-port")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MERCATO_KAFKA_BROKERS=\"kafka-without-port\": expected host:port"),
+        "{err}"
+    );
+}
+
+#[test]
 fn outside_embedded_mode_a_missing_shared_secret_stops_the_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens there: the configuration is refused before any connection is tried.

@@ -58,6 +58,15 @@ pub trait Bus: Send + Sync {
         let _ = consumer;
         Ok(None)
     }
+
+    /// The same lag per topic and partition, for a bus that has partitions (Kafka).
+    async fn lag_by_partition(
+        &self,
+        consumer: &str,
+    ) -> anyhow::Result<Option<Vec<(String, i32, i64)>>> {
+        let _ = consumer;
+        Ok(None)
+    }
 }
 
 #[async_trait::async_trait]

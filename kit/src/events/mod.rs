@@ -6,11 +6,13 @@
 
 pub mod bus;
 pub mod consumer;
+pub mod kafka;
 pub mod nats;
 pub mod relay;
 
 pub use bus::{Bus, Delivery, EmbeddedBus, Subscription};
 pub use consumer::{Consumer, EventHandler};
+pub use kafka::{KafkaBus, KafkaOptions};
 pub use nats::{NatsBus, NatsOptions};
 pub use relay::{OutboxWaker, Relay};
 

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// What every process of one test shares: its database, NATS prefix, service and webhook
+/// What every process of one test shares: its database, bus (NATS, or Kafka with
+/// `MERCATO_TEST_KAFKA_BROKERS`) and prefix, service and webhook
 /// secrets, signing key, admin, cheap password hashing, no rate limits, small pools, the
 /// request timeout given (a request that died with its process frees its idempotency key that
 /// much sooner), and Redis under the same prefix when `MERCATO_TEST_REDIS_URL` is set. Also
@@ -30,8 +31,6 @@ pub fn shared_env(
 ) {
     let mut env: Vec<(String, String)> = [
         ("MERCATO_DATABASE_URL", db_url.to_owned()),
-        ("MERCATO_NATS_URL", nats.to_owned()),
-        ("MERCATO_NATS_PREFIX", prefix.to_owned()),
         ("MERCATO_SERVICE_SECRET", format!("{prefix}-secret")),
         (
             "MERCATO_PSP_WEBHOOK_SECRET",
@@ -56,6 +55,17 @@ pub fn shared_env(
     ]
     .map(|(k, v)| (k.to_owned(), v))
     .to_vec();
+    // The bus: Kafka when the run names brokers (.ci/kafka), else NATS.
+    match std::env::var("MERCATO_TEST_KAFKA_BROKERS") {
+        Ok(brokers) => {
+            env.push(("MERCATO_KAFKA_BROKERS".into(), brokers));
+            env.push(("MERCATO_KAFKA_PREFIX".into(), prefix.to_owned()));
+        }
+        Err(_) => {
+            env.push(("MERCATO_NATS_URL".into(), nats.to_owned()));
+            env.push(("MERCATO_NATS_PREFIX".into(), prefix.to_owned()));
+        }
+    }
     let redis_keys = std::env::var("MERCATO_TEST_REDIS_URL").ok().map(|redis| {
         env.push(("MERCATO_REDIS_URL".into(), redis.clone()));
         env.push(("MERCATO_REDIS_PREFIX".into(), format!("{prefix}:")));
