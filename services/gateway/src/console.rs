@@ -1160,7 +1160,6 @@ dead_letters_open{service=\"order\"} 1
         );
         assert_eq!(services[2].status, Health::Down);
 
-        cart.replicas_up = 1;
         cart.add_health(&json!({"status": "degraded", "dependencies": [
             {"name": "database", "status": "up"}, {"name": "redis", "status": "down", "error": "refused"}]}));
         let mut services = vec![cart];

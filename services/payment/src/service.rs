@@ -394,19 +394,20 @@ impl Payments {
             next.refund_seq += 1;
         }
         let key = domain::idempotency_key(payment.id, call.kind, next.refund_seq);
-        let inserted = store::insert_job(
-            tx,
-            &NewJob {
-                payment_id: payment.id,
-                kind: call.kind,
-                amount_cents: call.amount_cents,
-                idempotency_key: &key,
-                not_before: now_us(),
-                give_up_at: None,
-                cause,
-            },
-        )
-        .await?;
+        let inserted = self
+            .insert_job(
+                tx,
+                &NewJob {
+                    payment_id: payment.id,
+                    kind: call.kind,
+                    amount_cents: call.amount_cents,
+                    idempotency_key: &key,
+                    not_before: now_us(),
+                    give_up_at: None,
+                    cause,
+                },
+            )
+            .await?;
         if !inserted {
             return Err(Problem::conflict(
                 "already_queued",
@@ -414,11 +415,19 @@ impl Payments {
             ));
         }
         tracing::info!(payment = %payment.id, kind = %call.kind, amount = ?call.amount_cents, "processor call queued");
-        // The worker may only look once the call is committed; whoever owns the transaction
-        // (a request, the kit's consumer with a whole batch) commits it.
-        let worker = self.worker.clone();
-        tx.after_commit(move || worker.notify_one());
         self.save(tx, payment, next).await
+    }
+
+    /// Every processor call is queued here: the worker is woken once the call is committed
+    /// (whoever owns the transaction, a request or the kit's consumer with a whole batch,
+    /// commits it), never before.
+    async fn insert_job(&self, tx: &mut Tx, job: &NewJob<'_>) -> Result<bool, Problem> {
+        let inserted = store::insert_job(tx, job).await?;
+        if inserted {
+            let worker = self.worker.clone();
+            tx.after_commit(move || worker.notify_one());
+        }
+        Ok(inserted)
     }
 
     async fn emit(
@@ -500,7 +509,7 @@ impl Payments {
                 .ok_or_else(|| Problem::internal(&"a payment vanished while being opened"));
         }
         let key = domain::idempotency_key(payment.id, JobKind::Authorize, 0);
-        store::insert_job(
+        self.insert_job(
             tx,
             &NewJob {
                 payment_id: payment.id,
