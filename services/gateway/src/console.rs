@@ -877,10 +877,10 @@ pub fn entries(
     for (service, t) in trails {
         for e in t["published"].as_array().into_iter().flatten() {
             types.insert(str_of(e, "event_id"), str_of(e, "event_type"));
+            // When it was written: the relay may mark it published after a consumer already
+            // handled it, so that time would put effects before their cause.
             out.push(TimelineEntry {
-                at: e["published_at"]
-                    .as_str()
-                    .map_or_else(|| str_of(e, "created_at"), str::to_owned),
+                at: str_of(e, "created_at"),
                 service: (*service).to_owned(),
                 kind: EntryKind::Published,
                 title: format!(
@@ -1001,7 +1001,10 @@ impl Console {
             futures::future::join_all(SAGA.iter().map(move |s| {
                 let consumed = consumed.clone();
                 async move {
-                    let q = format!("/api/v1/admin/audit/trail?mentions={id}&consumed={consumed}");
+                    let mut q = format!("/api/v1/admin/audit/trail?mentions={id}");
+                    if !consumed.is_empty() {
+                        q.push_str(&format!("&consumed={consumed}"));
+                    }
                     (*s, self.read(s, &q, token).await)
                 }
             }))

@@ -37,7 +37,7 @@ export function Chart({
     const opts: uPlot.Options = {
       width: Math.max(box.current.clientWidth, 240),
       height: 150,
-      legend: { show: true },
+      legend: { show: true, live: false },
       cursor: { show: false },
       scales: { x: { time: true }, y: { range: (_u, min, max) => [Math.min(0, min), Math.max(max, 1e-9) * 1.1] } },
       axes: [{ size: 30 }, { size: 50, values: (_u, ticks) => ticks.map((t) => fmt(t, digits)) }],

@@ -27,6 +27,14 @@ const KIND_LABEL: Record<string, string> = {
 
 export function ConsoleOrder() {
   const id = useRoute().params.id;
+  return (
+    <ConsoleFrame title={`Order ${id.slice(-8)}`}>
+      <OrderSaga id={id} />
+    </ConsoleFrame>
+  );
+}
+
+function OrderSaga({ id }: { id: string }) {
   const [timeline, setTimeline] = useState<Timeline | null>(null);
   const [problem, setProblem] = useState<Problem | null>(null);
   const [refund, setRefund] = useState("");
@@ -54,7 +62,7 @@ export function ConsoleOrder() {
   }, [id, status]);
 
   return (
-    <ConsoleFrame title={`Order ${id.slice(-8)}`}>
+    <>
       <p class="crumbs">
         <a href="/console/orders">All orders</a> · <span class="mono">{id}</span>
       </p>
@@ -144,6 +152,6 @@ export function ConsoleOrder() {
           </ol>
         </>
       )}
-    </ConsoleFrame>
+    </>
   );
 }

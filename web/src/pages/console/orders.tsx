@@ -21,6 +21,14 @@ function rfc3339(local: string): string | undefined {
 }
 
 export function ConsoleOrders() {
+  return (
+    <ConsoleFrame title="Orders">
+      <Orders />
+    </ConsoleFrame>
+  );
+}
+
+function Orders() {
   const { query, route, path } = useLocation();
   const filters = {
     status: query.status ?? "",
@@ -52,7 +60,7 @@ export function ConsoleOrders() {
     route(q ? `${path}?${q}` : path, true);
   };
   return (
-    <ConsoleFrame title="Orders">
+    <>
       <form
         class="console-filters"
         onSubmit={(e) => {
@@ -115,6 +123,6 @@ export function ConsoleOrders() {
           <LoadMore next={next} busy={busy} onLoad={loadMore} />
         </>
       )}
-    </ConsoleFrame>
+    </>
   );
 }

@@ -38,13 +38,21 @@ function Tile({ s }: { s: ServiceSummary }) {
 }
 
 export function ConsoleOverview() {
+  return (
+    <ConsoleFrame title="Overview">
+      <Overview />
+    </ConsoleFrame>
+  );
+}
+
+function Overview() {
   useEffect(() => watch(), []);
   const all = samples.value;
   const latest = all[all.length - 1]?.summary;
   const s = series(all);
   const breakers = (latest?.services ?? []).flatMap((svc) => svc.breakers.map((b) => ({ from: svc.service, ...b })));
   return (
-    <ConsoleFrame title="Overview">
+    <>
       {feedError.value && <Notice>The overview is not current: {feedError.value}</Notice>}
       {!latest ? (
         <Loading what="Reading every service" />
@@ -94,6 +102,6 @@ export function ConsoleOverview() {
           </div>
         </>
       )}
-    </ConsoleFrame>
+    </>
   );
 }

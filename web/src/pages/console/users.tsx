@@ -62,6 +62,14 @@ function UserRow({ user }: { user: User }) {
 }
 
 export function ConsoleUsers() {
+  return (
+    <ConsoleFrame title="Users">
+      <Users />
+    </ConsoleFrame>
+  );
+}
+
+function Users() {
   const { query, route, path } = useLocation();
   const search = query.q ?? "";
   const role = query.role ?? "";
@@ -78,7 +86,7 @@ export function ConsoleUsers() {
     route(p ? `${path}?${p}` : path, true);
   };
   return (
-    <ConsoleFrame title="Users">
+    <>
       <form
         class="console-filters"
         role="search"
@@ -122,6 +130,6 @@ export function ConsoleUsers() {
           <LoadMore next={next} busy={busy} onLoad={loadMore} />
         </>
       )}
-    </ConsoleFrame>
+    </>
   );
 }
