@@ -199,29 +199,13 @@ pub struct TrailConsumed {
     pub processed_at: String,
 }
 
-/// An event this service's consumer parked.
-#[derive(Serialize, ToSchema, Debug)]
-pub struct TrailParked {
-    pub id: String,
-    pub consumer: String,
-    pub event_id: String,
-    pub event_type: String,
-    pub error: String,
-    /// Handling attempts before it was parked.
-    pub attempts: i64,
-    #[schema(format = DateTime)]
-    pub parked_at: String,
-    #[schema(format = DateTime)]
-    pub replayed_at: Option<String>,
-}
-
 /// One service's part of a saga's trail: what it published that mentions the id, which of
 /// the given events it consumed, and what it parked that mentions the id.
 #[derive(Serialize, ToSchema, Debug)]
 pub struct Trail {
     pub published: Vec<TrailPublished>,
     pub consumed: Vec<TrailConsumed>,
-    pub dead_letters: Vec<TrailParked>,
+    pub dead_letters: Vec<crate::events::consumer::DeadLetter>,
 }
 
 impl TrailQuery {
@@ -316,28 +300,8 @@ pub async fn trail(
             })
             .collect::<Result<_, crate::db::Error>>()?;
     }
-    let dead_letters = crate::db::query(
-        "SELECT id, consumer, event_id, event_type, error, attempts, parked_at, replayed_at \
-         FROM dead_letters WHERE envelope LIKE $1 ORDER BY parked_at LIMIT $2",
-    )
-    .bind(&pattern)
-    .bind(MAX_TRAIL)
-    .fetch_all(db.reader())
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(TrailParked {
-            id: r.try_get("id")?,
-            consumer: r.try_get("consumer")?,
-            event_id: r.try_get("event_id")?,
-            event_type: r.try_get("event_type")?,
-            error: r.try_get("error")?,
-            attempts: r.try_get("attempts")?,
-            parked_at: to_rfc3339(r.try_get("parked_at")?),
-            replayed_at: r.try_get::<Option<i64>, _>("replayed_at")?.map(to_rfc3339),
-        })
-    })
-    .collect::<Result<_, crate::db::Error>>()?;
+    let dead_letters =
+        crate::events::consumer::dead_letters_mentioning(db, mentions, MAX_TRAIL).await?;
     Ok(Trail {
         published,
         consumed: handled,

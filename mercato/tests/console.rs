@@ -81,7 +81,11 @@ async fn the_console_routes_are_for_admins_only_and_say_what_is_wrong() {
     assert_eq!(chaos["error_rate"], 0.0, "{chaos}");
 
     // Bad input: 4xx problems that name what is wrong, never a 500.
-    problem(get(t, "/admin/orders/not-a-uuid/timeline", &s.admin).await, 400).await;
+    problem(
+        get(t, "/admin/orders/not-a-uuid/timeline", &s.admin).await,
+        400,
+    )
+    .await;
     let unknown = uuid::Uuid::now_v7();
     problem(
         get(t, &format!("/admin/orders/{unknown}/timeline"), &s.admin).await,
@@ -225,8 +229,12 @@ async fn an_orders_timeline_and_the_new_filters() {
             .map(|e| e["kind"].as_str().unwrap().to_owned())
             .collect();
         let has = |k: &str| kinds.iter().any(|x| x == k);
-        (has("history") && has("reservation") && has("payment") && has("published") && has("consumed"))
-            .then_some(v)
+        (has("history")
+            && has("reservation")
+            && has("payment")
+            && has("published")
+            && has("consumed"))
+        .then_some(v)
     })
     .await;
     assert_eq!(timeline["order"]["status"], "PAID");
@@ -235,7 +243,10 @@ async fn an_orders_timeline_and_the_new_filters() {
     let at = |i: usize| {
         chrono::DateTime::parse_from_rfc3339(entries[i]["at"].as_str().unwrap()).unwrap()
     };
-    assert!((1..entries.len()).all(|i| at(i - 1) <= at(i)), "oldest first");
+    assert!(
+        (1..entries.len()).all(|i| at(i - 1) <= at(i)),
+        "oldest first"
+    );
     let titles: Vec<&str> = entries
         .iter()
         .map(|e| e["title"].as_str().unwrap())
@@ -251,8 +262,10 @@ async fn an_orders_timeline_and_the_new_filters() {
 
     // The new filters: placed before now, not after; a fresh PAID order is not stuck.
     let now = chrono::Utc::now();
-    let from = (now + chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let to = (now + chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let from =
+        (now + chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let to =
+        (now + chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let later = json_of(t, &format!("/orders?created_from={from}"), &s.admin).await;
     assert_eq!(later["items"], json!([]));
     let before = json_of(t, &format!("/orders?created_to={to}"), &s.admin).await;
@@ -272,7 +285,10 @@ async fn an_orders_timeline_and_the_new_filters() {
         .iter()
         .map(|u| u["email"].as_str().unwrap())
         .collect();
-    assert!(!emails.is_empty() && emails.iter().all(|e| e.contains("root@test")), "{emails:?}");
+    assert!(
+        !emails.is_empty() && emails.iter().all(|e| e.contains("root@test")),
+        "{emails:?}"
+    );
     let none = json_of(t, "/admin/users?q=%25", &s.admin).await;
     assert_eq!(none["items"], json!([]));
     s.t.stop().await;

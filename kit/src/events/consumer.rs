@@ -369,7 +369,7 @@ fn jitter(d: Duration) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema, Debug)]
 pub struct DeadLetter {
     pub id: String,
     pub consumer: String,
@@ -384,10 +384,29 @@ pub struct DeadLetter {
 }
 
 pub async fn dead_letters(db: &Db) -> Result<Vec<DeadLetter>, crate::db::Error> {
+    dead_letters_where(db, None, i64::MAX).await
+}
+
+/// The dead letters whose envelope mentions `id` (an order's, a payment's), at most `limit`.
+pub async fn dead_letters_mentioning(
+    db: &Db,
+    id: uuid::Uuid,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, crate::db::Error> {
+    dead_letters_where(db, Some(format!("%{id}%")), limit).await
+}
+
+async fn dead_letters_where(
+    db: &Db,
+    pattern: Option<String>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, crate::db::Error> {
     let rows = crate::db::query(
         "SELECT id, consumer, event_id, event_type, envelope, error, attempts, parked_at, replayed_at \
-         FROM dead_letters ORDER BY parked_at",
+         FROM dead_letters WHERE ($1 IS NULL OR envelope LIKE $1) ORDER BY parked_at LIMIT $2",
     )
+    .bind(pattern)
+    .bind(limit)
     .fetch_all(db.reader())
     .await?;
     rows.iter()

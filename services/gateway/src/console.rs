@@ -291,7 +291,11 @@ impl ServiceSummary {
                 "circuit_breaker_state" => {
                     let dependency = s.label("dependency").to_owned();
                     let state = BreakerState::from_gauge(v);
-                    match self.breakers.iter_mut().find(|b| b.dependency == dependency) {
+                    match self
+                        .breakers
+                        .iter_mut()
+                        .find(|b| b.dependency == dependency)
+                    {
                         Some(b) => b.state = b.state.worse(state),
                         None => self.breakers.push(Breaker { dependency, state }),
                     }
@@ -316,7 +320,9 @@ impl ServiceSummary {
                 "dead_letters_open" => max(&mut self.dead_letters_open, v),
                 "event_consumer_lag" => max(&mut lag, v),
                 "orders_created_total" => {
-                    self.orders.get_or_insert_with(Default::default).created_total += v
+                    self.orders
+                        .get_or_insert_with(Default::default)
+                        .created_total += v
                 }
                 "orders_paid_total" => {
                     self.orders.get_or_insert_with(Default::default).paid_total += v
@@ -329,7 +335,10 @@ impl ServiceSummary {
                 }
                 "orders_in_state" => {
                     let flow = self.orders.get_or_insert_with(Default::default);
-                    let slot = flow.in_state.entry(s.label("state").to_owned()).or_default();
+                    let slot = flow
+                        .in_state
+                        .entry(s.label("state").to_owned())
+                        .or_default();
                     *slot = slot.max(v);
                 }
                 _ => {}
@@ -350,7 +359,8 @@ impl ServiceSummary {
         if let Some(l) = lag {
             max(&mut self.consumer_lag, l);
         }
-        self.breakers.sort_by(|a, b| a.dependency.cmp(&b.dependency));
+        self.breakers
+            .sort_by(|a, b| a.dependency.cmp(&b.dependency));
     }
 
     /// Adds one replica's `/health/deep` answer (any status: 503 still names what is down).
@@ -596,10 +606,8 @@ impl Console {
         }
         let replicas = futures::future::join_all(bases.iter().map(|b| async move {
             let (deep_url, metrics_url) = (format!("{b}/health/deep"), format!("{b}/metrics"));
-            let (deep, metrics) = tokio::join!(
-                self.get_json(&deep_url, None),
-                self.get_text(&metrics_url)
-            );
+            let (deep, metrics) =
+                tokio::join!(self.get_json(&deep_url, None), self.get_text(&metrics_url));
             (b, deep, metrics)
         }))
         .await;
@@ -615,8 +623,7 @@ impl Console {
         }
         let first = &bases[0];
         if service == "psp-mock" {
-            if let Ok((200, body)) = self.get_json(&format!("{first}/v1/test/chaos"), None).await
-            {
+            if let Ok((200, body)) = self.get_json(&format!("{first}/v1/test/chaos"), None).await {
                 s.processor_chaos = Some(body);
             }
             if let Ok((200, body)) = self
@@ -705,11 +712,10 @@ async fn psp_chaos(
     let base = s.0.psp_mock.as_deref().ok_or_else(|| {
         Problem::not_found("no test card processor (psp-mock) runs behind this gateway")
     })?;
-    let mut req = s
-        .0
-        .http
-        .request(method, format!("{base}/v1/test/chaos"))
-        .header("content-type", "application/json");
+    let mut req =
+        s.0.http
+            .request(method, format!("{base}/v1/test/chaos"))
+            .header("content-type", "application/json");
     if !body.is_empty() {
         req = req.body(body);
     }
@@ -904,10 +910,7 @@ pub fn entries(
                 at: str_of(e, "processed_at"),
                 service: (*service).to_owned(),
                 kind: EntryKind::Consumed,
-                title: format!(
-                    "{} handled",
-                    types.get(&id).map_or("event", String::as_str)
-                ),
+                title: format!("{} handled", types.get(&id).map_or("event", String::as_str)),
                 detail: Some(format!("by the {} consumer", str_of(e, "consumer"))),
                 event_id: Some(id),
             });
@@ -1113,7 +1116,10 @@ dead_letters_open{service=\"order\"} 1
         let mut s = ServiceSummary::new("order", 2);
         s.add_metrics(ORDER_METRICS);
         s.add_metrics(ORDER_METRICS);
-        assert_eq!(s.requests_total, 20.0, "probes are not traffic; replicas add up");
+        assert_eq!(
+            s.requests_total, 20.0,
+            "probes are not traffic; replicas add up"
+        );
         assert_eq!(s.errors_total, 4.0);
         assert_eq!(
             s.breakers,
@@ -1128,11 +1134,21 @@ dead_letters_open{service=\"order\"} 1
         assert_eq!(
             flow.time_to_paid.buckets,
             vec![
-                Bucket { le: 0.5, count: 6.0 },
-                Bucket { le: 1.0, count: 14.0 }
+                Bucket {
+                    le: 0.5,
+                    count: 6.0
+                },
+                Bucket {
+                    le: 1.0,
+                    count: 14.0
+                }
             ]
         );
-        assert_eq!(s.dead_letters_open, Some(1.0), "read from the database: not summed");
+        assert_eq!(
+            s.dead_letters_open,
+            Some(1.0),
+            "read from the database: not summed"
+        );
     }
 
     #[test]
@@ -1152,7 +1168,12 @@ dead_letters_open{service=\"order\"} 1
         let mut cart = ServiceSummary::new("cart", 2);
         let mut services = vec![order, inventory, cart.clone()];
         judge(&mut services);
-        assert_eq!(services[0].status, Health::Healthy, "{:?}", services[0].reasons);
+        assert_eq!(
+            services[0].status,
+            Health::Healthy,
+            "{:?}",
+            services[0].reasons
+        );
         assert_eq!(services[1].status, Health::Degraded);
         assert_eq!(
             services[1].reasons,

@@ -1230,6 +1230,18 @@ export interface components {
              */
             sku: string;
         };
+        DeadLetter: {
+            /** Format: int64 */
+            attempts: number;
+            consumer: string;
+            envelope: Record<string, never>;
+            error: string;
+            event_id: string;
+            event_type: string;
+            id: string;
+            parked_at: string;
+            replayed_at?: string | null;
+        };
         /** @description One dependency from `/health/deep`. */
         DependencyHealth: {
             error?: string | null;
@@ -1868,7 +1880,7 @@ export interface components {
          */
         Trail: {
             consumed: components["schemas"]["TrailConsumed"][];
-            dead_letters: components["schemas"]["TrailParked"][];
+            dead_letters: components["schemas"]["DeadLetter"][];
             published: components["schemas"]["TrailPublished"][];
         };
         /** @description An event this service's consumer handled (its inbox row). */
@@ -1877,23 +1889,6 @@ export interface components {
             event_id: string;
             /** Format: date-time */
             processed_at: string;
-        };
-        /** @description An event this service's consumer parked. */
-        TrailParked: {
-            /**
-             * Format: int64
-             * @description Handling attempts before it was parked.
-             */
-            attempts: number;
-            consumer: string;
-            error: string;
-            event_id: string;
-            event_type: string;
-            id: string;
-            /** Format: date-time */
-            parked_at: string;
-            /** Format: date-time */
-            replayed_at?: string | null;
         };
         /** @description An event this service wrote to its outbox. */
         TrailPublished: {
