@@ -112,6 +112,14 @@ describe("operator console", () => {
       // The charts move: orders are coming in, and inventory answers errors.
       await overview.getByText(/accepted\/s: 0*[1-9]|accepted\/s: 0\.\d*[1-9]/).waitFor(WAIT);
       await overview.getByText(/inventory: [1-9][0-9.]* %/).waitFor(WAIT);
+      // A few more samples with orders still coming in, so the lines have a past.
+      const readAt = overview.getByTestId("read-at");
+      const end = Date.now() + 40_000;
+      while (Number(await readAt.getAttribute("data-samples")) < 12) {
+        assert.ok(Date.now() < end, "the overview keeps sampling");
+        orders.push(await placeOrder());
+        await readAt.locator(`xpath=self::*[@data-samples != "${await readAt.getAttribute("data-samples")}"]`).waitFor(WAIT);
+      }
       const shot = await screenshot(overview, "console-overview-chaos");
       if (process.env.MERCATO_E2E_README_SHOT) copyFileSync(shot, process.env.MERCATO_E2E_README_SHOT);
 
@@ -135,9 +143,19 @@ describe("operator console", () => {
       await w.api.until(`order ${id} to be PAID`, 30_000, async () => (await statusOf(id)) === "PAID");
     }
 
-    // The console's order list shows them PAID.
+    // The console's order list shows them PAID, over as many cursor pages as it takes.
     await chaos.goto("/console/orders?status=PAID");
-    for (const id of orders) await chaos.locator(`[data-testid="console-order-row"][data-order-id="${id}"]`).waitFor(WAIT);
+    const rows = chaos.getByTestId("console-order-row");
+    await rows.first().waitFor(WAIT);
+    for (;;) {
+      const seen = await rows.evaluateAll((els) => els.map((e) => e.dataset.orderId));
+      const missing = orders.filter((id) => !seen.includes(id));
+      if (missing.length === 0) break;
+      const more = chaos.getByRole("button", { name: "Load more" });
+      assert.ok((await more.count()) > 0, `listed as PAID: ${missing}`);
+      await more.click();
+      await chaos.waitForFunction((n) => document.querySelectorAll('[data-testid="console-order-row"]').length > n, seen.length, WAIT);
+    }
     await overview.context().close();
     await chaos.context().close();
   });

@@ -39,7 +39,7 @@ export function Chart({
       height: 150,
       legend: { show: true, live: false },
       cursor: { show: false },
-      scales: { x: { time: true }, y: { range: (_u, min, max) => [Math.min(0, min), Math.max(max, 1e-9) * 1.1] } },
+      scales: { x: { time: true }, y: { range: (_u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] } },
       axes: [{ size: 30 }, { size: 50, values: (_u, ticks) => ticks.map((t) => fmt(t, digits)) }],
       series: [{}, ...lines.map((l, i) => ({ label: l.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false }))],
     };

@@ -58,7 +58,7 @@ function Overview() {
         <Loading what="Reading every service" />
       ) : (
         <>
-          <p class="meta" data-testid="read-at">
+          <p class="meta" data-testid="read-at" data-samples={all.length}>
             Read at {new Date(latest.at).toLocaleTimeString()} · every 2 s
           </p>
           <ul class="tiles">
