@@ -40,7 +40,11 @@ export function Chart({
       legend: { show: true, live: false },
       cursor: { show: false },
       scales: { x: { time: true }, y: { range: (_u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] } },
-      axes: [{ size: 30 }, { size: 50, values: (_u, ticks) => ticks.map((t) => fmt(t, digits)) }],
+      // Whole-number charts (counts) get whole-number ticks.
+      axes: [
+        { size: 30 },
+        { size: 50, values: (_u, ticks) => ticks.map((t) => fmt(t, digits)), ...(digits === 0 ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10000] } : {}) },
+      ],
       series: [{}, ...lines.map((l, i) => ({ label: l.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false }))],
     };
     plot.current = new uPlot(opts, [xs, ...lines.map((l) => l.values)] as uPlot.AlignedData, box.current);
