@@ -194,6 +194,28 @@ describe("operator console", () => {
     await page.context().close();
   });
 
+  test("why an order is not paid: its timeline shows each payment.delayed, and an admin cancels it", async () => {
+    const down = await w.api.call("PUT", "/admin/psp-mock/chaos", { token: admin, body: { error_rate: 1 } });
+    assert.equal(down.status, 200, JSON.stringify(down.body));
+    let page;
+    try {
+      const id = await placeOrder();
+      page = await adminPage(`/console/orders/${id}`);
+      await page.getByTestId("console-waiting-for").waitFor(WAIT);
+      assert.match(await page.getByTestId("console-waiting-for").innerText(), /^Waiting for payment: .+/);
+      // Followed every 3 s while it waits: the processor's refusals appear as they come.
+      await page.locator('[data-testid="timeline-entry"][data-kind="published"]', { hasText: /payment\.delayed.*attempt 1 failed/ }).waitFor(WAIT);
+      await screenshot(page, "console-timeline-waiting");
+      await page.getByRole("button", { name: "Cancel order" }).click();
+      await page.getByTestId("console-order-status").getByText("CANCELLED", { exact: true }).waitFor(WAIT);
+      await page.getByText("Cancelled: cancelled by the shop").waitFor(WAIT);
+      assert.equal(await statusOf(id), "CANCELLED");
+    } finally {
+      await w.api.call("DELETE", "/admin/psp-mock/chaos", { token: admin });
+      await page?.context().close();
+    }
+  });
+
   test("a dead letter is replayed from the console and its order completes", async () => {
     // Test hook (MERCATO_TEST_HOOKS): inventory fails every order.created until told otherwise.
     const fail = await w.api.call("PUT", "/admin/inventory/test/failing-events", { token: admin, body: { event_types: ["order.created"] } });

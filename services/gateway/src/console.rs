@@ -939,7 +939,7 @@ pub fn entries(
         }
     }
     let when = |e: &TimelineEntry| DateTime::parse_from_rfc3339(&e.at).ok();
-    out.sort_by(|a, b| when(a).cmp(&when(b)));
+    out.sort_by_key(when);
     out
 }
 
