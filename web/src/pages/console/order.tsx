@@ -137,7 +137,13 @@ function OrderSaga({ id }: { id: string }) {
           <ol class="saga" data-testid="saga-timeline">
             {timeline.entries.map((e) => (
               <li class={`saga-entry saga-${e.kind}`} data-testid="timeline-entry" data-kind={e.kind} data-service={e.service}>
-                <time dateTime={e.at}>{new Date(e.at).toLocaleTimeString(undefined, { hour12: false, fractionalSecondDigits: 3 } as Intl.DateTimeFormatOptions)}</time>
+                <time dateTime={e.at}>{new Date(e.at).toLocaleTimeString(undefined, {
+                    hour: "2-digit",
+                    minute: "2-digit",
+                    second: "2-digit",
+                    hour12: false,
+                    fractionalSecondDigits: 3,
+                  } as Intl.DateTimeFormatOptions)}</time>
                 <span class="saga-service">{e.service}</span>
                 <span class={`saga-kind saga-kind-${e.kind}`}>{KIND_LABEL[e.kind] ?? e.kind}</span>
                 <span class="saga-title">{e.title}</span>
