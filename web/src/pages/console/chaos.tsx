@@ -14,6 +14,33 @@ import { describe, describeProcessor, fromForm, PRESETS, toForm, type ChaosForm 
 /** The services whose API the kit's chaos switch sits in front of. */
 export const CHAOS_SERVICES = ["auth", "catalog", "cart", "order", "inventory", "payment"];
 
+/** One card's "Stop": clears its chaos, then says so and reads the profile again. */
+function StopButton({
+  action,
+  stop,
+  done,
+}: {
+  action: ReturnType<typeof useAction>;
+  stop: () => Promise<{ error?: unknown }>;
+  done: () => Promise<void>;
+}) {
+  return (
+    <Button
+      variant="danger"
+      busy={action.busy}
+      onClick={() =>
+        action.run(async () => {
+          const { error } = await stop();
+          if (error) return error as Problem;
+          await done();
+        })
+      }
+    >
+      Stop
+    </Button>
+  );
+}
+
 /** Bumped when every profile changed at once, so each card reads its own again. */
 const generation = signal(0);
 
@@ -82,20 +109,14 @@ function ServiceChaos({ service }: { service: string }) {
               {p[0].toUpperCase() + p.slice(1)}
             </Button>
           ))}
-          <Button
-            variant="danger"
-            busy={action.busy}
-            onClick={() =>
-              action.run(async () => {
-                const { error } = await adminApi.DELETE("/api/v1/admin/{service}/chaos", { params: { path: { service } } });
-                if (error) return error as Problem;
-                setNote("Stopped");
-                await load();
-              })
-            }
-          >
-            Stop
-          </Button>
+          <StopButton
+            action={action}
+            stop={() => adminApi.DELETE("/api/v1/admin/{service}/chaos", { params: { path: { service } } })}
+            done={() => {
+              setNote("Stopped");
+              return load();
+            }}
+          />
         </div>
       </form>
     </section>
@@ -189,20 +210,14 @@ function ProcessorChaos() {
           <Button type="submit" busy={action.busy}>
             Apply
           </Button>
-          <Button
-            variant="danger"
-            busy={action.busy}
-            onClick={() =>
-              action.run(async () => {
-                const { error } = await adminApi.DELETE("/api/v1/admin/psp-mock/chaos");
-                if (error) return error as Problem;
-                setNote("Stopped");
-                await load();
-              })
-            }
-          >
-            Stop
-          </Button>
+          <StopButton
+            action={action}
+            stop={() => adminApi.DELETE("/api/v1/admin/psp-mock/chaos")}
+            done={() => {
+              setNote("Stopped");
+              return load();
+            }}
+          />
         </div>
       </form>
     </section>
