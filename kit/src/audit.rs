@@ -127,10 +127,12 @@ impl FromRef<AuditState> for Verifier {
 #[openapi(modifiers(&BearerAuth), tags((name = "audit", description = "What `mercato audit` checks (ADMIN)")))]
 struct ApiDoc;
 
-/// `GET /api/v1/admin/audit/events` (ADMIN) and its OpenAPI document.
+/// `GET /api/v1/admin/audit/events` and `GET /api/v1/admin/audit/trail` (ADMIN) and their
+/// OpenAPI document.
 pub fn router(db: Db, verifier: Verifier) -> (axum::Router, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(events))
+        .routes(routes!(trail_route))
         .with_state(AuditState { db, verifier })
         .split_for_parts()
 }
@@ -156,4 +158,194 @@ pub fn with_events_audit(
 async fn events(State(s): State<AuditState>, p: Principal) -> Result<Json<EventsAudit>, Problem> {
     p.require(&[Role::Admin])?;
     Ok(Json(events_audit(&s.db).await?))
+}
+
+/// The most events one trail lists per service; an order's saga has a dozen or so.
+pub const MAX_TRAIL: i64 = 200;
+
+/// What one trail asks a service.
+#[derive(Deserialize, IntoParams, Debug)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TrailQuery {
+    /// The id (an order's, a payment's) the events must mention.
+    pub mentions: String,
+    /// Comma-separated event ids (at most 200): which of them this service's consumer handled.
+    pub consumed: Option<String>,
+}
+
+/// An event this service wrote to its outbox.
+#[derive(Serialize, ToSchema, Debug)]
+pub struct TrailPublished {
+    pub event_id: String,
+    pub event_type: String,
+    pub aggregate_id: String,
+    /// When the change that produced it committed.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// When the relay handed it to the bus; null while it waits in the outbox.
+    #[schema(format = DateTime)]
+    pub published_at: Option<String>,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+/// An event this service's consumer handled (its inbox row).
+#[derive(Serialize, ToSchema, Debug)]
+pub struct TrailConsumed {
+    pub consumer: String,
+    pub event_id: String,
+    #[schema(format = DateTime)]
+    pub processed_at: String,
+}
+
+/// One service's part of a saga's trail: what it published that mentions the id, which of
+/// the given events it consumed, and what it parked that mentions the id.
+#[derive(Serialize, ToSchema, Debug)]
+pub struct Trail {
+    pub published: Vec<TrailPublished>,
+    pub consumed: Vec<TrailConsumed>,
+    pub dead_letters: Vec<crate::events::consumer::DeadLetter>,
+}
+
+impl TrailQuery {
+    /// The id and the event ids, parsed, or a 422 naming what is wrong. UUIDs only, so the
+    /// id is safe inside a LIKE pattern.
+    pub fn parse(&self) -> Result<(uuid::Uuid, Vec<uuid::Uuid>), Problem> {
+        let mut errors = Errors::new();
+        let mentions = errors.take(
+            "mentions",
+            self.mentions
+                .parse::<uuid::Uuid>()
+                .map_err(|_| "must be a UUID".into()),
+        );
+        let mut consumed = Vec::new();
+        for part in self.consumed.as_deref().unwrap_or("").split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            match part.parse::<uuid::Uuid>() {
+                Ok(id) => consumed.push(id),
+                Err(_) => {
+                    errors.add("consumed", format!("{part:?} is not an event id (a UUID)"));
+                    break;
+                }
+            }
+        }
+        if consumed.len() as i64 > MAX_TRAIL {
+            errors.add("consumed", format!("at most {MAX_TRAIL} event ids"));
+        }
+        errors.finish()?;
+        Ok((mentions.expect("checked above"), consumed))
+    }
+}
+
+/// Reads one service's trail. The outbox and dead letters are scanned for the id in the
+/// envelope (no index: an admin looks at one order at a time, and the relay prunes nothing
+/// the scan needs).
+pub async fn trail(
+    db: &Db,
+    mentions: uuid::Uuid,
+    consumed: &[uuid::Uuid],
+) -> Result<Trail, crate::db::Error> {
+    let pattern = format!("%{mentions}%");
+    let published = crate::db::query(
+        "SELECT event_id, event_type, aggregate_id, envelope, created_at, published_at FROM outbox \
+         WHERE aggregate_id = $1 OR envelope LIKE $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(mentions.to_string())
+    .bind(&pattern)
+    .bind(MAX_TRAIL)
+    .fetch_all(db.reader())
+    .await?
+    .iter()
+    .map(|r| {
+        let envelope: serde_json::Value =
+            serde_json::from_str(&r.try_get::<String, _>("envelope")?).unwrap_or_default();
+        Ok(TrailPublished {
+            event_id: r.try_get("event_id")?,
+            event_type: r.try_get("event_type")?,
+            aggregate_id: r.try_get("aggregate_id")?,
+            created_at: to_rfc3339(r.try_get("created_at")?),
+            published_at: r.try_get::<Option<i64>, _>("published_at")?.map(to_rfc3339),
+            payload: envelope.get("payload").cloned().unwrap_or_default(),
+        })
+    })
+    .collect::<Result<Vec<_>, crate::db::Error>>()?;
+    let mut handled = Vec::new();
+    if !consumed.is_empty() {
+        let placeholders = (1..=consumed.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT consumer, event_id, processed_at FROM inbox WHERE event_id IN ({placeholders}) \
+             ORDER BY processed_at"
+        );
+        let mut q = crate::db::query(&sql);
+        for id in consumed {
+            q = q.bind(id.to_string());
+        }
+        handled = q
+            .fetch_all(db.reader())
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(TrailConsumed {
+                    consumer: r.try_get("consumer")?,
+                    event_id: r.try_get("event_id")?,
+                    processed_at: to_rfc3339(r.try_get("processed_at")?),
+                })
+            })
+            .collect::<Result<_, crate::db::Error>>()?;
+    }
+    let dead_letters =
+        crate::events::consumer::dead_letters_mentioning(db, mentions, MAX_TRAIL).await?;
+    Ok(Trail {
+        published,
+        consumed: handled,
+        dead_letters,
+    })
+}
+
+/// This service's part of one saga's trail, for the operator console's order timeline.
+#[utoipa::path(get, path = "/api/v1/admin/audit/trail", tag = "audit", security(("bearer" = [])),
+    params(TrailQuery),
+    responses(
+        (status = 200, description = "The events published, consumed and parked", body = Trail),
+        (status = 400, description = "A malformed query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`mentions` or `consumed` is not made of UUIDs", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn trail_route(
+    State(s): State<AuditState>,
+    p: Principal,
+    crate::http::Query(q): crate::http::Query<TrailQuery>,
+) -> Result<Json<Trail>, Problem> {
+    p.require(&[Role::Admin])?;
+    let (mentions, consumed) = q.parse()?;
+    Ok(Json(trail(&s.db, mentions, &consumed).await?))
+}
+
+#[cfg(test)]
+mod trail_tests {
+    use super::*;
+
+    #[test]
+    fn a_trail_query_takes_uuids_only() {
+        let id = uuid::Uuid::now_v7();
+        let q = TrailQuery {
+            mentions: id.to_string(),
+            consumed: Some(format!(" {id}, ,{id}")),
+        };
+        assert_eq!(q.parse().unwrap(), (id, vec![id, id]));
+        let bad = TrailQuery {
+            mentions: "%' OR 1=1".into(),
+            consumed: Some("nope".into()),
+        };
+        let p = bad.parse().unwrap_err();
+        assert_eq!(p.status, 422);
+    }
 }

@@ -259,6 +259,9 @@ pub struct CommonConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `CHAOS_MODE=true`: start with the default chaos profile (5% errors, see `chaos`).
     pub chaos_mode: bool,
+    /// `MERCATO_TEST_HOOKS=true`: mounts the routes only tests use (an admin can tell a
+    /// consumer to fail an event type, to make a dead letter on purpose). Off unless set.
+    pub test_hooks: bool,
 }
 
 /// Printed at start: the database URL without its password.
@@ -284,6 +287,7 @@ impl fmt::Debug for CommonConfig {
             .field("service_secret", &self.service_secret)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("chaos_mode", &self.chaos_mode)
+            .field("test_hooks", &self.test_hooks)
             .finish()
     }
 }
@@ -362,6 +366,7 @@ impl CommonConfig {
             service_secret: env.secret("MERCATO_SERVICE_SECRET"),
             trusted_proxies: trusted_proxies(env),
             chaos_mode: env.flag("CHAOS_MODE", false),
+            test_hooks: env.flag("MERCATO_TEST_HOOKS", false),
         }
     }
 

@@ -581,6 +581,8 @@ pub async fn start_until(
         ("MERCATO_PAYMENT_URL", "payment", ""),
         ("MERCATO_CART_URL", "cart", ""),
         ("MERCATO_PSP_URL", "psp-mock", ""),
+        // The gateway's operator console shows psp-mock's health and chaos.
+        ("MERCATO_PSP_MOCK_URL", "psp-mock", ""),
         (
             "MERCATO_PSP_WEBHOOK_URL",
             "payment",

@@ -56,8 +56,15 @@ async function until(what, deadlineMs, f) {
  * data dir. */
 export async function start({ browser: withBrowser = true } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), "mercato-e2e-"));
-  // Processor retries at most 1 s apart, so an outage the tests end is over quickly.
-  const env = { ...process.env, MERCATO_LOG: "warn", MERCATO_LOG_FORMAT: "json", MERCATO_PSP_RETRY_MAX_MS: "1000" };
+  // Processor retries at most 1 s apart, so an outage the tests end is over quickly. Test
+  // hooks on: the console's tests tell a consumer to fail, to make a dead letter to replay.
+  const env = {
+    ...process.env,
+    MERCATO_LOG: "warn",
+    MERCATO_LOG_FORMAT: "json",
+    MERCATO_PSP_RETRY_MAX_MS: "1000",
+    MERCATO_TEST_HOOKS: "true",
+  };
   for (const s of SERVICES) env[`MERCATO_${s.toUpperCase()}_PORT`] = String(await freePort());
   const base = `http://127.0.0.1:${env.MERCATO_GATEWAY_PORT}`;
   mkdirSync(SHOTS, { recursive: true });
@@ -75,13 +82,20 @@ export async function start({ browser: withBrowser = true } = {}) {
     const p = await fetch(`${base}/api/v1/products?limit=1`).then((r) => r.json());
     return p.items?.length > 0;
   });
-  const browser = withBrowser && await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    // Without the background-networking flags Chromium keeps trying to reach hosts this closed
-    // network refuses. Playwright gives every launch a fresh temporary --user-data-dir.
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  let browser;
+  try {
+    browser = withBrowser && await chromium.launch({
+      executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+      headless: true,
+      // Without the background-networking flags Chromium keeps trying to reach hosts this closed
+      // network refuses. Playwright gives every launch a fresh temporary --user-data-dir.
+      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+    });
+  } catch (e) {
+    // Without a browser the run fails; the stack must not outlive it (the runner would wait).
+    proc.kill("SIGTERM");
+    throw e;
+  }
   const problems = [];
   return {
     base,

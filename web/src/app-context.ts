@@ -5,6 +5,7 @@
 import { signal } from "@preact/signals";
 import { Session, browserDeps } from "./auth/session";
 import { createApi } from "./api/client";
+import { createAdminApi } from "./api/admin";
 
 export const session = new Session(browserDeps());
 
@@ -33,6 +34,8 @@ export function safeNext(next: string | undefined | null): string {
 }
 
 export const api = createApi({ session, onUnauthorized: () => signInFirst() });
+/** The operator routes the API document leaves out (chaos, dead letters): see api/admin.ts. */
+export const adminApi = createAdminApi({ session, onUnauthorized: () => signInFirst() });
 
 export interface DemoCard {
   token: string;

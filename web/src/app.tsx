@@ -1,5 +1,5 @@
-// The app's routes. Every page is a component under pages/; a new area (part 2's operator
-// console) adds its pages here and its links to NAV in components/layout.tsx.
+// The app's routes. Every page is a component under pages/ (the operator console's under
+// pages/console/); an area adds its pages here and its links to NAV in components/layout.tsx.
 
 import { useEffect } from "preact/hooks";
 import { LocationProvider, Router, Route, useLocation } from "preact-iso";
@@ -16,6 +16,12 @@ import { SignInPage, RegisterPage } from "./pages/account";
 import { SellerProducts } from "./pages/seller/products";
 import { SellerProduct } from "./pages/seller/product";
 import { SellerOrders } from "./pages/seller/orders";
+import { ConsoleOverview } from "./pages/console/overview";
+import { ConsoleChaos } from "./pages/console/chaos";
+import { ConsoleDeadLetters } from "./pages/console/dead-letters";
+import { ConsoleOrders } from "./pages/console/orders";
+import { ConsoleOrder } from "./pages/console/order";
+import { ConsoleUsers } from "./pages/console/users";
 
 function NotFound() {
   return (
@@ -57,6 +63,12 @@ export function App() {
           <Route path="/seller/products/new" component={SellerProduct} />
           <Route path="/seller/products/:id" component={SellerProduct} />
           <Route path="/seller/orders" component={SellerOrders} />
+          <Route path="/console" component={ConsoleOverview} />
+          <Route path="/console/chaos" component={ConsoleChaos} />
+          <Route path="/console/dead-letters" component={ConsoleDeadLetters} />
+          <Route path="/console/orders" component={ConsoleOrders} />
+          <Route path="/console/orders/:id" component={ConsoleOrder} />
+          <Route path="/console/users" component={ConsoleUsers} />
           <Route default component={NotFound} />
         </Router>
       </Layout>

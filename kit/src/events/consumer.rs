@@ -51,6 +51,34 @@ pub struct Consumer {
     backoff: Duration,
     waker: Option<OutboxWaker>,
     batch: usize,
+    faults: TestFaults,
+}
+
+/// Event types a consumer is told to fail, so a test can make a dead letter on purpose and
+/// then replay it. Only `MERCATO_TEST_HOOKS=true` ([`Consumer::with_test_hooks`]) arms it and
+/// mounts its admin route; otherwise the set stays empty and nothing can fill it.
+#[derive(Clone, Default)]
+struct TestFaults {
+    armed: bool,
+    failing: Arc<std::sync::RwLock<std::collections::BTreeSet<String>>>,
+}
+
+impl TestFaults {
+    fn check(&self, env: &Envelope) -> anyhow::Result<()> {
+        if self.armed
+            && self
+                .failing
+                .read()
+                .expect("the set is never left half-written")
+                .contains(&env.event_type)
+        {
+            anyhow::bail!(
+                "told to fail {} events (test hook, MERCATO_TEST_HOOKS)",
+                env.event_type
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The most events handled in one transaction. Big enough that a burst costs a handful of
@@ -80,7 +108,15 @@ impl Consumer {
             backoff: Duration::from_millis(50),
             waker: None,
             batch: BATCH,
+            faults: TestFaults::default(),
         }
+    }
+
+    /// With `on` (the service's `MERCATO_TEST_HOOKS`), an admin may tell this consumer to fail
+    /// events of some types (`PUT /api/v1/admin/test/failing-events`).
+    pub fn with_test_hooks(mut self, on: bool) -> Self {
+        self.faults.armed = on;
+        self
     }
 
     /// Handles at most `max` events per transaction (1: one transaction per event).
@@ -135,6 +171,7 @@ impl Consumer {
         if !self.claim(&mut tx, env, now_us()).await? {
             return Ok(Outcome::Duplicate);
         }
+        self.faults.check(env)?;
         self.handler.handle(&mut tx, env).await?;
         tx.commit().await?;
         self.committed();
@@ -151,6 +188,7 @@ impl Consumer {
             if self.claim(&mut tx, env, now).await? {
                 // Each event keeps its own trace, a child of the span that wrote it.
                 let span = crate::telemetry::process_span(&self.name, env);
+                self.faults.check(env)?;
                 self.handler.handle(&mut tx, env).instrument(span).await?;
                 outcomes.push(Outcome::Applied);
             } else {
@@ -331,7 +369,7 @@ fn jitter(d: Duration) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema, Debug)]
 pub struct DeadLetter {
     pub id: String,
     pub consumer: String,
@@ -346,10 +384,29 @@ pub struct DeadLetter {
 }
 
 pub async fn dead_letters(db: &Db) -> Result<Vec<DeadLetter>, crate::db::Error> {
+    dead_letters_where(db, None, i64::MAX).await
+}
+
+/// The dead letters whose envelope mentions `id` (an order's, a payment's), at most `limit`.
+pub async fn dead_letters_mentioning(
+    db: &Db,
+    id: uuid::Uuid,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, crate::db::Error> {
+    dead_letters_where(db, Some(format!("%{id}%")), limit).await
+}
+
+async fn dead_letters_where(
+    db: &Db,
+    pattern: Option<String>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, crate::db::Error> {
     let rows = crate::db::query(
         "SELECT id, consumer, event_id, event_type, envelope, error, attempts, parked_at, replayed_at \
-         FROM dead_letters ORDER BY parked_at",
+         FROM dead_letters WHERE ($1 IS NULL OR envelope LIKE $1) ORDER BY parked_at LIMIT $2",
     )
+    .bind(pattern)
+    .bind(limit)
     .fetch_all(db.reader())
     .await?;
     rows.iter()
@@ -382,12 +439,47 @@ impl FromRef<AdminState> for Verifier {
     }
 }
 
-/// `GET /api/v1/admin/dead-letters` and `POST /api/v1/admin/dead-letters/{id}/replay`, ADMIN only.
+/// `GET /api/v1/admin/dead-letters` and `POST /api/v1/admin/dead-letters/{id}/replay`, ADMIN only;
+/// with test hooks on, also `GET/PUT /api/v1/admin/test/failing-events`.
 pub fn admin_router(consumer: Consumer, verifier: Verifier) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/api/v1/admin/dead-letters", get(list))
-        .route("/api/v1/admin/dead-letters/{id}/replay", post(replay))
-        .with_state(AdminState { consumer, verifier })
+        .route("/api/v1/admin/dead-letters/{id}/replay", post(replay));
+    if consumer.faults.armed {
+        router = router.route(
+            "/api/v1/admin/test/failing-events",
+            get(show_failing).put(set_failing),
+        );
+    }
+    router.with_state(AdminState { consumer, verifier })
+}
+
+/// The event types a consumer fails on purpose (test hooks only).
+#[derive(serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FailingEvents {
+    event_types: std::collections::BTreeSet<String>,
+}
+
+async fn show_failing(
+    State(s): State<AdminState>,
+    p: Principal,
+) -> Result<Json<FailingEvents>, Problem> {
+    p.require(&[Role::Admin])?;
+    let event_types = s.consumer.faults.failing.read().expect("whole").clone();
+    Ok(Json(FailingEvents { event_types }))
+}
+
+async fn set_failing(
+    State(s): State<AdminState>,
+    p: Principal,
+    Json(body): Json<FailingEvents>,
+) -> Result<Json<FailingEvents>, Problem> {
+    p.require(&[Role::Admin])?;
+    tracing::warn!(consumer = %s.consumer.name, event_types = ?body.event_types,
+        "test hook: this consumer now fails these event types");
+    *s.consumer.faults.failing.write().expect("whole") = body.event_types.clone();
+    Ok(Json(body))
 }
 
 async fn list(

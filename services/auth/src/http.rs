@@ -247,6 +247,8 @@ async fn service_token(
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     role: Option<String>,
+    /// Only accounts whose email or name contains this (any case), at most 100 characters.
+    q: Option<String>,
     /// 1 to 100, default 50.
     limit: Option<i64>,
     cursor: Option<String>,
@@ -276,6 +278,10 @@ async fn list_users(
     if !(1..=100).contains(&limit) {
         errors.add("limit", "must be from 1 to 100");
     }
+    let search = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    if search.is_some_and(|s| s.chars().count() > 100) {
+        errors.add("q", "must be at most 100 characters");
+    }
     let after = q.cursor.as_deref().and_then(|c| {
         errors.take(
             "cursor",
@@ -284,7 +290,7 @@ async fn list_users(
         )
     });
     errors.finish()?;
-    let mut items = s.auth.list_users(role, after, limit + 1).await?;
+    let mut items = s.auth.list_users(role, search, after, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(|u| u.id.to_string())

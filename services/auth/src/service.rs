@@ -548,10 +548,11 @@ impl Auth {
     pub async fn list_users(
         &self,
         role: Option<Role>,
+        search: Option<&str>,
         after: Option<UserId>,
         limit: i64,
     ) -> Result<Vec<User>, Problem> {
-        Ok(store::list_users(self.db.reader(), role, after, limit).await?)
+        Ok(store::list_users(self.db.reader(), role, search, after, limit).await?)
     }
 }
 

@@ -121,19 +121,33 @@ pub async fn update_user(
     Ok(user_by_id(&mut **tx, id).await?.map(|u| u.user))
 }
 
-/// Users in creation order (ids are v7, so ordered by time), after `after` when given.
+/// Users in creation order (ids are v7, so ordered by time), after `after` when given; with
+/// `search`, only those whose email or name contains it (any case).
 pub async fn list_users(
     pool: &Pool,
     role: Option<Role>,
+    search: Option<&str>,
     after: Option<UserId>,
     limit: i64,
 ) -> Result<Vec<User>, mercato_kit::db::Error> {
+    // LIKE's wildcards in the search are meant literally.
+    let pattern = search.map(|q| {
+        let escaped = q
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    });
     let rows = mercato_kit::db::query(&format!(
-        "SELECT {USER_COLS} FROM users WHERE ($1 IS NULL OR role = $1) AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        "SELECT {USER_COLS} FROM users WHERE ($1 IS NULL OR role = $1) AND ($2 IS NULL OR id > $2) \
+         AND ($4 IS NULL OR LOWER(email) LIKE $4 ESCAPE '\\' OR LOWER(name) LIKE $4 ESCAPE '\\') \
+         ORDER BY id LIMIT $3"
     ))
     .bind(role.map(|r| r.as_str()))
     .bind(after.map(|a| a.to_string()))
     .bind(limit)
+    .bind(pattern)
     .fetch_all(pool)
     .await?;
     rows.iter().map(|r| user_from(r).map(|u| u.user)).collect()

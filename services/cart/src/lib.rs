@@ -215,7 +215,8 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         SERVICE,
         db.clone(),
         Arc::new(events::CartEvents::new(carts.clone())),
-    );
+    )
+    .with_test_hooks(config.common.test_hooks);
     if config.redis.is_some() {
         let (attempts, backoff) = REDIS_EVENT_RETRIES;
         consumer = consumer.with_retries(attempts, backoff);

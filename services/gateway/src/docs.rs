@@ -24,12 +24,17 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Docs {
     http: reqwest::Client,
     upstreams: Arc<Upstreams>,
+    /// What the gateway answers itself (the operator console's routes).
+    own: Value,
     cached: Mutex<Option<(Instant, Value)>>,
 }
 
 impl Docs {
     pub fn new(upstreams: Arc<Upstreams>) -> Docs {
+        use utoipa::OpenApi;
         Docs {
+            own: serde_json::to_value(crate::console::ApiDoc::openapi())
+                .expect("a document serializes"),
             http: reqwest::Client::builder()
                 .timeout(FETCH_TIMEOUT)
                 .build()
@@ -70,7 +75,7 @@ impl Docs {
                 .map(|s| async move { (*s, self.fetch(s).await) }),
         )
         .await;
-        let mut docs = Vec::new();
+        let mut docs = vec![(crate::SERVICE, self.own.clone())];
         let mut missing = Vec::new();
         for (service, result) in fetched {
             match result {
@@ -96,6 +101,9 @@ impl Docs {
 /// as `/api/v1/admin/{service}/...` there (see [`crate::routes::route`]), auth's user
 /// administration as it is; everything else keeps its path.
 fn at_gateway(service: &str, path: &str) -> String {
+    if service == crate::SERVICE {
+        return path.to_owned();
+    }
     match path.strip_prefix("/api/v1/admin/") {
         Some(rest) if !(rest == "users" || rest.starts_with("users/")) => {
             format!("/api/v1/admin/{service}/{rest}")

@@ -10,6 +10,7 @@
 //! ([`web`]) with its browser sessions ([`session`]), plus the kit's own `/health/*` and
 //! `/metrics`. It keeps no data of its own.
 
+pub mod console;
 pub mod docs;
 pub mod edge;
 pub mod proxy;
@@ -84,6 +85,9 @@ pub struct Config {
     /// `MERCATO_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS` (128): connections open at once from one
     /// client address; trusted proxies are exempt.
     pub max_connections_per_address: usize,
+    /// `MERCATO_PSP_MOCK_URL` (set by `mercato up` when it runs psp-mock): the test card
+    /// processor whose health and chaos the operator console shows; none by default.
+    pub psp_mock_url: Option<String>,
 }
 
 /// Reads `MERCATO_<SERVICE>_URLS` or `_URL` as a list of base URLs.
@@ -199,6 +203,9 @@ impl Config {
             session_max_age,
             demo_cards: env.flag("MERCATO_DEMO_CARDS", false),
             max_connections_per_address,
+            psp_mock_url: env
+                .url("MERCATO_PSP_MOCK_URL", None, &["http", "https"])
+                .map(|u| u.trim_end_matches('/').to_owned()),
         }
     }
 }
@@ -370,11 +377,18 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         proxy: proxy.clone(),
         max_age: config.session_max_age,
     };
+    let console = Arc::new(console::Console::new(
+        upstreams.clone(),
+        config.psp_mock_url.clone(),
+        verifier.clone(),
+        metrics.registry().clone(),
+    ));
     let proxied = Router::new()
         .route("/api/v1/{*rest}", any(proxy::forward))
         .route("/.well-known/jwks.json", get(proxy::forward))
         .with_state(proxy)
         .merge(session::router(sessions))
+        .merge(console::router(console))
         .layer(axum::middleware::from_fn_with_state(edge, edge::edge));
     // The security headers are added to every answer by the service skeleton below
     // (`with_response_headers`), unless a route set its own (the web app's pages set their CSP).

@@ -141,7 +141,8 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         db.clone(),
         Arc::new(events::Handler::new(inv.clone())),
     )
-    .waking(waker.clone());
+    .waking(waker.clone())
+    .with_test_hooks(common.test_hooks);
     let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
     let catalog = Arc::new(catalog::CatalogClient::new(
         &config.catalog_url,

@@ -360,6 +360,13 @@ pub struct ListParams {
     status: Option<String>,
     /// Only this customer's orders.
     customer_id: Option<String>,
+    /// Only orders placed at or after this time (RFC 3339).
+    created_from: Option<String>,
+    /// Only orders placed before this time (RFC 3339).
+    created_to: Option<String>,
+    /// Only orders still PENDING or CONFIRMED that have not changed for this many minutes
+    /// (1 to 100000): the ones the saga seems stuck on.
+    stuck_minutes: Option<i64>,
     /// 1 to 100, default 20.
     limit: Option<i64>,
     cursor: Option<String>,
@@ -397,6 +404,26 @@ async fn list_orders(
     if !(1..=100).contains(&limit) {
         errors.add("limit", "must be from 1 to 100");
     }
+    let mut time = |field: &str, v: &Option<String>| {
+        v.as_deref().and_then(|t| {
+            errors.take(
+                field,
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|d| d.timestamp_micros())
+                    .map_err(|_| "must be an RFC 3339 time like 2026-01-31T12:00:00Z".into()),
+            )
+        })
+    };
+    let created_from = time("created_from", &q.created_from);
+    let created_to = time("created_to", &q.created_to);
+    let stuck_since = q.stuck_minutes.and_then(|m| {
+        if (1..=100_000).contains(&m) {
+            Some(mercato_kit::time::now_us() - m * 60_000_000)
+        } else {
+            errors.add("stuck_minutes", "must be from 1 to 100000");
+            None
+        }
+    });
     let after = q
         .cursor
         .as_deref()
@@ -406,6 +433,9 @@ async fn list_orders(
         customer_id,
         seller_id: None,
         status,
+        created_from,
+        created_to,
+        stuck_since,
         after,
         limit: limit + 1,
     };

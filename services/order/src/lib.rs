@@ -166,7 +166,9 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         admission,
     );
     let handler = events::OrderEvents::new(orders.clone());
-    let consumer = Consumer::new(SERVICE, db.clone(), Arc::new(handler)).waking(waker.clone());
+    let consumer = Consumer::new(SERVICE, db.clone(), Arc::new(handler))
+        .waking(waker.clone())
+        .with_test_hooks(common.test_hooks);
     let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
     let api = http::router(http::AppState {
         orders: orders.clone(),

@@ -14,6 +14,7 @@ use mercato_kit::contracts::ProductChanged;
 use mercato_kit::db::{get_bool, Backend, Db, Tx};
 use mercato_kit::db::{Conn, Pool, Row};
 use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
+use mercato_kit::time::Micros;
 use std::collections::HashMap;
 
 fn decode(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> mercato_kit::db::Error {
@@ -430,6 +431,12 @@ pub struct ListFilter {
     /// Orders with at least one line of this seller.
     pub seller_id: Option<UserId>,
     pub status: Option<&'static str>,
+    /// Placed at or after this time.
+    pub created_from: Option<Micros>,
+    /// Placed before this time.
+    pub created_to: Option<Micros>,
+    /// Still PENDING or CONFIRMED (the saga's own states) with no change since this time.
+    pub stuck_since: Option<Micros>,
     pub after: Option<Cursor>,
     pub limit: i64,
 }
@@ -445,6 +452,9 @@ pub async fn list_orders(
          AND ($2 IS NULL OR EXISTS (SELECT 1 FROM order_items i WHERE i.order_id = o.id AND i.seller_id = $2)) \
          AND ($3 IS NULL OR o.status = $3) \
          AND ($4 IS NULL OR o.created_at < $4 OR (o.created_at = $4 AND o.id < $5)) \
+         AND ($7 IS NULL OR o.created_at >= $7) \
+         AND ($8 IS NULL OR o.created_at < $8) \
+         AND ($9 IS NULL OR (o.status IN ('PENDING', 'CONFIRMED') AND o.updated_at < $9)) \
          ORDER BY o.created_at DESC, o.id DESC LIMIT $6"
     ))
     .bind(f.customer_id.map(|c| c.to_string()))
@@ -453,6 +463,9 @@ pub async fn list_orders(
     .bind(f.after.map(|c| c.created_at))
     .bind(f.after.map(|c| c.id.to_string()))
     .bind(f.limit)
+    .bind(f.created_from)
+    .bind(f.created_to)
+    .bind(f.stuck_since)
     .fetch_all(&mut *conn)
     .await?;
     let mut orders: Vec<Order> = rows.iter().map(order_from).collect::<Result<_, _>>()?;

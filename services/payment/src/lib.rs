@@ -176,7 +176,8 @@ pub async fn assemble(
         db.clone(),
         Arc::new(events::Handler::new(payments.clone())),
     )
-    .waking(waker);
+    .waking(waker)
+    .with_test_hooks(config.common.test_hooks);
     let api = http::router(http::AppState {
         payments: payments.clone(),
         verifier: verifier.clone(),

@@ -38,6 +38,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/admin/cart/audit/trail": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** This service's part of one saga's trail, for the operator console's order timeline. */
+        get: operations["trail_route"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/admin/catalog/audit/events": {
         parameters: {
             query?: never;
@@ -47,6 +64,23 @@ export interface paths {
         };
         /** This service's outbox backlog and open dead letters. */
         get: operations["events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/catalog/audit/trail": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** This service's part of one saga's trail, for the operator console's order timeline. */
+        get: operations["trail_route"];
         put?: never;
         post?: never;
         delete?: never;
@@ -106,6 +140,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/admin/inventory/audit/trail": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** This service's part of one saga's trail, for the operator console's order timeline. */
+        get: operations["trail_route"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/admin/order/audit/events": {
         parameters: {
             query?: never;
@@ -157,6 +208,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/admin/order/audit/trail": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** This service's part of one saga's trail, for the operator console's order timeline. */
+        get: operations["trail_route"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/orders/{id}/timeline": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One order's saga across services: its history, reservation, payments, the events published
+         *     and consumed for it and any parked, oldest first.
+         */
+        get: operations["timeline"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/admin/payment/audit/events": {
         parameters: {
             query?: never;
@@ -183,6 +271,40 @@ export interface paths {
         };
         /** Every payment, in order id order, a page at a time. */
         get: operations["audit_payments"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/payment/audit/trail": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** This service's part of one saga's trail, for the operator console's order timeline. */
+        get: operations["trail_route"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/summary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every service's health, breakers, chaos and counters, read now. */
+        get: operations["summary"];
         put?: never;
         post?: never;
         delete?: never;
@@ -968,6 +1090,25 @@ export interface components {
              */
             payment_method: string;
         };
+        /** @description A service's circuit breaker to one dependency. */
+        Breaker: {
+            dependency: string;
+            state: components["schemas"]["BreakerState"];
+        };
+        /** @enum {string} */
+        BreakerState: "closed" | "open" | "half_open";
+        Bucket: {
+            /**
+             * Format: double
+             * @description Observations at or below it.
+             */
+            count: number;
+            /**
+             * Format: double
+             * @description Upper bound in seconds.
+             */
+            le: number;
+        };
         /**
          * @description Why an order was cancelled.
          * @enum {string}
@@ -1089,6 +1230,24 @@ export interface components {
              */
             sku: string;
         };
+        DeadLetter: {
+            /** Format: int64 */
+            attempts: number;
+            consumer: string;
+            envelope: Record<string, never>;
+            error: string;
+            event_id: string;
+            event_type: string;
+            id: string;
+            parked_at: string;
+            replayed_at?: string | null;
+        };
+        /** @description One dependency from `/health/deep`. */
+        DependencyHealth: {
+            error?: string | null;
+            name: string;
+            up: boolean;
+        };
         /** @description A customer's Idempotency-Key that placed more than one order. */
         DuplicateKeyBody: {
             customer_id: components["schemas"]["UserId"];
@@ -1099,6 +1258,8 @@ export interface components {
             /** @description At most 100; none in a healthy shop. */
             items: components["schemas"]["DuplicateKeyBody"][];
         };
+        /** @enum {string} */
+        EntryKind: "history" | "reservation" | "payment" | "published" | "consumed" | "dead_letter";
         /** @description A service's outbox and dead letters, as the audit sees them. */
         EventsAudit: {
             /** @description The first of those (oldest first), at most 20: `GET /admin/dead-letters` has them all. */
@@ -1123,6 +1284,16 @@ export interface components {
         FieldError: {
             field: string;
             message: string;
+        };
+        /** @enum {string} */
+        Health: "healthy" | "degraded" | "down";
+        /** @description A cumulative histogram (Prometheus buckets, the `+Inf` one left out: it is `count`). */
+        Histogram: {
+            buckets: components["schemas"]["Bucket"][];
+            /** Format: double */
+            count: number;
+            /** Format: double */
+            sum: number;
         };
         /** @description One step of an order's history. */
         HistoryBody: {
@@ -1222,6 +1393,25 @@ export interface components {
             /** Format: date-time */
             updated_at: string;
             waiting_for?: null | components["schemas"]["WaitingFor"];
+        };
+        /** @description The saga's flow, from the order service. */
+        OrderFlow: {
+            /**
+             * Format: double
+             * @description Orders accepted since start.
+             */
+            created_total: number;
+            /** @description Orders in each non-final state now. */
+            in_state: {
+                [key: string]: number;
+            };
+            /**
+             * Format: double
+             * @description Orders that reached PAID since start.
+             */
+            paid_total: number;
+            /** @description Time from acceptance to PAID. */
+            time_to_paid: components["schemas"]["Histogram"];
         };
         /**
          * Format: uuid
@@ -1358,6 +1548,36 @@ export interface components {
             /** @description Pass as `cursor` (with the same `sort`) for the next page; null on the last page. */
             next_cursor?: string | null;
         };
+        /** @description What chaos does to requests. All rates are shares in `0.0..=1.0`; zero everywhere is off. */
+        Profile: {
+            /**
+             * Format: double
+             * @description Share of requests answered 500 without being handled.
+             */
+            error_rate?: number;
+            /**
+             * Format: int64
+             * @description When set, latency is drawn uniformly from `latency_ms..=latency_max_ms`.
+             */
+            latency_max_ms?: number | null;
+            /**
+             * Format: int64
+             * @description Added latency in milliseconds (the lower bound when `latency_max_ms` is set).
+             */
+            latency_ms?: number;
+            /**
+             * Format: double
+             * @description Share of requests delayed.
+             */
+            latency_rate?: number;
+            /**
+             * Format: double
+             * @description Share of requests handled whose answer is then dropped.
+             */
+            partial_failure_rate?: number;
+            /** @description Path prefixes chaos applies to; empty means every API route. */
+            routes?: string[];
+        };
         ProfileInput: {
             current_password?: string | null;
             name?: string | null;
@@ -1478,6 +1698,42 @@ export interface components {
             /** @description CUSTOMER, SELLER or ADMIN. */
             role: string;
         };
+        /** @description One service as the console shows it. */
+        ServiceSummary: {
+            breakers: components["schemas"]["Breaker"][];
+            chaos?: null | components["schemas"]["Profile"];
+            /** @description Faults injected since start, by kind. */
+            chaos_events: {
+                [key: string]: number;
+            };
+            /** Format: double */
+            consumer_lag?: number | null;
+            /** Format: double */
+            dead_letters_open?: number | null;
+            dependencies: components["schemas"]["DependencyHealth"][];
+            /**
+             * Format: double
+             * @description Of those, answered 5xx.
+             */
+            errors_total: number;
+            latency: components["schemas"]["Histogram"];
+            orders?: null | components["schemas"]["OrderFlow"];
+            /** Format: double */
+            outbox_pending?: number | null;
+            /** @description psp-mock's processor chaos (timeouts, declines, webhooks), for psp-mock only. */
+            processor_chaos?: Record<string, never> | null;
+            /** @description Why it is not healthy (empty when it is). */
+            reasons: string[];
+            replicas: number;
+            replicas_up: number;
+            /**
+             * Format: double
+             * @description API requests answered since start (probes, scrapes and admin reads left out).
+             */
+            requests_total: number;
+            service: string;
+            status: components["schemas"]["Health"];
+        };
         ServiceToken: {
             access_token: string;
             /** Format: int64 */
@@ -1578,6 +1834,36 @@ export interface components {
             reserved: number;
             sku: string;
         };
+        /** @description Every service at a glance. */
+        Summary: {
+            /**
+             * Format: date-time
+             * @description When it was read.
+             */
+            at: string;
+            services: components["schemas"]["ServiceSummary"][];
+        };
+        /** @description An order and every step of its saga, oldest first. */
+        Timeline: {
+            entries: components["schemas"]["TimelineEntry"][];
+            /** @description Services whose part could not be read (the rest is still shown). */
+            missing: string[];
+            /** @description The order as the order service shows it. */
+            order: Record<string, never>;
+            payments: Record<string, never>[];
+            /** @description Its reservation, when inventory has one. */
+            reservation?: Record<string, never> | null;
+        };
+        /** @description One step, from one service. */
+        TimelineEntry: {
+            /** Format: date-time */
+            at: string;
+            detail?: string | null;
+            event_id?: string | null;
+            kind: components["schemas"]["EntryKind"];
+            service: string;
+            title: string;
+        };
         Tokens: {
             access_token: string;
             /**
@@ -1587,6 +1873,39 @@ export interface components {
             expires_in: number;
             refresh_token: string;
             token_type: string;
+        };
+        /**
+         * @description One service's part of a saga's trail: what it published that mentions the id, which of
+         *     the given events it consumed, and what it parked that mentions the id.
+         */
+        Trail: {
+            consumed: components["schemas"]["TrailConsumed"][];
+            dead_letters: components["schemas"]["DeadLetter"][];
+            published: components["schemas"]["TrailPublished"][];
+        };
+        /** @description An event this service's consumer handled (its inbox row). */
+        TrailConsumed: {
+            consumer: string;
+            event_id: string;
+            /** Format: date-time */
+            processed_at: string;
+        };
+        /** @description An event this service wrote to its outbox. */
+        TrailPublished: {
+            aggregate_id: string;
+            /**
+             * Format: date-time
+             * @description When the change that produced it committed.
+             */
+            created_at: string;
+            event_id: string;
+            event_type: string;
+            payload: Record<string, never>;
+            /**
+             * Format: date-time
+             * @description When the relay handed it to the bus; null while it waits in the outbox.
+             */
+            published_at?: string | null;
         };
         UpdateOrder: {
             shipping_address: components["schemas"]["ShippingAddress"];
@@ -1831,6 +2150,103 @@ export interface operations {
             };
         };
     };
+    trail_route: {
+        parameters: {
+            query: {
+                /** @description The id (an order's, a payment's) the events must mention. */
+                mentions: string;
+                /** @description Comma-separated event ids (at most 200): which of them this service's consumer handled. */
+                consumed?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The events published, consumed and parked */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Trail"];
+                };
+            };
+            /** @description A malformed query */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `mentions` or `consumed` is not made of UUIDs */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many requests from this address or account (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service refused the connection */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: the request timed out, the service is starting, or a dependency it needs now is down */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service did not answer in time */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     events: {
         parameters: {
             query?: never;
@@ -1860,6 +2276,103 @@ export interface operations {
             };
             /** @description Not an admin */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many requests from this address or account (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service refused the connection */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: the request timed out, the service is starting, or a dependency it needs now is down */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service did not answer in time */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    trail_route: {
+        parameters: {
+            query: {
+                /** @description The id (an order's, a payment's) the events must mention. */
+                mentions: string;
+                /** @description Comma-separated event ids (at most 200): which of them this service's consumer handled. */
+                consumed?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The events published, consumed and parked */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Trail"];
+                };
+            };
+            /** @description A malformed query */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `mentions` or `consumed` is not made of UUIDs */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2173,6 +2686,103 @@ export interface operations {
             };
         };
     };
+    trail_route: {
+        parameters: {
+            query: {
+                /** @description The id (an order's, a payment's) the events must mention. */
+                mentions: string;
+                /** @description Comma-separated event ids (at most 200): which of them this service's consumer handled. */
+                consumed?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The events published, consumed and parked */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Trail"];
+                };
+            };
+            /** @description A malformed query */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `mentions` or `consumed` is not made of UUIDs */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many requests from this address or account (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service refused the connection */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: the request timed out, the service is starting, or a dependency it needs now is down */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service did not answer in time */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     events: {
         parameters: {
             query?: never;
@@ -2418,6 +3028,198 @@ export interface operations {
             };
         };
     };
+    trail_route: {
+        parameters: {
+            query: {
+                /** @description The id (an order's, a payment's) the events must mention. */
+                mentions: string;
+                /** @description Comma-separated event ids (at most 200): which of them this service's consumer handled. */
+                consumed?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The events published, consumed and parked */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Trail"];
+                };
+            };
+            /** @description A malformed query */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `mentions` or `consumed` is not made of UUIDs */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many requests from this address or account (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service refused the connection */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: the request timed out, the service is starting, or a dependency it needs now is down */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service did not answer in time */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    timeline: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The order's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The order's saga, step by step */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Timeline"];
+                };
+            };
+            /** @description The id is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such order */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many requests from this address or account (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The order service could not be read */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service is unavailable, or its circuit breaker is open */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service did not answer in time */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     events: {
         parameters: {
             query?: never;
@@ -2589,10 +3391,183 @@ export interface operations {
             };
         };
     };
+    trail_route: {
+        parameters: {
+            query: {
+                /** @description The id (an order's, a payment's) the events must mention. */
+                mentions: string;
+                /** @description Comma-separated event ids (at most 200): which of them this service's consumer handled. */
+                consumed?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The events published, consumed and parked */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Trail"];
+                };
+            };
+            /** @description A malformed query */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `mentions` or `consumed` is not made of UUIDs */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many requests from this address or account (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service refused the connection */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: the request timed out, the service is starting, or a dependency it needs now is down */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service did not answer in time */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    summary: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every service at a glance */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Summary"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many requests from this address or account (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service refused the connection */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service is unavailable, or its circuit breaker is open */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The owning service did not answer in time */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     list_users: {
         parameters: {
             query?: {
                 role?: string | null;
+                /** @description Only accounts whose email or name contains this (any case), at most 100 characters. */
+                q?: string | null;
                 /** @description 1 to 100, default 50. */
                 limit?: number | null;
                 cursor?: string | null;
@@ -5522,6 +6497,15 @@ export interface operations {
                 status?: string | null;
                 /** @description Only this customer's orders. */
                 customer_id?: string | null;
+                /** @description Only orders placed at or after this time (RFC 3339). */
+                created_from?: string | null;
+                /** @description Only orders placed before this time (RFC 3339). */
+                created_to?: string | null;
+                /**
+                 * @description Only orders still PENDING or CONFIRMED that have not changed for this many minutes
+                 *     (1 to 100000): the ones the saga seems stuck on.
+                 */
+                stuck_minutes?: number | null;
                 /** @description 1 to 100, default 20. */
                 limit?: number | null;
                 cursor?: string | null;

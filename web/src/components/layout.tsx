@@ -1,6 +1,6 @@
 // The frame every page sits in: a skip link, the header with the shop's navigation (the
 // cart's count for customers, the back office for sellers, sign in or out), and the page.
-// Part 2's operator console adds its links to NAV and its pages to the router in app.tsx.
+// The operator console (pages/console/) is one NAV entry; its sections have their own menu.
 
 import type { ComponentChildren } from "preact";
 import { useLocation } from "preact-iso";
@@ -19,6 +19,7 @@ export const NAV: NavItem[] = [
   { href: "/orders", label: "My orders", roles: ["CUSTOMER"] },
   { href: "/seller", label: "My products", roles: ["SELLER", "ADMIN"] },
   { href: "/seller/orders", label: "Seller orders", roles: ["SELLER", "ADMIN"] },
+  { href: "/console", label: "Console", roles: ["ADMIN"] },
 ];
 
 export function Layout({ children }: { children: ComponentChildren }) {
