@@ -14,10 +14,20 @@ fn gw(t: &TestStack, path: &str) -> String {
     format!("{}/api/v1{path}", t.base("gateway"))
 }
 
-/// A port nothing listens on (bound, then released).
+/// A port nothing listens on, below the kernel's ephemeral range: a port 0 bind hands out
+/// ports from that range only, so a service the stack starts afterwards cannot take this one
+/// (a just-closed ephemeral port was, and the "dead" service answered 404).
 fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = low.saturating_sub(10_000).max(1);
+    let pid = std::process::id();
+    (0..1000u32)
+        .map(|i| (10_000 + (pid + i * 7) % span) as u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 /// A server that accepts connections and never answers.
