@@ -28,7 +28,7 @@
 //! event whose handling kills every replica that takes it.
 
 use super::bus::{Bus, Delivery, Subscription};
-use super::Envelope;
+use super::{domain_of, is_name_part, Envelope};
 use crate::db::Db;
 use anyhow::{anyhow, bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -106,7 +106,7 @@ impl KafkaBus {
         ledger_url: &str,
     ) -> anyhow::Result<KafkaBus> {
         anyhow::ensure!(
-            is_name(&options.prefix),
+            is_name_part(&options.prefix),
             "the Kafka prefix {:?} is not a topic name part (letters, digits, '-' and '_')",
             options.prefix
         );
@@ -362,7 +362,7 @@ impl Bus for KafkaBus {
         event_types: &[&str],
     ) -> anyhow::Result<Box<dyn Subscription>> {
         anyhow::ensure!(
-            is_name(consumer),
+            is_name_part(consumer),
             "the consumer name {consumer:?} is not a Kafka name part (letters, digits, '-' and '_')"
         );
         anyhow::ensure!(!event_types.is_empty(), "no event types to subscribe to");
@@ -778,25 +778,6 @@ impl Subscription for KafkaSubscription {
             Err(e) => Err(anyhow!(e).context(format!("committing offsets for {}", self.group))),
         }
     }
-}
-
-/// The domain of an event type: its first token (`order` of `order.created`).
-fn domain_of(event_type: &str) -> anyhow::Result<&str> {
-    let mut tokens = event_type.split('.');
-    let domain = tokens.next().unwrap_or_default();
-    let rest: Vec<&str> = tokens.collect();
-    if !is_name(domain) || rest.is_empty() || !rest.iter().all(|t| is_name(t)) {
-        bail!("the event type {event_type:?} is not <domain>.<name> made of letters, digits, '-' and '_'");
-    }
-    Ok(domain)
-}
-
-/// A part of a topic or group name: Kafka allows letters, digits, '.', '_' and '-'; the dot
-/// separates the parts.
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 #[cfg(test)]

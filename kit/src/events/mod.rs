@@ -22,6 +22,28 @@ use crate::time::{now_us, to_rfc3339};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The domain of an event type: its first part (`order` of `order.created`). The bus adapters
+/// name streams, subjects and topics after it.
+pub(crate) fn domain_of(event_type: &str) -> anyhow::Result<&str> {
+    let mut parts = event_type.split('.');
+    let domain = parts.next().unwrap_or_default();
+    let rest: Vec<&str> = parts.collect();
+    if !is_name_part(domain) || rest.is_empty() || !rest.iter().all(|t| is_name_part(t)) {
+        anyhow::bail!(
+            "the event type {event_type:?} is not <domain>.<name> made of letters, digits, '-' and '_'"
+        );
+    }
+    Ok(domain)
+}
+
+/// A part of a name on every bus: a NATS subject token, a part of a Kafka topic or group name
+/// (both allow more; the dot separates parts).
+pub(crate) fn is_name_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// An event as it travels between services.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Envelope {

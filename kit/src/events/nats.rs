@@ -42,7 +42,7 @@
 //! out. Newer servers filter by the exact subjects.
 
 use super::bus::{Bus, Delivery, Subscription};
-use super::Envelope;
+use super::{domain_of, is_name_part, Envelope};
 use anyhow::{anyhow, bail, Context as _};
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
@@ -125,7 +125,7 @@ impl NatsBus {
     /// first publish. The client reconnects on its own afterwards.
     pub async fn connect_with(url: &str, options: NatsOptions) -> anyhow::Result<NatsBus> {
         anyhow::ensure!(
-            is_token(&options.prefix),
+            is_name_part(&options.prefix),
             "the NATS prefix {:?} is not a subject token (letters, digits, '-' and '_')",
             options.prefix
         );
@@ -420,7 +420,7 @@ impl Bus for NatsBus {
         event_types: &[&str],
     ) -> anyhow::Result<Box<dyn Subscription>> {
         anyhow::ensure!(
-            is_token(consumer),
+            is_name_part(consumer),
             "the consumer name {consumer:?} is not a NATS name (letters, digits, '-' and '_')"
         );
         anyhow::ensure!(!event_types.is_empty(), "no event types to subscribe to");
@@ -655,24 +655,6 @@ impl Subscription for NatsSubscription {
             }
         }
     }
-}
-
-/// The domain of an event type: its first token (`order` of `order.created`).
-fn domain_of(event_type: &str) -> anyhow::Result<&str> {
-    let mut tokens = event_type.split('.');
-    let domain = tokens.next().unwrap_or_default();
-    let rest: Vec<&str> = tokens.collect();
-    if !is_token(domain) || rest.is_empty() || !rest.iter().all(|t| is_token(t)) {
-        bail!("the event type {event_type:?} is not <domain>.<name> made of NATS subject tokens");
-    }
-    Ok(domain)
-}
-
-/// A subject token that is also a valid stream and consumer name: no wildcards, no dots.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Whether a server version such as `2.10.3` is at least `major.minor`.
