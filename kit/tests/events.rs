@@ -2,6 +2,8 @@
 //! effects under redelivery, parking and replay, and redelivery of unacknowledged events after a
 //! restart.
 
+mod support;
+
 use mercato_kit::db::{Db, Migrations, Tx};
 use mercato_kit::events::consumer::{dead_letters, Outcome};
 use mercato_kit::events::{
@@ -11,6 +13,7 @@ use sqlx::migrate::Migrator;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{effects, Poisoned};
 use tokio_util::sync::CancellationToken;
 
 async fn db(dir: &tempfile::TempDir, name: &str) -> Db {
@@ -45,16 +48,6 @@ impl EventHandler for Recorder {
             .await?;
         Ok(())
     }
-}
-
-async fn effects(db: &Db) -> Vec<i64> {
-    mercato_kit::db::query("SELECT n FROM effects ORDER BY rowid")
-        .fetch_all(db.reader())
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get("n"))
-        .collect()
 }
 
 async fn until<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
@@ -225,28 +218,6 @@ async fn an_idle_consumer_shows_no_lag_and_a_rewind_delivers_everything_again() 
         again.next().await.unwrap().envelope.event_id,
         d.envelope.event_id
     );
-}
-
-/// Never finishes with the event whose payload says `poison`, as a handler that crashes the
-/// process or hangs would; records the others.
-struct Poisoned {
-    poison_calls: AtomicU32,
-}
-
-#[async_trait::async_trait]
-impl EventHandler for Poisoned {
-    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
-        if event.payload["poison"] == true {
-            self.poison_calls.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<()>().await;
-        }
-        mercato_kit::db::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
-            .bind(event.event_id.to_string())
-            .bind(event.payload["n"].as_i64().unwrap_or(0))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
 }
 
 #[tokio::test]

@@ -8,9 +8,11 @@
 //! Needs `MERCATO_TEST_KAFKA_BROKERS` (`.ci/kafka` starts Tansu and runs these with
 //! `--include-ignored`). Each test works under a prefix of its own.
 
-use mercato_kit::db::{Db, Migrations, Tx};
+mod support;
+
+use mercato_kit::db::{Db, Migrations};
 use mercato_kit::events::{
-    Bus, Consumer, Delivery, Envelope, EventHandler, KafkaBus, KafkaOptions, Subscription,
+    Bus, Consumer, Delivery, Envelope, KafkaBus, KafkaOptions, Subscription,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -18,7 +20,8 @@ use sqlx::migrate::Migrator;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::{effects, event, nothing_within, Poisoned};
 use tokio_util::sync::CancellationToken;
 
 /// Long enough for a loaded CI machine and a group rebalance, short enough to fail a hung test.
@@ -49,32 +52,12 @@ async fn test_bus() -> TestBus {
     TestBus { bus, _dir: dir }
 }
 
-fn event(event_type: &str, n: i64) -> Envelope {
-    Envelope::new(
-        event_type.split('.').next().unwrap(),
-        event_type,
-        format!("agg-{}", n % 3),
-        &serde_json::json!({ "n": n }),
-    )
-}
-
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-    tokio::time::timeout(PATIENCE, sub.next())
-        .await
-        .expect("no delivery in time")
-        .expect("next failed")
+    support::next(sub, PATIENCE).await
 }
 
-async fn nothing_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> bool {
-    tokio::time::timeout(wait, sub.next()).await.is_err()
-}
-
-async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + PATIENCE;
-    while !f().await {
-        assert!(Instant::now() < deadline, "not reached in time: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn until<F: std::future::Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
+    support::until(what, PATIENCE, f).await
 }
 
 #[tokio::test]
@@ -348,36 +331,6 @@ async fn unreachable_brokers_fail_the_connection() {
 }
 
 // The kit's consumer on top of the bus.
-
-struct Poisoned {
-    poison_calls: AtomicU32,
-}
-
-#[async_trait::async_trait]
-impl EventHandler for Poisoned {
-    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
-        if event.payload["poison"] == true {
-            self.poison_calls.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<()>().await;
-        }
-        mercato_kit::db::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
-            .bind(event.event_id.to_string())
-            .bind(event.payload["n"].as_i64().unwrap_or(0))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-}
-
-async fn effects(db: &Db) -> Vec<i64> {
-    mercato_kit::db::query("SELECT n FROM effects ORDER BY rowid")
-        .fetch_all(db.reader())
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get("n"))
-        .collect()
-}
 
 #[tokio::test]
 #[ignore = "needs a Kafka broker in MERCATO_TEST_KAFKA_BROKERS (.ci/kafka)"]

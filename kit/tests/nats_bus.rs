@@ -5,6 +5,8 @@
 //! Runs only when `MERCATO_TEST_NATS_URL` names a server with JetStream (CI sets it). Each test
 //! works under a prefix of its own and deletes its streams at the end.
 
+mod support;
+
 use async_nats::jetstream;
 use mercato_kit::db::{Db, Migrations, Tx};
 use mercato_kit::events::{
@@ -15,6 +17,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{effects, event, nothing_within, Poisoned};
 use tokio_util::sync::CancellationToken;
 
 /// Long enough for a loaded CI machine, short enough to fail a hung test soon.
@@ -66,33 +69,12 @@ impl TestBus {
     }
 }
 
-fn event(event_type: &str, n: i64) -> Envelope {
-    Envelope::new(
-        event_type.split('.').next().unwrap(),
-        event_type,
-        format!("agg-{}", n % 3),
-        &serde_json::json!({ "n": n }),
-    )
-}
-
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-    tokio::time::timeout(PATIENCE, sub.next())
-        .await
-        .expect("no delivery in time")
-        .expect("next failed")
+    support::next(sub, PATIENCE).await
 }
 
-/// Whether anything arrives within `wait`: for asserting that nothing more comes.
-async fn nothing_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> bool {
-    tokio::time::timeout(wait, sub.next()).await.is_err()
-}
-
-async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + PATIENCE;
-    while !f().await {
-        assert!(Instant::now() < deadline, "not reached in time: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn until<F: std::future::Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
+    support::until(what, PATIENCE, f).await
 }
 
 #[tokio::test]
@@ -425,16 +407,6 @@ impl EventHandler for Recorder {
     }
 }
 
-async fn effects(db: &Db) -> Vec<i64> {
-    mercato_kit::db::query("SELECT n FROM effects ORDER BY rowid")
-        .fetch_all(db.reader())
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get("n"))
-        .collect()
-}
-
 #[tokio::test]
 async fn the_kit_consumer_applies_each_event_once_through_duplicates_and_redeliveries() {
     let Some(url) = nats_url() else { return };
@@ -499,28 +471,6 @@ async fn the_kit_consumer_applies_each_event_once_through_duplicates_and_redeliv
         "the handler saw a duplicate"
     );
     t.cleanup(&["payment"]).await;
-}
-
-/// Never finishes with an event whose payload says `poison`, as a handler that crashes the
-/// process or hangs would; records the others.
-struct Poisoned {
-    poison_calls: AtomicU32,
-}
-
-#[async_trait::async_trait]
-impl EventHandler for Poisoned {
-    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
-        if event.payload["poison"] == true {
-            self.poison_calls.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<()>().await;
-        }
-        mercato_kit::db::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
-            .bind(event.event_id.to_string())
-            .bind(event.payload["n"].as_i64().unwrap_or(0))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
 }
 
 #[tokio::test]
