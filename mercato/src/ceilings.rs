@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct CeilingsArgs {
     /// How long each storage measurement runs.
-    #[arg(long, default_value = "5s", value_parser = humantime_secs)]
+    #[arg(long, default_value = "5s", value_parser = crate::load::parse_duration)]
     pub duration: Duration,
     /// Concurrent writers for the multi-writer runs.
     #[arg(long, default_value_t = 8)]
@@ -27,18 +27,6 @@ pub struct CeilingsArgs {
     /// this address until Ctrl-C, for wrk, instead of measuring storage.
     #[arg(long)]
     pub serve: Option<std::net::SocketAddr>,
-}
-
-fn humantime_secs(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("not a duration: {s}"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("not a duration: {s} (use 500ms, 5s or 1m)")),
-    }
 }
 
 pub async fn run(args: CeilingsArgs) -> anyhow::Result<()> {
