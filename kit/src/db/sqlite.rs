@@ -378,11 +378,10 @@ fn checkpoint(
     let Some(writer) = writer.upgrade() else {
         return Ok(());
     };
-    let asked = std::time::Instant::now();
     let _writes_paused = writer.blocking_lock();
-    let locked = asked.elapsed();
+    let restarting = std::time::Instant::now();
     let r = conn.batch("PRAGMA wal_checkpoint(RESTART)");
-    let held = asked.elapsed() - locked;
+    let held = restarting.elapsed();
     if held > Duration::from_secs(1) {
         tracing::warn!(frames, held_ms = held.as_millis() as u64,
             "restarting the SQLite log held this database's writes for over a second (a busy disk?)");
