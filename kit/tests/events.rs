@@ -12,7 +12,7 @@ use mercato_kit::events::{
 use sqlx::migrate::Migrator;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{effects, Poisoned};
 use tokio_util::sync::CancellationToken;
 
@@ -50,12 +50,8 @@ impl EventHandler for Recorder {
     }
 }
 
-async fn until<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f().await {
-        assert!(Instant::now() < deadline, "not reached in time");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+async fn until<F: std::future::Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
+    support::until(what, Duration::from_secs(5), f).await
 }
 
 fn event(n: i64) -> Envelope {
@@ -107,7 +103,10 @@ async fn committed_events_reach_the_consumer_once_and_in_order() {
         waker.wake();
         sent.push(e);
     }
-    until(|| async { effects(&consumer_db).await.len() == 20 }).await;
+    until("all 20 effects", || async {
+        effects(&consumer_db).await.len() == 20
+    })
+    .await;
     assert_eq!(effects(&consumer_db).await, (1..=20).collect::<Vec<_>>());
 
     // Every one of them again, as a redelivering bus would: nothing changes.
@@ -250,7 +249,10 @@ async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit()
             vec!["thing.happened"],
             CancellationToken::new(),
         ));
-        until(|| async { handler.poison_calls.load(Ordering::SeqCst) == crash }).await;
+        until("the poisoned event handled again", || async {
+            handler.poison_calls.load(Ordering::SeqCst) == crash
+        })
+        .await;
         task.abort();
         let _ = task.await;
     }
@@ -263,7 +265,10 @@ async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit()
         vec!["thing.happened"],
         stop.clone(),
     ));
-    until(|| async { effects(&consumer_db).await == vec![2] }).await;
+    until("the effect after the poisoned event", || async {
+        effects(&consumer_db).await == vec![2]
+    })
+    .await;
     stop.cancel();
     task.await.unwrap();
     assert_eq!(handler.poison_calls.load(Ordering::SeqCst), 2);
