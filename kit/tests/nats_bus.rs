@@ -8,12 +8,13 @@
 mod support;
 
 use async_nats::jetstream;
+use futures::StreamExt;
 use mercato_kit::db::{Db, Migrations, Tx};
 use mercato_kit::events::{
     Bus, Consumer, Delivery, Envelope, EventHandler, NatsBus, NatsOptions, Subscription,
 };
 use sqlx::migrate::Migrator;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,14 +52,27 @@ impl TestBus {
         TestBus { bus, js }
     }
 
+    /// Pending and unacknowledged, summed over the consumer's partitions on this stream.
     async fn consumer_state(&self, domain: &str, consumer: &str) -> (u64, usize) {
         let stream = self
             .js
             .get_stream(self.bus.stream_name(domain))
             .await
             .unwrap();
-        let info = stream.consumer_info(consumer).await.expect("consumer info");
-        (info.num_pending, info.num_ack_pending)
+        let mut state = (0, 0);
+        let mut found = 0;
+        for name in self.bus.durable_names(consumer) {
+            if let Ok(info) = stream.consumer_info(&name).await {
+                state.0 += info.num_pending;
+                state.1 += info.num_ack_pending;
+                found += 1;
+            }
+        }
+        assert!(
+            found >= self.bus.options().partitions,
+            "one consumer per partition"
+        );
+        state
     }
 
     /// Deletes the streams of these domains (and their consumers with them).
@@ -98,11 +112,22 @@ async fn a_subscription_made_before_any_event_receives_the_ones_published_later(
     t.cleanup(&["order"]).await;
 }
 
+/// The events of each aggregate, in the order given.
+fn by_aggregate(events: &[Envelope]) -> BTreeMap<String, Vec<uuid::Uuid>> {
+    let mut out: BTreeMap<String, Vec<uuid::Uuid>> = BTreeMap::new();
+    for e in events {
+        out.entry(e.aggregate_id.clone())
+            .or_default()
+            .push(e.event_id);
+    }
+    out
+}
+
 #[tokio::test]
-async fn events_published_before_the_first_subscription_are_delivered_in_order() {
+async fn events_published_before_the_first_subscription_are_delivered_in_order_per_aggregate() {
     let Some(url) = nats_url() else { return };
     let t = TestBus::new(&url, |_| {}).await;
-    let sent: Vec<Envelope> = (1..=5).map(|n| event("order.created", n)).collect();
+    let sent: Vec<Envelope> = (1..=9).map(|n| event("order.created", n)).collect();
     for e in &sent {
         t.bus.publish(e).await.unwrap();
     }
@@ -111,12 +136,29 @@ async fn events_published_before_the_first_subscription_are_delivered_in_order()
         .subscribe("shipping", &["order.created"])
         .await
         .unwrap();
-    for e in &sent {
+    let mut got = Vec::new();
+    for _ in &sent {
         let d = next(&mut sub).await;
-        assert_eq!(&d.envelope, e);
+        got.push(d.envelope.clone());
         sub.ack(&d).await.unwrap();
     }
+    assert_eq!(by_aggregate(&got), by_aggregate(&sent));
+    assert!(nothing_within(&mut sub, Duration::from_millis(300)).await);
     t.cleanup(&["order"]).await;
+}
+
+#[test]
+fn an_aggregate_always_lands_on_the_same_partition() {
+    use mercato_kit::events::nats::partition_of;
+    // Fixed: other processes and later releases must agree (FNV-1a, 64 bits).
+    assert_eq!(partition_of("", 16), (0xcbf29ce484222325u64 % 16) as u32);
+    let order = "0190b1c2-7d3e-7a4b-9c5d-6e7f8091a2b3";
+    assert_eq!(partition_of(order, 16), partition_of(order, 16));
+    assert_eq!(partition_of(order, 1), 0);
+    let spread: HashSet<u32> = (0..200)
+        .map(|n| partition_of(&format!("order-{n}"), 16))
+        .collect();
+    assert_eq!(spread.len(), 16, "200 ids reach every partition");
 }
 
 #[tokio::test]
@@ -153,7 +195,7 @@ async fn publishing_one_event_id_twice_delivers_it_once() {
 }
 
 #[tokio::test]
-async fn replicas_with_one_consumer_name_share_the_events_in_publish_order() {
+async fn replicas_with_one_consumer_name_share_the_events_in_publish_order_per_aggregate() {
     let Some(url) = nats_url() else { return };
     let t = TestBus::new(&url, |_| {}).await;
     let replicas = [
@@ -202,9 +244,14 @@ async fn replicas_with_one_consumer_name_share_the_events_in_publish_order() {
     }
 
     let log = log.lock().unwrap().clone();
-    let handled: Vec<uuid::Uuid> = log.iter().map(|(_, id)| *id).collect();
-    let expected: Vec<uuid::Uuid> = sent.iter().map(|e| e.event_id).collect();
-    assert_eq!(handled, expected, "each exactly once, in publish order");
+    let of: HashMap<uuid::Uuid, &Envelope> = sent.iter().map(|e| (e.event_id, e)).collect();
+    let handled: Vec<Envelope> = log.iter().map(|(_, id)| of[id].clone()).collect();
+    assert_eq!(handled.len(), sent.len(), "each exactly once");
+    assert_eq!(
+        by_aggregate(&handled),
+        by_aggregate(&sent),
+        "each aggregate's in publish order"
+    );
     for r in 0..2 {
         assert!(
             log.iter().any(|(who, _)| *who == r),
@@ -251,8 +298,9 @@ async fn asking_for_the_next_event_without_acknowledging_hands_the_last_one_back
     let Some(url) = nats_url() else { return };
     // ack_wait far beyond the patience of `next`: only the hand-back can bring it again in time.
     let t = TestBus::new(&url, |o| o.ack_wait = Duration::from_secs(120)).await;
+    // One aggregate, so one partition: the second waits behind the first.
     let first = event("payment.authorized", 1);
-    let second = event("payment.authorized", 2);
+    let second = event("payment.authorized", 4);
     t.bus.publish(&first).await.unwrap();
     t.bus.publish(&second).await.unwrap();
 
@@ -305,7 +353,8 @@ async fn a_message_that_is_not_an_envelope_does_not_hold_up_the_ones_behind_it()
     let Some(url) = nats_url() else { return };
     let t = TestBus::new(&url, |_| {}).await;
     let mut sub = t.bus.subscribe("order", &["payment.failed"]).await.unwrap();
-    t.js.publish(t.bus.subject("payment.failed"), "{not json".into())
+    // On the partition of the good event behind it.
+    t.js.publish(t.bus.subject("payment.failed", "agg-1"), "{not json".into())
         .await
         .unwrap()
         .await
@@ -328,6 +377,8 @@ async fn a_deleted_consumer_is_reported_and_made_again() {
     t.bus.publish(&first).await.unwrap();
     let d = next(&mut sub).await;
     sub.ack(&d).await.unwrap();
+    let partition =
+        mercato_kit::events::nats::partition_of(&first.aggregate_id, t.bus.options().partitions);
 
     // An operator removes the consumer (or the server lost it). The subscription reports it,
     // then carries on with a new consumer, which starts from the beginning of the stream: the
@@ -335,10 +386,11 @@ async fn a_deleted_consumer_is_reported_and_made_again() {
     t.js.get_stream(t.bus.stream_name("payment"))
         .await
         .unwrap()
-        .delete_consumer("order")
+        .delete_consumer(&format!("order_p{partition}"))
         .await
         .unwrap();
-    let second = event("payment.failed", 2);
+    // The same aggregate, so the same partition.
+    let second = event("payment.failed", 4);
     t.bus.publish(&second).await.unwrap();
     // Servers before 2.10 do not tell a pull that its consumer went: missed heartbeats do.
     let patience = Duration::from_secs(40);
@@ -361,6 +413,66 @@ async fn a_deleted_consumer_is_reported_and_made_again() {
     }
     assert!(errors > 0, "the loss of the consumer went unreported");
     assert_eq!(seen, vec![first.event_id, second.event_id]);
+    t.cleanup(&["payment"]).await;
+}
+
+#[tokio::test]
+async fn what_an_unpartitioned_consumer_of_an_earlier_release_left_is_drained() {
+    let Some(url) = nats_url() else { return };
+    let t = TestBus::new(&url, |_| {}).await;
+    let prefix = t.bus.options().prefix.clone();
+    // The layout before partitions: subjects without one, one durable per stream.
+    t.js.get_or_create_stream(jetstream::stream::Config {
+        name: t.bus.stream_name("payment"),
+        subjects: vec![format!("{prefix}.events.payment.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (handled, left) = (event("payment.failed", 1), event("payment.failed", 2));
+    for e in [&handled, &left] {
+        t.js.publish(
+            format!("{prefix}.events.payment.failed"),
+            serde_json::to_vec(e).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let old: jetstream::consumer::PullConsumer =
+        t.js.create_consumer_on_stream(
+            jetstream::consumer::pull::Config {
+                durable_name: Some("order".into()),
+                filter_subject: format!("{prefix}.events.payment.>"),
+                max_ack_pending: 1,
+                ..Default::default()
+            },
+            t.bus.stream_name("payment"),
+        )
+        .await
+        .unwrap();
+    let mut batch = old.fetch().max_messages(1).messages().await.unwrap();
+    let msg = batch.next().await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Envelope>(&msg.payload).unwrap(),
+        handled
+    );
+    msg.double_ack().await.unwrap();
+
+    // This release: what the old consumer acknowledged stays handled, what it left comes,
+    // and so does what is published in the new layout.
+    let mut sub = t.bus.subscribe("order", &["payment.failed"]).await.unwrap();
+    let newer = event("payment.failed", 3);
+    t.bus.publish(&newer).await.unwrap();
+    let mut got = HashSet::new();
+    for _ in 0..2 {
+        let d = next(&mut sub).await;
+        got.insert(d.envelope.event_id);
+        sub.ack(&d).await.unwrap();
+    }
+    assert_eq!(got, HashSet::from([left.event_id, newer.event_id]));
+    assert!(nothing_within(&mut sub, Duration::from_millis(300)).await);
     t.cleanup(&["payment"]).await;
 }
 
@@ -509,10 +621,10 @@ async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit()
         &serde_json::json!({"n": 1, "poison": true}),
     );
     t.bus.publish(&poison).await.unwrap();
-    t.bus
-        .publish(&event("payment.authorized", 2))
-        .await
-        .unwrap();
+    // Behind it: the same aggregate, so the same partition.
+    let mut behind = event("payment.authorized", 2);
+    behind.aggregate_id = poison.aggregate_id.clone();
+    t.bus.publish(&behind).await.unwrap();
     let bus: Arc<dyn Bus> = Arc::new(t.bus.clone());
 
     // Two replicas in turn take it and die handling it; NATS hands it out again after ack_wait.

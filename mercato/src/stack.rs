@@ -403,13 +403,7 @@ async fn open_bus(
     stop: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn Bus>, Option<EmbeddedBus>)> {
     if let Some(url) = env.raw("MERCATO_NATS_URL") {
-        let options = NatsOptions {
-            prefix: env
-                .raw("MERCATO_NATS_PREFIX")
-                .unwrap_or("mercato")
-                .to_owned(),
-            ..NatsOptions::default()
-        };
+        let options = nats_options(&mut env.clone());
         let bus = with_retries("the event bus (NATS)", stop, || {
             NatsBus::connect_with(url, options.clone())
         })
@@ -433,6 +427,20 @@ async fn open_bus(
     }
     let bus = with_retries("the event bus", stop, || EmbeddedBus::open(&bus_url)).await?;
     Ok((Arc::new(bus.clone()), Some(bus)))
+}
+
+/// The NATS settings; bad values are recorded in `env`.
+fn nats_options(env: &mut Env) -> NatsOptions {
+    let defaults = NatsOptions::default();
+    NatsOptions {
+        prefix: env.string("MERCATO_NATS_PREFIX", &defaults.prefix),
+        partitions: env.int(
+            "MERCATO_NATS_PARTITIONS",
+            u64::from(defaults.partitions),
+            1..=1024,
+        ) as u32,
+        ..defaults
+    }
 }
 
 /// The Kafka settings; bad values are recorded in `env`.
@@ -517,6 +525,7 @@ pub async fn start_until(
     }
     if env.raw("MERCATO_NATS_URL").is_some() {
         env.url("MERCATO_NATS_URL", None, &["nats", "tls"]);
+        nats_options(&mut env);
     }
     if env.raw("MERCATO_KAFKA_BROKERS").is_some() {
         if env.raw("MERCATO_NATS_URL").is_some() {

@@ -345,9 +345,11 @@ impl Consumer {
     }
 
     /// The fast path: the whole batch in one transaction. False when the batch needs the slow
-    /// path (one event at a time): a handler failed, or an event is past its delivery limit.
+    /// path (one event at a time): a handler failed, or an event comes again. An event that
+    /// killed the process comes again with the batch it was in; one at a time, the others are
+    /// handled before it takes the process down again, instead of counting its deliveries.
     async fn handle_batch(&self, batch: &[Delivery]) -> bool {
-        if batch.len() < 2 || batch.iter().any(|d| d.attempt > self.max_deliveries) {
+        if batch.len() < 2 || batch.iter().any(|d| d.attempt > 1) {
             return false;
         }
         let envelopes: Vec<&Envelope> = batch.iter().map(|d| &d.envelope).collect();

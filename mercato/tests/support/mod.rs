@@ -396,7 +396,7 @@ impl Shop {
             .as_str()
             .unwrap()
             .to_owned();
-        // The product reaches inventory and order through events.
+        // The product reaches inventory and order through events, each on its own time.
         eventually(WAIT, || async {
             let r = self
                 .t
@@ -408,6 +408,7 @@ impl Shop {
             (r.status() == StatusCode::OK).then_some(())
         })
         .await;
+        self.consumed_by("order", "catalog", &id).await;
         let res = self
             .t
             .http
@@ -424,6 +425,39 @@ impl Shop {
             res.text().await.unwrap()
         );
         id
+    }
+
+    /// Waits until `consumer`'s service has handled every event `producer` published about
+    /// `id` so far, as their audit trails say.
+    pub async fn consumed_by(&self, consumer: &str, producer: &str, id: &str) {
+        let published = self.trail(producer, &format!("mentions={id}")).await;
+        let ids: Vec<String> = published["published"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(!ids.is_empty(), "{producer} published nothing about {id}");
+        let query = format!("mentions={id}&consumed={}", ids.join(","));
+        eventually(WAIT, || async {
+            let t = self.trail(consumer, &query).await;
+            (t["consumed"].as_array().unwrap().len() == ids.len()).then_some(())
+        })
+        .await;
+    }
+
+    /// A service's audit trail (`/admin/audit/trail?query`), as the admin.
+    pub async fn trail(&self, service: &str, query: &str) -> Value {
+        let r = self
+            .t
+            .http
+            .get(self.t.api(service, &format!("/admin/audit/trail?{query}")))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<Value>().await.unwrap()
     }
 
     pub async fn order(&self, items: Value, payment_method: &str) -> reqwest::Response {
@@ -592,13 +626,25 @@ impl BusProbe {
             BusProbe::Embedded(b) => b.lag().await.unwrap(),
             BusProbe::Nats { js, prefix } => {
                 use futures::TryStreamExt;
-                // One consumer name spans the streams it reads: added up per name.
+                // One consumer name spans the streams it reads and their partitions
+                // (`cart_p0`, `cart_p1`, ...): added up per name.
                 let mut by_name = std::collections::BTreeMap::<String, i64>::new();
                 for name in nats_streams(js, prefix).await {
                     let stream = js.get_stream(&name).await.unwrap();
                     let consumers: Vec<_> = stream.consumers().try_collect().await.unwrap();
                     for c in consumers {
-                        *by_name.entry(c.name.clone()).or_default() +=
+                        let service = match c.name.rsplit_once('_') {
+                            Some((service, part))
+                                if part == "legacy"
+                                    || part
+                                        .strip_prefix('p')
+                                        .is_some_and(|n| n.parse::<u32>().is_ok()) =>
+                            {
+                                service.to_owned()
+                            }
+                            _ => c.name.clone(),
+                        };
+                        *by_name.entry(service).or_default() +=
                             (c.num_pending + c.num_ack_pending as u64) as i64;
                     }
                 }

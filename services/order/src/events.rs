@@ -138,10 +138,10 @@ impl OrderEvents {
             Ok(applied) => {
                 tracing::info!(order_id = %id, event_type = %env.event_type,
                     status = applied.order.status.name(), "order moved");
-                // The consumer commits after we return; waiters hear of it after that.
-                self.orders
-                    .feed()
-                    .publish_after_commit(self.orders.db(), id);
+                // The consumer commits after we return; waiters hear of it after that, and
+                // never of a change its rollback undid.
+                let (feed, status) = (self.orders.feed().clone(), applied.order.status);
+                tx.after_commit(move || feed.publish(id, status));
                 Ok(())
             }
             Err(Error::Refused(r)) => {

@@ -15,8 +15,6 @@
 //! quarter of a second on top of a saga that takes longer is not worth that.
 
 use crate::domain::OrderStatus;
-use crate::store;
-use mercato_kit::db::Db;
 use mercato_kit::ids::OrderId;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -63,21 +61,5 @@ impl StatusFeed {
     /// How many callers are waiting on some order right now (for tests and metrics).
     pub fn watchers(&self) -> usize {
         self.tx.receiver_count()
-    }
-
-    /// Announces the change to order `id` that the caller's still-open transaction is making,
-    /// once that transaction has ended (see [`store::committed_status`]). For event handlers,
-    /// whose transaction the kit's consumer commits.
-    pub fn publish_after_commit(&self, db: &Db, id: OrderId) {
-        let (feed, db) = (self.clone(), db.clone());
-        tokio::spawn(async move {
-            match store::committed_status(&db, id).await {
-                Ok(Some(status)) => feed.publish(id, status),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(order_id = %id, error = %e, "reading a committed status failed")
-                }
-            }
-        });
     }
 }

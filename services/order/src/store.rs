@@ -11,7 +11,7 @@ use crate::domain::{
     ShippingAddress, Step, StockCheck, WaitStep, Waiting,
 };
 use mercato_kit::contracts::ProductChanged;
-use mercato_kit::db::{get_bool, Backend, Db, Tx};
+use mercato_kit::db::{get_bool, Tx};
 use mercato_kit::db::{Conn, Pool, Row};
 use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
 use mercato_kit::time::Micros;
@@ -602,39 +602,6 @@ pub async fn duplicate_keys(
         });
     }
     Ok(out)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Waiting for another transaction.
-
-/// Waits until no transaction still holds a change to order `id`, then reads its committed
-/// status. An event handler cannot announce a status change after its commit (the consumer
-/// commits), so it hands the announcement to a task that waits here: on SQLite for the one
-/// writer connection the consumer's transaction holds, on PostgreSQL for the row lock its
-/// UPDATE holds. Blocking on the lock is the signal; nothing polls.
-pub async fn committed_status(
-    db: &Db,
-    id: OrderId,
-) -> Result<Option<OrderStatus>, mercato_kit::db::Error> {
-    match db.backend() {
-        Backend::Sqlite => {
-            drop(db.writer().acquire().await?);
-            let mut conn = db.reader().acquire().await?;
-            status_of(&mut conn, id).await
-        }
-        Backend::Postgres => {
-            let mut tx = db.begin().await?;
-            let row = mercato_kit::db::query(
-                "SELECT status, cancel_reason FROM orders WHERE id = $1 FOR SHARE",
-            )
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            row.map(|r| status_from(&r, "status", "cancel_reason"))
-                .transpose()
-        }
-    }
 }
 
 /// The states an order waits in (the saga's and the seller's), as stored.
