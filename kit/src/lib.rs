@@ -23,7 +23,6 @@ pub mod problem;
 pub mod redis;
 pub mod server;
 pub mod telemetry;
-#[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
 pub mod validate;

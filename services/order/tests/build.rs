@@ -10,17 +10,13 @@ use mercato_kit::ids::UserId;
 use mercato_order::domain::{CreateOrder, LineRequest, OrderStatus};
 use mercato_order::service::{self, Cause, Orders};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 use tokio_util::sync::CancellationToken;
 
 /// Polls `f` until it holds; fails after ten seconds.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what}: not reached in time");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
+    mercato_kit::testing::until(what, Duration::from_secs(10), f).await
 }
 
 #[tokio::test]
