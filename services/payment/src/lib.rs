@@ -75,7 +75,7 @@ impl Config {
                 .unwrap_or_default(),
             psp_webhook_secret: env.required_secret(
                 "MERCATO_PSP_WEBHOOK_SECRET",
-                mercato_psp_mock::WEBHOOK_SECRET_WHAT,
+                mercato_kit::contracts::webhook::SECRET_WHAT,
             ),
             psp_timeout: Duration::from_millis(env.int(
                 "MERCATO_PSP_TIMEOUT_MS",

@@ -354,7 +354,7 @@ impl Harness {
         timestamp: i64,
     ) -> (u16, serde_json::Value) {
         let header =
-            mercato_psp_mock::signature::sign(secret.as_bytes(), timestamp, body.as_bytes());
+            mercato_kit::contracts::webhook::sign(secret.as_bytes(), timestamp, body.as_bytes());
         let res = self
             .http
             .post(format!("{}/api/v1/payments/webhook", self.url))
