@@ -416,12 +416,15 @@ async fn open_bus(
         .await?;
         return Ok((Arc::new(bus), None));
     }
-    let bus_url = common.database_url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rwc",
-            common.data_dir.join("bus.db").display()
-        )
-    });
+    let bus_url = common.database_url.as_ref().map_or_else(
+        || {
+            format!(
+                "sqlite://{}?mode=rwc",
+                common.data_dir.join("bus.db").display()
+            )
+        },
+        |u| u.as_str().to_owned(),
+    );
     if let Some(brokers) = env.raw("MERCATO_KAFKA_BROKERS") {
         let options = kafka_options(&mut env.clone());
         // The delivery counts Kafka does not keep live where the embedded log would.
@@ -506,6 +509,7 @@ pub async fn start_until(
     let embedded = wanted.iter().all(|s| {
         !common
             .database_url_for(&mut env.clone(), s)
+            .as_str()
             .starts_with("postgres")
     });
     ensure_shared_secrets(&mut env, &common.data_dir, &wanted, embedded)?;
@@ -656,10 +660,10 @@ pub async fn migrate(
     services: &[&str],
     stop: CancellationToken,
 ) -> anyhow::Result<Vec<&'static str>> {
-    use mercato_kit::db::{Db, Migrations};
+    use mercato_kit::db::{DatabaseUrl, Db, Migrations};
     let wanted = wanted(&env, services)?;
     let common = mercato_kit::config::CommonConfig::read(&mut env);
-    let mut plan: Vec<(&'static str, String, Migrations)> = Vec::new();
+    let mut plan: Vec<(&'static str, DatabaseUrl, Migrations)> = Vec::new();
     for &s in &wanted {
         let migrations = match s {
             "auth" => mercato_auth::migrations(),
@@ -676,7 +680,7 @@ pub async fn migrate(
     let mut done = Vec::new();
     for (service, url, migrations) in plan {
         let db = with_retries(service, &stop, || {
-            Db::connect(&url, service, 1, &migrations)
+            Db::connect(url.as_str(), service, 1, &migrations)
         })
         .await?;
         db.close().await;

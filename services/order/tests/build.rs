@@ -56,7 +56,7 @@ async fn the_built_service_consumes_from_the_bus_and_publishes_to_it() {
     bus.publish(&catalog_event(PRODUCT_CREATED, &p))
         .await
         .unwrap();
-    let db = mercato_order::connect(&config.database_url, 2)
+    let db = mercato_order::connect(config.database_url.as_str(), 2)
         .await
         .unwrap();
     let orders = Orders::new(

@@ -88,7 +88,7 @@ pub struct Harness {
     /// The processor the service was configured with.
     pub configured_psp_url: String,
     /// The service's database, for replicas of it.
-    database_url: String,
+    database_url: mercato_kit::db::DatabaseUrl,
     /// How the service calls the processor (its timeout and breaker reset); replicas and
     /// workers a test builds call it the same way unless the test changes this.
     pub processor_policy: Policy,
@@ -222,7 +222,7 @@ impl Harness {
     /// and worker of its own, the same processor and settings. Not running: the test drives it.
     pub async fn replica(&self) -> Replica {
         let db = mercato_kit::db::Db::connect(
-            &self.database_url,
+            self.database_url.as_str(),
             mercato_payment::SERVICE,
             3,
             &mercato_payment::migrations(),
