@@ -54,6 +54,10 @@ impl Schema {
             .unwrap()
     }
 
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "PostgreSQL administration: these tests run on PostgreSQL only"
+    )]
     async fn drop(self) {
         let admin = sqlx::PgPool::connect(&self.url).await.unwrap();
         sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
@@ -283,6 +287,10 @@ fn counting_migrations() -> Migrations {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs MERCATO_TEST_DATABASE_URL naming PostgreSQL (CI's backend tier)"]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "PostgreSQL administration: these tests run on PostgreSQL only"
+)]
 async fn processes_starting_together_create_the_schema_and_migrate_it_once() {
     let url = postgres();
     // A database of its own, so no schema, no migrations table, nothing exists yet.

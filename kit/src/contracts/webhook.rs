@@ -48,6 +48,7 @@ impl fmt::Display for SignatureError {
 
 impl std::error::Error for SignatureError {}
 
+#[expect(clippy::expect_used, reason = "HMAC takes keys of any length")]
 fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any size");

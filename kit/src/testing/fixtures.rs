@@ -227,6 +227,10 @@ impl TestDb {
 /// A fresh PostgreSQL database on the server `admin_url` names, for a test that runs whole
 /// services (each in its own schema of it): `(admin_url, its URL)`. [`drop_pg_database`] removes
 /// it; CI's clean-up removes what a failed test left (`mercato_t_*`).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "PostgreSQL administration: there is no SQLite side"
+)]
 pub async fn fresh_pg_database(admin_url: &str) -> (String, String) {
     use sqlx::Connection;
     let name = format!("mercato_t_{}", uuid::Uuid::new_v4().simple());
@@ -245,6 +249,10 @@ pub async fn fresh_pg_database(admin_url: &str) -> (String, String) {
 }
 
 /// Drops a database [`fresh_pg_database`] made, with whatever connections still use it.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "PostgreSQL administration: there is no SQLite side"
+)]
 pub async fn drop_pg_database(admin_url: &str, db_url: &str) {
     use sqlx::Connection;
     let Some(name) = db_url.rsplit('/').next() else {

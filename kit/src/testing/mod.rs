@@ -5,6 +5,9 @@
 //! a one-shot HTTP call through a router and a fresh database per test ([`TestDb`]). Each
 //! service's tests used to carry their own copy of these.
 
+// Test support: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[cfg(feature = "testing")]
 mod fixtures;
 #[cfg(feature = "testing")]

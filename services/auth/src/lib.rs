@@ -4,6 +4,10 @@
 //!
 //! Rooms: `domain` (rules), `store` (SQL), `service` (use cases), `http` (routes), `keys`.
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod domain;
 pub mod http;
 pub mod keys;

@@ -15,6 +15,10 @@
 //! Redis flavour), [`service`] (use cases, shared by HTTP and events), [`http`] (routes),
 //! [`events`] (the consumer), [`catalog`] and [`orders`] (the two services it calls).
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod catalog;
 pub mod domain;
 pub mod events;

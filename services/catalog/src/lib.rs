@@ -9,6 +9,10 @@
 //! and [`seed`] (the demo catalog). `build` puts them together; the `mercato` binary and the
 //! tests run the result.
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod domain;
 pub mod events;
 mod http;

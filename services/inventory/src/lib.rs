@@ -13,6 +13,10 @@
 //! about a product whose event has not arrived yet). [`build`] puts them together;
 //! the `mercato` binary and the tests run the result.
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod catalog;
 pub mod domain;
 pub mod events;

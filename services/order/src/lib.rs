@@ -13,6 +13,10 @@
 //! and events), [`events`] (contracts in and out), [`http`] (routes), [`inventory`] (the stock
 //! pre-check client) and [`feed`] (status changes for `?wait` and the SSE stream).
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod domain;
 pub mod events;
 pub mod feed;

@@ -14,6 +14,10 @@
 //! [`events`] (saga events in), [`worker`] and [`psp`] (the processor, out), `http` (routes and
 //! the webhook).
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod domain;
 pub mod events;
 mod http;

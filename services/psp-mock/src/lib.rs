@@ -15,6 +15,10 @@
 //! `contracts::webhook` says, which the payment service verifies), `chaos` (a processor's own
 //! faults on request: timeouts, 503s, duplicated and reordered webhooks).
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod chaos;
 pub mod domain;
 pub mod http;
