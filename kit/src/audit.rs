@@ -211,6 +211,10 @@ pub struct Trail {
 impl TrailQuery {
     /// The id and the event ids, parsed, or a 422 naming what is wrong. UUIDs only, so the
     /// id is safe inside a LIKE pattern.
+    #[expect(
+        clippy::expect_used,
+        reason = "errors.finish() has refused a missing id"
+    )]
     pub fn parse(&self) -> Result<(uuid::Uuid, Vec<uuid::Uuid>), Problem> {
         let mut errors = Errors::new();
         let mentions = errors.take(

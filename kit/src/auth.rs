@@ -295,9 +295,9 @@ struct RevocationState {
 /// A verifier's copy of the revocation list (see the module header).
 pub struct Revocations {
     source: Box<dyn RevocationSource>,
-    state: std::sync::RwLock<RevocationState>,
+    state: parking_lot::RwLock<RevocationState>,
     /// When the last read that worked began, and when the last read was tried.
-    times: std::sync::Mutex<(Option<Instant>, Option<Instant>)>,
+    times: parking_lot::Mutex<(Option<Instant>, Option<Instant>)>,
     /// One read at a time.
     reading: Mutex<()>,
 }
@@ -306,8 +306,8 @@ impl Revocations {
     pub fn new(source: impl RevocationSource + 'static) -> Self {
         Revocations {
             source: Box::new(source),
-            state: std::sync::RwLock::new(RevocationState::default()),
-            times: std::sync::Mutex::new((None, None)),
+            state: parking_lot::RwLock::new(RevocationState::default()),
+            times: parking_lot::Mutex::new((None, None)),
             reading: Mutex::new(()),
         }
     }
@@ -321,11 +321,11 @@ impl Revocations {
 
     async fn read(&self) -> anyhow::Result<()> {
         let started = Instant::now();
-        self.times.lock().expect("revocation times").1 = Some(started);
+        self.times.lock().1 = Some(started);
         loop {
-            let since = self.state.read().expect("revocations").cursor;
+            let since = self.state.read().cursor;
             let page = self.source.since(since).await?;
-            let mut s = self.state.write().expect("revocations");
+            let mut s = self.state.write();
             s.token_ttl_us = page.token_ttl_secs as i64 * 1_000_000;
             for r in &page.items {
                 match &r.session_id {
@@ -350,7 +350,7 @@ impl Revocations {
                 }
             }
         }
-        self.times.lock().expect("revocation times").0 = Some(started);
+        self.times.lock().0 = Some(started);
         Ok(())
     }
 
@@ -382,7 +382,7 @@ impl Revocations {
 
     /// Whether the list was read less than [`REVOCATION_MAX_AGE`] ago.
     fn fresh(&self) -> bool {
-        let (synced, _) = *self.times.lock().expect("revocation times");
+        let (synced, _) = *self.times.lock();
         synced.is_some_and(|t| t.elapsed() < REVOCATION_MAX_AGE)
     }
 
@@ -398,7 +398,7 @@ impl Revocations {
             // more unless one was just tried, so an unreachable auth service is not asked
             // once per request.
             let _one = self.reading.lock().await;
-            let (_, tried) = *self.times.lock().expect("revocation times");
+            let (_, tried) = *self.times.lock();
             if !self.fresh() && tried.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 if let Err(e) = self.read().await {
                     tracing::warn!(error = %e, "the revocation list could not be read for a privileged token");
@@ -411,7 +411,7 @@ impl Revocations {
                 .with_retry_after(2));
             }
         }
-        let s = self.state.read().expect("revocations");
+        let s = self.state.read();
         let retired = s
             .min_version
             .get(&claims.sub)
@@ -666,12 +666,12 @@ mod tests {
     use super::*;
 
     /// A revocation list that answers what it is given, or fails (`None`).
-    struct Listed(std::sync::Mutex<Option<Vec<Revocation>>>);
+    struct Listed(parking_lot::Mutex<Option<Vec<Revocation>>>);
 
     #[async_trait::async_trait]
     impl RevocationSource for Arc<Listed> {
         async fn since(&self, since: i64) -> anyhow::Result<RevocationPage> {
-            let items = self.0.lock().unwrap().clone();
+            let items = self.0.lock().clone();
             let items = items.ok_or_else(|| anyhow::anyhow!("auth is down"))?;
             Ok(RevocationPage {
                 items: items.into_iter().filter(|r| r.at >= since).collect(),
@@ -715,7 +715,7 @@ mod tests {
                 at: now,
             },
         ];
-        let source = Arc::new(Listed(std::sync::Mutex::new(Some(entries))));
+        let source = Arc::new(Listed(parking_lot::Mutex::new(Some(entries))));
         let r = Revocations::new(source.clone());
         // Never read yet: a privileged token makes it read the list first.
         assert!(r
@@ -745,9 +745,9 @@ mod tests {
             .await
             .is_ok());
         // The list is old and auth cannot be read: privileged tokens wait, customers do not.
-        *source.0.lock().unwrap() = None;
-        r.times.lock().unwrap().0 = Some(Instant::now() - REVOCATION_MAX_AGE);
-        r.times.lock().unwrap().1 = Some(Instant::now() - Duration::from_secs(5));
+        *source.0.lock() = None;
+        r.times.lock().0 = Some(Instant::now() - REVOCATION_MAX_AGE);
+        r.times.lock().1 = Some(Instant::now() - Duration::from_secs(5));
         assert_eq!(
             r.check(&claims("someone", Role::Seller, 0, None))
                 .await

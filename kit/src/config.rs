@@ -4,6 +4,7 @@
 //! Every variable is read through [`Env`], which collects every bad value instead of stopping at
 //! the first, and names the variable and what it expects, so an operator fixes them all at once.
 
+use crate::db::DatabaseUrl;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -231,13 +232,14 @@ impl Env {
     }
 }
 
-/// What every service reads the same way.
-#[derive(Clone)]
+/// What every service reads the same way. Printed at start: secrets and the database URL's
+/// password print masked.
+#[derive(Clone, Debug)]
 pub struct CommonConfig {
     pub host: String,
     pub data_dir: PathBuf,
     /// `MERCATO_DATABASE_URL`; each service may override it with `MERCATO_<SERVICE>_DATABASE_URL`.
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     pub db_pool_size: u32,
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
@@ -262,34 +264,6 @@ pub struct CommonConfig {
     /// `MERCATO_TEST_HOOKS=true`: mounts the routes only tests use (an admin can tell a
     /// consumer to fail an event type, to make a dead letter on purpose). Off unless set.
     pub test_hooks: bool,
-}
-
-/// Printed at start: the database URL without its password.
-impl fmt::Debug for CommonConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CommonConfig")
-            .field("host", &self.host)
-            .field("data_dir", &self.data_dir)
-            .field(
-                "database_url",
-                &self.database_url.as_deref().map(crate::db::redact),
-            )
-            .field("db_pool_size", &self.db_pool_size)
-            .field("request_timeout", &self.request_timeout)
-            .field("body_limit_bytes", &self.body_limit_bytes)
-            .field("header_timeout", &self.header_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("body_timeout", &self.body_timeout)
-            .field("max_connections", &self.max_connections)
-            .field("auth_url", &self.auth_url)
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("service_secret", &self.service_secret)
-            .field("trusted_proxies", &self.trusted_proxies)
-            .field("chaos_mode", &self.chaos_mode)
-            .field("test_hooks", &self.test_hooks)
-            .finish()
-    }
 }
 
 /// Loopback only: on one machine the gateway forwards from there.
@@ -322,11 +296,13 @@ impl CommonConfig {
         CommonConfig {
             host: env.string("MERCATO_HOST", "127.0.0.1"),
             data_dir: env.path("MERCATO_DATA_DIR", "./mercato-data"),
-            database_url: env.url(
-                "MERCATO_DATABASE_URL",
-                None,
-                &["sqlite", "postgres", "postgresql"],
-            ),
+            database_url: env
+                .url(
+                    "MERCATO_DATABASE_URL",
+                    None,
+                    &["sqlite", "postgres", "postgresql"],
+                )
+                .map(DatabaseUrl::new),
             db_pool_size: env.int("MERCATO_DB_POOL_SIZE", 8, 1..=200) as u32,
             request_timeout: Duration::from_millis(env.int(
                 "MERCATO_REQUEST_TIMEOUT_MS",
@@ -372,15 +348,16 @@ impl CommonConfig {
 
     /// The database of one service: its own override, the shared URL, or a SQLite file of its
     /// own in the data directory.
-    pub fn database_url_for(&self, env: &mut Env, service: &str) -> String {
+    pub fn database_url_for(&self, env: &mut Env, service: &str) -> DatabaseUrl {
         let var = format!("MERCATO_{}_DATABASE_URL", service.to_ascii_uppercase());
         env.url(&var, None, &["sqlite", "postgres", "postgresql"])
+            .map(DatabaseUrl::new)
             .or_else(|| self.database_url.clone())
             .unwrap_or_else(|| {
-                format!(
+                DatabaseUrl::new(format!(
                     "sqlite://{}?mode=rwc",
                     self.data_dir.join(format!("{service}.db")).display()
-                )
+                ))
             })
     }
 }
@@ -420,12 +397,12 @@ mod tests {
         let mut env = Env::from_pairs([("MERCATO_DATA_DIR", "/tmp/x")]);
         let c = CommonConfig::read(&mut env);
         assert_eq!(
-            c.database_url_for(&mut env, "auth"),
+            c.database_url_for(&mut env, "auth").as_str(),
             "sqlite:///tmp/x/auth.db?mode=rwc"
         );
         env.set("MERCATO_AUTH_DATABASE_URL", "postgres://localhost/auth");
         assert_eq!(
-            c.database_url_for(&mut env, "auth"),
+            c.database_url_for(&mut env, "auth").as_str(),
             "postgres://localhost/auth"
         );
         assert!(env.check().is_ok());

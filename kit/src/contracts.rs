@@ -13,6 +13,8 @@
 //! `payment.delayed` (the CONFIRMED order shows why it waits; nothing changes state), until an
 //! attempt gets an answer or the reservation expires.
 
+pub mod webhook;
+
 use crate::ids::{OrderId, ProductId, UserId};
 use serde::{Deserialize, Serialize};
 

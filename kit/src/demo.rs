@@ -50,6 +50,10 @@ pub struct DemoProduct {
 }
 
 /// The demo catalog: 73 products in 8 categories, all sold by [`SELLER`] in USD.
+#[expect(
+    clippy::expect_used,
+    reason = "the embedded catalog is checked by this module's test"
+)]
 pub fn products() -> Vec<DemoProduct> {
     serde_json::from_str(include_str!("../demo/products.json"))
         .expect("the demo catalog is valid JSON")

@@ -542,6 +542,10 @@ pub struct Service {
 impl Service {
     /// Wraps the service's API router (state already applied) with the kit's layers and the
     /// `/health/*`, `/metrics` and `/openapi.json` routes.
+    #[expect(
+        clippy::expect_used,
+        reason = "a fixed document and one switch per registry: a failure is a bug every test would hit"
+    )]
     pub fn new(
         name: &'static str,
         api: Router,
@@ -779,6 +783,10 @@ async fn render_metrics(State(metrics): State<Metrics>) -> Response {
 }
 
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+#[expect(
+    clippy::expect_used,
+    reason = "without a SIGTERM handler the process cannot stop gracefully; better not to start"
+)]
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

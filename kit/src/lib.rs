@@ -4,6 +4,10 @@
 //! token checks, health, metrics) and the contracts services share (typed ids, roles, the event
 //! envelope). It deliberately holds no business rules: those live in each service's `domain`.
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod audit;
 pub mod auth;
 pub mod chaos;
@@ -23,7 +27,6 @@ pub mod problem;
 pub mod redis;
 pub mod server;
 pub mod telemetry;
-#[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
 pub mod validate;

@@ -28,6 +28,10 @@ pub struct Metrics {
 
 /// Registers a metric in `registry` and hands it back (the registries are per service, so a
 /// second registration of a name is a bug).
+#[expect(
+    clippy::expect_used,
+    reason = "fixed metric names, one registry per service: a failure is a bug every test would hit"
+)]
 pub fn register<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     metric: prometheus::Result<M>,
@@ -40,6 +44,10 @@ pub fn register<M: prometheus::core::Collector + Clone + 'static>(
 }
 
 impl Metrics {
+    #[expect(
+        clippy::expect_used,
+        reason = "fixed metric names, one registry per service: a failure is a bug every test would hit"
+    )]
     pub fn new(service: &str) -> Metrics {
         let labels = HashMap::from([("service".to_owned(), service.to_owned())]);
         let registry = Registry::new_custom(None, Some(labels)).expect("a valid registry");

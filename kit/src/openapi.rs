@@ -67,6 +67,10 @@ pub fn add_to_every_operation(doc: &mut Value, statuses: &[(&str, &str)]) {
     }
 }
 
+#[expect(
+    clippy::expect_used,
+    reason = "utoipa writes operations and responses as objects"
+)]
 fn complete_operation(op: &mut Value, schema: &Value) {
     let secured = op
         .get("security")

@@ -26,12 +26,13 @@ use axum::http::Request;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -85,6 +86,7 @@ impl ConnectionMetrics {
 
     /// For a listener whose metrics nobody reads (the placeholder answering while a service
     /// starts).
+    #[expect(clippy::expect_used, reason = "fixed metric names on a fresh registry")]
     pub fn unregistered() -> ConnectionMetrics {
         ConnectionMetrics {
             open: IntGauge::new("http_connections_open", "HTTP connections open now")
@@ -104,6 +106,7 @@ impl ConnectionMetrics {
 
 /// Serves `app` on `listener` until `shutdown`; then stops accepting, lets every request in
 /// flight finish (idle connections are closed at once) and returns.
+#[expect(clippy::expect_used, reason = "the semaphore is never closed")]
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -183,7 +186,7 @@ impl AddressSlot {
         if limits.exempt.iter().any(|n| n.contains(&ip)) {
             return Some(None);
         }
-        let mut counts = map.lock().expect("address counts");
+        let mut counts = map.lock();
         let n = counts.entry(ip).or_insert(0);
         if *n >= max {
             return None;
@@ -198,7 +201,7 @@ impl AddressSlot {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut counts = self.map.lock().expect("address counts");
+        let mut counts = self.map.lock();
         if let Some(n) = counts.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -299,13 +302,13 @@ impl Activity {
     }
 
     fn update(&self, f: impl FnOnce(&mut State)) {
-        f(&mut self.state.lock().expect("connection state"));
+        f(&mut self.state.lock());
         self.changed.notify_one();
     }
 
     /// When the connection must be let go if nothing changes, and why.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, &'static str)> {
-        let s = self.state.lock().expect("connection state");
+        let s = self.state.lock();
         if s.in_flight > 0 {
             return None;
         }
@@ -405,7 +408,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            let mut s = self.activity.state.lock().expect("connection state");
+            let mut s = self.activity.state.lock();
             if s.in_flight == 0 && s.head_started.is_none() {
                 s.head_started = Some(Instant::now());
                 drop(s);

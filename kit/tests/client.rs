@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use mercato_kit::client::{BreakerState, Dependency, Error, ManualClock, Policy};
 use mercato_kit::http::{RequestContext, CORRELATION_ID, IDEMPOTENCY_KEY, TRACEPARENT};
+use mercato_kit::testing::eventually;
 use prometheus::Registry;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -206,24 +206,6 @@ fn retries(registry: &Registry, dependency: &str) -> f64 {
 
 fn breaker_gauge(registry: &Registry, dependency: &str) -> f64 {
     metric(registry, "circuit_breaker_state", dependency, None)
-}
-
-async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn status_of(result: &Result<mercato_kit::client::Response, Error>) -> Option<u16> {

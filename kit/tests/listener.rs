@@ -9,6 +9,7 @@ use axum::Router;
 use mercato_kit::http::{HttpSettings, Json, Service};
 use mercato_kit::metrics::Metrics;
 use mercato_kit::server::ConnectionLimits;
+use mercato_kit::testing::eventually;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -265,7 +266,7 @@ async fn one_address_holds_at_most_its_share_of_connections() {
     assert_eq!(sent, "", "the fourth connection is closed unanswered");
     drop(held.pop());
     // Once one is given back, the address may connect again.
-    eventually(|| async {
+    eventually(NEVER, || async {
         let mut s = TcpStream::connect(app.addr).await.ok()?;
         s.write_all(b"GET /api/v1/hello HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -278,22 +279,6 @@ async fn one_address_holds_at_most_its_share_of_connections() {
     })
     .await;
     app.stop.cancel();
-}
-
-/// Polls `f` until it gives a value, for at most [`NEVER`].
-async fn eventually<T, F, Fut>(mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + NEVER;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not reached within {NEVER:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

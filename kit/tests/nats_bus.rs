@@ -2,7 +2,8 @@
 //! shared by replicas in publish order, redelivery of what was not acknowledged, several streams
 //! in one subscription, and the kit's consumer on top of it.
 //!
-//! Runs only when `MERCATO_TEST_NATS_URL` names a server with JetStream (CI sets it). Each test
+//! Needs `MERCATO_TEST_NATS_URL` naming a server with JetStream: ignored otherwise, run by CI's
+//! backend tier with `--include-ignored`. Each test
 //! works under a prefix of its own and deletes its streams at the end.
 
 mod support;
@@ -24,12 +25,8 @@ use tokio_util::sync::CancellationToken;
 /// Long enough for a loaded CI machine, short enough to fail a hung test soon.
 const PATIENCE: Duration = Duration::from_secs(15);
 
-fn nats_url() -> Option<String> {
-    let url = std::env::var("MERCATO_TEST_NATS_URL").ok();
-    if url.is_none() {
-        println!("skipped: MERCATO_TEST_NATS_URL not set");
-    }
-    url
+fn nats_url() -> String {
+    mercato_kit::testing::backend("MERCATO_TEST_NATS_URL")
 }
 
 /// A bus under a prefix no other test uses; `tune` adjusts the options.
@@ -92,8 +89,9 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, f: impl FnMut(
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn a_subscription_made_before_any_event_receives_the_ones_published_later() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
     // Subscribing creates the (empty) stream and the consumer; nothing is there to read yet.
     let mut sub = t
@@ -124,8 +122,9 @@ fn by_aggregate(events: &[Envelope]) -> BTreeMap<String, Vec<uuid::Uuid>> {
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn events_published_before_the_first_subscription_are_delivered_in_order_per_aggregate() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
     let sent: Vec<Envelope> = (1..=9).map(|n| event("order.created", n)).collect();
     for e in &sent {
@@ -162,8 +161,9 @@ fn an_aggregate_always_lands_on_the_same_partition() {
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn publishing_one_event_id_twice_delivers_it_once() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
     let e = event("order.created", 1);
     t.bus.publish(&e).await.unwrap();
@@ -195,8 +195,9 @@ async fn publishing_one_event_id_twice_delivers_it_once() {
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn replicas_with_one_consumer_name_share_the_events_in_publish_order_per_aggregate() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
     let replicas = [
         t.bus
@@ -262,8 +263,9 @@ async fn replicas_with_one_consumer_name_share_the_events_in_publish_order_per_a
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn an_event_not_acknowledged_comes_again_to_the_next_subscriber() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |o| {
         o.ack_wait = Duration::from_secs(1);
         o.redelivery_backoff = vec![];
@@ -294,8 +296,9 @@ async fn an_event_not_acknowledged_comes_again_to_the_next_subscriber() {
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn asking_for_the_next_event_without_acknowledging_hands_the_last_one_back_at_once() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     // ack_wait far beyond the patience of `next`: only the hand-back can bring it again in time.
     let t = TestBus::new(&url, |o| o.ack_wait = Duration::from_secs(120)).await;
     // One aggregate, so one partition: the second waits behind the first.
@@ -321,8 +324,9 @@ async fn asking_for_the_next_event_without_acknowledging_hands_the_last_one_back
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn one_subscription_reads_the_streams_of_several_producers() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
     let mut sub = t
         .bus
@@ -349,8 +353,9 @@ async fn one_subscription_reads_the_streams_of_several_producers() {
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn a_message_that_is_not_an_envelope_does_not_hold_up_the_ones_behind_it() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
     let mut sub = t.bus.subscribe("order", &["payment.failed"]).await.unwrap();
     // On the partition of the good event behind it.
@@ -369,8 +374,9 @@ async fn a_message_that_is_not_an_envelope_does_not_hold_up_the_ones_behind_it()
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn a_deleted_consumer_is_reported_and_made_again() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
     let mut sub = t.bus.subscribe("order", &["payment.failed"]).await.unwrap();
     let first = event("payment.failed", 1);
@@ -417,8 +423,9 @@ async fn a_deleted_consumer_is_reported_and_made_again() {
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn what_an_unpartitioned_consumer_of_an_earlier_release_left_is_drained() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
     let prefix = t.bus.options().prefix.clone();
     // The layout before partitions: subjects without one, one durable per stream.
@@ -477,8 +484,9 @@ async fn what_an_unpartitioned_consumer_of_an_earlier_release_left_is_drained() 
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn a_stream_deleted_under_a_publisher_is_made_again() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
     t.bus.publish(&event("order.paid", 1)).await.unwrap();
     t.cleanup(&["order"]).await;
@@ -490,8 +498,9 @@ async fn a_stream_deleted_under_a_publisher_is_made_again() {
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn names_that_are_not_nats_tokens_are_refused() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
     assert!(t.bus.subscribe("a.b", &["order.created"]).await.is_err());
     assert!(t.bus.subscribe("order", &["order.*"]).await.is_err());
@@ -520,8 +529,9 @@ impl EventHandler for Recorder {
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn the_kit_consumer_applies_each_event_once_through_duplicates_and_redeliveries() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |o| {
         o.ack_wait = Duration::from_secs(1);
         o.redelivery_backoff = vec![];
@@ -586,8 +596,9 @@ async fn the_kit_consumer_applies_each_event_once_through_duplicates_and_redeliv
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |o| {
         o.ack_wait = Duration::from_secs(1);
         o.redelivery_backoff = vec![];
@@ -665,8 +676,9 @@ async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit()
 }
 
 #[tokio::test]
+#[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn a_delivery_carries_the_servers_delivery_count() {
-    let Some(url) = nats_url() else { return };
+    let url = nats_url();
     let t = TestBus::new(&url, |o| o.ack_wait = Duration::from_secs(120)).await;
     let e = event("payment.authorized", 1);
     t.bus.publish(&e).await.unwrap();

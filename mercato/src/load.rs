@@ -214,6 +214,10 @@ const CLASSES: [&str; 8] = [
     "no answer",
 ];
 
+#[expect(
+    clippy::expect_used,
+    reason = "constant bounds that hdrhistogram accepts"
+)]
 fn histogram() -> Histogram<u64> {
     // 1 µs to 1 hour, 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")

@@ -1,6 +1,10 @@
 //! `mercato`: run every service embedded (`up`) or one service on its own (`serve`), and
 //! measure (`load`) or check (`audit`) a running one.
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mercato::stack;

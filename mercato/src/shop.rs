@@ -103,15 +103,11 @@ fn default_url(service: &str) -> String {
         .ok()
         .and_then(|p| p.parse::<u16>().ok())
         .filter(|p| *p != 0)
-        .unwrap_or(match service {
-            "gateway" => 8080,
-            "auth" => 8081,
-            "catalog" => 8082,
-            "order" => 8083,
-            "payment" => 8084,
-            "cart" => 8085,
-            "inventory" => 8086,
-            _ => 0,
+        .unwrap_or_else(|| {
+            crate::stack::TABLE
+                .iter()
+                .find(|d| d.name == service)
+                .map_or(0, |d| d.default_port)
         });
     format!("http://{host}:{port}")
 }

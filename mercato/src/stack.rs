@@ -3,7 +3,9 @@
 //! service learns the real address of the auth service before it is built.
 
 use anyhow::Context;
+use futures::future::BoxFuture;
 use mercato_kit::config::Env;
+use mercato_kit::db::Migrations;
 use mercato_kit::events::{Bus, EmbeddedBus, KafkaBus, KafkaOptions, NatsBus, NatsOptions};
 use mercato_kit::http::Service;
 use std::collections::BTreeMap;
@@ -14,18 +16,133 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// One service as `mercato` runs it, in one row: `up`, `serve`, `migrate` and the tests all
+/// go through [`TABLE`], so a new service is one more row.
+pub struct ServiceDef {
+    pub name: &'static str,
+    /// `MERCATO_<NAME>_PORT` when unset.
+    pub default_port: u16,
+    /// How the others find it when they start together: each variable, unless set, becomes its
+    /// bound address followed by the path.
+    pub found_at: &'static [(&'static str, &'static str)],
+    /// Its migrations, for a service with a database of its own.
+    pub migrations: Option<fn() -> Migrations>,
+    /// Reads its configuration, for the errors it finds (reported all at once, before
+    /// anything listens).
+    check: fn(&mut Env),
+    /// Reads and logs its configuration and builds it, on the bus the stack shares.
+    build: Build,
+}
+
+/// Builds a service from the environment, on the stack's bus; `true` when it runs alone.
+type Build = for<'a> fn(&'a mut Env, Arc<dyn Bus>, bool) -> BoxFuture<'a, anyhow::Result<Service>>;
+
+/// A row of [`TABLE`] for the service crate `$krate`: its `Config::read` and its `build`, which
+/// takes the stack's bus when `bus` is given.
+macro_rules! service {
+    ($name:literal, $port:literal, $krate:ident, $migrations:expr, $found_at:expr $(, $bus:ident)?) => {
+        ServiceDef {
+            name: $name,
+            default_port: $port,
+            found_at: $found_at,
+            migrations: $migrations,
+            check: |env| drop($krate::Config::read(env)),
+            build: |env, _bus, alone| {
+                Box::pin(async move {
+                    let c = configured($name, env, $krate::Config::read, alone)?;
+                    $krate::build(&c $(, service!(@$bus _bus))?).await
+                })
+            },
+        }
+    };
+    (@bus $b:ident) => { $b };
+}
+
 /// Every service this build can run, in start order.
-pub const SERVICES: &[&str] = &[
-    "auth",
-    "catalog",
-    "inventory",
-    "order",
-    "cart",
-    "payment",
-    "psp-mock",
+pub const TABLE: &[ServiceDef] = &[
+    service!(
+        "auth",
+        8081,
+        mercato_auth,
+        Some(mercato_auth::migrations),
+        &[("MERCATO_AUTH_URL", "")]
+    ),
+    service!(
+        "catalog",
+        8082,
+        mercato_catalog,
+        Some(mercato_catalog::migrations),
+        &[("MERCATO_CATALOG_URL", "")],
+        bus
+    ),
+    service!(
+        "inventory",
+        8086,
+        mercato_inventory,
+        Some(mercato_inventory::migrations),
+        &[("MERCATO_INVENTORY_URL", "")],
+        bus
+    ),
+    service!(
+        "order",
+        8083,
+        mercato_order,
+        Some(mercato_order::migrations),
+        &[("MERCATO_ORDER_URL", "")],
+        bus
+    ),
+    service!(
+        "cart",
+        8085,
+        mercato_cart,
+        Some(mercato_cart::migrations),
+        &[("MERCATO_CART_URL", "")],
+        bus
+    ),
+    service!(
+        "payment",
+        8084,
+        mercato_payment,
+        Some(mercato_payment::migrations),
+        &[
+            ("MERCATO_PAYMENT_URL", ""),
+            ("MERCATO_PSP_WEBHOOK_URL", "/api/v1/payments/webhook"),
+        ],
+        bus
+    ),
+    service!(
+        "psp-mock",
+        8090,
+        mercato_psp_mock,
+        None,
+        &[
+            ("MERCATO_PSP_URL", ""),
+            // The gateway's operator console shows psp-mock's health and chaos.
+            ("MERCATO_PSP_MOCK_URL", ""),
+        ]
+    ),
     // Last: it fronts every service above and learns their addresses from them.
-    "gateway",
+    service!("gateway", 8080, mercato_gateway, None, &[]),
 ];
+
+/// The names of [`TABLE`], in start order.
+pub const SERVICES: &[&str] = &{
+    let mut names = [""; TABLE.len()];
+    let mut i = 0;
+    while i < TABLE.len() {
+        names[i] = TABLE[i].name;
+        i += 1;
+    }
+    names
+};
+
+/// The row of a service [`wanted`] accepted.
+fn def(service: &str) -> &'static ServiceDef {
+    TABLE
+        .iter()
+        .find(|d| d.name == service)
+        .unwrap_or_else(|| panic!("{service} is not in the service table"))
+}
 
 /// Services running in this process.
 pub struct Stack {
@@ -111,20 +228,6 @@ fn port_var(service: &str) -> String {
         "MERCATO_{}_PORT",
         service.to_ascii_uppercase().replace('-', "_")
     )
-}
-
-fn default_port(service: &str) -> u16 {
-    match service {
-        "gateway" => 8080,
-        "auth" => 8081,
-        "catalog" => 8082,
-        "order" => 8083,
-        "payment" => 8084,
-        "cart" => 8085,
-        "inventory" => 8086,
-        "psp-mock" => 8090,
-        _ => 0,
-    }
 }
 
 /// The secrets services share, each with the file it is kept in when embedded, the services
@@ -213,38 +316,6 @@ fn generated_secret(path: &Path) -> anyhow::Result<String> {
     Ok(s)
 }
 
-/// Reads a service's configuration into a scratch copy of `env` and carries its errors over.
-fn validate_config(service: &str, scratch: &mut Env, env: &mut Env) {
-    match service {
-        "auth" => {
-            let _ = mercato_auth::Config::read(scratch);
-        }
-        "catalog" => {
-            let _ = mercato_catalog::Config::read(scratch);
-        }
-        "psp-mock" => {
-            let _ = mercato_psp_mock::Config::read(scratch);
-        }
-        "inventory" => {
-            let _ = mercato_inventory::Config::read(scratch);
-        }
-        "order" => {
-            let _ = mercato_order::Config::read(scratch);
-        }
-        "payment" => {
-            let _ = mercato_payment::Config::read(scratch);
-        }
-        "cart" => {
-            let _ = mercato_cart::Config::read(scratch);
-        }
-        "gateway" => {
-            let _ = mercato_gateway::Config::read(scratch);
-        }
-        _ => {}
-    }
-    env.absorb_errors(scratch);
-}
-
 /// Logs a service's configuration (secrets masked by its `Debug`): at `info` for a process that
 /// runs it alone (its log is its record), at `debug` when it starts with the others (`up`
 /// prints one summary for them all instead of a screen of lines).
@@ -256,63 +327,17 @@ fn announce(service: &str, config: &dyn std::fmt::Debug, alone: bool) {
     }
 }
 
-async fn build(
+/// Reads a service's configuration, refuses a bad one, and logs it.
+fn configured<C: std::fmt::Debug>(
     service: &str,
     env: &mut Env,
-    bus: &Arc<dyn Bus>,
+    read: fn(&mut Env) -> C,
     alone: bool,
-) -> anyhow::Result<Option<Service>> {
-    Ok(match service {
-        "auth" => {
-            let c = mercato_auth::Config::read(env);
-            env.check()?;
-            announce(service, &c, alone);
-            Some(mercato_auth::build(&c).await?)
-        }
-        "catalog" => {
-            let c = mercato_catalog::Config::read(env);
-            env.check()?;
-            announce(service, &c, alone);
-            Some(mercato_catalog::build(&c, bus.clone()).await?)
-        }
-        "psp-mock" => {
-            let c = mercato_psp_mock::Config::read(env);
-            env.check()?;
-            announce(service, &c, alone);
-            Some(mercato_psp_mock::build(&c).await?)
-        }
-        "inventory" => {
-            let c = mercato_inventory::Config::read(env);
-            env.check()?;
-            announce(service, &c, alone);
-            Some(mercato_inventory::build(&c, bus.clone()).await?)
-        }
-        "order" => {
-            let c = mercato_order::Config::read(env);
-            env.check()?;
-            announce(service, &c, alone);
-            Some(mercato_order::build(&c, bus.clone()).await?)
-        }
-        "payment" => {
-            let c = mercato_payment::Config::read(env);
-            env.check()?;
-            announce(service, &c, alone);
-            Some(mercato_payment::build(&c, bus.clone()).await?)
-        }
-        "cart" => {
-            let c = mercato_cart::Config::read(env);
-            env.check()?;
-            announce(service, &c, alone);
-            Some(mercato_cart::build(&c, bus.clone()).await?)
-        }
-        "gateway" => {
-            let c = mercato_gateway::Config::read(env);
-            env.check()?;
-            announce(service, &c, alone);
-            Some(mercato_gateway::build(&c).await?)
-        }
-        _ => None,
-    })
+) -> anyhow::Result<C> {
+    let c = read(env);
+    env.check()?;
+    announce(service, &c, alone);
+    Ok(c)
 }
 
 /// Starts `services` (all of [`SERVICES`] when empty) in this process.
@@ -410,12 +435,15 @@ async fn open_bus(
         .await?;
         return Ok((Arc::new(bus), None));
     }
-    let bus_url = common.database_url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rwc",
-            common.data_dir.join("bus.db").display()
-        )
-    });
+    let bus_url = common.database_url.as_ref().map_or_else(
+        || {
+            format!(
+                "sqlite://{}?mode=rwc",
+                common.data_dir.join("bus.db").display()
+            )
+        },
+        |u| u.as_str().to_owned(),
+    );
     if let Some(brokers) = env.raw("MERCATO_KAFKA_BROKERS") {
         let options = kafka_options(&mut env.clone());
         // The delivery counts Kafka does not keep live where the embedded log would.
@@ -514,14 +542,18 @@ pub async fn start_until(
     let embedded = wanted.iter().all(|s| {
         !common
             .database_url_for(&mut env.clone(), s)
+            .as_str()
             .starts_with("postgres")
     });
     ensure_shared_secrets(&mut env, &common.data_dir, &wanted, embedded)?;
     // Read every service's configuration up front so that all bad values are reported at
     // once, before anything listens.
     for &s in &wanted {
-        env.port(&port_var(s), default_port(s));
-        validate_config(s, &mut env.clone(), &mut env);
+        env.port(&port_var(s), def(s).default_port);
+        // Into a scratch copy, whose errors are carried over.
+        let mut scratch = env.clone();
+        (def(s).check)(&mut scratch);
+        env.absorb_errors(&scratch);
     }
     if env.raw("MERCATO_NATS_URL").is_some() {
         env.url("MERCATO_NATS_URL", None, &["nats", "tls"]);
@@ -547,7 +579,7 @@ pub async fn start_until(
     let mut listeners = Vec::new();
     let mut starters = Vec::new();
     for &s in &wanted {
-        let port = env.port(&port_var(s), default_port(s));
+        let port = env.port(&port_var(s), def(s).default_port);
         env.check()?;
         let addr: SocketAddr = format!("{}:{port}", common.host)
             .parse()
@@ -582,24 +614,9 @@ pub async fn start_until(
     }
     // Services started together find each other at the addresses just bound (which matters
     // when the ports were 0), unless told otherwise.
-    for (var, service, path) in [
-        ("MERCATO_AUTH_URL", "auth", ""),
-        ("MERCATO_INVENTORY_URL", "inventory", ""),
-        ("MERCATO_CATALOG_URL", "catalog", ""),
-        ("MERCATO_ORDER_URL", "order", ""),
-        ("MERCATO_PAYMENT_URL", "payment", ""),
-        ("MERCATO_CART_URL", "cart", ""),
-        ("MERCATO_PSP_URL", "psp-mock", ""),
-        // The gateway's operator console shows psp-mock's health and chaos.
-        ("MERCATO_PSP_MOCK_URL", "psp-mock", ""),
-        (
-            "MERCATO_PSP_WEBHOOK_URL",
-            "payment",
-            "/api/v1/payments/webhook",
-        ),
-    ] {
-        if env.raw(var).is_none() {
-            if let Some((_, _, addr)) = listeners.iter().find(|(s, _, _)| *s == service) {
+    for (service, _, addr) in &listeners {
+        for (var, path) in def(service).found_at {
+            if env.raw(var).is_none() {
                 env.set(var, format!("http://{addr}{path}"));
             }
         }
@@ -631,12 +648,11 @@ pub async fn start_until(
         let built = with_retries(name, &stop, || {
             let mut env = env.clone();
             let bus = bus.clone();
-            async move { build(name, &mut env, &bus, alone).await }
+            async move { (def(name).build)(&mut env, bus, alone).await }
         })
         .await;
         let service = match built {
-            Ok(Some(s)) => s,
-            Ok(None) => continue,
+            Ok(s) => s,
             Err(e) => {
                 stop_starters(&starters);
                 let _ = stack.stop_remaining().await;
@@ -665,19 +681,13 @@ pub async fn migrate(
     services: &[&str],
     stop: CancellationToken,
 ) -> anyhow::Result<Vec<&'static str>> {
-    use mercato_kit::db::{Db, Migrations};
+    use mercato_kit::db::{DatabaseUrl, Db};
     let wanted = wanted(&env, services)?;
     let common = mercato_kit::config::CommonConfig::read(&mut env);
-    let mut plan: Vec<(&'static str, String, Migrations)> = Vec::new();
+    let mut plan: Vec<(&'static str, DatabaseUrl, Migrations)> = Vec::new();
     for &s in &wanted {
-        let migrations = match s {
-            "auth" => mercato_auth::migrations(),
-            "catalog" => mercato_catalog::migrations(),
-            "inventory" => mercato_inventory::migrations(),
-            "order" => mercato_order::migrations(),
-            "cart" => mercato_cart::migrations(),
-            "payment" => mercato_payment::migrations(),
-            _ => continue,
+        let Some(migrations) = def(s).migrations.map(|m| m()) else {
+            continue;
         };
         plan.push((s, common.database_url_for(&mut env, s), migrations));
     }
@@ -685,7 +695,7 @@ pub async fn migrate(
     let mut done = Vec::new();
     for (service, url, migrations) in plan {
         let db = with_retries(service, &stop, || {
-            Db::connect(&url, service, 1, &migrations)
+            Db::connect(url.as_str(), service, 1, &migrations)
         })
         .await?;
         db.close().await;

@@ -219,6 +219,10 @@ fn up_prints_urls_and_logins_serves_and_stops_on_sigterm() {
             break s;
         }
         assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a synchronous test waiting for a child process, which std cannot wait for with a deadline"
+        )]
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");

@@ -3,6 +3,7 @@
 //! finishes, no order is created twice for one Idempotency-Key, and the card processor (a
 //! separate process that survives) saw exactly one authorization per order.
 
+use mercato_kit::testing::until;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -218,24 +219,21 @@ async fn a_killed_process_finishes_every_saga_once_after_restart() {
         .await
         .unwrap();
     let product = products["items"][0]["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let res = http
-            .put(format!("{}/inventory/{product}", ports.url("inventory")))
-            .bearer_auth(&admin)
-            .json(&json!({"on_hand": 100}))
-            .send()
-            .await
-            .unwrap();
-        if res.status() == StatusCode::OK {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "demo stock never reached inventory"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        "demo stock to reach inventory",
+        Duration::from_secs(20),
+        || async {
+            http.put(format!("{}/inventory/{product}", ports.url("inventory")))
+                .bearer_auth(&admin)
+                .json(&json!({"on_hand": 100}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == StatusCode::OK
+        },
+    )
+    .await;
 
     // 24 orders at once, a third of them on a card that needs retries, so sagas are mid-way
     // when the process dies; the kill comes once half of the answers are in.
@@ -281,27 +279,24 @@ async fn a_killed_process_finishes_every_saga_once_after_restart() {
     }
     assert_eq!(ids.len(), keys.len(), "one order per Idempotency-Key");
     for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let o: Value = http
-                .get(format!("{}/orders/{id}?wait=5", ports.url("order")))
-                .bearer_auth(&customer)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if o["status"] == "PAID" {
-                break;
-            }
-            assert!(!matches!(o["status"].as_str(), Some("CANCELLED")), "{o}");
-            assert!(
-                Instant::now() < deadline,
-                "order {id} stuck in {}",
-                o["status"]
-            );
-        }
+        until(
+            &format!("order {id} PAID"),
+            Duration::from_secs(30),
+            || async {
+                let o: Value = http
+                    .get(format!("{}/orders/{id}?wait=5", ports.url("order")))
+                    .bearer_auth(&customer)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert!(!matches!(o["status"].as_str(), Some("CANCELLED")), "{o}");
+                o["status"] == "PAID"
+            },
+        )
+        .await;
     }
     let listed: Value = http
         .get(format!("{}/orders?limit=100", ports.url("order")))

@@ -32,7 +32,7 @@ fn chrono_now() -> i64 {
 
 async fn send_webhook(t: &TestStack, body: &str, secret: &str) -> reqwest::Response {
     let header =
-        mercato_psp_mock::signature::sign(secret.as_bytes(), chrono_now(), body.as_bytes());
+        mercato_kit::contracts::webhook::sign(secret.as_bytes(), chrono_now(), body.as_bytes());
     t.http
         .post(t.api("gateway", "/payments/webhook"))
         .header("content-type", "application/json")

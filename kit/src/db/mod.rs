@@ -696,6 +696,10 @@ impl<'q> Query<'q> {
 /// `IF NOT EXISTS`. Two processes starting together may both find it missing; the loser's
 /// create fails on the catalog's unique index once the winner commits, and finding the schema
 /// there then is success.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the PostgreSQL catalog: there is no SQLite side"
+)]
 async fn ensure_schema(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
     let exists = || async {
         sqlx::query("SELECT 1 AS found FROM pg_namespace WHERE nspname = $1")
@@ -722,6 +726,28 @@ fn schema_name(service: &str) -> String {
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .collect()
+}
+
+/// A database URL (`sqlite://...`, `postgres://...`) that prints without its password, so
+/// every service's `Config` derives `Debug` and is logged at start as it is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> DatabaseUrl {
+        DatabaseUrl(url.into())
+    }
+
+    /// The URL itself, password included: for connecting, never for a log.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&redact(&self.0), f)
+    }
 }
 
 /// A URL as it may be logged: without its password.
@@ -758,6 +784,9 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:****@h/db");
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+        let url = DatabaseUrl::new("postgres://u:secret@h/db");
+        assert_eq!(format!("{url:?}"), "\"postgres://u:****@h/db\"");
+        assert_eq!(url.as_str(), "postgres://u:secret@h/db");
     }
 
     fn none() -> Migrations {

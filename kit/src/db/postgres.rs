@@ -7,6 +7,10 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Column, Postgres, Row as _, TypeInfo, ValueRef};
 use std::sync::Arc;
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the PostgreSQL side of mercato_kit::db::query itself"
+)]
 fn bind(sql: &str, args: Vec<Arg>) -> sqlx::query::Query<'_, Postgres, PgArguments> {
     let mut q = sqlx::query(sql);
     for a in args {

@@ -277,6 +277,7 @@ pub struct ReaderGuard {
 
 impl std::ops::Deref for ReaderGuard {
     type Target = SqliteConn;
+    #[expect(clippy::expect_used, reason = "the connection is taken only in drop")]
     fn deref(&self) -> &SqliteConn {
         self.conn
             .as_ref()
@@ -285,6 +286,7 @@ impl std::ops::Deref for ReaderGuard {
 }
 
 impl std::ops::DerefMut for ReaderGuard {
+    #[expect(clippy::expect_used, reason = "the connection is taken only in drop")]
     fn deref_mut(&mut self) -> &mut SqliteConn {
         self.conn
             .as_mut()

@@ -31,6 +31,7 @@ use super::bus::{Bus, Delivery, Subscription};
 use super::{domain_of, is_name_part, Envelope};
 use crate::db::Db;
 use anyhow::{anyhow, bail, Context as _};
+use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -40,7 +41,7 @@ use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a [`KafkaBus`] names and configures what it creates on the brokers.
@@ -174,7 +175,7 @@ impl KafkaBus {
     /// may have tuned it.
     pub async fn ensure_topics(&self, topics: &[String]) -> anyhow::Result<()> {
         let missing: Vec<&String> = {
-            let known = self.topics.lock().expect("poisoned");
+            let known = self.topics.lock();
             topics.iter().filter(|t| !known.contains(*t)).collect()
         };
         if missing.is_empty() {
@@ -204,7 +205,7 @@ impl KafkaBus {
                 Err((topic, code)) => bail!("creating the Kafka topic {topic}: {code}"),
             }
         }
-        let mut known = self.topics.lock().expect("poisoned");
+        let mut known = self.topics.lock();
         known.extend(missing.into_iter().cloned());
         Ok(())
     }
@@ -250,8 +251,7 @@ impl Bus for KafkaBus {
         &self,
         consumer: &str,
     ) -> anyhow::Result<Option<Vec<(String, i32, i64)>>> {
-        let Some((topics, client)) = self.groups.lock().expect("poisoned").get(consumer).cloned()
-        else {
+        let Some((topics, client)) = self.groups.lock().get(consumer).cloned() else {
             return Ok(None);
         };
         let timeout = self.options.timeout;
@@ -384,7 +384,7 @@ impl Bus for KafkaBus {
             .subscribe(&names)
             .with_context(|| format!("subscribing {group} to {names:?}"))?;
         {
-            let mut groups = self.groups.lock().expect("poisoned");
+            let mut groups = self.groups.lock();
             if !groups.contains_key(consumer) {
                 let offsets: BaseConsumer = self
                     .consumer_config(&group)
@@ -447,6 +447,7 @@ impl Drop for KafkaSubscription {
 }
 
 impl KafkaSubscription {
+    #[expect(clippy::expect_used, reason = "the client is taken only in drop")]
     fn client(&self) -> &Arc<StreamConsumer> {
         self.client.as_ref().expect("the client lives until drop")
     }

@@ -57,8 +57,9 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -248,7 +249,7 @@ impl NatsBus {
     /// even with other settings: an operator may have tuned it.
     async fn ensure_stream(&self, domain: &str) -> anyhow::Result<String> {
         let name = self.stream_name(domain);
-        if self.streams.lock().expect("poisoned").contains(&name) {
+        if self.streams.lock().contains(&name) {
             return Ok(name);
         }
         let config = stream::Config {
@@ -267,7 +268,7 @@ impl NatsBus {
             .get_or_create_stream(config)
             .await
             .with_context(|| format!("creating the NATS stream {name}"))?;
-        self.streams.lock().expect("poisoned").insert(name.clone());
+        self.streams.lock().insert(name.clone());
         Ok(name)
     }
 
@@ -477,7 +478,7 @@ impl Bus for NatsBus {
         let acked = match send().await {
             // Someone deleted the stream since we saw it: create it again, once.
             Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                self.streams.lock().expect("poisoned").remove(&stream);
+                self.streams.lock().remove(&stream);
                 self.ensure_stream(domain).await?;
                 send().await
             }
@@ -545,7 +546,7 @@ impl Bus for NatsBus {
                 }
                 Err(e) => {
                     if e.kind() == PublishErrorKind::StreamNotFound {
-                        self.streams.lock().expect("poisoned").remove(&stream);
+                        self.streams.lock().remove(&stream);
                     }
                     if stored == 0 {
                         return Err(anyhow!(e).context(format!(

@@ -6,7 +6,7 @@
 use mercato_kit::db::{Db, Tx};
 use mercato_kit::events::{Delivery, Envelope, EventHandler, Subscription};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An event of `event_type` (its producer the type's domain) with payload `n`, on one of three
 /// aggregates.
@@ -32,18 +32,8 @@ pub async fn nothing_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> 
     tokio::time::timeout(wait, sub.next()).await.is_err()
 }
 
-/// Polls `f` until it holds; fails naming `what` after `patience`.
-pub async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    patience: Duration,
-    mut f: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + patience;
-    while !f().await {
-        assert!(Instant::now() < deadline, "not reached in time: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Polls until a condition holds, failing naming it after a patience (the kit's).
+pub use mercato_kit::testing::until;
 
 /// Never finishes with the event whose payload says `poison`, as a handler that crashes the
 /// process or hangs would; records the others in `effects`.

@@ -325,32 +325,8 @@ pub async fn problem(res: Response, status: u16) -> Value {
 /// Polls until a condition holds, with a deadline (the kit's, shared by every test suite).
 pub use mercato_kit::testing::eventually;
 
-pub async fn fresh_pg_database(admin_url: &str) -> (String, String) {
-    use sqlx::Connection;
-    let name = format!("mercato_t_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(admin_url)
-        .await
-        .expect("MERCATO_TEST_DATABASE_URL reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(admin_url);
-    (admin_url.to_owned(), format!("{base}/{name}"))
-}
-
-pub async fn drop_pg_database(admin_url: &str, db_url: &str) {
-    use sqlx::Connection;
-    let name = db_url.rsplit('/').next().unwrap();
-    if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-    }
-}
+/// A database of its own on PostgreSQL for a whole stack, dropped at the end (the kit's).
+pub use mercato_kit::testing::{drop_pg_database, fresh_pg_database};
 
 /// A shop with a seller, a customer and an admin, for saga scenarios.
 pub const WAIT: Duration = Duration::from_secs(20);

@@ -15,11 +15,12 @@ use mercato_kit::db::{is_unique_violation, Db, Tx};
 use mercato_kit::ids::UserId;
 use mercato_kit::time::now_us;
 use mercato_kit::Problem;
+use parking_lot::Mutex;
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use utoipa::ToSchema;
 
@@ -212,6 +213,10 @@ impl Auth {
 
     /// Validates a registration and hashes its password; the insert happens in the caller's
     /// transaction so it shares it with the idempotency record.
+    #[expect(
+        clippy::expect_used,
+        reason = "errors.finish() has refused a missing email or name"
+    )]
     pub async fn prepare_registration(
         self: &Arc<Self>,
         email: &str,
@@ -238,11 +243,7 @@ impl Auth {
     /// timing does not tell either.
     pub fn registration_allowed(&self, client: Option<IpAddr>) -> Result<(), Problem> {
         let addr = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
-        let blocked = self
-            .throttle
-            .lock()
-            .expect("throttle lock")
-            .address_blocked(&addr, Instant::now());
+        let blocked = self.throttle.lock().address_blocked(&addr, Instant::now());
         match blocked {
             Some(wait) => Err(Problem::too_many_requests(
                 "too many failed sign-ins or registrations from this address; wait before trying again",
@@ -255,10 +256,7 @@ impl Auth {
     /// Counts a registration that found its email taken against the address.
     pub fn registration_refused(&self, client: Option<IpAddr>) {
         let addr = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
-        self.throttle
-            .lock()
-            .expect("throttle lock")
-            .fail_address(&addr, Instant::now());
+        self.throttle.lock().fail_address(&addr, Instant::now());
     }
 
     pub async fn insert_user(
@@ -291,11 +289,10 @@ impl Auth {
         // Without a known address (a test calling the router directly) every such caller
         // shares one.
         let addr = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
-        let blocked = self.throttle.lock().expect("throttle lock").blocked(
-            &normalized,
-            &addr,
-            Instant::now(),
-        );
+        let blocked = self
+            .throttle
+            .lock()
+            .blocked(&normalized, &addr, Instant::now());
         if let Some(wait) = blocked {
             return Err(Problem::too_many_requests(
                 "too many failed sign-ins; wait before trying again",
@@ -311,13 +308,11 @@ impl Auth {
         let Some(found) = found.filter(|_| ok) else {
             self.throttle
                 .lock()
-                .expect("throttle lock")
                 .fail(&normalized, &addr, Instant::now());
             return Err(invalid_credentials());
         };
         self.throttle
             .lock()
-            .expect("throttle lock")
             .succeed(&normalized, &addr, Instant::now());
         let mut tx = self.db.begin().await?;
         let tokens = self

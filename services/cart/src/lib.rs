@@ -15,6 +15,10 @@
 //! Redis flavour), [`service`] (use cases, shared by HTTP and events), [`http`] (routes),
 //! [`events`] (the consumer), [`catalog`] and [`orders`] (the two services it calls).
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod catalog;
 pub mod domain;
 pub mod events;
@@ -27,7 +31,7 @@ pub mod store;
 use mercato_kit::auth::Verifier;
 use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
-use mercato_kit::db::{redact, Db, Migrations};
+use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer};
 use mercato_kit::health::{BusCheck, DbCheck, HealthCheck};
 use mercato_kit::http::{HttpSettings, Service};
@@ -43,13 +47,13 @@ pub const SERVICE: &str = "cart";
 pub const MAX_LINES_LIMIT: u64 = 50;
 
 /// The cart service's configuration.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub common: CommonConfig,
     /// `MERCATO_CART_PORT`, 8085 by default.
     pub port: u16,
     /// `MERCATO_CART_DATABASE_URL`, else the shared URL, else `cart.db` in the data dir.
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// `MERCATO_CATALOG_URL`: where names and prices are looked up.
     pub catalog_url: String,
     /// `MERCATO_ORDER_URL`: where checkout places orders.
@@ -112,22 +116,6 @@ impl Config {
     }
 }
 
-/// Printed at start, so database passwords are masked (`CommonConfig` masks the shared URL).
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("port", &self.port)
-            .field("database_url", &redact(&self.database_url))
-            .field("catalog_url", &self.catalog_url)
-            .field("order_url", &self.order_url)
-            .field("ttl", &self.ttl)
-            .field("max_lines", &self.max_lines)
-            .field("redis", &self.redis)
-            .field("common", &self.common)
-            .finish()
-    }
-}
-
 /// The cart service's migrations; the kit's (idempotency, inbox, dead letters) are merged in by
 /// [`Db::connect`].
 pub fn migrations() -> Migrations {
@@ -154,7 +142,7 @@ const REDIS_EVENT_RETRIES: (u32, Duration) = (9, Duration::from_millis(100));
 /// and readiness fails until it is back.
 pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
     let common = &config.common;
-    let db = connect(&config.database_url, common.db_pool_size).await?;
+    let db = connect(config.database_url.as_str(), common.db_pool_size).await?;
     let mut checks: Vec<Arc<dyn HealthCheck>> = vec![
         Arc::new(DbCheck(db.clone())),
         Arc::new(BusCheck(bus.clone())),
@@ -261,7 +249,7 @@ mod tests {
         let c = Config::read(&mut env);
         assert!(env.check().is_ok());
         assert_eq!(c.port, 8085);
-        assert_eq!(c.database_url, "sqlite:///tmp/m/cart.db?mode=rwc");
+        assert_eq!(c.database_url.as_str(), "sqlite:///tmp/m/cart.db?mode=rwc");
         assert_eq!(c.catalog_url, "http://127.0.0.1:8082");
         assert_eq!(c.order_url, "http://127.0.0.1:8083");
         assert_eq!(c.ttl, Duration::from_secs(3600));

@@ -21,7 +21,7 @@ use mercato_kit::http::{HttpSettings, RequestContext, Service};
 use mercato_kit::ids::{Currency, OrderId, ProductId, UserId};
 use mercato_kit::metrics::Metrics;
 use mercato_kit::redis::{self as redis_store, RedisCheck};
-use mercato_kit::testing::{call, token, verifier};
+use mercato_kit::testing::{call, token, until_some, verifier};
 use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -214,7 +214,7 @@ async fn checkout_forwards_the_customer_and_passes_the_order_services_answers_on
         order_id,
         body: order.clone(),
     });
-    let placed = eventually_placed(&h, &t, "k1", &body).await;
+    let placed = once_the_key_is_free(&h, CHECKOUT, &t, "k1", &body).await;
     assert_eq!(placed.status, StatusCode::CREATED);
     assert_eq!(placed.body, order);
     let sent = h.orders.sent.lock().unwrap().last().cloned().unwrap();
@@ -268,34 +268,20 @@ async fn checkout_forwards_the_customer_and_passes_the_order_services_answers_on
     );
 }
 
-/// Checks out with `key`, waiting out the moment the key is still held by an earlier failed
-/// attempt (its claim is released just after it answered).
-async fn eventually_placed(
+/// Sends `body` to `uri` with `key`, waiting out the moment the key is still held by an
+/// earlier failed attempt (its claim is released just after it answered).
+async fn once_the_key_is_free(
     h: &Harness,
+    uri: &str,
     t: &str,
     key: &str,
     body: &Value,
 ) -> mercato_kit::testing::Answer {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let a = call(
-            &h.app,
-            "POST",
-            CHECKOUT,
-            Some(t),
-            Some(key),
-            Some(body.clone()),
-        )
-        .await;
-        if a.status != StatusCode::CONFLICT || a.body["code"] != "idempotency_key_in_use" {
-            return a;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the key was never freed"
-        );
-        tokio::task::yield_now().await;
-    }
+    until_some("the key to be freed", Duration::from_secs(5), || async {
+        let a = call(&h.app, "POST", uri, Some(t), Some(key), Some(body.clone())).await;
+        (a.body["code"] != "idempotency_key_in_use").then_some(a)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -370,28 +356,9 @@ async fn a_redis_out_of_reach_is_named_and_takes_the_service_out_of_readiness() 
     a.problem(503, "store_unavailable");
     // Nothing was kept of it: the same key tries again (once the failed attempt let go of
     // it) rather than replaying the 503.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let a = call(
-            &h.app,
-            "POST",
-            "/api/v1/cart/items",
-            Some(&t),
-            Some("add-1"),
-            Some(add.clone()),
-        )
-        .await;
-        if a.body["code"] != "idempotency_key_in_use" {
-            a.problem(503, "store_unavailable");
-            assert!(a.headers.get("idempotency-replayed").is_none());
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the key was never freed"
-        );
-        tokio::task::yield_now().await;
-    }
+    let a = once_the_key_is_free(&h, "/api/v1/cart/items", &t, "add-1", &add).await;
+    a.problem(503, "store_unavailable");
+    assert!(a.headers.get("idempotency-replayed").is_none());
     let a = call(&h.app, "DELETE", "/api/v1/cart", Some(&t), None, None).await;
     a.problem(503, "store_unavailable");
 

@@ -9,6 +9,10 @@
 //! and [`seed`] (the demo catalog). `build` puts them together; the `mercato` binary and the
 //! tests run the result.
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod domain;
 pub mod events;
 mod http;
@@ -17,7 +21,7 @@ pub mod store;
 
 use mercato_kit::auth::Verifier;
 use mercato_kit::config::{CommonConfig, Env};
-use mercato_kit::db::{redact, Db, Migrations};
+use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Relay};
 use mercato_kit::health::{BusCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
@@ -27,13 +31,13 @@ use std::sync::Arc;
 pub const SERVICE: &str = "catalog";
 
 /// The catalog's configuration.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub common: CommonConfig,
     /// `MERCATO_CATALOG_PORT`, 8082 by default.
     pub port: u16,
     /// `MERCATO_CATALOG_DATABASE_URL`, else the shared URL, else `catalog.db` in the data dir.
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// `MERCATO_SEED_DEMO`: add the demo products at start (false by default).
     pub seed_demo: bool,
 }
@@ -54,18 +58,6 @@ impl Config {
     }
 }
 
-/// Printed at start, so database passwords are masked (`CommonConfig` masks the shared URL).
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("port", &self.port)
-            .field("database_url", &redact(&self.database_url))
-            .field("seed_demo", &self.seed_demo)
-            .field("common", &self.common)
-            .finish()
-    }
-}
-
 /// The catalog's migrations; the kit's are merged in by [`Db::connect`].
 pub fn migrations() -> Migrations {
     Migrations {
@@ -82,7 +74,7 @@ pub async fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Db> {
 /// Builds the catalog service: database ready (and seeded when asked), routes, checks and
 /// background work (the outbox relay to `bus`) in place, not yet listening.
 pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
-    let db = connect(&config.database_url, config.common.db_pool_size).await?;
+    let db = connect(config.database_url.as_str(), config.common.db_pool_size).await?;
     if config.seed_demo {
         let added = seed::seed_demo(&db).await?;
         tracing::info!(service = SERVICE, added, "demo catalog seeded");
@@ -122,7 +114,10 @@ mod tests {
         let c = Config::read(&mut env);
         assert_eq!(c.port, 8082);
         assert!(!c.seed_demo);
-        assert_eq!(c.database_url, "sqlite:///tmp/m/catalog.db?mode=rwc");
+        assert_eq!(
+            c.database_url.as_str(),
+            "sqlite:///tmp/m/catalog.db?mode=rwc"
+        );
         assert!(env.check().is_ok());
 
         let mut env = Env::from_pairs([
@@ -136,7 +131,7 @@ mod tests {
         ]);
         let c = Config::read(&mut env);
         assert_eq!((c.port, c.seed_demo), (9000, true));
-        assert_eq!(c.database_url, "postgres://cat:s3cret@db/catalog");
+        assert_eq!(c.database_url.as_str(), "postgres://cat:s3cret@db/catalog");
         let printed = format!("{c:?}");
         assert!(
             !printed.contains("s3cret") && !printed.contains("hunter2"),
@@ -187,7 +182,7 @@ mod tests {
             let (status, _) = get(&service, "/health/ready").await;
             assert_eq!(status, StatusCode::OK);
         }
-        let db = connect(&config.database_url, 1).await.unwrap();
+        let db = connect(config.database_url.as_str(), 1).await.unwrap();
         let outbox = mercato_kit::events::pending(db.reader(), 1000)
             .await
             .unwrap();

@@ -12,28 +12,14 @@ use mercato_catalog::{events, seed, store};
 use mercato_kit::db::Db;
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{ProductId, UserId};
+use mercato_kit::testing::TestDb;
 use std::collections::HashSet;
 
-struct TestDb {
-    db: Db,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn test_db() -> TestDb {
-    if let Ok(url) = std::env::var("MERCATO_TEST_DATABASE_URL") {
-        let schema = format!("catalog_test_{}", uuid::Uuid::new_v4().simple());
-        let db = Db::connect(&url, &schema, 4, &mercato_catalog::migrations())
-            .await
-            .unwrap();
-        return TestDb { db, _dir: None };
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/catalog.db?mode=rwc", dir.path().display());
-    let db = mercato_catalog::connect(&url, 4).await.unwrap();
-    TestDb {
-        db,
-        _dir: Some(dir),
-    }
+/// A fresh database and its connection; the first keeps the second's files alive.
+async fn test_db() -> (TestDb, Db) {
+    let t = TestDb::new("catalog");
+    let db = t.open(4, &mercato_catalog::migrations()).await;
+    (t, db)
 }
 
 fn draft(sku: &str, name: &str, description: &str, category: &str, price: i64) -> NewProduct {
@@ -126,12 +112,12 @@ async fn thirty(db: &Db) -> Vec<Product> {
 
 #[tokio::test]
 async fn every_sort_pages_through_everything_exactly_once() {
-    let t = test_db().await;
-    let products = thirty(&t.db).await;
+    let (_t, db) = test_db().await;
+    let products = thirty(&db).await;
     for sort in Sort::ALL {
         let expected = sorted(&products, sort);
         for limit in [7, 10, 30, 100] {
-            let pages = all_pages(&t.db, sort, limit).await;
+            let pages = all_pages(&db, sort, limit).await;
             let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
             let want_pages = 30usize.div_ceil(limit as usize);
             assert_eq!(pages.len(), want_pages, "{sort} limit {limit}: {sizes:?}");
@@ -145,16 +131,16 @@ async fn every_sort_pages_through_everything_exactly_once() {
 
 #[tokio::test]
 async fn newest_pages_neither_repeat_nor_skip_while_products_are_added() {
-    let t = test_db().await;
+    let (_t, db) = test_db().await;
     let seller = UserId::new();
-    let products = thirty(&t.db).await;
+    let products = thirty(&db).await;
     let expected = sorted(&products, Sort::Newest);
     let mut seen = Vec::new();
     let mut cursor = None;
     let mut added = 0;
     loop {
         let page = list(
-            &t.db,
+            &db,
             ListParams {
                 limit: Some("7".into()),
                 cursor: cursor.take(),
@@ -172,7 +158,7 @@ async fn newest_pages_neither_repeat_nor_skip_while_products_are_added() {
                 "test-items",
                 999,
             );
-            create(&t.db, d, seller).await;
+            create(&db, d, seller).await;
             added += 1;
         }
         match page.next {
@@ -182,7 +168,7 @@ async fn newest_pages_neither_repeat_nor_skip_while_products_are_added() {
     }
     assert_eq!(seen, expected);
     // The newcomers lead a fresh listing.
-    let first = list(&t.db, ListParams::default()).await;
+    let first = list(&db, ListParams::default()).await;
     assert!(first.items[..added.min(20)]
         .iter()
         .all(|p| p.sku.starts_with("NEW-")));
@@ -190,7 +176,7 @@ async fn newest_pages_neither_repeat_nor_skip_while_products_are_added() {
 
 #[tokio::test]
 async fn search_needs_every_word_ignores_case_and_escapes_wildcards() {
-    let t = test_db().await;
+    let (_t, db) = test_db().await;
     let seller = UserId::new();
     let mut by_sku = std::collections::HashMap::new();
     for (sku, name, description) in [
@@ -204,11 +190,11 @@ async fn search_needs_every_word_ignores_case_and_escapes_wildcards() {
         ("H-1", "snake_case Mug", ""),
         ("I-1", "CRÈME Brûlée Torch", "🔥 for desserts"),
     ] {
-        let p = create(&t.db, draft(sku, name, description, "misc", 500), seller).await;
+        let p = create(&db, draft(sku, name, description, "misc", 500), seller).await;
         by_sku.insert(p.id, sku);
     }
     let search = |q: &'static str| {
-        let db = t.db.clone();
+        let db = db.clone();
         let by_sku = by_sku.clone();
         async move {
             let page = list(
@@ -245,12 +231,12 @@ async fn search_needs_every_word_ignores_case_and_escapes_wildcards() {
 
 #[tokio::test]
 async fn filters_combine() {
-    let t = test_db().await;
+    let (_t, db) = test_db().await;
     let (alice, bob) = (UserId::new(), UserId::new());
-    let a = create(&t.db, draft("P-1", "One", "", "books", 100), alice).await;
-    let b = create(&t.db, draft("P-2", "Two", "", "books", 200), bob).await;
-    let c = create(&t.db, draft("P-3", "Three", "", "games", 300), alice).await;
-    let mut tx = t.db.begin().await.unwrap();
+    let a = create(&db, draft("P-1", "One", "", "books", 100), alice).await;
+    let b = create(&db, draft("P-2", "Two", "", "books", 200), bob).await;
+    let c = create(&db, draft("P-3", "Three", "", "games", 300), alice).await;
+    let mut tx = db.begin().await.unwrap();
     store::deactivate(&mut tx, c.clone(), None).await.unwrap();
     tx.commit().await.unwrap();
     let q = |f: fn(&mut ListParams)| {
@@ -262,18 +248,18 @@ async fn filters_combine() {
         p
     };
     let got = |page: store::Page| ids(&page.items);
-    assert_eq!(got(list(&t.db, q(|_| {})).await), [a.id, b.id]);
+    assert_eq!(got(list(&db, q(|_| {})).await), [a.id, b.id]);
     assert_eq!(
-        got(list(&t.db, q(|p| p.active = Some("false".into()))).await),
+        got(list(&db, q(|p| p.active = Some("false".into()))).await),
         [c.id]
     );
     assert_eq!(
-        got(list(&t.db, q(|p| p.active = Some("all".into()))).await),
+        got(list(&db, q(|p| p.active = Some("all".into()))).await),
         [a.id, b.id, c.id]
     );
     assert_eq!(
         got(list(
-            &t.db,
+            &db,
             q(|p| {
                 p.min_price_cents = Some("150".into());
                 p.max_price_cents = Some("300".into());
@@ -285,13 +271,13 @@ async fn filters_combine() {
     );
     let mut by_alice = q(|p| p.active = Some("all".into()));
     by_alice.seller_id = Some(alice.to_string());
-    assert_eq!(got(list(&t.db, by_alice).await), [a.id, c.id]);
+    assert_eq!(got(list(&db, by_alice).await), [a.id, c.id]);
     assert_eq!(
-        got(list(&t.db, q(|p| p.category = Some("books".into()))).await),
+        got(list(&db, q(|p| p.category = Some("books".into()))).await),
         [a.id, b.id]
     );
     // Categories count active products only, and list only categories that have some.
-    let cats = store::categories(t.db.reader()).await.unwrap();
+    let cats = store::categories(db.reader()).await.unwrap();
     let cats: Vec<(String, i64)> = cats
         .into_iter()
         .map(|c| (c.slug, c.product_count))
@@ -310,10 +296,10 @@ fn request() -> RequestContext {
 
 #[tokio::test]
 async fn every_change_writes_one_event_and_no_change_writes_none() {
-    let t = test_db().await;
+    let (_t, db) = test_db().await;
     let seller = UserId::new();
     let ctx = request();
-    let mut tx = t.db.begin().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
     let p = store::create(
         &mut tx,
         draft("EV-1", "Lamp", "Bright", "home", 1000),
@@ -326,7 +312,7 @@ async fn every_change_writes_one_event_and_no_change_writes_none() {
 
     let patch = |u: UpdateProduct| ProductPatch::try_from(u).unwrap();
     let apply = |patch: ProductPatch| {
-        let db = t.db.clone();
+        let db = db.clone();
         let ctx = ctx.clone();
         async move {
             let mut tx = db.begin().await.unwrap();
@@ -358,7 +344,7 @@ async fn every_change_writes_one_event_and_no_change_writes_none() {
     assert!(cheaper.updated_at > p.updated_at);
     // The name change reaches search and the name sort.
     let found = list(
-        &t.db,
+        &db,
         ListParams {
             q: Some("desk".into()),
             ..Default::default()
@@ -372,7 +358,7 @@ async fn every_change_writes_one_event_and_no_change_writes_none() {
     }))
     .await
     .unwrap();
-    let mut tx = t.db.begin().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
     let current = store::lock(&mut tx, p.id).await.unwrap();
     let again = store::deactivate(&mut tx, current, Some(&ctx))
         .await
@@ -387,8 +373,8 @@ async fn every_change_writes_one_event_and_no_change_writes_none() {
     .unwrap();
 
     // Another product's sku cannot be taken, by creating or by renaming.
-    create(&t.db, draft("EV-2", "Other", "", "home", 5), seller).await;
-    let mut tx = t.db.begin().await.unwrap();
+    create(&db, draft("EV-2", "Other", "", "home", 5), seller).await;
+    let mut tx = db.begin().await.unwrap();
     let dup = store::create(&mut tx, draft("EV-2", "Dup", "", "home", 5), seller, None).await;
     assert!(matches!(dup, Err(store::Error::SkuTaken(s)) if s == "EV-2"));
     drop(tx);
@@ -398,12 +384,12 @@ async fn every_change_writes_one_event_and_no_change_writes_none() {
     }))
     .await;
     assert!(matches!(taken, Err(store::Error::SkuTaken(_))));
-    let mut tx = t.db.begin().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
     let missing = store::lock(&mut tx, ProductId::new()).await;
     assert!(matches!(missing, Err(store::Error::NotFound(_))));
     drop(tx);
 
-    let outbox = mercato_kit::events::pending(t.db.reader(), 100)
+    let outbox = mercato_kit::events::pending(db.reader(), 100)
         .await
         .unwrap();
     let of_p: Vec<_> = outbox
@@ -437,13 +423,13 @@ async fn every_change_writes_one_event_and_no_change_writes_none() {
 
 #[tokio::test]
 async fn seeding_twice_adds_each_demo_product_once_with_one_event() {
-    let t = test_db().await;
-    assert_eq!(seed::seed_demo(&t.db).await.unwrap(), 73);
-    assert_eq!(seed::seed_demo(&t.db).await.unwrap(), 0);
+    let (_t, db) = test_db().await;
+    assert_eq!(seed::seed_demo(&db).await.unwrap(), 73);
+    assert_eq!(seed::seed_demo(&db).await.unwrap(), 0);
 
     let demo = seed::demo_products().unwrap();
     let everything = list(
-        &t.db,
+        &db,
         ListParams {
             active: Some("all".into()),
             limit: Some("100".into()),
@@ -458,7 +444,7 @@ async fn seeding_twice_adds_each_demo_product_once_with_one_event() {
         .iter()
         .all(|p| p.seller_id == mercato_kit::demo::SELLER.id && p.currency.as_str() == "USD"));
 
-    let outbox = mercato_kit::events::pending(t.db.reader(), 1000)
+    let outbox = mercato_kit::events::pending(db.reader(), 1000)
         .await
         .unwrap();
     assert_eq!(outbox.len(), 73);
@@ -469,13 +455,13 @@ async fn seeding_twice_adds_each_demo_product_once_with_one_event() {
     let seeded: HashSet<String> = demo.iter().map(|p| p.id.to_string()).collect();
     assert_eq!(announced, seeded);
 
-    let cats = store::categories(t.db.reader()).await.unwrap();
+    let cats = store::categories(db.reader()).await.unwrap();
     assert_eq!(cats.len(), 8);
     assert_eq!(cats.iter().map(|c| c.product_count).sum::<i64>(), 73);
 
     // A demo product renamed by its seller is still that product: not seeded again.
     let first = demo[0].clone();
-    let mut tx = t.db.begin().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
     let current = store::lock(&mut tx, first.id).await.unwrap();
     let patch = ProductPatch::try_from(UpdateProduct {
         sku: Some("RENAMED-1".into()),
@@ -484,5 +470,5 @@ async fn seeding_twice_adds_each_demo_product_once_with_one_event() {
     .unwrap();
     store::update(&mut tx, current, &patch, None).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(seed::seed_demo(&t.db).await.unwrap(), 0);
+    assert_eq!(seed::seed_demo(&db).await.unwrap(), 0);
 }

@@ -47,6 +47,7 @@ pub struct Console {
 }
 
 impl Console {
+    #[expect(clippy::expect_used, reason = "a client without TLS always builds")]
     pub fn new(
         upstreams: Arc<Upstreams>,
         psp_mock: Option<String>,

@@ -10,6 +10,10 @@
 //! ([`web`]) with its browser sessions ([`session`]), plus the kit's own `/health/*` and
 //! `/metrics`. It keeps no data of its own.
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod console;
 pub mod docs;
 pub mod edge;

@@ -8,11 +8,12 @@
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+use parking_lot::Mutex;
 use prometheus::IntCounter;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use std::num::NonZeroU32;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 /// A limit: `per_second` tokens refill each second, up to `burst` saved.
@@ -39,8 +40,8 @@ pub struct MemoryRateLimit {
 
 impl MemoryRateLimit {
     pub fn new(limit: Limit) -> MemoryRateLimit {
-        let per_second = NonZeroU32::new(limit.per_second.max(1)).expect("at least 1");
-        let burst = NonZeroU32::new(limit.burst.max(1)).expect("at least 1");
+        let per_second = NonZeroU32::new(limit.per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
         MemoryRateLimit {
             limiter: DefaultKeyedRateLimiter::keyed(
                 Quota::per_second(per_second).allow_burst(burst),
@@ -150,14 +151,14 @@ impl RedisRateLimit {
     }
 
     fn holding_off(&self, now: Instant) -> bool {
-        let outage = self.outage.lock().expect("outage lock");
+        let outage = self.outage.lock();
         outage.holding_off_until.is_some_and(|until| now < until)
     }
 
     /// Redis failed: this request and those of the next moment are decided in memory.
     fn failed(&self, why: &str) {
         let now = Instant::now();
-        let mut outage = self.outage.lock().expect("outage lock");
+        let mut outage = self.outage.lock();
         outage.holding_off_until = Some(now + HOLD_OFF);
         if outage
             .last_warned

@@ -4,9 +4,9 @@
 //! passed over for a short while (passive health), so one dead replica costs one failed
 //! connect, not every other request.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a replica that refused a connection is passed over.
@@ -28,20 +28,17 @@ impl Replica {
     }
 
     fn benched(&self, now: Instant) -> bool {
-        self.benched_until
-            .lock()
-            .expect("replica lock")
-            .is_some_and(|t| now < t)
+        self.benched_until.lock().is_some_and(|t| now < t)
     }
 
     /// The replica refused a connection: others go first for a while.
     pub fn bench(&self) {
-        *self.benched_until.lock().expect("replica lock") = Some(Instant::now() + BENCH_FOR);
+        *self.benched_until.lock() = Some(Instant::now() + BENCH_FOR);
     }
 
     /// The replica answered: it is in rotation again.
     pub fn restore(&self) {
-        *self.benched_until.lock().expect("replica lock") = None;
+        *self.benched_until.lock() = None;
     }
 }
 

@@ -141,17 +141,14 @@ fn respond(
         file.data.into_owned().into_response()
     };
     let h = res.headers_mut();
-    if !fresh {
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_str(&content_type).expect("a mime type is a header value"),
-        );
+    // A MIME type and a quoted hex digest are always header values.
+    if let (false, Ok(v)) = (fresh, HeaderValue::from_str(&content_type)) {
+        h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex is a header value"),
-    );
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(APP_CSP),

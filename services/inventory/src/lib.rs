@@ -13,6 +13,10 @@
 //! about a product whose event has not arrived yet). [`build`] puts them together;
 //! the `mercato` binary and the tests run the result.
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod catalog;
 pub mod domain;
 pub mod events;
@@ -24,7 +28,7 @@ pub mod sweeper;
 use mercato_kit::auth::Verifier;
 use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
-use mercato_kit::db::{redact, Db, Migrations};
+use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
 use mercato_kit::health::{BusCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
@@ -35,14 +39,14 @@ use std::time::Duration;
 pub const SERVICE: &str = "inventory";
 
 /// The inventory's configuration.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub common: CommonConfig,
     /// `MERCATO_INVENTORY_PORT`, 8086 by default.
     pub port: u16,
     /// `MERCATO_INVENTORY_DATABASE_URL`, else the shared URL, else `inventory.db` in the data
     /// directory.
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// `MERCATO_RESERVATION_TTL_SECS` (1 to 86400, default 1800): how long an unpaid
     /// reservation holds its stock.
     pub reservation_ttl: Duration,
@@ -83,20 +87,6 @@ impl Config {
     }
 }
 
-/// Printed at start, so database passwords are masked, the shared URL's too.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("port", &self.port)
-            .field("database_url", &redact(&self.database_url))
-            .field("reservation_ttl", &self.reservation_ttl)
-            .field("seed_demo", &self.seed_demo)
-            .field("catalog_url", &self.catalog_url)
-            .field("common", &self.common)
-            .finish()
-    }
-}
-
 /// The inventory's migrations; the kit's are merged in by [`Db::connect`].
 pub fn migrations() -> Migrations {
     Migrations {
@@ -115,7 +105,7 @@ pub async fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Db> {
 /// listening.
 pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
     let common = &config.common;
-    let db = connect(&config.database_url, common.db_pool_size).await?;
+    let db = connect(config.database_url.as_str(), common.db_pool_size).await?;
     let waker = OutboxWaker::default();
     let metrics = Metrics::new(SERVICE);
     let inv_metrics = service::InventoryMetrics::new(metrics.registry());
@@ -195,7 +185,10 @@ mod tests {
         assert_eq!(c.port, 8086);
         assert_eq!(c.reservation_ttl, Duration::from_secs(1800));
         assert!(!c.seed_demo);
-        assert_eq!(c.database_url, "sqlite:///tmp/m/inventory.db?mode=rwc");
+        assert_eq!(
+            c.database_url.as_str(),
+            "sqlite:///tmp/m/inventory.db?mode=rwc"
+        );
 
         let mut env = Env::from_pairs([
             ("MERCATO_INVENTORY_PORT", "9086"),

@@ -11,13 +11,13 @@ use mercato_kit::contracts::{
 };
 use mercato_kit::events::{Bus, EmbeddedBus, Envelope};
 use mercato_kit::ids::{OrderId, ProductId, UserId};
+use mercato_kit::testing::until_some;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 async fn on_bus(bus: &EmbeddedBus, event_type: &str, n: usize) -> Vec<Envelope> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    until_some(event_type, Duration::from_secs(15), || async {
         let found: Vec<_> = bus
             .all()
             .await
@@ -25,15 +25,9 @@ async fn on_bus(bus: &EmbeddedBus, event_type: &str, n: usize) -> Vec<Envelope> 
             .into_iter()
             .filter(|e| e.event_type == event_type)
             .collect();
-        if found.len() >= n {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{event_type} not on the bus in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (found.len() >= n).then_some(found)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

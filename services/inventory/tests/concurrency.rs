@@ -4,9 +4,8 @@
 //! On SQLite the writers queue behind one connection; on PostgreSQL (`MERCATO_TEST_DATABASE_URL`)
 //! they really interleave, and the conditional updates are what keeps the count right.
 
-mod common;
+mod support;
 
-use common::*;
 use mercato_inventory::domain::{LedgerKind, OrderLines};
 use mercato_inventory::service::{Cause, Reserved};
 use mercato_inventory::store;
@@ -17,6 +16,7 @@ use mercato_kit::time::now_us;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::*;
 
 /// Watches a product's levels until told to stop; returns how many reads it made, and fails if
 /// any read shows negative availability.

@@ -1,9 +1,8 @@
 //! Reservations that run out of time: the sweeper releases them, says so once, however many
 //! sweepers (replicas) run, and sleeps until the next expiry instead of polling.
 
-mod common;
+mod support;
 
-use common::*;
 use mercato_inventory::domain::{Levels, ReleaseReason, ReservationStatus};
 use mercato_inventory::sweeper::{self, SAFETY_NET};
 use mercato_kit::contracts::types::*;
@@ -11,6 +10,7 @@ use mercato_kit::contracts::{payload, InventoryReleased, ReleaseReason as Becaus
 use mercato_kit::ids::OrderId;
 use mercato_kit::time::now_us;
 use std::time::Duration;
+use support::*;
 use tokio_util::sync::CancellationToken;
 
 const SECOND: i64 = 1_000_000;

@@ -1,10 +1,9 @@
 //! The routes through the kit's full HTTP stack (context, problem layer, extractors,
 //! idempotency), with tokens signed by a local key instead of the auth service.
 
-mod common;
+mod support;
 
 use axum::http::StatusCode;
-use common::*;
 use mercato_inventory::catalog::{Catalog, EventsOnly, Unavailable};
 use mercato_inventory::http::{router, AppState};
 use mercato_kit::auth::Role;
@@ -18,6 +17,7 @@ use mercato_kit::testing::Answer;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::*;
 
 fn token_for(subject: &str, role: Role) -> String {
     mercato_kit::testing::token(subject, role)

@@ -3,9 +3,8 @@
 //! product through the real consumer and use cases, checked after every step against a plain
 //! model and against the books (row, ledger, reservations) and the events emitted.
 
-mod common;
+mod support;
 
-use common::*;
 use mercato_inventory::domain::{Levels, ReservationStatus, StockChange};
 use mercato_kit::contracts::types::*;
 use mercato_kit::events::consumer::Outcome;
@@ -15,6 +14,7 @@ use mercato_kit::time::now_us;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::collections::HashMap;
+use support::*;
 
 const ORDERS: usize = 5;
 

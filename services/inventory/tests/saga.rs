@@ -3,9 +3,8 @@
 //! delivered twice, events out of order, and the product events that keep stock rows current
 //! (including demo stock).
 
-mod common;
+mod support;
 
-use common::*;
 use mercato_inventory::domain::{
     LedgerKind, Levels, ReleaseReason, ReservationStatus, StockChange,
 };
@@ -18,6 +17,7 @@ use mercato_kit::contracts::{
 use mercato_kit::events::consumer::Outcome;
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use std::time::Duration;
+use support::*;
 
 #[tokio::test]
 async fn an_order_reserves_every_line_and_says_so_with_the_order_s_payment_facts() {

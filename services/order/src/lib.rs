@@ -13,6 +13,10 @@
 //! and events), [`events`] (contracts in and out), [`http`] (routes), [`inventory`] (the stock
 //! pre-check client) and [`feed`] (status changes for `?wait` and the SSE stream).
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod domain;
 pub mod events;
 pub mod feed;
@@ -24,7 +28,7 @@ pub mod store;
 use mercato_kit::auth::{ServiceTokens, Verifier};
 use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
-use mercato_kit::db::{redact, Db, Migrations};
+use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
 use mercato_kit::health::{BusCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
@@ -36,13 +40,13 @@ use std::time::Duration;
 pub const SERVICE: &str = "order";
 
 /// The order service's configuration.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub common: CommonConfig,
     /// `MERCATO_ORDER_PORT`, 8083 by default.
     pub port: u16,
     /// `MERCATO_ORDER_DATABASE_URL`, else the shared URL, else `order.db` in the data dir.
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// `MERCATO_INVENTORY_URL`: where the stock pre-check goes.
     pub inventory_url: String,
     /// `MERCATO_INVENTORY_TIMEOUT_MS`: how long the pre-check may take before the order is
@@ -95,21 +99,6 @@ impl Config {
     }
 }
 
-/// Printed at start, so database passwords are masked (`CommonConfig` masks the shared URL).
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("port", &self.port)
-            .field("database_url", &redact(&self.database_url))
-            .field("inventory_url", &self.inventory_url)
-            .field("inventory_timeout", &self.inventory_timeout)
-            .field("inventory_breaker_reset", &self.inventory_breaker_reset)
-            .field("backlog", &self.backlog)
-            .field("common", &self.common)
-            .finish()
-    }
-}
-
 /// The order service's migrations; the kit's are merged in by [`Db::connect`].
 pub fn migrations() -> Migrations {
     Migrations {
@@ -135,7 +124,7 @@ pub fn max_wait(request_timeout: Duration) -> Duration {
 /// consumer and the idempotency purge in place; not yet listening.
 pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
     let common = &config.common;
-    let db = connect(&config.database_url, common.db_pool_size).await?;
+    let db = connect(config.database_url.as_str(), common.db_pool_size).await?;
     let waker = OutboxWaker::default();
     let relay = Relay::new(db.clone(), bus.clone(), waker.clone());
     let tokens = common
@@ -211,7 +200,7 @@ mod tests {
         let c = Config::read(&mut env);
         assert!(env.check().is_ok());
         assert_eq!(c.port, 8083);
-        assert_eq!(c.database_url, "sqlite:///tmp/m/order.db?mode=rwc");
+        assert_eq!(c.database_url.as_str(), "sqlite:///tmp/m/order.db?mode=rwc");
         assert_eq!(c.inventory_url, "http://127.0.0.1:8086");
         assert_eq!(c.inventory_timeout, Duration::from_secs(3));
         assert_eq!(

@@ -436,6 +436,10 @@ pub struct Orders {
 impl Orders {
     /// With metrics of its own and no back-pressure (tests); a service passes its registry's
     /// metrics and its bounds to [`Orders::counted`].
+    #[expect(
+        clippy::expect_used,
+        reason = "fixed metric names on a registry of its own"
+    )]
     pub fn new(db: Db, waker: OutboxWaker, stock: Arc<dyn StockChecker>) -> Arc<Orders> {
         let admission =
             Admission::unregistered(domain::BacklogLimits::OFF).expect("valid metric names");

@@ -10,17 +10,13 @@ use mercato_kit::ids::UserId;
 use mercato_order::domain::{CreateOrder, LineRequest, OrderStatus};
 use mercato_order::service::{self, Cause, Orders};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 use tokio_util::sync::CancellationToken;
 
 /// Polls `f` until it holds; fails after ten seconds.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what}: not reached in time");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
+    mercato_kit::testing::until(what, Duration::from_secs(10), f).await
 }
 
 #[tokio::test]
@@ -60,7 +56,7 @@ async fn the_built_service_consumes_from_the_bus_and_publishes_to_it() {
     bus.publish(&catalog_event(PRODUCT_CREATED, &p))
         .await
         .unwrap();
-    let db = mercato_order::connect(&config.database_url, 2)
+    let db = mercato_order::connect(config.database_url.as_str(), 2)
         .await
         .unwrap();
     let orders = Orders::new(

@@ -13,6 +13,7 @@ use mercato_kit::events::consumer::Outcome;
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::ids::UserId;
 use mercato_kit::metrics::Metrics;
+use mercato_kit::testing::until;
 use mercato_order::domain::OrderStatus;
 use mercato_order::http::{router, AppState};
 use mercato_order::inventory::StockAnswer;
@@ -618,11 +619,10 @@ async fn wait_holds_the_answer_until_the_saga_moves_the_order() {
     let h = &api.h;
     let saga = async {
         let feed = h.orders.feed().clone();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while feed.watchers() == 0 {
-            assert!(Instant::now() < deadline, "the request never waited");
-            tokio::task::yield_now().await;
-        }
+        until("the request waits", Duration::from_secs(5), || async {
+            feed.watchers() > 0
+        })
+        .await;
         h.deliver(&reservation_failed(&order)).await;
     };
     let (a, ()) = tokio::join!(waiting, saga);
@@ -763,11 +763,10 @@ async fn a_wait_and_a_stream_on_one_replica_hear_of_changes_another_replica_make
     let feed = api.h.orders.feed().clone();
     let saga = async {
         // The stream and the wait are both listening on A.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while feed.watchers() < 2 {
-            assert!(Instant::now() < deadline, "the request never waited");
-            tokio::task::yield_now().await;
-        }
+        until("the request waits", Duration::from_secs(5), || async {
+            feed.watchers() >= 2
+        })
+        .await;
         assert_eq!(b.deliver(&reserved(&order)).await, Outcome::Applied);
         let confirmed = status_events(&next_event().await.unwrap());
         assert_eq!(confirmed[0]["status"], "CONFIRMED");

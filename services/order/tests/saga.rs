@@ -15,11 +15,15 @@ use mercato_kit::contracts::{
 use mercato_kit::events::consumer::Outcome;
 use mercato_kit::events::Envelope;
 use mercato_kit::ids::{ProductId, UserId};
+use mercato_kit::testing::until;
 use mercato_order::domain::{Command, OrderStatus, StockCheck};
 use mercato_order::inventory::StockAnswer;
 use mercato_order::service::Error;
 use std::time::{Duration, Instant};
 use support::*;
+
+/// How long a test waits for something another task does.
+const WAIT: Duration = Duration::from_secs(5);
 
 fn cancelled(r: CancelReason) -> OrderStatus {
     OrderStatus::Cancelled(r)
@@ -531,7 +535,10 @@ async fn a_waiter_is_woken_by_a_change_an_event_commits() {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let waiter = tokio::spawn(async move { orders.wait_while_in_saga(o.id, deadline).await });
-    until(|| feed.watchers() == 1).await;
+    until("the waiter listens", WAIT, || async {
+        feed.watchers() == 1
+    })
+    .await;
 
     // Still waiting through a change that keeps the order in the saga...
     h.deliver(&reserved(&o)).await;
@@ -550,7 +557,10 @@ async fn a_waiter_is_woken_by_a_change_a_request_commits() {
     let orders = h.orders.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let waiter = tokio::spawn(async move { orders.wait_while_in_saga(o.id, deadline).await });
-    until(|| feed.watchers() == 1).await;
+    until("the waiter listens", WAIT, || async {
+        feed.watchers() == 1
+    })
+    .await;
     h.command(o.id, Command::Cancel { by_admin: true })
         .await
         .unwrap();
@@ -568,7 +578,10 @@ async fn a_waiter_answers_at_its_deadline_when_nothing_happens() {
     let started = tokio::time::Instant::now();
     let deadline = started + Duration::from_millis(300);
     let waiter = tokio::spawn(async move { orders.wait_while_in_saga(o.id, deadline).await });
-    until(|| h.orders.feed().watchers() == 1).await;
+    until("the waiter listens", WAIT, || async {
+        h.orders.feed().watchers() == 1
+    })
+    .await;
     h.deliver(&authorized(&other)).await;
     let answer = waiter.await.unwrap().unwrap().unwrap();
     assert_eq!(answer.status, OrderStatus::Pending);
@@ -594,19 +607,10 @@ async fn a_waiter_answers_at_its_deadline_when_nothing_happens() {
     assert!(missing.is_none());
 }
 
-/// Waits for `f` to hold, yielding in between; fails after five seconds.
-async fn until(f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "not reached in time");
-        tokio::task::yield_now().await;
-    }
-}
-
 /// Not a check: how fast orders are placed and moved on this machine. Run with
 /// `cargo test -p mercato-order --release --test saga -- --ignored --nocapture measure`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore]
+#[ignore = "a measurement, not a check: run it by hand, as above"]
 async fn measure_placing_and_saga_throughput() {
     let h = harness().await;
     let p = h.seed_product(UserId::new(), 1000).await;

@@ -14,6 +14,10 @@
 //! [`events`] (saga events in), [`worker`] and [`psp`] (the processor, out), `http` (routes and
 //! the webhook).
 
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod domain;
 pub mod events;
 mod http;
@@ -26,7 +30,7 @@ pub use http::PaymentView;
 
 use mercato_kit::auth::Verifier;
 use mercato_kit::config::{CommonConfig, Env, Secret};
-use mercato_kit::db::{redact, Db, Migrations};
+use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::consumer::admin_router;
 use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
 use mercato_kit::health::{BusCheck, DbCheck};
@@ -37,13 +41,13 @@ use std::time::Duration;
 
 pub const SERVICE: &str = "payment";
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub common: CommonConfig,
     /// `MERCATO_PAYMENT_PORT`, 8084 by default.
     pub port: u16,
     /// `MERCATO_PAYMENT_DATABASE_URL`, else the shared URL, else `payment.db` in the data dir.
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// `MERCATO_PSP_URL`: the card processor, `http://127.0.0.1:8090` by default.
     pub psp_url: String,
     /// `MERCATO_PSP_WEBHOOK_SECRET` (required; `mercato up` generates one into the data
@@ -75,7 +79,7 @@ impl Config {
                 .unwrap_or_default(),
             psp_webhook_secret: env.required_secret(
                 "MERCATO_PSP_WEBHOOK_SECRET",
-                mercato_psp_mock::WEBHOOK_SECRET_WHAT,
+                mercato_kit::contracts::webhook::SECRET_WHAT,
             ),
             psp_timeout: Duration::from_millis(env.int(
                 "MERCATO_PSP_TIMEOUT_MS",
@@ -94,22 +98,6 @@ impl Config {
             )),
             common,
         }
-    }
-}
-
-/// Printed at start, so database passwords are masked (the webhook secret masks itself).
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("port", &self.port)
-            .field("database_url", &redact(&self.database_url))
-            .field("psp_url", &self.psp_url)
-            .field("psp_webhook_secret", &self.psp_webhook_secret)
-            .field("psp_timeout", &self.psp_timeout)
-            .field("psp_retry_max", &self.psp_retry_max)
-            .field("processor_breaker_reset", &self.processor_breaker_reset)
-            .field("common", &self.common)
-            .finish()
     }
 }
 
@@ -144,7 +132,13 @@ pub async fn assemble(
     verifier: Verifier,
 ) -> anyhow::Result<Built> {
     let c = &config.common;
-    let db = Db::connect(&config.database_url, SERVICE, c.db_pool_size, &migrations()).await?;
+    let db = Db::connect(
+        config.database_url.as_str(),
+        SERVICE,
+        c.db_pool_size,
+        &migrations(),
+    )
+    .await?;
     let waker = OutboxWaker::default();
     let mut settings =
         service::Settings::new(config.psp_webhook_secret.clone(), config.psp_timeout);
@@ -225,7 +219,10 @@ mod tests {
         let c = Config::read(&mut env);
         assert!(env.check().is_ok());
         assert_eq!(c.port, 8084);
-        assert_eq!(c.database_url, "sqlite:///tmp/m/payment.db?mode=rwc");
+        assert_eq!(
+            c.database_url.as_str(),
+            "sqlite:///tmp/m/payment.db?mode=rwc"
+        );
         assert_eq!(c.psp_url, "http://127.0.0.1:8090");
         assert_eq!(c.psp_webhook_secret.expose(), "whsec_generated");
         assert_eq!(c.psp_timeout, Duration::from_millis(5000));

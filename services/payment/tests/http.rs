@@ -526,7 +526,7 @@ async fn webhooks_must_be_signed_fresh_and_count_once() {
     assert_eq!(res.status(), 401);
     // A signature over another body does not cover this one.
     let tampered = body.replace("1500", "1");
-    let header = mercato_psp_mock::signature::sign(SECRET.as_bytes(), now, body.as_bytes());
+    let header = mercato_kit::contracts::webhook::sign(SECRET.as_bytes(), now, body.as_bytes());
     let res = h
         .http
         .post(format!("{}/api/v1/payments/webhook", h.url))

@@ -174,7 +174,7 @@ async fn a_pending_authorization_is_decided_by_the_webhook_once() {
         .await;
     let p = h.settled(order, Status::Authorized).await;
     assert_eq!(h.emitted_of(PAYMENT_AUTHORIZED, &p).await.len(), 1);
-    eventually("the webhook to be acknowledged", || async {
+    until_some("the webhook to be acknowledged", DEADLINE, || async {
         (h.psp_stats().await["webhooks_sent"] == 1).then_some(())
     })
     .await;
@@ -462,7 +462,7 @@ async fn events_from_the_bus_reach_the_worker_without_help() {
     h.bus.publish(&fulfilled(order)).await.unwrap();
     h.settled(order, Status::Captured).await;
     // And the outbox relay publishes what the service emitted.
-    eventually("payment events on the bus", || async {
+    until_some("payment events on the bus", DEADLINE, || async {
         let all = h.bus.all().await.unwrap();
         let ours: Vec<_> = all
             .iter()
@@ -560,7 +560,7 @@ async fn a_hold_placed_by_a_timed_out_attempt_is_found_and_released_after_giving
     );
     // The processor comes back, and says it did authorize: the hold is released.
     flaky.answering.store(true, Ordering::SeqCst);
-    eventually("the orphan hold to be voided", || async {
+    until_some("the orphan hold to be voided", DEADLINE, || async {
         (flaky.voids.load(Ordering::SeqCst) == 1).then_some(())
     })
     .await;

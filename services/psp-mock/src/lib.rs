@@ -11,25 +11,24 @@
 //! survives a restart, and it runs as a single replica.
 //!
 //! Rooms: `domain` (cards, tokens, the payment state machine), `processor` (state and use
-//! cases), `http` (routes), `webhook` (signed deliveries), `signature` (shared with the payment
-//! service, which verifies what `webhook` signs), `chaos` (a processor's own faults on request:
-//! timeouts, 503s, duplicated and reordered webhooks).
+//! cases), `http` (routes), `webhook` (deliveries signed as the kit's
+//! `contracts::webhook` says, which the payment service verifies), `chaos` (a processor's own
+//! faults on request: timeouts, 503s, duplicated and reordered webhooks).
+
+// An unwrap or expect in service code turns a case nobody handled into a crash; say what
+// happens instead (tests may unwrap: a panic is how they fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod chaos;
 pub mod domain;
 pub mod http;
 pub mod processor;
-pub mod signature;
 pub mod webhook;
 
 use mercato_kit::config::{CommonConfig, Env, Secret};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::Metrics;
 use std::sync::Arc;
-
-/// What the webhook secret is, for the message naming it when it is missing.
-pub const WEBHOOK_SECRET_WHAT: &str =
-    "the HMAC key of webhook signatures, shared by the card processor and the payment service";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -85,7 +84,10 @@ impl Config {
             common: CommonConfig::read(env),
             port: env.port("MERCATO_PSP_MOCK_PORT", 8090),
             webhook_url: env.url("MERCATO_PSP_WEBHOOK_URL", None, &["http", "https"]),
-            webhook_secret: env.required_secret("MERCATO_PSP_WEBHOOK_SECRET", WEBHOOK_SECRET_WHAT),
+            webhook_secret: env.required_secret(
+                "MERCATO_PSP_WEBHOOK_SECRET",
+                mercato_kit::contracts::webhook::SECRET_WHAT,
+            ),
             pending_failures: 0,
             processing_error_attempts: env.int("MERCATO_PSP_PROCESSING_ERROR_ATTEMPTS", 2, 0..=100)
                 as u32,

@@ -16,8 +16,8 @@
 //! them in exactly that order.
 
 use crate::chaos::{Kind, ProcessorChaos};
-use crate::signature;
 use mercato_kit::config::Secret;
+use mercato_kit::contracts::webhook as signature;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use mercato_kit::events::consumer::Outcome;
 use mercato_kit::events::{Consumer, Envelope, OutboxWaker};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{OrderId, ProductId, UserId};
+use mercato_kit::testing::TestDb;
 use mercato_order::domain::{self, CreateOrder, LineRequest, Order, OrderStatus};
 use mercato_order::events::OrderEvents;
 use mercato_order::inventory::{StockAnswer, StockCheck};
@@ -47,34 +48,16 @@ pub struct Harness {
     pub consumer: Consumer,
     pub stock: Arc<FixedStock>,
     pub waker: OutboxWaker,
-    /// Where the database is: URL and, on PostgreSQL, the test's schema.
-    url: String,
-    schema: Option<String>,
-    _dir: Option<Arc<tempfile::TempDir>>,
+    /// The test's database, shared with its replicas.
+    tdb: Arc<TestDb>,
 }
 
 pub async fn harness() -> Harness {
-    let (url, schema, dir) = match std::env::var("MERCATO_TEST_DATABASE_URL") {
-        Ok(url) => {
-            let schema = format!("order_test_{}", uuid::Uuid::new_v4().simple());
-            (url, Some(schema), None)
-        }
-        Err(_) => {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}/order.db?mode=rwc", dir.path().display());
-            (url, None, Some(Arc::new(dir)))
-        }
-    };
-    open(url, schema, dir).await
+    open(Arc::new(TestDb::new("order"))).await
 }
 
-async fn open(url: String, schema: Option<String>, dir: Option<Arc<tempfile::TempDir>>) -> Harness {
-    let db = match &schema {
-        Some(schema) => mercato_kit::db::Db::connect(&url, schema, 4, &mercato_order::migrations())
-            .await
-            .unwrap(),
-        None => mercato_order::connect(&url, 4).await.unwrap(),
-    };
+async fn open(tdb: Arc<TestDb>) -> Harness {
+    let db = tdb.open(4, &mercato_order::migrations()).await;
     let stock = Arc::new(FixedStock {
         answer: Mutex::new(StockAnswer::Available),
         calls: Mutex::new(Vec::new()),
@@ -94,9 +77,7 @@ async fn open(url: String, schema: Option<String>, dir: Option<Arc<tempfile::Tem
         consumer,
         stock,
         waker,
-        url,
-        schema,
-        _dir: dir,
+        tdb,
     }
 }
 
@@ -104,7 +85,7 @@ impl Harness {
     /// Another process of the service on the same database: connections, status feed and
     /// consumer of its own.
     pub async fn replica(&self) -> Harness {
-        open(self.url.clone(), self.schema.clone(), self._dir.clone()).await
+        open(self.tdb.clone()).await
     }
 }
 

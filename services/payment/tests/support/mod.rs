@@ -17,15 +17,15 @@ use mercato_kit::contracts::*;
 use mercato_kit::events::consumer::Outcome;
 use mercato_kit::events::{Consumer, EmbeddedBus, Envelope};
 use mercato_kit::ids::{OrderId, ProductId, UserId};
+use mercato_kit::testing::{drop_pg_database, fresh_pg_database};
 use mercato_kit::time::{now_us, to_rfc3339};
 use mercato_payment::domain::Status;
 use mercato_payment::psp::PspClient;
 use mercato_payment::service::Payments;
 use mercato_payment::store::{self, Payment};
 use mercato_payment::worker::Worker;
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +38,10 @@ pub const SECRET: &str = "whsec_payment_tests";
 pub fn processor(url: &str, policy: Policy) -> PspClient {
     PspClient::new(url, policy, &mercato_kit::metrics::Metrics::new("payment")).unwrap()
 }
-const DEADLINE: Duration = Duration::from_secs(15);
+/// How long a test waits for the worker, the relay or the processor.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+pub use mercato_kit::testing::until_some;
 
 fn signing_key() -> &'static SigningKey {
     static KEY: OnceLock<SigningKey> = OnceLock::new();
@@ -85,7 +88,7 @@ pub struct Harness {
     /// The processor the service was configured with.
     pub configured_psp_url: String,
     /// The service's database, for replicas of it.
-    database_url: String,
+    database_url: mercato_kit::db::DatabaseUrl,
     /// How the service calls the processor (its timeout and breaker reset); replicas and
     /// workers a test builds call it the same way unless the test changes this.
     pub processor_policy: Policy,
@@ -93,22 +96,9 @@ pub struct Harness {
     pub http: reqwest::Client,
     stop: CancellationToken,
     handles: Vec<JoinHandle<std::io::Result<()>>>,
-    /// The PostgreSQL server and database to drop at the end, when running on PostgreSQL.
+    /// The PostgreSQL server and the database to drop at the end, when running on PostgreSQL.
     postgres: Option<(String, String)>,
     _dir: tempfile::TempDir,
-}
-
-/// A fresh PostgreSQL database for one test: (server URL, database name, its URL).
-async fn fresh_postgres(server: &str) -> (String, String) {
-    let name = format!("payment_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(server).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (base, _) = server.rsplit_once('/').expect("a URL with a database");
-    (name.clone(), format!("{base}/{name}"))
 }
 
 impl Harness {
@@ -147,12 +137,12 @@ impl Harness {
         let mut postgres = None;
         let mut pairs = vec![];
         if let Ok(server) = std::env::var("MERCATO_TEST_DATABASE_URL") {
-            let (name, url) = fresh_postgres(&server).await;
-            pairs.push(("MERCATO_PAYMENT_DATABASE_URL", url));
+            let (server, url) = fresh_pg_database(&server).await;
+            pairs.push(("MERCATO_PAYMENT_DATABASE_URL", url.clone()));
             // Tests run side by side against one server (100 connections by default): a pool
             // of 8 per test could exhaust it, and a pool that cannot connect just waits.
             pairs.push(("MERCATO_DB_POOL_SIZE", "3".to_owned()));
-            postgres = Some((server, name));
+            postgres = Some((server, url));
         }
         let mut env = Env::from_pairs(pairs.into_iter().chain([
             ("MERCATO_DATA_DIR", data.clone()),
@@ -217,12 +207,8 @@ impl Harness {
             let _ = h.await;
         }
         self.payments.db.close().await;
-        if let Some((server, name)) = self.postgres {
-            let admin = sqlx::PgPool::connect(&server).await.unwrap();
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&admin)
-                .await;
-            admin.close().await;
+        if let Some((server, url)) = self.postgres {
+            drop_pg_database(&server, &url).await;
         }
     }
 
@@ -236,7 +222,7 @@ impl Harness {
     /// and worker of its own, the same processor and settings. Not running: the test drives it.
     pub async fn replica(&self) -> Replica {
         let db = mercato_kit::db::Db::connect(
-            &self.database_url,
+            self.database_url.as_str(),
             mercato_payment::SERVICE,
             3,
             &mercato_payment::migrations(),
@@ -299,7 +285,7 @@ impl Harness {
         what: &str,
         check: impl Fn(&Payment) -> bool,
     ) -> Payment {
-        eventually(what, || async {
+        until_some(what, DEADLINE, || async {
             self.payment_of(order).await.filter(|p| check(p))
         })
         .await
@@ -312,7 +298,7 @@ impl Harness {
                 p.money.status == status
             })
             .await;
-        eventually("the queue to drain", || async {
+        until_some("the queue to drain", DEADLINE, || async {
             store::jobs_of(self.payments.db.reader(), p.id)
                 .await
                 .unwrap()
@@ -368,7 +354,7 @@ impl Harness {
         timestamp: i64,
     ) -> (u16, serde_json::Value) {
         let header =
-            mercato_psp_mock::signature::sign(secret.as_bytes(), timestamp, body.as_bytes());
+            mercato_kit::contracts::webhook::sign(secret.as_bytes(), timestamp, body.as_bytes());
         let res = self
             .http
             .post(format!("{}/api/v1/payments/webhook", self.url))
@@ -402,22 +388,6 @@ impl Harness {
 pub struct Replica {
     pub payments: Arc<Payments>,
     pub worker: Worker,
-}
-
-/// Polls `check` until it gives a value, failing the test after the deadline.
-pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 // ---- saga envelopes ------------------------------------------------------------------------

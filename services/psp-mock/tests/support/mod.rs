@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use mercato_kit::config::Env;
-pub use mercato_psp_mock::signature;
+pub use mercato_kit::contracts::webhook as signature;
 use mercato_psp_mock::Config;
 use reqwest::Response;
 use serde_json::{json, Value};

@@ -1,8 +1,8 @@
-//! Test support for the services' own tests (cargo feature `testing`): one RSA key per test
-//! process that signs tokens a [`Verifier`] built here accepts, and a one-shot HTTP call
-//! through a router. Each service's HTTP tests used to carry their own copy of both.
+//! What needs the `testing` feature (RSA keys, temporary files): tokens, one-shot HTTP calls,
+//! Redis keys removed after a test, a fresh database per test.
 
 use crate::auth::{Claims, Role, Verifier};
+use crate::db::{Db, Migrations};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
@@ -180,22 +180,87 @@ impl Drop for RedisKeys {
     }
 }
 
-/// Polls `f` until it returns `Some` or `timeout` passes: how tests wait for something that
-/// happens in the background, instead of sleeping a guessed time.
-pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
+/// A database for one test: a fresh SQLite file by default, or a schema of its own on the
+/// PostgreSQL server `MERCATO_TEST_DATABASE_URL` names, so the same tests run on both engines.
+/// Opening it again gives another process's view of the same data (a replica). Schemas are left
+/// for CI's clean-up (`*_test_*`): dropping them while a failed test's pools live would hang.
+pub struct TestDb {
+    url: String,
+    schema: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// A fresh database for `service`'s tests.
+    pub fn new(service: &str) -> TestDb {
+        let schema = format!("{service}_test_{}", uuid::Uuid::new_v4().simple());
+        match std::env::var("MERCATO_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => TestDb {
+                url,
+                schema,
+                _dir: None,
+            },
+            _ => {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                TestDb {
+                    url: format!("sqlite://{}/{service}.db?mode=rwc", dir.path().display()),
+                    schema,
+                    _dir: Some(dir),
+                }
+            }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not reached within {timeout:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    /// Connects (and migrates) with a pool of `pool_size`.
+    pub async fn open(&self, pool_size: u32, migrations: &Migrations) -> Db {
+        Db::connect(&self.url, &self.schema, pool_size, migrations)
+            .await
+            .expect("the test database opens")
+    }
+
+    /// Whether this is PostgreSQL (several processes may share it) rather than SQLite.
+    pub fn on_postgres(&self) -> bool {
+        self._dir.is_none()
+    }
+}
+
+/// A fresh PostgreSQL database on the server `admin_url` names, for a test that runs whole
+/// services (each in its own schema of it): `(admin_url, its URL)`. [`drop_pg_database`] removes
+/// it; CI's clean-up removes what a failed test left (`mercato_t_*`).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "PostgreSQL administration: there is no SQLite side"
+)]
+pub async fn fresh_pg_database(admin_url: &str) -> (String, String) {
+    use sqlx::Connection;
+    let name = format!("mercato_t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("MERCATO_TEST_DATABASE_URL reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("CREATE DATABASE");
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(admin_url);
+    (admin_url.to_owned(), format!("{base}/{name}"))
+}
+
+/// Drops a database [`fresh_pg_database`] made, with whatever connections still use it.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "PostgreSQL administration: there is no SQLite side"
+)]
+pub async fn drop_pg_database(admin_url: &str, db_url: &str) {
+    use sqlx::Connection;
+    let Some(name) = db_url.rsplit('/').next() else {
+        return;
+    };
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
     }
 }

@@ -18,42 +18,14 @@ use mercato_kit::db::Db;
 use mercato_kit::events::consumer::Outcome;
 use mercato_kit::events::{Consumer, Envelope, OutboxWaker};
 use mercato_kit::ids::{OrderId, ProductId, UserId};
+use mercato_kit::testing::TestDb;
 use mercato_kit::time::now_us;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A database for one test, openable more than once (two handles stand for two replicas).
-pub struct TestDb {
-    url: String,
-    schema: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDb {
-    pub fn new() -> TestDb {
-        let schema = format!("inventory_test_{}", uuid::Uuid::new_v4().simple());
-        match std::env::var("MERCATO_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => TestDb {
-                url,
-                schema,
-                _dir: None,
-            },
-            _ => {
-                let dir = tempfile::tempdir().unwrap();
-                TestDb {
-                    url: format!("sqlite://{}/inventory.db?mode=rwc", dir.path().display()),
-                    schema,
-                    _dir: Some(dir),
-                }
-            }
-        }
-    }
-
-    pub async fn open(&self) -> Db {
-        Db::connect(&self.url, &self.schema, 8, &mercato_inventory::migrations())
-            .await
-            .unwrap()
-    }
+/// Connects to the test's database as one process of the service would.
+pub async fn open(tdb: &TestDb) -> Db {
+    tdb.open(8, &mercato_inventory::migrations()).await
 }
 
 pub const SELLER: UserId = UserId(uuid::Uuid::from_u128(0x5e11e5));
@@ -72,8 +44,8 @@ impl World {
     }
 
     pub async fn with(ttl: Duration, seed_demo: bool) -> World {
-        let tdb = TestDb::new();
-        let db = tdb.open().await;
+        let tdb = TestDb::new("inventory");
+        let db = open(&tdb).await;
         let inv = inventory(db.clone(), ttl, seed_demo);
         let consumer = consumer(&db, &inv);
         World {
@@ -86,7 +58,7 @@ impl World {
 
     /// A second replica over the same database.
     pub async fn replica(&self) -> Arc<Inventory> {
-        let db = self.tdb.open().await;
+        let db = open(&self.tdb).await;
         Arc::new(Inventory::new(
             db,
             self.inv.settings.clone(),

@@ -1,9 +1,9 @@
-//! Webhook signatures, Stripe style: `Psp-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>`
-//! over `"<t>.<body>"`.
+//! The card processor's webhook signatures, Stripe style: `Psp-Signature: t=<unix seconds>,
+//! v1=<hex HMAC-SHA256>` over `"<t>.<body>"`.
 //!
-//! The processor signs every webhook it sends and the payment service verifies it before
-//! trusting a word of it, so both sides share this one module. It depends on nothing but `hmac`,
-//! `sha2` and `hex`, so importing it costs the payment service nothing else of the mock.
+//! A wire contract like the events: the processor (psp-mock, or a real one speaking the same
+//! scheme) signs every webhook it sends, and the payment service verifies it before trusting a
+//! word of it. It lives with the contracts so the payment service depends on no processor.
 //!
 //! The timestamp is inside the signed text so a captured request cannot be replayed later with
 //! a fresh header: the receiver refuses timestamps outside its tolerance window.
@@ -11,6 +11,10 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
+
+/// What the shared secret is, for the message naming it when it is missing.
+pub const SECRET_WHAT: &str =
+    "the HMAC key of webhook signatures, shared by the card processor and the payment service";
 
 /// The header that carries the signature.
 pub const HEADER: &str = "Psp-Signature";
@@ -44,6 +48,7 @@ impl fmt::Display for SignatureError {
 
 impl std::error::Error for SignatureError {}
 
+#[expect(clippy::expect_used, reason = "HMAC takes keys of any length")]
 fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any size");

@@ -1,0 +1,74 @@
+//! Test support for the services' own tests: waiting for something with a deadline
+//! ([`until`], [`eventually`]) and the backend an ignored test was given ([`backend`]), always
+//! built (they need nothing more, and the kit's own tests use them); with the `testing`
+//! feature also one RSA key per test process that signs tokens a verifier built here accepts,
+//! a one-shot HTTP call through a router and a fresh database per test ([`TestDb`]). Each
+//! service's tests used to carry their own copy of these.
+
+// Test support: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[cfg(feature = "testing")]
+mod fixtures;
+#[cfg(feature = "testing")]
+pub use fixtures::*;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// How often the waits below look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The backend named by `var` (`MERCATO_TEST_DATABASE_URL`, `MERCATO_TEST_NATS_URL`, ...), for a
+/// test that cannot run without one. Such a test is `#[ignore = "needs ..."]`: CI's backend tier
+/// sets the variables and runs it with `--include-ignored`. Asked for without the variable, it
+/// fails naming it, so a test never passes without having run.
+pub fn backend(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!("{var} is not set: this test needs that backend (CI's backend tier sets it)"),
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing the test naming `what` once `patience` has passed:
+/// how tests wait for something that happens in the background, instead of sleeping a guessed
+/// time.
+pub async fn until_some<T, F, Fut>(what: &str, patience: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reached within {patience:?}: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls `f` until it holds, failing the test naming `what` once `patience` has passed.
+pub async fn until<F, Fut>(what: &str, patience: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    until_some(what, patience, || {
+        let held = f();
+        async move { held.await.then_some(()) }
+    })
+    .await
+}
+
+/// [`until_some`] for a condition that needs no name.
+pub async fn eventually<T, F, Fut>(timeout: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    until_some("the condition", timeout, f).await
+}
