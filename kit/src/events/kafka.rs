@@ -1035,6 +1035,26 @@ impl Subscription for KafkaSubscription {
             let e = next.entry((h.topic, h.partition)).or_insert(0);
             *e = (*e).max(h.offset + 1);
         }
+        // Messages skipped on other partitions while this batch was gathered (other types,
+        // copies) are committed past too when nothing is outstanding there, or the group's lag
+        // would count them until the next event of that partition.
+        let idle: Vec<(String, i32)> = self
+            .skipped
+            .keys()
+            .filter(|k| !next.contains_key(*k))
+            .filter(|(t, p)| {
+                !self
+                    .unacked
+                    .values()
+                    .any(|h| &h.topic == t && h.partition == *p)
+            })
+            .cloned()
+            .collect();
+        for key in idle {
+            if let Some(offset) = self.skipped.remove(&key) {
+                next.insert(key, offset);
+            }
+        }
         if next.is_empty() {
             return Ok(());
         }

@@ -135,6 +135,14 @@ impl TestStack {
             env.set(k, *v);
         }
         let stack = stack::start(env, &[]).await.expect("stack starts");
+        if bus.kafka.is_some() {
+            // A consumer on Kafka takes seconds to join its group, and events published before
+            // wait on the brokers until it has: what a deployment waits for, readiness.
+            let http = Client::new();
+            for url in stack.urls.values() {
+                ready(&http, url).await;
+            }
+        }
         TestStack {
             stack: Some(stack),
             http: Client::new(),
@@ -357,6 +365,15 @@ pub async fn problem(res: Response, status: u16) -> Value {
 /// Polls until a condition holds, with a deadline (the kit's, shared by every test suite).
 pub use mercato_kit::testing::eventually;
 
+/// Waits until `base` says it is ready.
+pub async fn ready(http: &Client, base: &str) {
+    eventually(Duration::from_secs(60), || async {
+        let r = http.get(format!("{base}/health/ready")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
 pub async fn fresh_pg_database(admin_url: &str) -> (String, String) {
     use sqlx::Connection;
     let name = format!("mercato_t_{}", uuid::Uuid::new_v4().simple());
@@ -428,7 +445,8 @@ impl Shop {
             .as_str()
             .unwrap()
             .to_owned();
-        // The product reaches inventory and order through events.
+        // The product reaches inventory and order through events, each on its own: one
+        // knowing it says nothing of the other (on Kafka, each group fetches on its own).
         eventually(WAIT, || async {
             let r = self
                 .t
@@ -440,6 +458,17 @@ impl Shop {
             (r.status() == StatusCode::OK).then_some(())
         })
         .await;
+        let order_db = self.t.service_db("order").await;
+        eventually(WAIT, || async {
+            mercato_kit::db::query("SELECT 1 AS known FROM products WHERE product_id = $1")
+                .bind(&id)
+                .fetch_optional(order_db.reader())
+                .await
+                .unwrap()
+                .map(|_| ())
+        })
+        .await;
+        order_db.close().await;
         let res = self
             .t
             .http

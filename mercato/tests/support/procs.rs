@@ -188,14 +188,7 @@ pub fn serve(
     }
 }
 
-/// Waits until `base` says it is ready.
-pub async fn ready(http: &Client, base: &str) {
-    mercato_kit::testing::eventually(Duration::from_secs(60), || async {
-        let r = http.get(format!("{base}/health/ready")).send().await.ok()?;
-        (r.status() == StatusCode::OK).then_some(())
-    })
-    .await;
-}
+pub use super::support::ready;
 
 /// Creates a product through the gateway `gw` as `token` (a seller or admin) and, once
 /// inventory has heard of it, puts `on_hand` units in stock; returns its id.
