@@ -51,6 +51,40 @@ impl HealthCheck for BusCheck {
     }
 }
 
+/// The service's event consumer: on a bus where it first joins a group (Kafka), not ready
+/// until the group has given it its partitions, so a service is not ready while the events
+/// it must react to cannot reach it yet.
+pub struct ConsumerCheck {
+    bus: Arc<dyn crate::events::Bus>,
+    consumer: String,
+}
+
+impl ConsumerCheck {
+    pub fn new(bus: Arc<dyn crate::events::Bus>, consumer: &str) -> ConsumerCheck {
+        ConsumerCheck {
+            bus,
+            consumer: consumer.to_owned(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl HealthCheck for ConsumerCheck {
+    fn name(&self) -> &str {
+        "event_consumer"
+    }
+    async fn check(&self) -> Result<(), String> {
+        match self.bus.receiving(&self.consumer).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "the {} consumer has not been given its partitions yet (joining its group)",
+                self.consumer
+            )),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct CheckResult {
     name: String,

@@ -60,19 +60,28 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, f: impl FnMut(
     support::until(what, PATIENCE, f).await
 }
 
-#[tokio::test]
-#[ignore = "needs a Kafka broker in MERCATO_TEST_KAFKA_BROKERS (.ci/kafka)"]
-async fn events_published_before_and_after_subscribing_are_delivered_in_order() {
-    let t = test_bus().await;
-    let before: Vec<Envelope> = (0..3).map(|_| event("order.created", 1)).collect();
-    for e in &before {
+/// `n` events of one order published, then the "shipping" consumer subscribed to them.
+async fn published_then_subscribed(
+    t: &TestBus,
+    n: usize,
+) -> (Vec<Envelope>, Box<dyn Subscription>) {
+    let events: Vec<Envelope> = (0..n).map(|_| event("order.created", 1)).collect();
+    for e in &events {
         t.bus.publish(e).await.unwrap();
     }
-    let mut sub = t
+    let sub = t
         .bus
         .subscribe("shipping", &["order.created"])
         .await
         .unwrap();
+    (events, sub)
+}
+
+#[tokio::test]
+#[ignore = "needs a Kafka broker in MERCATO_TEST_KAFKA_BROKERS (.ci/kafka)"]
+async fn events_published_before_and_after_subscribing_are_delivered_in_order() {
+    let t = test_bus().await;
+    let (before, mut sub) = published_then_subscribed(&t, 3).await;
     let after = event("order.created", 1);
     t.bus.publish(&after).await.unwrap();
     for e in before.iter().chain([&after]) {
@@ -82,6 +91,58 @@ async fn events_published_before_and_after_subscribing_are_delivered_in_order() 
         sub.ack(&d).await.unwrap();
     }
     until("nothing left for the group", || async {
+        t.bus.lag("shipping").await.unwrap() == Some(0)
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kafka broker in MERCATO_TEST_KAFKA_BROKERS (.ci/kafka)"]
+async fn a_consumer_receives_once_its_group_gave_it_partitions_and_a_rewind_delivers_all_again() {
+    let t = test_bus().await;
+    assert!(
+        !t.bus.receiving("shipping").await.unwrap(),
+        "before subscribing"
+    );
+    let (events, mut sub) = published_then_subscribed(&t, 3).await;
+    // The assignment reaches the subscription when it is polled, never before.
+    assert!(
+        !t.bus.receiving("shipping").await.unwrap(),
+        "before joining"
+    );
+    for e in &events {
+        let d = next(&mut sub).await;
+        assert_eq!(&d.envelope, e);
+        sub.ack(&d).await.unwrap();
+    }
+    assert!(
+        t.bus.receiving("shipping").await.unwrap(),
+        "after receiving"
+    );
+    assert_eq!(t.bus.all().await.unwrap(), events);
+    assert_eq!(t.bus.consumers(), ["shipping"]);
+    until("nothing left", || async {
+        t.bus.lag("shipping").await.unwrap() == Some(0)
+    })
+    .await;
+
+    // A rewind needs the subscription to be waiting for its next event.
+    let rewind = {
+        let bus = t.bus.clone();
+        tokio::spawn(async move { bus.rewind_all_consumers().await })
+    };
+    let mut again = Vec::new();
+    for _ in &events {
+        let d = next(&mut sub).await;
+        again.push(d.envelope.clone());
+        sub.ack(&d).await.unwrap();
+    }
+    rewind.await.unwrap().unwrap();
+    assert_eq!(
+        again, events,
+        "every event once more, in order, none taken for a copy"
+    );
+    until("nothing left after the rewind", || async {
         t.bus.lag("shipping").await.unwrap() == Some(0)
     })
     .await;

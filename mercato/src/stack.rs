@@ -153,6 +153,8 @@ pub struct Stack {
     pub bus: Arc<dyn Bus>,
     /// The same bus when it is the embedded log (tests inspect it).
     pub embedded_bus: Option<EmbeddedBus>,
+    /// The same bus when it is Kafka (tests inspect it).
+    pub kafka_bus: Option<KafkaBus>,
     handles: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
 
@@ -426,14 +428,14 @@ async fn open_bus(
     env: &Env,
     common: &mercato_kit::config::CommonConfig,
     stop: &CancellationToken,
-) -> anyhow::Result<(Arc<dyn Bus>, Option<EmbeddedBus>)> {
+) -> anyhow::Result<(Arc<dyn Bus>, Option<EmbeddedBus>, Option<KafkaBus>)> {
     if let Some(url) = env.raw("MERCATO_NATS_URL") {
         let options = nats_options(&mut env.clone());
         let bus = with_retries("the event bus (NATS)", stop, || {
             NatsBus::connect_with(url, options.clone())
         })
         .await?;
-        return Ok((Arc::new(bus), None));
+        return Ok((Arc::new(bus), None, None));
     }
     let bus_url = common.database_url.as_ref().map_or_else(
         || {
@@ -451,10 +453,10 @@ async fn open_bus(
             KafkaBus::connect_with(brokers, options.clone(), &bus_url)
         })
         .await?;
-        return Ok((Arc::new(bus), None));
+        return Ok((Arc::new(bus.clone()), None, Some(bus)));
     }
     let bus = with_retries("the event bus", stop, || EmbeddedBus::open(&bus_url)).await?;
-    Ok((Arc::new(bus.clone()), Some(bus)))
+    Ok((Arc::new(bus.clone()), Some(bus), None))
 }
 
 /// The NATS settings; bad values are recorded in `env`.
@@ -498,6 +500,7 @@ fn kafka_options(env: &mut Env) -> KafkaOptions {
             defaults.replication as u64,
             1..=32,
         ) as i32,
+        debug: env.raw("MERCATO_KAFKA_DEBUG").map(str::to_owned),
         ..defaults
     }
 }
@@ -629,7 +632,7 @@ pub async fn start_until(
     let stop_starters = |starters: &[(&str, CancellationToken)]| {
         starters.iter().for_each(|(_, t)| t.cancel());
     };
-    let (bus, embedded_bus) = match open_bus(&env, &common, &stop).await {
+    let (bus, embedded_bus, kafka_bus) = match open_bus(&env, &common, &stop).await {
         Ok(b) => b,
         Err(e) => {
             stop_starters(&starters);
@@ -641,6 +644,7 @@ pub async fn start_until(
         shutdown: shutdown.clone(),
         bus,
         embedded_bus,
+        kafka_bus,
         handles: Vec::new(),
     };
     for (name, listener, addr) in listeners {

@@ -136,8 +136,13 @@ async fn orders_past_the_backlog_bound_are_refused_until_the_saga_catches_up() {
 
     // The cards are settled: the saga catches up and orders are taken again.
     for id in &waiting {
-        let pay = s.payment(id).await.expect("a payment");
-        let reference = pay["provider_ref"].as_str().expect("a processor reference");
+        // The payment worker asks the processor on its own time (on Kafka the payment service
+        // hears of the order by its own group's fetch): wait for the processor's reference.
+        let reference = eventually(WAIT, || async {
+            let pay = s.payment(id).await?;
+            pay["provider_ref"].as_str().map(str::to_owned)
+        })
+        .await;
         let res =
             s.t.http
                 .post(format!(

@@ -52,6 +52,15 @@ pub trait Bus: Send + Sync {
         Ok(())
     }
 
+    /// Whether `consumer`'s subscription in this process receives events yet (readiness). A
+    /// bus whose subscriptions first join a group (Kafka) says no until the group has given
+    /// them their partitions; the others deliver from the moment a subscription exists, and
+    /// what was published before waits for it, so they say yes.
+    async fn receiving(&self, consumer: &str) -> anyhow::Result<bool> {
+        let _ = consumer;
+        Ok(true)
+    }
+
     /// Events stored for `consumer` that it has not finished yet (the consumer-lag metric);
     /// `None` when the consumer does not exist (yet).
     async fn lag(&self, consumer: &str) -> anyhow::Result<Option<i64>> {

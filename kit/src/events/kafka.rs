@@ -41,8 +41,9 @@ use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How a [`KafkaBus`] names and configures what it creates on the brokers.
 #[derive(Clone, Debug)]
@@ -59,6 +60,9 @@ pub struct KafkaOptions {
     pub session_timeout: Duration,
     /// How long to wait for the brokers on each call (publish, commit, metadata).
     pub timeout: Duration,
+    /// librdkafka's `debug` contexts for every client (`cgrp,fetch,topic`...), logged under the
+    /// `librdkafka` target: for diagnosing the brokers' answers, never needed otherwise.
+    pub debug: Option<String>,
 }
 
 impl Default for KafkaOptions {
@@ -69,12 +73,40 @@ impl Default for KafkaOptions {
             replication: 1,
             session_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
+            debug: None,
         }
     }
 }
 
 /// Per consumer name: the topics it reads, and a client of its group that reads its offsets.
 type Groups = HashMap<String, (Vec<String>, Arc<BaseConsumer>)>;
+
+/// Per consumer name, whether each of its subscriptions here has been given its partitions.
+type Joined = HashMap<String, Vec<std::sync::Weak<AtomicBool>>>;
+
+/// A subscription's client context: notes the group's first assignment (see
+/// [`Bus::receiving`]).
+struct GroupContext {
+    joined: Arc<AtomicBool>,
+    group: String,
+    since: Instant,
+}
+
+impl rdkafka::client::ClientContext for GroupContext {}
+
+impl rdkafka::consumer::ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        // The first assignment, even an empty one (more replicas than partitions), means the
+        // group has formed with this member in it. Later rebalances do not make it unready:
+        // they pause consuming for a moment, not serving.
+        if let rdkafka::consumer::Rebalance::Assign(tpl) = rebalance {
+            if !self.joined.swap(true, Ordering::SeqCst) {
+                tracing::info!(group = %self.group, partitions = tpl.count(),
+                    after_ms = self.since.elapsed().as_millis() as u64, "joined the Kafka consumer group");
+            }
+        }
+    }
+}
 
 /// The [`Bus`] on Kafka. Cheap to clone; clones share the producer and the ledger.
 #[derive(Clone)]
@@ -87,6 +119,11 @@ pub struct KafkaBus {
     topics: Arc<Mutex<HashSet<String>>>,
     /// The topics each consumer reads, for its lag; and a client per group to read its offsets.
     groups: Arc<Mutex<Groups>>,
+    joined: Arc<Mutex<Joined>>,
+    /// Bumped by [`KafkaBus::rewind_all_consumers`]; each subscription rewinds when it moves.
+    rewinds: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The rewind each live subscription has carried out, to wait for them all.
+    rewound: Arc<Mutex<Vec<std::sync::Weak<AtomicU64>>>>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -121,6 +158,7 @@ impl KafkaBus {
             .set("acks", "all")
             .set("message.timeout.ms", &timeout_ms)
             .set("linger.ms", "1")
+            .set_debug(&options.debug)
             .create()
             .context("configuring the Kafka producer")?;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -135,13 +173,22 @@ impl KafkaBus {
         let ledger = Db::connect(ledger_url, "bus", 4, &none).await?;
         // Created here rather than by a migration: the table belongs to the bus alone (as the
         // embedded bus's), and a migration version of its own would trip other migrators.
-        crate::db::query(
-            "CREATE TABLE IF NOT EXISTS kafka_deliveries (grp TEXT NOT NULL, topic TEXT NOT NULL, \
-             part INTEGER NOT NULL, handed_out BIGINT NOT NULL, at_offset BIGINT NOT NULL, \
-             delivered BIGINT NOT NULL, PRIMARY KEY (grp, topic, part))",
-        )
-        .execute(ledger.writer())
-        .await?;
+        let create = || {
+            crate::db::query(
+                "CREATE TABLE IF NOT EXISTS kafka_deliveries (grp TEXT NOT NULL, topic TEXT NOT NULL, \
+                 part INTEGER NOT NULL, handed_out BIGINT NOT NULL, at_offset BIGINT NOT NULL, \
+                 delivered BIGINT NOT NULL, PRIMARY KEY (grp, topic, part))",
+            )
+            .execute(ledger.writer())
+        };
+        if let Err(e) = create().await {
+            // Processes starting together race to create it on PostgreSQL: a loser fails on the
+            // catalog's unique index once the winner has committed, and then finds it there.
+            tracing::debug!(error = %e, "creating the Kafka ledger raced another process; again");
+            create()
+                .await
+                .context("creating the Kafka delivery ledger (bus.kafka_deliveries)")?;
+        }
         let bus = KafkaBus {
             brokers: brokers.to_owned(),
             options: Arc::new(options),
@@ -150,6 +197,9 @@ impl KafkaBus {
             ledger,
             topics: Default::default(),
             groups: Default::default(),
+            joined: Default::default(),
+            rewinds: Arc::new(tokio::sync::watch::Sender::new(0)),
+            rewound: Default::default(),
         };
         bus.ping()
             .await
@@ -169,6 +219,114 @@ impl KafkaBus {
     /// The consumer group of a consumer name.
     pub fn group(&self, consumer: &str) -> String {
         format!("{}.{consumer}", self.options.prefix)
+    }
+
+    /// The consumer names subscribed through this bus (and its clones) so far.
+    pub fn consumers(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.groups.lock().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Every event on this prefix's topics, topic by topic, each partition oldest first (for
+    /// tests and audits). Reads without a group: no offsets are committed.
+    pub async fn all(&self) -> anyhow::Result<Vec<Envelope>> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            // librdkafka wants a group even for assigned partitions; this one never commits.
+            .set(
+                "group.id",
+                format!(
+                    "{}.reader-{}",
+                    self.options.prefix,
+                    uuid::Uuid::new_v4().simple()
+                ),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let reader: BaseConsumer = config.create().context("configuring a Kafka reader")?;
+        let prefix = format!("{}.", self.options.prefix);
+        let timeout = self.options.timeout;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Envelope>> {
+            let md = reader.fetch_metadata(None, timeout)?;
+            let mut tpl = TopicPartitionList::new();
+            // Per partition, the offset of its last message.
+            let mut last: BTreeMap<(String, i32), i64> = BTreeMap::new();
+            for t in md.topics().iter().filter(|t| t.name().starts_with(&prefix)) {
+                for p in t.partitions() {
+                    let (low, high) = reader.fetch_watermarks(t.name(), p.id(), timeout)?;
+                    if high > low {
+                        tpl.add_partition_offset(t.name(), p.id(), Offset::Offset(low))?;
+                        last.insert((t.name().to_owned(), p.id()), high - 1);
+                    }
+                }
+            }
+            let mut got: BTreeMap<(String, i32), Vec<Envelope>> = BTreeMap::new();
+            if last.is_empty() {
+                return Ok(Vec::new());
+            }
+            reader.assign(&tpl)?;
+            let deadline = Instant::now() + timeout;
+            let mut open = last.len();
+            while open > 0 {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "reading every Kafka event took longer than {timeout:?}"
+                );
+                let Some(msg) = reader.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let msg = msg?;
+                let key = (msg.topic().to_owned(), msg.partition());
+                let Some(end) = last.get(&key).copied() else {
+                    continue;
+                };
+                if msg.offset() > end {
+                    continue;
+                }
+                if let Some(Ok(env)) = msg.payload().map(serde_json::from_slice::<Envelope>) {
+                    got.entry(key).or_default().push(env);
+                }
+                if msg.offset() == end {
+                    open -= 1;
+                }
+            }
+            Ok(got.into_values().flatten().collect())
+        })
+        .await?
+    }
+
+    /// Makes every subscription of this bus (and its clones) start again from the first event
+    /// of each partition it holds, its group's commits reset there: what a bus that lost its
+    /// acknowledgements would do (operators do the same with `kafka-consumer-groups
+    /// --reset-offsets --to-earliest`). For tests and drills. Returns once every live
+    /// subscription has done it.
+    pub async fn rewind_all_consumers(&self) -> anyhow::Result<()> {
+        let mut epoch = 0;
+        self.rewinds.send_modify(|e| {
+            *e += 1;
+            epoch = *e;
+        });
+        let deadline = Instant::now() + self.options.timeout * 6;
+        loop {
+            let pending = {
+                let mut subs = self.rewound.lock();
+                subs.retain(|s| s.strong_count() > 0);
+                subs.iter()
+                    .filter_map(std::sync::Weak::upgrade)
+                    .filter(|done| done.load(Ordering::SeqCst) < epoch)
+                    .count()
+            };
+            if pending == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{pending} Kafka subscriptions did not rewind (no partitions assigned?)"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Creates these topics unless they exist. An existing topic is left as it is: an operator
@@ -227,7 +385,8 @@ impl KafkaBus {
                 (self.options.session_timeout.as_millis() / 4)
                     .max(100)
                     .to_string(),
-            );
+            )
+            .set_debug(&self.options.debug);
         c
     }
 }
@@ -281,6 +440,18 @@ impl Bus for KafkaBus {
         })
         .await??;
         Ok(Some(rows))
+    }
+
+    /// True once every subscription of `consumer` here has been given its partitions by the
+    /// group the first time. Until then events wait on the brokers (a new group's join and the
+    /// rebalances of replicas joining it take seconds), so the service is not ready.
+    async fn receiving(&self, consumer: &str) -> anyhow::Result<bool> {
+        let all = self.joined.lock();
+        let live: Vec<Arc<AtomicBool>> = all
+            .get(consumer)
+            .map(|subs| subs.iter().filter_map(std::sync::Weak::upgrade).collect())
+            .unwrap_or_default();
+        Ok(!live.is_empty() && live.iter().all(|j| j.load(Ordering::SeqCst)))
     }
 
     async fn lag(&self, consumer: &str) -> anyhow::Result<Option<i64>> {
@@ -375,10 +546,22 @@ impl Bus for KafkaBus {
         }
         self.ensure_topics(&topics).await?;
         let group = self.group(consumer);
-        let client: StreamConsumer = self
+        let joined = Arc::new(AtomicBool::new(false));
+        let context = GroupContext {
+            joined: joined.clone(),
+            group: group.clone(),
+            since: Instant::now(),
+        };
+        let client: StreamConsumer<GroupContext> = self
             .consumer_config(&group)
-            .create()
+            .create_with_context(context)
             .context("configuring a Kafka consumer")?;
+        {
+            let mut all = self.joined.lock();
+            let mine = all.entry(consumer.to_owned()).or_default();
+            mine.retain(|j| j.strong_count() > 0);
+            mine.push(Arc::downgrade(&joined));
+        }
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         client
             .subscribe(&names)
@@ -393,16 +576,37 @@ impl Bus for KafkaBus {
                 groups.insert(consumer.to_owned(), (topics.clone(), Arc::new(offsets)));
             }
         }
+        let rewound = Arc::new(AtomicU64::new(*self.rewinds.borrow()));
+        self.rewound.lock().push(Arc::downgrade(&rewound));
+        let mut rewind = self.rewinds.subscribe();
+        rewind.mark_unchanged();
         Ok(Box::new(KafkaSubscription {
             bus: self.clone(),
+            rewind,
+            rewound,
             group,
             wanted: event_types.iter().map(|t| t.to_string()).collect(),
             client: Some(Arc::new(client)),
+            _joined: joined,
             counter: 0,
             unacked: BTreeMap::new(),
             recent: HashMap::new(),
             skipped: HashMap::new(),
         }))
+    }
+}
+
+/// Sets librdkafka's `debug` when asked for.
+trait SetDebug {
+    fn set_debug(&mut self, debug: &Option<String>) -> &mut Self;
+}
+
+impl SetDebug for ClientConfig {
+    fn set_debug(&mut self, debug: &Option<String>) -> &mut Self {
+        match debug {
+            Some(contexts) => self.set("debug", contexts),
+            None => self,
+        }
     }
 }
 
@@ -420,10 +624,15 @@ struct Held {
 
 struct KafkaSubscription {
     bus: KafkaBus,
+    /// [`KafkaBus::rewind_all_consumers`]'s count, and the last rewind carried out here.
+    rewind: tokio::sync::watch::Receiver<u64>,
+    rewound: Arc<AtomicU64>,
     group: String,
     wanted: HashSet<String>,
     /// `None` only while dropping (see `Drop`).
-    client: Option<Arc<StreamConsumer>>,
+    client: Option<Arc<StreamConsumer<GroupContext>>>,
+    /// Held for [`Bus::receiving`] (which keeps a weak reference).
+    _joined: Arc<AtomicBool>,
     counter: i64,
     unacked: BTreeMap<i64, Held>,
     /// Per partition, the event ids handed out lately, oldest first.
@@ -448,18 +657,23 @@ impl Drop for KafkaSubscription {
 
 impl KafkaSubscription {
     #[expect(clippy::expect_used, reason = "the client is taken only in drop")]
-    fn client(&self) -> &Arc<StreamConsumer> {
+    fn client(&self) -> &Arc<StreamConsumer<GroupContext>> {
         self.client.as_ref().expect("the client lives until drop")
     }
 
     /// Rewinds every partition holding an unacknowledged delivery to the first of them.
     fn hand_back(&mut self) -> anyhow::Result<()> {
         let mut first: HashMap<(String, i32), i64> = HashMap::new();
-        for h in self.unacked.values() {
+        let held: Vec<((String, i32), uuid::Uuid)> = self
+            .unacked
+            .values()
+            .map(|h| ((h.topic.clone(), h.partition), h.event_id))
+            .collect();
+        for (key, event_id) in &held {
             // It comes again, and must not pass for a republished copy then.
-            if let Some((_, seen)) = self.recent.get_mut(&(h.topic.clone(), h.partition)) {
-                seen.remove(&h.event_id);
-            }
+            self.forget_seen(key, event_id);
+        }
+        for h in self.unacked.values() {
             let e = first
                 .entry((h.topic.clone(), h.partition))
                 .or_insert(h.offset);
@@ -480,6 +694,16 @@ impl KafkaSubscription {
             }
         }
         Ok(())
+    }
+
+    /// Forgets that `event_id` was handed out from a partition: it is read there again (a
+    /// rewind) and is no republished copy then.
+    fn forget_seen(&mut self, key: &(String, i32), event_id: &uuid::Uuid) {
+        if let Some((order, seen)) = self.recent.get_mut(key) {
+            if seen.remove(event_id) {
+                order.retain(|id| id != event_id);
+            }
+        }
     }
 
     /// Reads the ledger row of a partition: (handed out up to, offset counted, deliveries).
@@ -588,10 +812,21 @@ impl KafkaSubscription {
 
     async fn receive(&mut self) -> anyhow::Result<Option<Delivery>> {
         let client = self.client().clone();
-        let msg = client
-            .recv()
-            .await
-            .with_context(|| format!("reading from Kafka for {}", self.group))?;
+        let msg = loop {
+            let wanted = *self.rewind.borrow();
+            if self.rewound.load(Ordering::SeqCst) < wanted && !self.rewind_now(wanted).await? {
+                // No partitions yet (the group is still forming): try again in a moment.
+                tokio::select! {
+                    m = client.recv() => break m,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+            tokio::select! {
+                m = client.recv() => break m,
+                _ = self.rewind.changed() => continue,
+            }
+        }
+        .with_context(|| format!("reading from Kafka for {}", self.group))?;
         let (topic, partition, offset) = (msg.topic().to_owned(), msg.partition(), msg.offset());
         let taken = self.take(&msg);
         drop(msg);
@@ -602,6 +837,49 @@ impl KafkaSubscription {
             }
             Some(d) => Some(self.count(d, &topic, partition, offset).await?),
         })
+    }
+
+    /// Carries out rewind `epoch` (see [`KafkaBus::rewind_all_consumers`]) on the partitions
+    /// assigned here: commits their first offsets, moves the reader there and forgets what was
+    /// handed out. False while nothing is assigned. Only called between batches: nothing is
+    /// handed out then.
+    async fn rewind_now(&mut self, epoch: u64) -> anyhow::Result<bool> {
+        let client = self.client().clone();
+        let timeout = self.bus.options.timeout;
+        let rewound = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+            let assigned = client.assignment()?;
+            if assigned.count() == 0 {
+                return Ok(false);
+            }
+            let mut first = TopicPartitionList::new();
+            for e in assigned.elements() {
+                let (low, _) = client.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+                first.add_partition_offset(e.topic(), e.partition(), Offset::Offset(low))?;
+            }
+            client.commit(&first, CommitMode::Sync)?;
+            for e in first.elements() {
+                if let Err(err) = client.seek(e.topic(), e.partition(), e.offset(), timeout) {
+                    // Not fetching yet: it starts from the commit just made.
+                    tracing::debug!(topic = e.topic(), partition = e.partition(), error = %err,
+                        "seeking to the start failed");
+                }
+            }
+            Ok(true)
+        })
+        .await??;
+        if !rewound {
+            return Ok(false);
+        }
+        crate::db::query("DELETE FROM kafka_deliveries WHERE grp = $1")
+            .bind(&self.group)
+            .execute(self.bus.ledger.writer())
+            .await?;
+        self.recent.clear();
+        self.skipped.clear();
+        self.unacked.clear();
+        self.rewound.store(epoch, Ordering::SeqCst);
+        tracing::info!(group = %self.group, "rewound to the first event of every partition");
+        Ok(true)
     }
 
     /// A partition whose only news was skipped messages commits past them now, so its lag
@@ -703,8 +981,11 @@ impl Subscription for KafkaSubscription {
                     self.count(d, &topic, partition, offset).await?
                 };
                 if d.attempt > 1 {
-                    // A redelivery behind fresh events: it goes out alone, next time.
+                    // A redelivery behind fresh events: it goes out alone, next time. It was
+                    // taken, so it must be forgotten as seen too, or it would come back as a
+                    // "republished copy", be dropped and committed past: lost.
                     self.unacked.remove(&d.seq);
+                    self.forget_seen(&key, &d.envelope.event_id);
                     if let Err(e) = self.client().seek(
                         &topic,
                         partition,
@@ -745,6 +1026,26 @@ impl Subscription for KafkaSubscription {
             };
             let e = next.entry((h.topic, h.partition)).or_insert(0);
             *e = (*e).max(h.offset + 1);
+        }
+        // Messages skipped on other partitions while this batch was gathered (other types,
+        // copies) are committed past too when nothing is outstanding there, or the group's lag
+        // would count them until the next event of that partition.
+        let idle: Vec<(String, i32)> = self
+            .skipped
+            .keys()
+            .filter(|k| !next.contains_key(*k))
+            .filter(|(t, p)| {
+                !self
+                    .unacked
+                    .values()
+                    .any(|h| &h.topic == t && h.partition == *p)
+            })
+            .cloned()
+            .collect();
+        for key in idle {
+            if let Some(offset) = self.skipped.remove(&key) {
+                next.insert(key, offset);
+            }
         }
         if next.is_empty() {
             return Ok(());

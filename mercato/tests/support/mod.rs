@@ -3,7 +3,9 @@
 //!
 //! Storage is SQLite in a temporary directory by default. When `MERCATO_TEST_DATABASE_URL`
 //! names a PostgreSQL server, every stack gets a fresh database there instead, so the same
-//! scenarios run on both backends.
+//! scenarios run on both backends. Events go through the embedded log, or NATS JetStream with
+//! `MERCATO_TEST_NATS_URL`, or Kafka with `MERCATO_TEST_KAFKA_BROKERS` (which wins when both
+//! are set), each stack under a prefix of its own.
 
 #![allow(dead_code)]
 
@@ -26,6 +28,8 @@ pub struct TestStack {
     pg: Option<(String, String)>,
     /// With `MERCATO_TEST_NATS_URL`: the server and this stack's own subject/stream prefix.
     nats: Option<(String, String)>,
+    /// With `MERCATO_TEST_KAFKA_BROKERS`: the brokers and this stack's own topic/group prefix.
+    kafka: Option<(String, String)>,
     /// With `MERCATO_TEST_REDIS_URL`: deletes this stack's keys when the test ends.
     redis_keys: Option<mercato_kit::testing::RedisKeys>,
 }
@@ -51,9 +55,12 @@ impl TestStack {
             s.stop().await.expect("clean stop");
         }
         let pg = self.pg.take();
-        let nats = self.nats.take();
+        let bus = Buses {
+            nats: self.nats.take(),
+            kafka: self.kafka.take(),
+        };
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let mut t = Self::start_in_with_backends(dir, vars, pg, nats).await;
+        let mut t = Self::start_in_with_backends(dir, vars, pg, bus).await;
         t.http = self.http.clone();
         // The same keys, kept: the restarted services find their carts again.
         t.redis_keys = self.redis_keys.take();
@@ -65,14 +72,22 @@ impl TestStack {
             Ok(url) if !url.is_empty() => Some(fresh_pg_database(&url).await),
             _ => None,
         };
-        let nats = match std::env::var("MERCATO_TEST_NATS_URL") {
-            Ok(url) if !url.is_empty() => Some((
-                url,
-                format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-            )),
-            _ => None,
+        let own_prefix = || format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let bus = match (
+            test_var("MERCATO_TEST_KAFKA_BROKERS"),
+            test_var("MERCATO_TEST_NATS_URL"),
+        ) {
+            (Some(brokers), _) => Buses {
+                nats: None,
+                kafka: Some((brokers, own_prefix())),
+            },
+            (None, Some(url)) => Buses {
+                nats: Some((url, own_prefix())),
+                kafka: None,
+            },
+            (None, None) => Buses::default(),
         };
-        let mut t = Self::start_in_with_backends(dir, vars, pg, nats).await;
+        let mut t = Self::start_in_with_backends(dir, vars, pg, bus).await;
         t.redis_keys = test_redis()
             .map(|url| mercato_kit::testing::RedisKeys::new(&url, redis_prefix(t.dir.path())));
         t
@@ -82,7 +97,7 @@ impl TestStack {
         dir: tempfile::TempDir,
         vars: &[(&str, &str)],
         pg: Option<(String, String)>,
-        nats: Option<(String, String)>,
+        bus: Buses,
     ) -> TestStack {
         let mut env = Env::from_pairs([
             ("MERCATO_DATA_DIR", dir.path().display().to_string()),
@@ -102,9 +117,13 @@ impl TestStack {
             env.set("MERCATO_SERVICE_SECRET", "test-service-secret");
             env.set("MERCATO_PSP_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET);
         }
-        if let Some((url, prefix)) = &nats {
+        if let Some((url, prefix)) = &bus.nats {
             env.set("MERCATO_NATS_URL", url.clone());
             env.set("MERCATO_NATS_PREFIX", prefix.clone());
+        }
+        if let Some((brokers, prefix)) = &bus.kafka {
+            env.set("MERCATO_KAFKA_BROKERS", brokers.clone());
+            env.set("MERCATO_KAFKA_PREFIX", prefix.clone());
         }
         // Carts and rate limits in Redis, under a prefix of this stack's own that outlives a
         // restart (the data directory does); the keys are deleted when the test ends.
@@ -116,12 +135,21 @@ impl TestStack {
             env.set(k, *v);
         }
         let stack = stack::start(env, &[]).await.expect("stack starts");
+        if bus.kafka.is_some() {
+            // A consumer on Kafka takes seconds to join its group, and events published before
+            // wait on the brokers until it has: what a deployment waits for, readiness.
+            let http = Client::new();
+            for url in stack.urls.values() {
+                ready(&http, url).await;
+            }
+        }
         TestStack {
             stack: Some(stack),
             http: Client::new(),
             dir,
             pg,
-            nats,
+            nats: bus.nats,
+            kafka: bus.kafka,
             redis_keys: None,
         }
     }
@@ -130,6 +158,9 @@ impl TestStack {
     pub async fn bus(&self) -> BusProbe {
         if let Some(b) = self.stack.as_ref().and_then(|s| s.embedded_bus.clone()) {
             return BusProbe::Embedded(b);
+        }
+        if let Some(b) = self.stack.as_ref().and_then(|s| s.kafka_bus.clone()) {
+            return BusProbe::Kafka(b);
         }
         let (url, prefix) = self.nats.clone().expect("a bus");
         let client = async_nats::connect(&url).await.expect("NATS reachable");
@@ -256,10 +287,19 @@ impl TestStack {
     }
 }
 
+/// The event backends a stack was given (at most one of them).
+#[derive(Default)]
+struct Buses {
+    nats: Option<(String, String)>,
+    kafka: Option<(String, String)>,
+}
+
+fn test_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|u| !u.is_empty())
+}
+
 fn test_redis() -> Option<String> {
-    std::env::var("MERCATO_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
+    test_var("MERCATO_TEST_REDIS_URL")
 }
 
 /// This stack's Redis prefix: the data directory outlives a restart, so the prefix does too.
@@ -327,6 +367,15 @@ pub use mercato_kit::testing::eventually;
 
 /// A database of its own on PostgreSQL for a whole stack, dropped at the end (the kit's).
 pub use mercato_kit::testing::{drop_pg_database, fresh_pg_database};
+
+/// Waits until `base` says it is ready.
+pub async fn ready(http: &Client, base: &str) {
+    eventually(Duration::from_secs(60), || async {
+        let r = http.get(format!("{base}/health/ready")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
 
 /// A shop with a seller, a customer and an admin, for saga scenarios.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -558,6 +607,8 @@ pub enum BusProbe {
         js: async_nats::jetstream::Context,
         prefix: String,
     },
+    /// The stack's own Kafka bus: its topics, and its consumer groups' commits.
+    Kafka(mercato_kit::events::KafkaBus),
 }
 
 pub async fn nats_streams(js: &async_nats::jetstream::Context, prefix: &str) -> Vec<String> {
@@ -593,6 +644,7 @@ impl BusProbe {
                 }
                 out
             }
+            BusProbe::Kafka(b) => b.all().await.unwrap(),
         }
     }
 
@@ -626,6 +678,16 @@ impl BusProbe {
                 }
                 by_name.into_iter().collect()
             }
+            BusProbe::Kafka(b) => {
+                use mercato_kit::events::Bus;
+                let mut out = Vec::new();
+                for name in b.consumers() {
+                    if let Some(behind) = b.lag(&name).await.unwrap() {
+                        out.push((name, behind));
+                    }
+                }
+                out
+            }
         }
     }
 
@@ -655,6 +717,9 @@ impl BusProbe {
                 })
                 .await;
             }
+            // Returns once every subscription has rewound: their groups' commits are back at
+            // the start, so the lag counts the redeliveries until they are done.
+            BusProbe::Kafka(b) => b.rewind_all_consumers().await.unwrap(),
         }
     }
 }

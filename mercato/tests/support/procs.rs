@@ -60,6 +60,10 @@ pub fn shared_env(
         Ok(brokers) => {
             env.push(("MERCATO_KAFKA_BROKERS".into(), brokers));
             env.push(("MERCATO_KAFKA_PREFIX".into(), prefix.to_owned()));
+            // librdkafka's own debug log, for reading a failure (with MERCATO_TEST_LOG_DIR).
+            if let Ok(debug) = std::env::var("MERCATO_KAFKA_DEBUG") {
+                env.push(("MERCATO_KAFKA_DEBUG".into(), debug));
+            }
         }
         Err(_) => {
             env.push(("MERCATO_NATS_URL".into(), nats.to_owned()));
@@ -134,23 +138,25 @@ impl Drop for Proc {
 }
 
 /// Each process's log goes nowhere, unless `MERCATO_TEST_LOG_DIR` names a folder: then each
-/// writes its warnings and errors to `<service>-<port>.log` there, to read after a failure.
+/// writes its warnings and errors (or what `MERCATO_TEST_LOG` asks for, a `MERCATO_LOG`
+/// filter) to `<service>-<port>.log` there, to read after a failure.
 fn spawn(service: &str, port: u16, env: &[(String, String)], data: &Path) -> Child {
     let (level, log) = match std::env::var("MERCATO_TEST_LOG_DIR") {
         Ok(dir) => {
             std::fs::create_dir_all(&dir).unwrap();
             let file = std::fs::File::create(Path::new(&dir).join(format!("{service}-{port}.log")))
                 .unwrap();
-            ("warn", Stdio::from(file))
+            let level = std::env::var("MERCATO_TEST_LOG").unwrap_or_else(|_| "warn".into());
+            (level, Stdio::from(file))
         }
-        Err(_) => ("error", Stdio::null()),
+        Err(_) => ("error".to_owned(), Stdio::null()),
     };
     Command::new(env!("CARGO_BIN_EXE_mercato"))
         .args(["serve", service])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("MERCATO_DATA_DIR", data)
-        .env("MERCATO_LOG", level)
+        .env("MERCATO_LOG", &level)
         .env("MERCATO_LOG_FORMAT", "json")
         .env(port_var(service), port.to_string())
         .envs(env.iter().cloned())
@@ -182,14 +188,7 @@ pub fn serve(
     }
 }
 
-/// Waits until `base` says it is ready.
-pub async fn ready(http: &Client, base: &str) {
-    mercato_kit::testing::eventually(Duration::from_secs(60), || async {
-        let r = http.get(format!("{base}/health/ready")).send().await.ok()?;
-        (r.status() == StatusCode::OK).then_some(())
-    })
-    .await;
-}
+pub use super::support::ready;
 
 /// Creates a product through the gateway `gw` as `token` (a seller or admin) and, once
 /// inventory has heard of it, puts `on_hand` units in stock; returns its id.

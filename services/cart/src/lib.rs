@@ -33,7 +33,7 @@ use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer};
-use mercato_kit::health::{BusCheck, DbCheck, HealthCheck};
+use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck, HealthCheck};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use mercato_kit::redis::{self as kit_redis, RedisCheck, RedisConfig};
@@ -146,6 +146,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     let mut checks: Vec<Arc<dyn HealthCheck>> = vec![
         Arc::new(DbCheck(db.clone())),
         Arc::new(BusCheck(bus.clone())),
+        Arc::new(ConsumerCheck::new(bus.clone(), SERVICE)),
     ];
     let store: Arc<dyn store::KvStore> = match &config.redis {
         None => Arc::new(store::SqlKv::new(db.clone())),

@@ -30,7 +30,7 @@ use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
-use mercato_kit::health::{BusCheck, DbCheck};
+use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::Metrics;
 use mercato_kit::metrics::{sample_every, Probe, StorageProbe, SAMPLE_EVERY};
@@ -178,6 +178,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         vec![
             Arc::new(DbCheck(db.clone())),
             Arc::new(BusCheck(bus.clone())),
+            Arc::new(ConsumerCheck::new(bus.clone(), SERVICE)),
         ],
         &HttpSettings::from(common),
     )

@@ -33,7 +33,7 @@ use mercato_kit::config::{CommonConfig, Env, Secret};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::consumer::admin_router;
 use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
-use mercato_kit::health::{BusCheck, DbCheck};
+use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use std::sync::Arc;
@@ -185,7 +185,11 @@ pub async fn assemble(
         router,
         openapi,
         metrics,
-        vec![Arc::new(DbCheck(db.clone())), Arc::new(bus_check)],
+        vec![
+            Arc::new(DbCheck(db.clone())),
+            Arc::new(bus_check),
+            Arc::new(ConsumerCheck::new(bus.clone(), events::CONSUMER)),
+        ],
         &HttpSettings::from(c),
     )
     .with_admin(verifier)
