@@ -188,15 +188,43 @@ async fn replicas_share_the_work_and_survive_a_kill_of_one_replica_of_each_servi
         assert_eq!(res.status(), StatusCode::CREATED);
         customers.push(login(&http, &gw, &email, PASSWORD).await);
     }
-    // The order service learns products from catalog events; wait until it can price them.
-    for p in &products {
-        eventually(Duration::from_secs(30), || async {
+    // The order service learns products from catalog events; wait until it has handled every
+    // one the catalog published about them, as their audit trails say (the catalog answering
+    // says nothing of order's consumer).
+    let trail = |service: &'static str, query: String| {
+        let (http, admin, base) = (
+            http.clone(),
+            admin.clone(),
+            cluster.url(service, 0).to_owned(),
+        );
+        async move {
             let r = http
-                .get(format!("{gw}/api/v1/products/{p}"))
+                .get(format!("{base}/api/v1/admin/audit/trail?{query}"))
+                .bearer_auth(&admin)
                 .send()
                 .await
                 .ok()?;
-            (r.status() == StatusCode::OK).then_some(())
+            if r.status() != StatusCode::OK {
+                return None;
+            }
+            r.json::<Value>().await.ok()
+        }
+    };
+    for p in &products {
+        let ids: Vec<String> = eventually(Duration::from_secs(30), || async {
+            let published = trail("catalog", format!("mentions={p}")).await?;
+            let ids: Vec<String> = published["published"]
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+                .collect();
+            (!ids.is_empty()).then_some(ids)
+        })
+        .await;
+        let query = format!("mentions={p}&consumed={}", ids.join(","));
+        eventually(Duration::from_secs(60), || async {
+            let t = trail("order", query.clone()).await?;
+            (t["consumed"].as_array()?.len() == ids.len()).then_some(())
         })
         .await;
     }
