@@ -191,42 +191,9 @@ async fn replicas_share_the_work_and_survive_a_kill_of_one_replica_of_each_servi
     // The order service learns products from catalog events; wait until it has handled every
     // one the catalog published about them, as their audit trails say (the catalog answering
     // says nothing of order's consumer).
-    let trail = |service: &'static str, query: String| {
-        let (http, admin, base) = (
-            http.clone(),
-            admin.clone(),
-            cluster.url(service, 0).to_owned(),
-        );
-        async move {
-            let r = http
-                .get(format!("{base}/api/v1/admin/audit/trail?{query}"))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .ok()?;
-            if r.status() != StatusCode::OK {
-                return None;
-            }
-            r.json::<Value>().await.ok()
-        }
-    };
     for p in &products {
-        let ids: Vec<String> = eventually(Duration::from_secs(30), || async {
-            let published = trail("catalog", format!("mentions={p}")).await?;
-            let ids: Vec<String> = published["published"]
-                .as_array()?
-                .iter()
-                .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
-                .collect();
-            (!ids.is_empty()).then_some(ids)
-        })
-        .await;
-        let query = format!("mentions={p}&consumed={}", ids.join(","));
-        eventually(Duration::from_secs(60), || async {
-            let t = trail("order", query.clone()).await?;
-            (t["consumed"].as_array()?.len() == ids.len()).then_some(())
-        })
-        .await;
+        let (catalog, order) = (cluster.url("catalog", 0), cluster.url("order", 0));
+        support::consumed_by(&http, &admin, catalog, order, p, Duration::from_secs(60)).await;
     }
 
     // The load: ORDERS orders, CONCURRENCY at a time, through both gateways; every fifth card

@@ -377,6 +377,44 @@ pub async fn ready(http: &Client, base: &str) {
     .await;
 }
 
+/// A service's audit trail (`/api/v1/admin/audit/trail?query` at `base`), as `admin`.
+pub async fn trail(http: &Client, admin: &str, base: &str, query: &str) -> Value {
+    let r = http
+        .get(format!("{base}/api/v1/admin/audit/trail?{query}"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.unwrap()
+}
+
+/// Waits until the service at `consumer` has handled every event the one at `producer`
+/// published about `id` so far, as their audit trails say.
+pub async fn consumed_by(
+    http: &Client,
+    admin: &str,
+    producer: &str,
+    consumer: &str,
+    id: &str,
+    wait: Duration,
+) {
+    let published = trail(http, admin, producer, &format!("mentions={id}")).await;
+    let ids: Vec<String> = published["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!ids.is_empty(), "{producer} published nothing about {id}");
+    let query = format!("mentions={id}&consumed={}", ids.join(","));
+    eventually(wait, || async {
+        let t = trail(http, admin, consumer, &query).await;
+        (t["consumed"].as_array().unwrap().len() == ids.len()).then_some(())
+    })
+    .await;
+}
+
 /// A shop with a seller, a customer and an admin, for saga scenarios.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -455,34 +493,8 @@ impl Shop {
     /// Waits until `consumer`'s service has handled every event `producer` published about
     /// `id` so far, as their audit trails say.
     pub async fn consumed_by(&self, consumer: &str, producer: &str, id: &str) {
-        let published = self.trail(producer, &format!("mentions={id}")).await;
-        let ids: Vec<String> = published["published"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["event_id"].as_str().unwrap().to_owned())
-            .collect();
-        assert!(!ids.is_empty(), "{producer} published nothing about {id}");
-        let query = format!("mentions={id}&consumed={}", ids.join(","));
-        eventually(WAIT, || async {
-            let t = self.trail(consumer, &query).await;
-            (t["consumed"].as_array().unwrap().len() == ids.len()).then_some(())
-        })
-        .await;
-    }
-
-    /// A service's audit trail (`/admin/audit/trail?query`), as the admin.
-    pub async fn trail(&self, service: &str, query: &str) -> Value {
-        let r = self
-            .t
-            .http
-            .get(self.t.api(service, &format!("/admin/audit/trail?{query}")))
-            .bearer_auth(&self.admin)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        r.json::<Value>().await.unwrap()
+        let (producer, consumer) = (self.t.base(producer), self.t.base(consumer));
+        consumed_by(&self.t.http, &self.admin, &producer, &consumer, id, WAIT).await;
     }
 
     pub async fn order(&self, items: Value, payment_method: &str) -> reqwest::Response {
