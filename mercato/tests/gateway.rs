@@ -645,8 +645,7 @@ async fn a_customer_journey_through_the_front_door_only() {
     })
     .await;
     // Each service reads the catalog's events on its own: inventory knowing the product says
-    // nothing of order, whose read model prices the checkout (on NATS the checkout once got
-    // 422 here because order had not consumed the product yet).
+    // nothing of order, whose read model prices the checkout.
     let (catalog, order) = (t.base("catalog"), t.base("order"));
     support::consumed_by(http, &admin, &catalog, &order, &product, WAIT).await;
 
