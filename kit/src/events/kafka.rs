@@ -269,12 +269,25 @@ impl KafkaBus {
             reader.assign(&tpl)?;
             let deadline = Instant::now() + timeout;
             let mut open = last.len();
-            while open > 0 {
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "reading every Kafka event took longer than {timeout:?}"
-                );
-                let Some(msg) = reader.poll(Duration::from_millis(100)) else {
+            // Past the watermarks, whatever the fetches already brought is read too: Tansu
+            // 0.6.0 answers ListOffsets with the base offset of a partition's last record
+            // batch plus one, so the records behind the first of a batch published together
+            // lie beyond the end it reports (docs/KAFKA-COMPAT.md). They arrive with that
+            // batch, so a short quiet poll after the reported ends finds them.
+            loop {
+                let wait = if open > 0 {
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "reading every Kafka event took longer than {timeout:?}"
+                    );
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_millis(250)
+                };
+                let Some(msg) = reader.poll(wait) else {
+                    if open == 0 {
+                        break;
+                    }
                     continue;
                 };
                 let msg = msg?;
@@ -282,9 +295,6 @@ impl KafkaBus {
                 let Some(end) = last.get(&key).copied() else {
                     continue;
                 };
-                if msg.offset() > end {
-                    continue;
-                }
                 if let Some(Ok(env)) = msg.payload().map(serde_json::from_slice::<Envelope>) {
                     got.entry(key).or_default().push(env);
                 }
@@ -592,6 +602,7 @@ impl Bus for KafkaBus {
             unacked: BTreeMap::new(),
             recent: HashMap::new(),
             skipped: HashMap::new(),
+            committed: HashMap::new(),
         }))
     }
 }
@@ -640,6 +651,9 @@ struct KafkaSubscription {
     /// Per partition, the offset just past messages skipped (other types, copies, garbage)
     /// whose commit waits for the next acknowledgement there.
     skipped: HashMap<(String, i32), i64>,
+    /// Per partition, the offset last committed here: a commit never moves back below it
+    /// (only a rewind does, on purpose).
+    committed: HashMap<(String, i32), i64>,
 }
 
 impl Drop for KafkaSubscription {
@@ -763,6 +777,7 @@ impl KafkaSubscription {
     /// copies, garbage) whose offset is committed with the next acknowledgement.
     fn take(&mut self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Delivery> {
         let key = (msg.topic().to_owned(), msg.partition());
+        tracing::trace!(group = %self.group, topic = %key.0, partition = key.1, offset = msg.offset(), "read");
         let skip = |s: &mut Self| {
             s.skipped.insert(key.clone(), msg.offset() + 1);
             None
@@ -876,6 +891,7 @@ impl KafkaSubscription {
             .await?;
         self.recent.clear();
         self.skipped.clear();
+        self.committed.clear();
         self.unacked.clear();
         self.rewound.store(epoch, Ordering::SeqCst);
         tracing::info!(group = %self.group, "rewound to the first event of every partition");
@@ -892,14 +908,26 @@ impl KafkaSubscription {
         if busy {
             return;
         }
-        if let Some(next) = self.skipped.remove(&(topic.to_owned(), partition)) {
-            let mut tpl = TopicPartitionList::new();
-            if tpl
-                .add_partition_offset(topic, partition, Offset::Offset(next))
-                .is_ok()
-            {
-                if let Err(e) = self.client().commit(&tpl, CommitMode::Async) {
-                    tracing::debug!(group = %self.group, error = %e, "committing skipped messages failed");
+        let key = (topic.to_owned(), partition);
+        let Some(next) = self.skipped.remove(&key) else {
+            return;
+        };
+        if self.committed.get(&key).is_some_and(|c| *c >= next) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(topic, partition, Offset::Offset(next))
+            .is_ok()
+        {
+            // Asynchronous: nothing waits on it, and a lost one is covered by the next commit
+            // of this partition (librdkafka sends a group's commits in order).
+            match self.client().commit(&tpl, CommitMode::Async) {
+                Ok(()) => {
+                    self.committed.insert(key, next);
+                }
+                Err(e) => {
+                    tracing::debug!(group = %self.group, error = %e, "committing skipped messages failed")
                 }
             }
         }
@@ -1027,42 +1055,20 @@ impl Subscription for KafkaSubscription {
             let e = next.entry((h.topic, h.partition)).or_insert(0);
             *e = (*e).max(h.offset + 1);
         }
-        // Messages skipped on other partitions while this batch was gathered (other types,
-        // copies) are committed past too when nothing is outstanding there, or the group's lag
-        // would count them until the next event of that partition.
-        let idle: Vec<(String, i32)> = self
-            .skipped
-            .keys()
-            .filter(|k| !next.contains_key(*k))
-            .filter(|(t, p)| {
-                !self
-                    .unacked
-                    .values()
-                    .any(|h| &h.topic == t && h.partition == *p)
-            })
-            .cloned()
+        let busy: HashSet<(String, i32)> = self
+            .unacked
+            .values()
+            .map(|h| (h.topic.clone(), h.partition))
             .collect();
-        for key in idle {
-            if let Some(offset) = self.skipped.remove(&key) {
-                next.insert(key, offset);
-            }
-        }
+        let next = commit_offsets(next, &mut self.skipped, &busy, &self.committed);
         if next.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in &next {
-            let key = (topic.clone(), *partition);
-            let offset = match self.skipped.get(&key) {
-                Some(s) if *s > *offset => {
-                    let s = *s;
-                    self.skipped.remove(&key);
-                    s
-                }
-                _ => *offset,
-            };
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(offset))?;
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
+        tracing::trace!(group = %self.group, offsets = ?next, "committing");
         let client = self.client().clone();
         // A synchronous commit blocks on the brokers' answer: off the async threads.
         let result =
@@ -1072,7 +1078,10 @@ impl Subscription for KafkaSubscription {
             self.recent.clear();
         }
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.committed.extend(next);
+                Ok(())
+            }
             Err(KafkaError::ConsumerCommit(code)) => Err(anyhow!(
                 "Kafka refused the commit for {} ({code}): a rebalance moved the partitions; their new owner redelivers",
                 self.group
@@ -1082,9 +1091,128 @@ impl Subscription for KafkaSubscription {
     }
 }
 
+/// The offsets an acknowledgement commits: per partition, past the batch's last delivery
+/// there (`acked`) and past any message skipped behind it; plus the partitions whose only news
+/// since was skipped messages (other types, copies), when nothing is outstanding there (`busy`),
+/// or the group's lag would count them until that partition's next event. A skipped mark is
+/// used up either way, and nothing goes below what was `committed` already: a stale mark left
+/// behind once committed offsets backwards, and the lag stayed up (issue 17).
+fn commit_offsets(
+    acked: BTreeMap<(String, i32), i64>,
+    skipped: &mut HashMap<(String, i32), i64>,
+    busy: &HashSet<(String, i32)>,
+    committed: &HashMap<(String, i32), i64>,
+) -> BTreeMap<(String, i32), i64> {
+    let mut next = acked;
+    for (key, offset) in next.iter_mut() {
+        // Where a delivery is still outstanding (acknowledged one at a time), a mark may lie
+        // past it: it waits for the last one, or the commit would skip an unhandled event.
+        if busy.contains(key) {
+            continue;
+        }
+        if let Some(s) = skipped.remove(key) {
+            *offset = (*offset).max(s);
+        }
+    }
+    let idle: Vec<(String, i32)> = skipped
+        .keys()
+        .filter(|k| !busy.contains(*k))
+        .cloned()
+        .collect();
+    for key in idle {
+        if let Some(offset) = skipped.remove(&key) {
+            next.insert(key, offset);
+        }
+    }
+    next.retain(|key, offset| committed.get(key).is_none_or(|c| *offset > *c));
+    next
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn p(n: i32) -> (String, i32) {
+        ("mercato.order".to_owned(), n)
+    }
+
+    #[test]
+    fn a_skip_mark_behind_the_acknowledged_event_is_used_up_not_committed_later() {
+        // Partition 1: offset 1 skipped (mark 2), offset 2 handed out and acknowledged.
+        let mut skipped = HashMap::from([(p(1), 2)]);
+        let mut committed = HashMap::new();
+        let first = commit_offsets(
+            BTreeMap::from([(p(1), 3)]),
+            &mut skipped,
+            &HashSet::new(),
+            &committed,
+        );
+        assert_eq!(first, BTreeMap::from([(p(1), 3)]));
+        assert!(skipped.is_empty(), "the mark was used up");
+        committed.extend(first);
+        // The next acknowledgement, on another partition, must not carry partition 1 back.
+        let second = commit_offsets(
+            BTreeMap::from([(p(2), 5)]),
+            &mut skipped,
+            &HashSet::new(),
+            &committed,
+        );
+        assert_eq!(second, BTreeMap::from([(p(2), 5)]));
+    }
+
+    #[test]
+    fn skipped_messages_are_committed_past_only_where_nothing_is_outstanding() {
+        let mut skipped = HashMap::from([(p(0), 7), (p(2), 4)]);
+        let busy = HashSet::from([p(2)]);
+        let next = commit_offsets(BTreeMap::new(), &mut skipped, &busy, &HashMap::new());
+        assert_eq!(next, BTreeMap::from([(p(0), 7)]));
+        assert_eq!(
+            skipped,
+            HashMap::from([(p(2), 4)]),
+            "kept for its partition's ack"
+        );
+        // Its last outstanding delivery acknowledged, the commit moves past the skip behind it.
+        let next = commit_offsets(
+            BTreeMap::from([(p(2), 3)]),
+            &mut skipped,
+            &HashSet::new(),
+            &HashMap::new(),
+        );
+        assert_eq!(next, BTreeMap::from([(p(2), 4)]));
+    }
+
+    #[test]
+    fn a_skip_mark_never_carries_a_commit_past_an_outstanding_delivery() {
+        // Offsets 5 and 6 handed out, 7 skipped; 5 acknowledged alone (the slow path).
+        let mut skipped = HashMap::from([(p(0), 8)]);
+        let busy = HashSet::from([p(0)]);
+        let next = commit_offsets(
+            BTreeMap::from([(p(0), 6)]),
+            &mut skipped,
+            &busy,
+            &HashMap::new(),
+        );
+        assert_eq!(
+            next,
+            BTreeMap::from([(p(0), 6)]),
+            "6 is still to be handled"
+        );
+        let next = commit_offsets(
+            BTreeMap::from([(p(0), 7)]),
+            &mut skipped,
+            &HashSet::new(),
+            &HashMap::new(),
+        );
+        assert_eq!(next, BTreeMap::from([(p(0), 8)]));
+    }
+
+    #[test]
+    fn a_commit_never_goes_below_what_was_committed() {
+        let committed = HashMap::from([(p(0), 10)]);
+        let mut skipped = HashMap::from([(p(0), 8)]);
+        let next = commit_offsets(BTreeMap::new(), &mut skipped, &HashSet::new(), &committed);
+        assert!(next.is_empty(), "{next:?}");
+    }
 
     #[test]
     fn event_types_name_their_domain() {
