@@ -58,8 +58,9 @@ pub async fn emit<P: Serialize>(
     mercato_kit::events::append(tx, &env).await
 }
 
-/// `inventory.released` for a reservation that was released now.
-pub async fn released(
+/// `inventory.released` for a reservation that was released now (written by the use cases in
+/// `service`, in the transaction that released it).
+pub(crate) async fn released(
     tx: &mut Tx,
     order_id: OrderId,
     reason: ReleaseReason,
@@ -69,8 +70,9 @@ pub async fn released(
     emit(tx, INVENTORY_RELEASED, order_id, &p, cause).await
 }
 
-/// `inventory.committed` for a reservation that was committed now.
-pub async fn committed(
+/// `inventory.committed` for a reservation that was committed now (written by
+/// [`Inventory::commit`], in the transaction that committed it).
+pub(crate) async fn committed(
     tx: &mut Tx,
     order_id: OrderId,
     cause: &Cause<'_>,
@@ -215,9 +217,7 @@ impl EventHandler for Handler {
             ORDER_CANCELLED => {
                 let o: OrderCancelled = payload(env)?;
                 match self.inv.release(tx, o.order_id, now, &cause).await? {
-                    Transition::Applied(_) => {
-                        released(tx, o.order_id, ReleaseReason::Cancelled, &cause).await?
-                    }
+                    Transition::Applied(_) => {}
                     Transition::Tombstoned(_) => {
                         tracing::debug!(order_id = %o.order_id, "cancelled before it was reserved; tombstone recorded")
                     }
@@ -227,7 +227,7 @@ impl EventHandler for Handler {
             ORDER_FULFILLED => {
                 let o: OrderRef = payload(env)?;
                 match self.inv.commit(tx, o.order_id, now, &cause).await? {
-                    Transition::Applied(_) => committed(tx, o.order_id, &cause).await?,
+                    Transition::Applied(_) => {}
                     Transition::Conflict(r) => {
                         // Goods shipped for an order whose stock went back: the books cannot
                         // say so; an operator must look.

@@ -10,7 +10,6 @@
 
 use crate::catalog::Catalog;
 use crate::domain::{self, LedgerKind, OrderLines, ReleaseReason, ReservationStatus, StockChange};
-use crate::events;
 use crate::service::{Cause, Error, Inventory, Reserved, StockEdit, Transition};
 use crate::store::{self, LedgerEntry, Reservation, Stock};
 use axum::extract::{FromRef, RawQuery, State};
@@ -18,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use mercato_kit::audit::{next_cursor, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
-use mercato_kit::contracts::{ReleaseReason as ReleasedBecause, ShortLine};
+use mercato_kit::contracts::ShortLine;
 use mercato_kit::http::{BearerAuth, Json, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{OrderId, ProductId};
@@ -619,7 +618,6 @@ async fn release(
     let order_id = input.order_id;
     match s.inv.release(&mut tx, order_id, now_us(), &cause).await? {
         Transition::Applied(r) => {
-            events::released(&mut tx, order_id, ReleasedBecause::Cancelled, &cause).await?;
             let res = claim
                 .finish(tx, StatusCode::OK, &ReservationView::from(&r))
                 .await;
@@ -668,7 +666,6 @@ async fn commit(
     let order_id = input.order_id;
     match s.inv.commit(&mut tx, order_id, now_us(), &cause).await? {
         Transition::Applied(r) => {
-            events::committed(&mut tx, order_id, &cause).await?;
             let res = claim
                 .finish(tx, StatusCode::OK, &ReservationView::from(&r))
                 .await;

@@ -1,8 +1,11 @@
 //! The inventory's use cases: keep stock rows in step with the catalog, reserve an order's
 //! lines (all or none), hold, commit, release and expire reservations, and change stock by
 //! hand. Each takes the caller's transaction, so the HTTP handlers, the event handler and the
-//! sweeper share them and put their own inbox row, outbox events or idempotency record in the
-//! same commit.
+//! sweeper share them and put their own inbox row or idempotency record in the same commit.
+//!
+//! A commit, release or expiry writes its whole effect itself: the reservation's status, the
+//! stock and its ledger, and the `inventory.committed` / `inventory.released` event with its
+//! cause, so no caller can change stock and forget to say so.
 //!
 //! Time is a parameter (`now`, µs since the epoch) rather than read inside, so tests can move
 //! it without sleeping.
@@ -11,9 +14,12 @@ use crate::domain::{
     self, Command, Decision, Movement, OrderLines, Refusal, ReleaseReason, ReservationStatus,
     StockChange,
 };
+use crate::events;
 use crate::store::{self, Entry, NewReservation, ProductFacts, Reservation, Stock};
 use mercato_kit::auth::Principal;
-use mercato_kit::contracts::{ProductChanged, ShortLine, StockLine};
+use mercato_kit::contracts::{
+    ProductChanged, ReleaseReason as ReleasedBecause, ShortLine, StockLine,
+};
 use mercato_kit::db::{Db, Tx};
 use mercato_kit::events::{Envelope, OutboxWaker};
 use mercato_kit::http::RequestContext;
@@ -486,7 +492,8 @@ impl Inventory {
         self.apply(tx, order_id, Command::Hold, now, cause).await
     }
 
-    /// The order was fulfilled: its units leave (on_hand and reserved both go down).
+    /// The order was fulfilled: its units leave (on_hand and reserved both go down), announced
+    /// with `inventory.committed` when applied now.
     pub async fn commit(
         &self,
         tx: &mut Tx,
@@ -497,8 +504,9 @@ impl Inventory {
         self.apply(tx, order_id, Command::Commit, now, cause).await
     }
 
-    /// The order was cancelled: its units go back to available. An order never reserved gets a
-    /// tombstone, because its `order.created` may still be on the way.
+    /// The order was cancelled: its units go back to available, announced with
+    /// `inventory.released` {reason: cancelled} when applied now. An order never reserved gets a
+    /// tombstone (and no event), because its `order.created` may still be on the way.
     pub async fn release(
         &self,
         tx: &mut Tx,
@@ -538,8 +546,9 @@ impl Inventory {
         .into())
     }
 
-    /// Releases the reservation if it is still active and its time has passed at `now`. The
-    /// conditional update decides who does it, so any number of sweepers may try at once.
+    /// Releases the reservation if it is still active and its time has passed at `now`, and
+    /// announces it with `inventory.released` {reason: expired} in the reservation's own trace.
+    /// The conditional update decides who does it, so any number of sweepers may try at once.
     pub async fn expire(
         &self,
         tx: &mut Tx,
@@ -606,6 +615,18 @@ impl Inventory {
                         product_id: line.product_id,
                         order_id,
                     })?;
+            }
+        }
+        // The announcement, in the same transaction as the change it announces. An expiry
+        // continues the trace of the checkout that made the reservation.
+        match cmd {
+            Command::Hold => {}
+            Command::Commit => events::committed(tx, order_id, cause).await?,
+            Command::Release => {
+                events::released(tx, order_id, ReleasedBecause::Cancelled, cause).await?
+            }
+            Command::Expire => {
+                events::released(tx, order_id, ReleasedBecause::Expired, &Cause::Expiry(&r)).await?
             }
         }
         if let Some(reason) = reason {
