@@ -471,7 +471,7 @@ async fn demo_seeding_gives_demo_skus_their_demo_stock_and_nothing_else_any() {
 async fn the_use_cases_announce_their_own_commits_and_releases_whoever_calls_them() {
     // Called directly, as a new caller (a tool, a future worker) would: the event comes with
     // the change, in the same transaction, without the caller writing it.
-    use mercato_inventory::service::Cause;
+    use mercato_inventory::service::Origin;
     use mercato_kit::time::now_us;
     let w = World::new().await;
     let p = w.product(5).await;
@@ -480,10 +480,13 @@ async fn the_use_cases_announce_their_own_commits_and_releases_whoever_calls_the
     w.deliver(&order_created(freed, &[(p, 1)])).await;
 
     let mut tx = w.db.begin().await.unwrap();
-    let cause = Cause::System("test");
-    w.inv.commit(&mut tx, kept, now_us(), &cause).await.unwrap();
+    let origin = Origin::system("test");
     w.inv
-        .release(&mut tx, freed, now_us(), &cause)
+        .commit(&mut tx, kept, now_us(), &origin)
+        .await
+        .unwrap();
+    w.inv
+        .release(&mut tx, freed, now_us(), &origin)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -509,7 +512,7 @@ async fn the_use_cases_announce_their_own_commits_and_releases_whoever_calls_the
     w.deliver(&order_created(other, &[(p, 1)])).await;
     let mut tx = w.db.begin().await.unwrap();
     w.inv
-        .release(&mut tx, other, now_us(), &cause)
+        .release(&mut tx, other, now_us(), &origin)
         .await
         .unwrap();
     tx.rollback().await.unwrap();
