@@ -83,18 +83,64 @@ impl Envelope {
     }
 
     /// Marks this event as caused by `cause`: same correlation and trace, `causation_id` set.
-    pub fn caused_by_event(mut self, cause: &Envelope) -> Self {
-        self.correlation_id = cause.correlation_id.clone();
-        self.traceparent = cause.traceparent.clone();
-        self.causation_id = Some(cause.event_id);
-        self
+    pub fn caused_by_event(self, cause: &Envelope) -> Self {
+        Cause::of_event(cause).stamp(self)
     }
 
     /// Carries the request's correlation id and trace context into the event.
-    pub fn caused_by_request(mut self, ctx: &RequestContext) -> Self {
-        self.correlation_id = Some(ctx.correlation_id.clone());
-        self.traceparent = Some(ctx.traceparent.clone());
-        self
+    pub fn caused_by_request(self, ctx: &RequestContext) -> Self {
+        Cause::of_request(ctx).stamp(self)
+    }
+}
+
+/// Why something happened, carried into the events it leads to: the correlation id and trace
+/// context they continue, and the event that caused them. Plain data, so a use case takes one
+/// whoever calls it (a request, an event handler, a sweeper or worker), and work queued for
+/// later can store it and stamp its events when it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cause {
+    pub correlation_id: Option<String>,
+    pub traceparent: Option<String>,
+    /// The event that caused this one, when an event did.
+    pub causation_id: Option<Uuid>,
+}
+
+impl Cause {
+    /// An HTTP request: its correlation id and trace context.
+    pub fn of_request(ctx: &RequestContext) -> Cause {
+        Cause {
+            correlation_id: Some(ctx.correlation_id.clone()),
+            traceparent: Some(ctx.traceparent.clone()),
+            causation_id: None,
+        }
+    }
+
+    /// An incoming event: its correlation and trace, and itself as the causation.
+    pub fn of_event(env: &Envelope) -> Cause {
+        Cause {
+            correlation_id: env.correlation_id.clone(),
+            traceparent: env.traceparent.clone(),
+            causation_id: Some(env.event_id),
+        }
+    }
+
+    /// The same cause, continued from the span running now when there is one: work queued now
+    /// and done later then hangs under the span that queued it.
+    pub fn in_current_span(self) -> Cause {
+        Cause {
+            traceparent: crate::telemetry::current_traceparent().or(self.traceparent),
+            ..self
+        }
+    }
+
+    /// `env` carrying this cause (its correlation id, trace context and causation id).
+    pub fn stamp(&self, env: Envelope) -> Envelope {
+        Envelope {
+            correlation_id: self.correlation_id.clone(),
+            traceparent: self.traceparent.clone(),
+            causation_id: self.causation_id,
+            ..env
+        }
     }
 }
 
@@ -148,4 +194,52 @@ pub async fn pending(
             Ok((seq, env))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod cause_tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_stamps_what_it_carries_and_nothing_else() {
+        let incoming = Envelope {
+            correlation_id: Some("corr".into()),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            ..Envelope::new("order", "order.created", "o", &())
+        };
+        let next = Cause::of_event(&incoming).stamp(Envelope::new(
+            "inventory",
+            "inventory.reserved",
+            "o",
+            &(),
+        ));
+        assert_eq!(next.correlation_id, incoming.correlation_id);
+        assert_eq!(next.traceparent, incoming.traceparent);
+        assert_eq!(next.causation_id, Some(incoming.event_id));
+        assert_eq!(next.event_type, "inventory.reserved");
+
+        let ctx = RequestContext {
+            request_id: "r".into(),
+            correlation_id: "c".into(),
+            traceparent: "t".into(),
+            client_ip: None,
+        };
+        let by_request =
+            Cause::of_request(&ctx).stamp(Envelope::new("order", "order.created", "o", &()));
+        assert_eq!(
+            (
+                by_request.correlation_id.as_deref(),
+                by_request.traceparent.as_deref(),
+                by_request.causation_id
+            ),
+            (Some("c"), Some("t"), None)
+        );
+
+        // Outside any span the cause keeps its own trace.
+        assert_eq!(
+            Cause::of_event(&incoming).in_current_span(),
+            Cause::of_event(&incoming)
+        );
+        assert_eq!(Cause::default().stamp(incoming.clone()).causation_id, None);
+    }
 }

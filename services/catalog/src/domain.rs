@@ -400,21 +400,34 @@ pub fn may_edit(principal: &Principal, product: &Product) -> bool {
     }
 }
 
+/// A caller asking for what their role or their ownership does not allow; says what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Forbidden(pub &'static str);
+
+impl Forbidden {
+    pub const NOT_OWNER_CHANGE: Forbidden =
+        Forbidden("only the seller who owns this product or an admin may change it");
+    pub const NOT_OWNER_DEACTIVATE: Forbidden =
+        Forbidden("only the seller who owns this product or an admin may deactivate it");
+}
+
 /// Who owns a product being created: the seller who creates it, or whoever an admin names.
-pub fn seller_for_new(principal: &Principal, requested: Option<UserId>) -> Result<UserId, Problem> {
+pub fn seller_for_new(
+    principal: &Principal,
+    requested: Option<UserId>,
+) -> Result<UserId, Forbidden> {
     let caller = principal.user_id();
     match (principal.role, requested) {
         (Role::Admin, Some(seller)) => Ok(seller),
         (Role::Admin | Role::Seller, None) => {
-            caller.ok_or_else(|| Problem::forbidden("this route is for user accounts"))
+            caller.ok_or(Forbidden("this route is for user accounts"))
         }
         (Role::Seller, Some(seller)) if caller == Some(seller) => Ok(seller),
-        (Role::Seller, Some(_)) => Err(Problem::forbidden(
+        (Role::Seller, Some(_)) => Err(Forbidden(
             "only an admin may create a product for another seller",
         )),
-        (Role::Customer | Role::Service, _) => {
-            Err(Problem::forbidden("requires role SELLER or ADMIN"))
-        }
+        (Role::Customer | Role::Service, _) => Err(Forbidden("requires role SELLER or ADMIN")),
     }
 }
 
@@ -1013,15 +1026,23 @@ mod tests {
         assert_eq!(seller_for_new(&seller, None).unwrap(), me);
         assert_eq!(seller_for_new(&seller, Some(me)).unwrap(), me);
         assert_eq!(
-            seller_for_new(&seller, Some(other)).unwrap_err().status,
-            403
+            seller_for_new(&seller, Some(other)),
+            Err(Forbidden(
+                "only an admin may create a product for another seller"
+            ))
         );
         assert_eq!(seller_for_new(&admin, None).unwrap(), me);
         assert_eq!(seller_for_new(&admin, Some(other)).unwrap(), other);
         let customer = principal(Role::Customer, Some(me));
-        assert_eq!(seller_for_new(&customer, None).unwrap_err().status, 403);
+        assert_eq!(
+            seller_for_new(&customer, None),
+            Err(Forbidden("requires role SELLER or ADMIN"))
+        );
         let service = principal(Role::Service, None);
-        assert_eq!(seller_for_new(&service, None).unwrap_err().status, 403);
+        assert_eq!(
+            seller_for_new(&service, None),
+            Err(Forbidden("requires role SELLER or ADMIN"))
+        );
     }
 
     #[test]

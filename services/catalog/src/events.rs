@@ -8,8 +8,7 @@
 
 use crate::domain::{Change, Product};
 use mercato_kit::db::Tx;
-use mercato_kit::events::Envelope;
-use mercato_kit::http::RequestContext;
+use mercato_kit::events::{Cause, Envelope};
 
 pub use mercato_kit::contracts::types::{PRODUCT_CREATED, PRODUCT_DEACTIVATED, PRODUCT_UPDATED};
 pub use mercato_kit::contracts::ProductChanged;
@@ -38,14 +37,15 @@ pub fn change_type(change: Change) -> &'static str {
     }
 }
 
-/// The envelope announcing `product`'s new state. `cause` is the request that changed it, when
-/// a request did (seeding at start has none).
-pub fn envelope(event_type: &str, product: &Product, cause: Option<&RequestContext>) -> Envelope {
-    let env = Envelope::new(PRODUCER, event_type, product.id, &payload(product));
-    match cause {
-        Some(ctx) => env.caused_by_request(ctx),
-        None => env,
-    }
+/// The envelope announcing `product`'s new state, carrying `cause` (the request that changed
+/// it; seeding at start has none: [`Cause::default`]).
+pub fn envelope(event_type: &str, product: &Product, cause: &Cause) -> Envelope {
+    cause.stamp(Envelope::new(
+        PRODUCER,
+        event_type,
+        product.id,
+        &payload(product),
+    ))
 }
 
 /// Writes the event announcing `product`'s new state into the transaction that made it.
@@ -53,7 +53,7 @@ pub async fn announce(
     tx: &mut Tx,
     event_type: &str,
     product: &Product,
-    cause: Option<&RequestContext>,
+    cause: &Cause,
 ) -> Result<(), mercato_kit::db::Error> {
     mercato_kit::events::append(tx, &envelope(event_type, product, cause)).await
 }

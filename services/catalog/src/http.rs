@@ -1,19 +1,20 @@
 //! The catalog's HTTP API under `/api/v1`, documented for `/openapi.json` as it is routed.
 //!
-//! Handlers stay thin: extract, check who is asking against the domain's rules, call one store
-//! operation inside the idempotency claim, answer. Errors are `Problem`s; the store's are
-//! mapped once, below.
+//! Handlers stay thin: extract, check the caller's role, call one use case of `service`
+//! inside the idempotency claim, answer. The use cases' errors are mapped to `Problem`s once,
+//! below.
 
 use crate::domain::{
     self, CategoryCount, CreateProduct, ListParams, NewProduct, Product, ProductPatch,
     ProductQuery, UpdateProduct,
 };
-use crate::store;
+use crate::{service, store};
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use mercato_kit::auth::{Principal, Verifier};
 use mercato_kit::db::Db;
+use mercato_kit::events::Cause;
 use mercato_kit::http::{BearerAuth, Json, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{Currency, ProductId, UserId};
@@ -51,16 +52,23 @@ pub(crate) fn router(db: Db, verifier: Verifier) -> (axum::Router, utoipa::opena
 )]
 struct ApiDoc;
 
-impl From<store::Error> for Problem {
-    fn from(e: store::Error) -> Self {
+impl From<service::Error> for Problem {
+    fn from(e: service::Error) -> Self {
         match e {
-            store::Error::NotFound(id) => Problem::not_found(format!("no product {id}")),
-            store::Error::SkuTaken(sku) => Problem::conflict(
+            service::Error::NotFound(id) => Problem::not_found(format!("no product {id}")),
+            service::Error::SkuTaken(sku) => Problem::conflict(
                 "sku_taken",
                 format!("the sku {sku} is already used by another product"),
             ),
-            store::Error::Db(e) => e.into(),
+            service::Error::Forbidden(f) => f.into(),
+            service::Error::Db(e) => e.into(),
         }
+    }
+}
+
+impl From<domain::Forbidden> for Problem {
+    fn from(f: domain::Forbidden) -> Self {
+        Problem::forbidden(f.0)
     }
 }
 
@@ -177,7 +185,7 @@ async fn get_product(
 ) -> Result<Json<ProductBody>, Problem> {
     let product = store::get(db.reader(), id)
         .await?
-        .ok_or(store::Error::NotFound(id))?;
+        .ok_or(service::Error::NotFound(id))?;
     Ok(Json(ProductBody::from(&product)))
 }
 
@@ -211,7 +219,7 @@ async fn create_product(
         return Ok(replay);
     }
     let mut tx = db.begin().await?;
-    let product = store::create(&mut tx, draft, seller, Some(&ctx)).await?;
+    let product = service::create(&mut tx, draft, seller, &Cause::of_request(&ctx)).await?;
     claim
         .finish(tx, StatusCode::CREATED, &ProductBody::from(&product))
         .await
@@ -251,13 +259,8 @@ async fn update_product(
         return Ok(replay);
     }
     let mut tx = db.begin().await?;
-    let current = store::lock(&mut tx, id).await?;
-    if !domain::may_edit(&principal, &current) {
-        return Err(Problem::forbidden(
-            "only the seller who owns this product or an admin may change it",
-        ));
-    }
-    let product = store::update(&mut tx, current, &patch, Some(&ctx)).await?;
+    let product =
+        service::update(&mut tx, &principal, id, &patch, &Cause::of_request(&ctx)).await?;
     claim
         .finish(tx, StatusCode::OK, &ProductBody::from(&product))
         .await
@@ -292,13 +295,7 @@ async fn deactivate_product(
         return Ok(replay);
     }
     let mut tx = db.begin().await?;
-    let current = store::lock(&mut tx, id).await?;
-    if !domain::may_edit(&principal, &current) {
-        return Err(Problem::forbidden(
-            "only the seller who owns this product or an admin may deactivate it",
-        ));
-    }
-    let product = store::deactivate(&mut tx, current, Some(&ctx)).await?;
+    let product = service::deactivate(&mut tx, &principal, id, &Cause::of_request(&ctx)).await?;
     claim
         .finish(tx, StatusCode::OK, &ProductBody::from(&product))
         .await

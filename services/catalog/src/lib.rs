@@ -17,6 +17,7 @@ pub mod domain;
 pub mod events;
 mod http;
 pub mod seed;
+pub mod service;
 pub mod store;
 
 use mercato_kit::auth::Verifier;

@@ -9,9 +9,10 @@
 //! catalog.
 
 use crate::domain::{CreateProduct, NewProduct, Product};
-use crate::store;
+use crate::service;
 use anyhow::Context;
 use mercato_kit::db::Db;
+use mercato_kit::events::Cause;
 use mercato_kit::ids::ProductId;
 use mercato_kit::time::Micros;
 use sha2::{Digest, Sha256};
@@ -65,7 +66,7 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<usize> {
     let mut tx = db.begin().await?;
     let mut added = 0;
     for p in &products {
-        if store::import(&mut tx, p, None)
+        if service::import(&mut tx, p, &Cause::default())
             .await
             .with_context(|| format!("seeding demo product {}", p.sku))?
         {

@@ -1,101 +1,15 @@
-//! The catalog's storage, and the operations that change it.
+//! The catalog's storage: products read and written, nothing decided. The use cases that
+//! change products (and announce them) are in `service`.
 //!
-//! One SQL text per query serves SQLite and PostgreSQL (sqlx `Any`, `$n` placeholders). The
-//! operations at the top (`create`, `update`, `deactivate`) are the catalog's business actions:
-//! each writes its row and its outbox event through the caller's transaction, so an HTTP
-//! handler, the demo seeder or a future event consumer all change products the same way and
-//! the caller decides what else (an idempotency record) commits with them.
+//! One SQL text per query serves SQLite and PostgreSQL (sqlx `Any`, `$n` placeholders).
 //!
 //! Lists page by keyset, never by offset: the next page starts strictly after the last row's
 //! (sort key, id), so rows added or removed meanwhile cannot shift items into a repeat or a gap.
 
-use crate::domain::{
-    ActiveFilter, CategoryCount, Cursor, NewProduct, Product, ProductPatch, ProductQuery, Sort,
-    SortKey,
-};
-use crate::events;
-use mercato_kit::db::{get_bool, is_unique_violation, Tx};
+use crate::domain::{ActiveFilter, CategoryCount, Cursor, Product, ProductQuery, Sort, SortKey};
+use mercato_kit::db::{get_bool, Tx};
 use mercato_kit::db::{Exec, Pool, Row};
-use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{parse_db_uuid, ProductId, UserId};
-use mercato_kit::time::now_us;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("no product {0}")]
-    NotFound(ProductId),
-    #[error("the sku {0} is already used by another product")]
-    SkuTaken(String),
-    #[error(transparent)]
-    Db(#[from] mercato_kit::db::Error),
-}
-
-// ---------------------------------------------------------------------------------------------
-// Operations.
-
-/// Creates a product owned by `seller_id` and announces it.
-pub async fn create(
-    tx: &mut Tx,
-    draft: NewProduct,
-    seller_id: UserId,
-    cause: Option<&RequestContext>,
-) -> Result<Product, Error> {
-    let product = Product::new(ProductId::new(), draft, seller_id, now_us());
-    insert(tx, &product).await?;
-    events::announce(tx, events::PRODUCT_CREATED, &product, cause).await?;
-    Ok(product)
-}
-
-/// Applies `patch` to `current` (read with [`lock`] in this transaction) and announces the
-/// change. A patch that changes nothing writes nothing and announces nothing.
-pub async fn update(
-    tx: &mut Tx,
-    current: Product,
-    patch: &ProductPatch,
-    cause: Option<&RequestContext>,
-) -> Result<Product, Error> {
-    let mut after = current.patched(patch);
-    let Some(change) = current.change_to(&after) else {
-        return Ok(current);
-    };
-    // Strictly later than the last change even if the clock stepped back, so "changed since"
-    // comparisons by consumers hold.
-    after.updated_at = now_us().max(current.updated_at + 1);
-    write(tx, &after).await?;
-    events::announce(tx, events::change_type(change), &after, cause).await?;
-    Ok(after)
-}
-
-/// Takes a product off sale. Deactivating an inactive product is a no-op, so a repeated
-/// DELETE neither fails nor announces anything twice.
-pub async fn deactivate(
-    tx: &mut Tx,
-    current: Product,
-    cause: Option<&RequestContext>,
-) -> Result<Product, Error> {
-    let patch = ProductPatch {
-        active: Some(false),
-        ..ProductPatch::default()
-    };
-    update(tx, current, &patch, cause).await
-}
-
-/// Adds a product whose id and times were decided elsewhere (the demo data), unless its id or
-/// its sku exists already, and announces it; true when it was added. Safe to race: when another
-/// replica adds the same product meanwhile, this one does nothing instead of failing.
-pub async fn import(
-    tx: &mut Tx,
-    product: &Product,
-    cause: Option<&RequestContext>,
-) -> Result<bool, Error> {
-    let sql = format!("{INSERT} ON CONFLICT DO NOTHING");
-    let added = bind_insert(&sql, product).execute(&mut **tx).await?;
-    if added.rows_affected() == 0 {
-        return Ok(false);
-    }
-    events::announce(tx, events::PRODUCT_CREATED, product, cause).await?;
-    Ok(true)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Reads.
@@ -142,19 +56,19 @@ pub async fn get<'e, E: Into<Exec<'e>>>(
 /// Reads a product to change it, holding it against concurrent writers until the transaction
 /// ends. PostgreSQL needs `FOR UPDATE` for that; SQLite has no such clause and needs none,
 /// since its writes already run one transaction at a time.
-pub async fn lock(tx: &mut Tx, id: ProductId) -> Result<Product, Error> {
+pub async fn lock(tx: &mut Tx, id: ProductId) -> Result<Option<Product>, mercato_kit::db::Error> {
     let for_update = if tx.backend() == mercato_kit::db::Backend::Postgres {
         " FOR UPDATE"
     } else {
         ""
     };
     let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1{for_update}");
-    let row = mercato_kit::db::query(&sql)
+    mercato_kit::db::query(&sql)
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or(Error::NotFound(id))?;
-    Ok(from_row(&row)?)
+        .map(|r| from_row(&r))
+        .transpose()
 }
 
 /// A page of a list, and where the next one starts (`None` on the last page).
@@ -304,24 +218,22 @@ fn bind_insert<'q>(sql: &'q str, p: &Product) -> mercato_kit::db::Query<'q> {
         .bind(p.updated_at)
 }
 
-fn sku_taken(e: mercato_kit::db::Error, sku: &str) -> Error {
-    // The sku is the only unique column a caller controls (ids are minted here).
-    if is_unique_violation(&e) {
-        Error::SkuTaken(sku.to_owned())
-    } else {
-        Error::Db(e)
-    }
-}
-
-async fn insert(tx: &mut Tx, p: &Product) -> Result<(), Error> {
-    bind_insert(INSERT, p)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| sku_taken(e, &p.sku))?;
+/// Inserts a new product; a unique violation when another product has its sku.
+pub async fn insert(tx: &mut Tx, p: &Product) -> Result<(), mercato_kit::db::Error> {
+    bind_insert(INSERT, p).execute(&mut **tx).await?;
     Ok(())
 }
 
-async fn write(tx: &mut Tx, p: &Product) -> Result<(), Error> {
+/// Inserts a product unless its id or its sku exists already; true when inserted.
+pub async fn insert_new(tx: &mut Tx, p: &Product) -> Result<bool, mercato_kit::db::Error> {
+    let sql = format!("{INSERT} ON CONFLICT DO NOTHING");
+    let added = bind_insert(&sql, p).execute(&mut **tx).await?;
+    Ok(added.rows_affected() != 0)
+}
+
+/// Writes a product's new state over its row; a unique violation when the new sku is another
+/// product's.
+pub async fn write(tx: &mut Tx, p: &Product) -> Result<(), mercato_kit::db::Error> {
     mercato_kit::db::query(
         "UPDATE products SET sku = $2, name = $3, name_key = $4, description = $5, \
          search_text = $6, category = $7, price_cents = $8, currency = $9, active = $10, \
@@ -339,7 +251,6 @@ async fn write(tx: &mut Tx, p: &Product) -> Result<(), Error> {
     .bind(i64::from(p.active))
     .bind(p.updated_at)
     .execute(&mut **tx)
-    .await
-    .map_err(|e| sku_taken(e, &p.sku))?;
+    .await?;
     Ok(())
 }

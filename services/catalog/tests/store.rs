@@ -6,10 +6,13 @@
 //! schema of its own.
 
 use mercato_catalog::domain::{
-    CreateProduct, ListParams, NewProduct, Product, ProductPatch, ProductQuery, Sort, UpdateProduct,
+    CreateProduct, Forbidden, ListParams, NewProduct, Product, ProductPatch, ProductQuery, Sort,
+    UpdateProduct,
 };
-use mercato_catalog::{events, seed, store};
+use mercato_catalog::{events, seed, service, store};
+use mercato_kit::auth::{Principal, Role};
 use mercato_kit::db::Db;
+use mercato_kit::events::Cause;
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{ProductId, UserId};
 use mercato_kit::testing::TestDb;
@@ -36,7 +39,9 @@ fn draft(sku: &str, name: &str, description: &str, category: &str, price: i64) -
 
 async fn create(db: &Db, d: NewProduct, seller: UserId) -> Product {
     let mut tx = db.begin().await.unwrap();
-    let p = store::create(&mut tx, d, seller, None).await.unwrap();
+    let p = service::create(&mut tx, d, seller, &Cause::default())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     p
 }
@@ -237,7 +242,9 @@ async fn filters_combine() {
     let b = create(&db, draft("P-2", "Two", "", "books", 200), bob).await;
     let c = create(&db, draft("P-3", "Three", "", "games", 300), alice).await;
     let mut tx = db.begin().await.unwrap();
-    store::deactivate(&mut tx, c.clone(), None).await.unwrap();
+    service::deactivate(&mut tx, &admin(), c.id, &Cause::default())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let q = |f: fn(&mut ListParams)| {
         let mut p = ListParams {
@@ -285,6 +292,22 @@ async fn filters_combine() {
     assert_eq!(cats, [("books".to_owned(), 2)]);
 }
 
+fn owner(seller: UserId) -> Principal {
+    Principal {
+        subject: seller.to_string(),
+        role: Role::Seller,
+        email: None,
+    }
+}
+
+fn admin() -> Principal {
+    Principal {
+        subject: UserId::new().to_string(),
+        role: Role::Admin,
+        email: None,
+    }
+}
+
 fn request() -> RequestContext {
     RequestContext {
         request_id: "req-1".into(),
@@ -300,11 +323,11 @@ async fn every_change_writes_one_event_and_no_change_writes_none() {
     let seller = UserId::new();
     let ctx = request();
     let mut tx = db.begin().await.unwrap();
-    let p = store::create(
+    let p = service::create(
         &mut tx,
         draft("EV-1", "Lamp", "Bright", "home", 1000),
         seller,
-        Some(&ctx),
+        &Cause::of_request(&ctx),
     )
     .await
     .unwrap();
@@ -316,8 +339,14 @@ async fn every_change_writes_one_event_and_no_change_writes_none() {
         let ctx = ctx.clone();
         async move {
             let mut tx = db.begin().await.unwrap();
-            let current = store::lock(&mut tx, p.id).await.unwrap();
-            let after = store::update(&mut tx, current, &patch, Some(&ctx)).await;
+            let after = service::update(
+                &mut tx,
+                &owner(seller),
+                p.id,
+                &patch,
+                &Cause::of_request(&ctx),
+            )
+            .await;
             tx.commit().await.unwrap();
             after
         }
@@ -359,8 +388,7 @@ async fn every_change_writes_one_event_and_no_change_writes_none() {
     .await
     .unwrap();
     let mut tx = db.begin().await.unwrap();
-    let current = store::lock(&mut tx, p.id).await.unwrap();
-    let again = store::deactivate(&mut tx, current, Some(&ctx))
+    let again = service::deactivate(&mut tx, &owner(seller), p.id, &Cause::of_request(&ctx))
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -375,18 +403,34 @@ async fn every_change_writes_one_event_and_no_change_writes_none() {
     // Another product's sku cannot be taken, by creating or by renaming.
     create(&db, draft("EV-2", "Other", "", "home", 5), seller).await;
     let mut tx = db.begin().await.unwrap();
-    let dup = store::create(&mut tx, draft("EV-2", "Dup", "", "home", 5), seller, None).await;
-    assert!(matches!(dup, Err(store::Error::SkuTaken(s)) if s == "EV-2"));
+    let dup = service::create(
+        &mut tx,
+        draft("EV-2", "Dup", "", "home", 5),
+        seller,
+        &Cause::default(),
+    )
+    .await;
+    assert!(matches!(dup, Err(service::Error::SkuTaken(s)) if s == "EV-2"));
     drop(tx);
     let taken = apply(patch(UpdateProduct {
         sku: Some("EV-2".into()),
         ..Default::default()
     }))
     .await;
-    assert!(matches!(taken, Err(store::Error::SkuTaken(_))));
+    assert!(matches!(taken, Err(service::Error::SkuTaken(_))));
     let mut tx = db.begin().await.unwrap();
-    let missing = store::lock(&mut tx, ProductId::new()).await;
-    assert!(matches!(missing, Err(store::Error::NotFound(_))));
+    let missing = service::update(
+        &mut tx,
+        &admin(),
+        ProductId::new(),
+        &patch(UpdateProduct {
+            name: Some("Nobody".into()),
+            ..Default::default()
+        }),
+        &Cause::default(),
+    )
+    .await;
+    assert!(matches!(missing, Err(service::Error::NotFound(_))));
     drop(tx);
 
     let outbox = mercato_kit::events::pending(db.reader(), 100)
@@ -462,13 +506,48 @@ async fn seeding_twice_adds_each_demo_product_once_with_one_event() {
     // A demo product renamed by its seller is still that product: not seeded again.
     let first = demo[0].clone();
     let mut tx = db.begin().await.unwrap();
-    let current = store::lock(&mut tx, first.id).await.unwrap();
     let patch = ProductPatch::try_from(UpdateProduct {
         sku: Some("RENAMED-1".into()),
         ..Default::default()
     })
     .unwrap();
-    store::update(&mut tx, current, &patch, None).await.unwrap();
+    service::update(&mut tx, &admin(), first.id, &patch, &Cause::default())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(seed::seed_demo(&db).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn only_the_owner_or_an_admin_changes_a_product_and_a_refusal_writes_nothing() {
+    let (_t, db) = test_db().await;
+    let (seller, other) = (UserId::new(), UserId::new());
+    let p = create(&db, draft("OWN-1", "Lamp", "", "home", 100), seller).await;
+    let patch = ProductPatch::try_from(UpdateProduct {
+        price_cents: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let cause = Cause::default();
+    let changed = service::update(&mut tx, &owner(other), p.id, &patch, &cause).await;
+    assert!(
+        matches!(changed, Err(service::Error::Forbidden(f)) if f == Forbidden::NOT_OWNER_CHANGE)
+    );
+    let gone = service::deactivate(&mut tx, &owner(other), p.id, &cause).await;
+    assert!(
+        matches!(gone, Err(service::Error::Forbidden(f)) if f == Forbidden::NOT_OWNER_DEACTIVATE)
+    );
+    let missing = service::update(&mut tx, &admin(), ProductId::new(), &patch, &cause).await;
+    assert!(matches!(missing, Err(service::Error::NotFound(_))));
+    let by_admin = service::update(&mut tx, &admin(), p.id, &patch, &cause)
+        .await
+        .unwrap();
+    assert_eq!(by_admin.price_cents, 1);
+    tx.commit().await.unwrap();
+    let outbox = mercato_kit::events::pending(db.reader(), 100)
+        .await
+        .unwrap();
+    let types: Vec<_> = outbox.iter().map(|(_, e)| e.event_type.as_str()).collect();
+    assert_eq!(types, [events::PRODUCT_CREATED, events::PRODUCT_UPDATED]);
 }

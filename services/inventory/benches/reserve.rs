@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mercato_inventory::domain::{Levels, Movement, OrderLines, StockChange};
-use mercato_inventory::service::{Cause, Inventory, Reserved, Settings, StockEdit, SweepSignal};
+use mercato_inventory::service::{Inventory, Origin, Reserved, Settings, StockEdit, SweepSignal};
 use mercato_kit::contracts::ProductChanged;
 use mercato_kit::events::OutboxWaker;
 use mercato_kit::ids::{OrderId, ProductId, UserId};
@@ -43,7 +43,7 @@ fn use_case(c: &mut Criterion) {
         OutboxWaker::default(),
         SweepSignal::default(),
     );
-    let cause = Cause::System("bench");
+    let origin = Origin::system("bench");
     let products: Vec<ProductId> = (0..2).map(|_| ProductId::new()).collect();
     rt.block_on(async {
         for (i, &id) in products.iter().enumerate() {
@@ -57,7 +57,7 @@ fn use_case(c: &mut Criterion) {
                 seller_id: UserId::new(),
                 active: true,
             };
-            inv.adopt_product(&p, now_us(), &cause).await.unwrap();
+            inv.adopt_product(&p, now_us(), &origin).await.unwrap();
             let mut tx = db.begin().await.unwrap();
             let edit = StockEdit {
                 product_id: id,
@@ -65,7 +65,7 @@ fn use_case(c: &mut Criterion) {
                 note: None,
                 seller: None,
             };
-            inv.change_stock(&mut tx, &edit, now_us(), &cause)
+            inv.change_stock(&mut tx, &edit, now_us(), &origin)
                 .await
                 .unwrap();
             tx.commit().await.unwrap();
@@ -82,7 +82,7 @@ fn use_case(c: &mut Criterion) {
                     &lines,
                     Duration::from_secs(1800),
                     now_us(),
-                    &cause,
+                    &origin,
                 )
                 .await
                 .unwrap();

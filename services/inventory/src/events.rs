@@ -9,7 +9,7 @@
 //! parked in dead letters.
 
 use crate::domain::OrderLines;
-use crate::service::{Cause, Inventory, Reserved, Transition};
+use crate::service::{Inventory, Origin, Reserved, Transition};
 use crate::store::Reservation;
 use mercato_kit::contracts::types::*;
 use mercato_kit::contracts::{
@@ -17,7 +17,7 @@ use mercato_kit::contracts::{
     OrderCreated, OrderRef, ProductChanged, ReleaseReason, ReservationFailed, ShortLine,
 };
 use mercato_kit::db::Tx;
-use mercato_kit::events::{Envelope, EventHandler};
+use mercato_kit::events::{Cause, Envelope, EventHandler};
 use mercato_kit::ids::OrderId;
 use mercato_kit::time::{now_us, to_rfc3339, Micros};
 use serde::Serialize;
@@ -39,41 +39,38 @@ pub const CONSUMED: [&str; 7] = [
     ORDER_FULFILLED,
 ];
 
-/// Appends an event about `order_id` to the outbox in `tx`, continuing the cause's trace: a
-/// request's correlation id and trace context, or an incoming event's (which also becomes the
-/// causation id).
+/// Appends an event about `order_id` to the outbox in `tx`, continuing the cause: a request's
+/// correlation id and trace context, or an incoming event's (which also becomes the causation
+/// id).
 pub async fn emit<P: Serialize>(
     tx: &mut Tx,
     event_type: &str,
     order_id: OrderId,
     payload: &P,
-    cause: &Cause<'_>,
+    cause: &Cause,
 ) -> Result<(), mercato_kit::db::Error> {
-    let mut env = Envelope::new(PRODUCER, event_type, order_id, payload);
-    env.correlation_id = cause.correlation_id().map(str::to_owned);
-    env.traceparent = cause.traceparent().map(str::to_owned);
-    if let Cause::Event(incoming) = cause {
-        env.causation_id = Some(incoming.event_id);
-    }
+    let env = cause.stamp(Envelope::new(PRODUCER, event_type, order_id, payload));
     mercato_kit::events::append(tx, &env).await
 }
 
-/// `inventory.released` for a reservation that was released now.
-pub async fn released(
+/// `inventory.released` for a reservation that was released now (written by the use cases in
+/// `service`, in the transaction that released it).
+pub(crate) async fn released(
     tx: &mut Tx,
     order_id: OrderId,
     reason: ReleaseReason,
-    cause: &Cause<'_>,
+    cause: &Cause,
 ) -> Result<(), mercato_kit::db::Error> {
     let p = InventoryReleased { order_id, reason };
     emit(tx, INVENTORY_RELEASED, order_id, &p, cause).await
 }
 
-/// `inventory.committed` for a reservation that was committed now.
-pub async fn committed(
+/// `inventory.committed` for a reservation that was committed now (written by
+/// [`Inventory::commit`], in the transaction that committed it).
+pub(crate) async fn committed(
     tx: &mut Tx,
     order_id: OrderId,
-    cause: &Cause<'_>,
+    cause: &Cause,
 ) -> Result<(), mercato_kit::db::Error> {
     let p = InventoryCommitted { order_id };
     emit(tx, INVENTORY_COMMITTED, order_id, &p, cause).await
@@ -98,7 +95,7 @@ impl Handler {
 
     async fn order_created(&self, tx: &mut Tx, env: &Envelope, now: Micros) -> anyhow::Result<()> {
         let order: OrderCreated = payload(env)?;
-        let cause = Cause::Event(env);
+        let origin = Origin::event(env);
         let raw: Vec<_> = order
             .items
             .iter()
@@ -113,7 +110,7 @@ impl Handler {
                         &lines,
                         self.inv.settings.reservation_ttl,
                         now,
-                        &cause,
+                        &origin,
                     )
                     .await?
             }
@@ -123,7 +120,7 @@ impl Handler {
                 tracing::warn!(order_id = %order.order_id, ?errors, "order.created with invalid lines refused");
                 if !self
                     .inv
-                    .record_refusal(tx, order.order_id, now, &cause)
+                    .record_refusal(tx, order.order_id, now, &origin)
                     .await?
                 {
                     return Ok(());
@@ -136,7 +133,7 @@ impl Handler {
                         available: self.inv.available(tx, l.product_id).await?,
                     });
                 }
-                return self.failed(tx, order.order_id, lines, &cause).await;
+                return self.failed(tx, order.order_id, lines, &origin.cause).await;
             }
         };
         match outcome {
@@ -150,16 +147,17 @@ impl Handler {
                     currency: order.currency.clone(),
                     payment_method: order.payment_method.clone(),
                 };
-                emit(tx, INVENTORY_RESERVED, order.order_id, &p, &cause).await?;
+                emit(tx, INVENTORY_RESERVED, order.order_id, &p, &origin.cause).await?;
             }
             Reserved::Existing(r) => {
                 tracing::debug!(order_id = %order.order_id, status = r.status.as_str(), "order already reserved; nothing to do");
             }
             Reserved::Short(lines) => {
                 self.inv
-                    .record_refusal(tx, order.order_id, now, &cause)
+                    .record_refusal(tx, order.order_id, now, &origin)
                     .await?;
-                self.failed(tx, order.order_id, lines, &cause).await?;
+                self.failed(tx, order.order_id, lines, &origin.cause)
+                    .await?;
             }
         }
         Ok(())
@@ -170,7 +168,7 @@ impl Handler {
         tx: &mut Tx,
         order_id: OrderId,
         lines: Vec<ShortLine>,
-        cause: &Cause<'_>,
+        cause: &Cause,
     ) -> anyhow::Result<()> {
         let p = ReservationFailed { order_id, lines };
         emit(tx, INVENTORY_RESERVATION_FAILED, order_id, &p, cause).await?;
@@ -198,26 +196,24 @@ fn log_skip(event: &str, order_id: OrderId, t: &Transition) {
 impl EventHandler for Handler {
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> anyhow::Result<()> {
         let now = now_us();
-        let cause = Cause::Event(env);
+        let origin = Origin::event(env);
         match env.event_type.as_str() {
             PRODUCT_CREATED | PRODUCT_UPDATED | PRODUCT_DEACTIVATED => {
                 let p: ProductChanged = payload(env)?;
                 self.inv
-                    .product_changed(tx, &p, occurred_at(env), now, &cause)
+                    .product_changed(tx, &p, occurred_at(env), now, &origin)
                     .await?;
             }
             ORDER_CREATED => self.order_created(tx, env, now).await?,
             ORDER_PAID => {
                 let o: OrderRef = payload(env)?;
-                let t = self.inv.hold(tx, o.order_id, now, &cause).await?;
+                let t = self.inv.hold(tx, o.order_id, now, &origin).await?;
                 log_skip(ORDER_PAID, o.order_id, &t);
             }
             ORDER_CANCELLED => {
                 let o: OrderCancelled = payload(env)?;
-                match self.inv.release(tx, o.order_id, now, &cause).await? {
-                    Transition::Applied(_) => {
-                        released(tx, o.order_id, ReleaseReason::Cancelled, &cause).await?
-                    }
+                match self.inv.release(tx, o.order_id, now, &origin).await? {
+                    Transition::Applied(_) => {}
                     Transition::Tombstoned(_) => {
                         tracing::debug!(order_id = %o.order_id, "cancelled before it was reserved; tombstone recorded")
                     }
@@ -226,8 +222,8 @@ impl EventHandler for Handler {
             }
             ORDER_FULFILLED => {
                 let o: OrderRef = payload(env)?;
-                match self.inv.commit(tx, o.order_id, now, &cause).await? {
-                    Transition::Applied(_) => committed(tx, o.order_id, &cause).await?,
+                match self.inv.commit(tx, o.order_id, now, &origin).await? {
+                    Transition::Applied(_) => {}
                     Transition::Conflict(r) => {
                         // Goods shipped for an order whose stock went back: the books cannot
                         // say so; an operator must look.

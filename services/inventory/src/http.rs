@@ -10,15 +10,14 @@
 
 use crate::catalog::Catalog;
 use crate::domain::{self, LedgerKind, OrderLines, ReleaseReason, ReservationStatus, StockChange};
-use crate::events;
-use crate::service::{Cause, Error, Inventory, Reserved, StockEdit, Transition};
+use crate::service::{Error, Inventory, Origin, Reserved, StockEdit, Transition};
 use crate::store::{self, LedgerEntry, Reservation, Stock};
 use axum::extract::{FromRef, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use mercato_kit::audit::{next_cursor, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
-use mercato_kit::contracts::{ReleaseReason as ReleasedBecause, ShortLine};
+use mercato_kit::contracts::ShortLine;
 use mercato_kit::http::{BearerAuth, Json, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{OrderId, ProductId};
@@ -562,13 +561,10 @@ async fn reserve(
         return Ok(r);
     }
     let mut tx = s.inv.db.begin().await?;
-    let cause = Cause::Request {
-        principal: &p,
-        ctx: &ctx,
-    };
+    let origin = Origin::request(&p, &ctx);
     match s
         .inv
-        .reserve(&mut tx, input.order_id, &lines, ttl, now_us(), &cause)
+        .reserve(&mut tx, input.order_id, &lines, ttl, now_us(), &origin)
         .await?
     {
         Reserved::Created(r) => {
@@ -612,14 +608,10 @@ async fn release(
         return Ok(r);
     }
     let mut tx = s.inv.db.begin().await?;
-    let cause = Cause::Request {
-        principal: &p,
-        ctx: &ctx,
-    };
+    let origin = Origin::request(&p, &ctx);
     let order_id = input.order_id;
-    match s.inv.release(&mut tx, order_id, now_us(), &cause).await? {
+    match s.inv.release(&mut tx, order_id, now_us(), &origin).await? {
         Transition::Applied(r) => {
-            events::released(&mut tx, order_id, ReleasedBecause::Cancelled, &cause).await?;
             let res = claim
                 .finish(tx, StatusCode::OK, &ReservationView::from(&r))
                 .await;
@@ -661,14 +653,10 @@ async fn commit(
         return Ok(r);
     }
     let mut tx = s.inv.db.begin().await?;
-    let cause = Cause::Request {
-        principal: &p,
-        ctx: &ctx,
-    };
+    let origin = Origin::request(&p, &ctx);
     let order_id = input.order_id;
-    match s.inv.commit(&mut tx, order_id, now_us(), &cause).await? {
+    match s.inv.commit(&mut tx, order_id, now_us(), &origin).await? {
         Transition::Applied(r) => {
-            events::committed(&mut tx, order_id, &cause).await?;
             let res = claim
                 .finish(tx, StatusCode::OK, &ReservationView::from(&r))
                 .await;
@@ -744,10 +732,7 @@ async fn put_stock(
         return Ok(r);
     }
     let mut tx = s.inv.db.begin().await?;
-    let cause = Cause::Request {
-        principal: &p,
-        ctx: &ctx,
-    };
+    let origin = Origin::request(&p, &ctx);
     let stock = s
         .inv
         .change_stock(
@@ -759,7 +744,7 @@ async fn put_stock(
                 seller,
             },
             now_us(),
-            &cause,
+            &origin,
         )
         .await?;
     claim
@@ -796,8 +781,8 @@ async fn adopt(
     if !p.is(Role::Admin) && p.require_user()? != product.seller_id {
         return Err(Error::NotOwner.into());
     }
-    let cause = Cause::Request { principal: p, ctx };
-    s.inv.adopt_product(&product, now_us(), &cause).await?;
+    let origin = Origin::request(p, ctx);
+    s.inv.adopt_product(&product, now_us(), &origin).await?;
     Ok(s.inv
         .stock(product_id)
         .await?

@@ -1,8 +1,11 @@
 //! The inventory's use cases: keep stock rows in step with the catalog, reserve an order's
 //! lines (all or none), hold, commit, release and expire reservations, and change stock by
 //! hand. Each takes the caller's transaction, so the HTTP handlers, the event handler and the
-//! sweeper share them and put their own inbox row, outbox events or idempotency record in the
-//! same commit.
+//! sweeper share them and put their own inbox row or idempotency record in the same commit.
+//!
+//! A commit, release or expiry writes its whole effect itself: the reservation's status, the
+//! stock and its ledger, and the `inventory.committed` / `inventory.released` event with its
+//! cause, so no caller can change stock and forget to say so.
 //!
 //! Time is a parameter (`now`, µs since the epoch) rather than read inside, so tests can move
 //! it without sleeping.
@@ -11,11 +14,14 @@ use crate::domain::{
     self, Command, Decision, Movement, OrderLines, Refusal, ReleaseReason, ReservationStatus,
     StockChange,
 };
+use crate::events;
 use crate::store::{self, Entry, NewReservation, ProductFacts, Reservation, Stock};
 use mercato_kit::auth::Principal;
-use mercato_kit::contracts::{ProductChanged, ShortLine, StockLine};
+use mercato_kit::contracts::{
+    ProductChanged, ReleaseReason as ReleasedBecause, ShortLine, StockLine,
+};
 use mercato_kit::db::{Db, Tx};
-use mercato_kit::events::{Envelope, OutboxWaker};
+use mercato_kit::events::{Cause, Envelope, OutboxWaker};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::time::Micros;
@@ -56,48 +62,57 @@ pub enum Error {
     },
 }
 
-/// What caused a change: the ledger's actor, and the trace its events continue.
-#[derive(Clone, Copy, Debug)]
-pub enum Cause<'a> {
-    /// An HTTP request by this caller.
-    Request {
-        principal: &'a Principal,
-        ctx: &'a RequestContext,
-    },
-    /// An event consumed from another service.
-    Event(&'a Envelope),
-    /// The sweeper expiring this reservation: its events continue the reservation's trace.
-    Expiry(&'a Reservation),
-    /// Anything else (tests, tools), named.
-    System(&'a str),
+/// Who changes stock and why: the ledger's actor, and the [`Cause`] its events and
+/// reservations continue.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub actor: String,
+    pub cause: Cause,
 }
 
-impl Cause<'_> {
-    pub fn actor(&self) -> String {
-        match self {
-            Cause::Request { principal, .. } => principal.subject.clone(),
-            Cause::Event(env) => format!("event:{}", env.event_type),
-            Cause::Expiry(_) => "sweeper".into(),
-            Cause::System(name) => (*name).into(),
+impl Origin {
+    /// An HTTP request by this caller.
+    pub fn request(principal: &Principal, ctx: &RequestContext) -> Origin {
+        Origin {
+            actor: principal.subject.clone(),
+            cause: Cause::of_request(ctx),
         }
     }
 
-    pub fn correlation_id(&self) -> Option<&str> {
-        match self {
-            Cause::Request { ctx, .. } => Some(&ctx.correlation_id),
-            Cause::Event(env) => env.correlation_id.as_deref(),
-            Cause::Expiry(r) => r.correlation_id.as_deref(),
-            Cause::System(_) => None,
+    /// An event consumed from another service.
+    pub fn event(env: &Envelope) -> Origin {
+        Origin {
+            actor: format!("event:{}", env.event_type),
+            cause: Cause::of_event(env),
         }
     }
 
-    pub fn traceparent(&self) -> Option<&str> {
-        match self {
-            Cause::Request { ctx, .. } => Some(&ctx.traceparent),
-            Cause::Event(env) => env.traceparent.as_deref(),
-            Cause::Expiry(r) => r.traceparent.as_deref(),
-            Cause::System(_) => None,
+    /// The sweeper expiring this reservation: its events continue the reservation's trace.
+    pub fn expiry(r: &Reservation) -> Origin {
+        Origin {
+            actor: "sweeper".into(),
+            cause: Cause {
+                correlation_id: r.correlation_id.clone(),
+                traceparent: r.traceparent.clone(),
+                causation_id: None,
+            },
         }
+    }
+
+    /// Anything else (tests, tools), named.
+    pub fn system(name: &str) -> Origin {
+        Origin {
+            actor: name.into(),
+            cause: Cause::default(),
+        }
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        self.cause.correlation_id.as_deref()
+    }
+
+    fn traceparent(&self) -> Option<&str> {
+        self.cause.traceparent.as_deref()
     }
 }
 
@@ -311,7 +326,7 @@ impl Inventory {
         p: &ProductChanged,
         seen_at: Micros,
         now: Micros,
-        cause: &Cause<'_>,
+        origin: &Origin,
     ) -> Result<(), Error> {
         let facts = ProductFacts {
             product_id: p.product_id,
@@ -322,10 +337,9 @@ impl Inventory {
         };
         if store::insert_stock(tx, &facts, now).await? {
             let initial = self.demo_stock.get(&p.sku).copied().unwrap_or(0);
-            let actor = cause.actor();
             let entry = Entry {
                 order_id: None,
-                actor: &actor,
+                actor: &origin.actor,
                 note: (initial > 0).then_some("demo stock"),
                 now,
             };
@@ -346,10 +360,10 @@ impl Inventory {
         &self,
         p: &ProductChanged,
         now: Micros,
-        cause: &Cause<'_>,
+        origin: &Origin,
     ) -> Result<(), Error> {
         let mut tx = self.db.begin().await?;
-        self.product_changed(&mut tx, p, 0, now, cause).await?;
+        self.product_changed(&mut tx, p, 0, now, origin).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -367,13 +381,12 @@ impl Inventory {
         lines: &OrderLines,
         ttl: Duration,
         now: Micros,
-        cause: &Cause<'_>,
+        origin: &Origin,
     ) -> Result<Reserved, Error> {
         let expires_at = domain::expires_at(now, ttl);
-        let actor = cause.actor();
         let entry = Entry {
             order_id: Some(order_id),
-            actor: &actor,
+            actor: &origin.actor,
             note: None,
             now,
         };
@@ -385,8 +398,8 @@ impl Inventory {
                 status: ReservationStatus::Active,
                 release_reason: None,
                 expires_at: Some(expires_at),
-                correlation_id: cause.correlation_id(),
-                traceparent: cause.traceparent(),
+                correlation_id: origin.correlation_id(),
+                traceparent: origin.traceparent(),
                 now,
             },
         )
@@ -444,8 +457,8 @@ impl Inventory {
             release_reason: None,
             expires_at: Some(expires_at),
             lines: lines.to_stock_lines(),
-            correlation_id: cause.correlation_id().map(str::to_owned),
-            traceparent: cause.traceparent().map(str::to_owned),
+            correlation_id: origin.correlation_id().map(str::to_owned),
+            traceparent: origin.traceparent().map(str::to_owned),
             created_at: now,
             updated_at: now,
         }))
@@ -458,7 +471,7 @@ impl Inventory {
         tx: &mut Tx,
         order_id: OrderId,
         now: Micros,
-        cause: &Cause<'_>,
+        origin: &Origin,
     ) -> Result<bool, Error> {
         Ok(store::insert_reservation(
             tx,
@@ -467,8 +480,8 @@ impl Inventory {
                 status: ReservationStatus::Released,
                 release_reason: Some(ReleaseReason::Rejected),
                 expires_at: None,
-                correlation_id: cause.correlation_id(),
-                traceparent: cause.traceparent(),
+                correlation_id: origin.correlation_id(),
+                traceparent: origin.traceparent(),
                 now,
             },
         )
@@ -481,36 +494,38 @@ impl Inventory {
         tx: &mut Tx,
         order_id: OrderId,
         now: Micros,
-        cause: &Cause<'_>,
+        origin: &Origin,
     ) -> Result<Transition, Error> {
-        self.apply(tx, order_id, Command::Hold, now, cause).await
+        self.apply(tx, order_id, Command::Hold, now, origin).await
     }
 
-    /// The order was fulfilled: its units leave (on_hand and reserved both go down).
+    /// The order was fulfilled: its units leave (on_hand and reserved both go down), announced
+    /// with `inventory.committed` when applied now.
     pub async fn commit(
         &self,
         tx: &mut Tx,
         order_id: OrderId,
         now: Micros,
-        cause: &Cause<'_>,
+        origin: &Origin,
     ) -> Result<Transition, Error> {
-        self.apply(tx, order_id, Command::Commit, now, cause).await
+        self.apply(tx, order_id, Command::Commit, now, origin).await
     }
 
-    /// The order was cancelled: its units go back to available. An order never reserved gets a
-    /// tombstone, because its `order.created` may still be on the way.
+    /// The order was cancelled: its units go back to available, announced with
+    /// `inventory.released` {reason: cancelled} when applied now. An order never reserved gets a
+    /// tombstone (and no event), because its `order.created` may still be on the way.
     pub async fn release(
         &self,
         tx: &mut Tx,
         order_id: OrderId,
         now: Micros,
-        cause: &Cause<'_>,
+        origin: &Origin,
     ) -> Result<Transition, Error> {
         // Twice at most: a reservation inserted by a concurrent reserve between our update and
         // our tombstone is released on the second round.
         for _ in 0..2 {
             match self
-                .apply(tx, order_id, Command::Release, now, cause)
+                .apply(tx, order_id, Command::Release, now, origin)
                 .await?
             {
                 Transition::Unknown => {}
@@ -521,8 +536,8 @@ impl Inventory {
                 status: ReservationStatus::Released,
                 release_reason: Some(ReleaseReason::Cancelled),
                 expires_at: None,
-                correlation_id: cause.correlation_id(),
-                traceparent: cause.traceparent(),
+                correlation_id: origin.correlation_id(),
+                traceparent: origin.traceparent(),
                 now,
             };
             if store::insert_reservation(tx, &tomb).await? {
@@ -538,8 +553,9 @@ impl Inventory {
         .into())
     }
 
-    /// Releases the reservation if it is still active and its time has passed at `now`. The
-    /// conditional update decides who does it, so any number of sweepers may try at once.
+    /// Releases the reservation if it is still active and its time has passed at `now`, and
+    /// announces it with `inventory.released` {reason: expired} in the reservation's own trace.
+    /// The conditional update decides who does it, so any number of sweepers may try at once.
     pub async fn expire(
         &self,
         tx: &mut Tx,
@@ -551,7 +567,7 @@ impl Inventory {
             order_id,
             Command::Expire,
             now,
-            &Cause::System("sweeper"),
+            &Origin::system("sweeper"),
         )
         .await
     }
@@ -562,7 +578,7 @@ impl Inventory {
         order_id: OrderId,
         cmd: Command,
         now: Micros,
-        cause: &Cause<'_>,
+        origin: &Origin,
     ) -> Result<Transition, Error> {
         let reason = match cmd {
             Command::Release => Some(ReleaseReason::Cancelled),
@@ -590,10 +606,9 @@ impl Inventory {
                 Decision::NoOp | Decision::Apply(_) => Transition::NoOp(r),
             });
         }
-        let actor = cause.actor();
         let entry = Entry {
             order_id: Some(order_id),
-            actor: &actor,
+            actor: &origin.actor,
             note: None,
             now,
         };
@@ -606,6 +621,24 @@ impl Inventory {
                         product_id: line.product_id,
                         order_id,
                     })?;
+            }
+        }
+        // The announcement, in the same transaction as the change it announces. An expiry
+        // continues the trace of the checkout that made the reservation.
+        match cmd {
+            Command::Hold => {}
+            Command::Commit => events::committed(tx, order_id, &origin.cause).await?,
+            Command::Release => {
+                events::released(tx, order_id, ReleasedBecause::Cancelled, &origin.cause).await?
+            }
+            Command::Expire => {
+                events::released(
+                    tx,
+                    order_id,
+                    ReleasedBecause::Expired,
+                    &Origin::expiry(&r).cause,
+                )
+                .await?
             }
         }
         if let Some(reason) = reason {
@@ -625,7 +658,7 @@ impl Inventory {
         tx: &mut Tx,
         edit: &StockEdit<'_>,
         now: Micros,
-        cause: &Cause<'_>,
+        origin: &Origin,
     ) -> Result<Stock, Error> {
         let StockEdit {
             product_id,
@@ -646,10 +679,9 @@ impl Inventory {
                 Refusal::TooMuch | Refusal::Short { .. } | Refusal::Inconsistent => Error::TooMuch,
             });
         }
-        let actor = cause.actor();
         let entry = Entry {
             order_id: None,
-            actor: &actor,
+            actor: &origin.actor,
             note,
             now,
         };

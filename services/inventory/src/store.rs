@@ -446,26 +446,33 @@ pub async fn transition(
     Ok(q.execute(conn).await?.rows_affected() == 1)
 }
 
+/// A reservation whose time has passed, and the trace of the checkout that made it, in which
+/// its expiry is done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Due {
+    pub order_id: OrderId,
+    pub traceparent: Option<String>,
+}
+
+fn due_from(r: &Row) -> Result<Due, mercato_kit::db::Error> {
+    Ok(Due {
+        order_id: OrderId(parse_db_uuid(&r.try_get::<String, _>("order_id")?)?),
+        traceparent: r.try_get("traceparent")?,
+    })
+}
+
 /// Active reservations whose time has passed, soonest first.
-pub async fn due(
-    pool: &Pool,
-    now: Micros,
-    limit: i64,
-) -> Result<Vec<OrderId>, mercato_kit::db::Error> {
+pub async fn due(pool: &Pool, now: Micros, limit: i64) -> Result<Vec<Due>, mercato_kit::db::Error> {
     mercato_kit::db::query(
-        "SELECT order_id FROM reservations WHERE status = 'active' AND expires_at <= $1 \
-         ORDER BY expires_at LIMIT $2",
+        "SELECT order_id, traceparent FROM reservations WHERE status = 'active' \
+         AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
     )
     .bind(now)
     .bind(limit)
     .fetch_all(pool)
     .await?
     .iter()
-    .map(|r| {
-        Ok(OrderId(parse_db_uuid(
-            &r.try_get::<String, _>("order_id")?,
-        )?))
-    })
+    .map(due_from)
     .collect()
 }
 
@@ -475,19 +482,16 @@ pub async fn due(
 pub async fn claim_due(
     conn: &mut Conn,
     now: Micros,
-) -> Result<Option<OrderId>, mercato_kit::db::Error> {
+) -> Result<Option<Due>, mercato_kit::db::Error> {
     mercato_kit::db::query(
-        "SELECT order_id FROM reservations WHERE status = 'active' AND expires_at <= $1 \
-         ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        "SELECT order_id, traceparent FROM reservations WHERE status = 'active' \
+         AND expires_at <= $1 ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
     .bind(now)
     .fetch_optional(conn)
     .await?
-    .map(|r| {
-        Ok(OrderId(parse_db_uuid(
-            &r.try_get::<String, _>("order_id")?,
-        )?))
-    })
+    .as_ref()
+    .map(due_from)
     .transpose()
 }
 

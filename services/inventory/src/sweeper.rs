@@ -15,10 +15,8 @@
 //! waiting for the other's row lock only to find the work done; the conditional update stays
 //! the guarantee. On SQLite one writer at a time makes claiming pointless.
 
-use crate::events;
-use crate::service::{Cause, Error, Inventory, Transition};
+use crate::service::{Error, Inventory, Transition};
 use crate::store;
-use mercato_kit::contracts::ReleaseReason;
 use mercato_kit::db::Backend;
 use mercato_kit::time::{now_us, Micros};
 use std::sync::Arc;
@@ -44,14 +42,10 @@ impl Inventory {
         loop {
             let due = store::due(self.db.reader(), now, BATCH).await?;
             let mut progressed = 0;
-            for order_id in &due {
-                let mut tx = self.db.begin().await?;
-                match self.expire(&mut tx, *order_id, now).await? {
-                    Transition::Applied(r) => {
-                        self.released_on_expiry(tx, &r).await?;
-                        progressed += 1;
-                    }
-                    _ => tx.rollback().await?,
+            for d in &due {
+                let tx = self.db.begin().await?;
+                if let Transition::Applied(_) = self.expire_due(tx, d, now).await? {
+                    progressed += 1;
                 }
             }
             expired += progressed;
@@ -61,31 +55,33 @@ impl Inventory {
         }
     }
 
-    /// Announces an expired reservation and commits its expiry, in a span of the trace that
-    /// made the reservation (the checkout), so the cancellation that follows is found there.
-    async fn released_on_expiry(
+    /// Expires one due reservation in `tx`, committing when it expired now and rolling back
+    /// otherwise, in a span of the trace that made the reservation (the checkout): the
+    /// `inventory.released` that [`Inventory::expire`] writes, and so the cancellation that
+    /// follows, are found there.
+    async fn expire_due(
         &self,
         mut tx: mercato_kit::db::Tx,
-        r: &store::Reservation,
-    ) -> Result<(), Error> {
+        due: &store::Due,
+        now: Micros,
+    ) -> Result<Transition, Error> {
+        let order_id = due.order_id;
         let span = mercato_kit::telemetry::job_span(
             crate::SERVICE,
             "reservation expired",
-            &r.order_id.to_string(),
-            r.traceparent.as_deref(),
+            &order_id.to_string(),
+            due.traceparent.as_deref(),
         );
         async {
-            events::released(
-                &mut tx,
-                r.order_id,
-                ReleaseReason::Expired,
-                &Cause::Expiry(r),
-            )
-            .await?;
-            tx.commit().await?;
-            self.outbox.wake();
-            tracing::info!(order_id = %r.order_id, "reservation expired; stock released");
-            Ok(())
+            let t = self.expire(&mut tx, order_id, now).await?;
+            if let Transition::Applied(_) = t {
+                tx.commit().await?;
+                self.outbox.wake();
+                tracing::info!(%order_id, "reservation expired; stock released");
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(t)
         }
         .instrument(span)
         .await
@@ -96,20 +92,16 @@ impl Inventory {
         let mut expired = 0;
         loop {
             let mut tx = self.db.begin().await?;
-            let Some(order_id) = store::claim_due(&mut tx, now).await? else {
+            let Some(due) = store::claim_due(&mut tx, now).await? else {
                 tx.rollback().await?;
                 return Ok(expired);
             };
-            match self.expire(&mut tx, order_id, now).await? {
-                Transition::Applied(r) => {
-                    self.released_on_expiry(tx, &r).await?;
-                    expired += 1;
-                }
+            match self.expire_due(tx, &due, now).await? {
+                Transition::Applied(_) => expired += 1,
                 other => {
                     // Claimed while active and due, under its lock: this cannot happen. Stop
                     // rather than claim the same row forever.
-                    tx.rollback().await?;
-                    tracing::error!(%order_id, outcome = ?other, "a claimed reservation did not expire");
+                    tracing::error!(order_id = %due.order_id, outcome = ?other, "a claimed reservation did not expire");
                     return Ok(expired);
                 }
             }

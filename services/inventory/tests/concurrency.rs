@@ -7,7 +7,7 @@
 mod support;
 
 use mercato_inventory::domain::{LedgerKind, OrderLines};
-use mercato_inventory::service::{Cause, Reserved};
+use mercato_inventory::service::{Origin, Reserved};
 use mercato_inventory::store;
 use mercato_kit::contracts::types::*;
 use mercato_kit::events::consumer::Outcome;
@@ -55,7 +55,7 @@ async fn fifty_orders_race_for_seven_units_and_exactly_seven_win() {
                         &lines,
                         Duration::from_secs(600),
                         now_us(),
-                        &Cause::System("test"),
+                        &Origin::system("test"),
                     )
                     .await
                     .unwrap();
@@ -159,7 +159,7 @@ async fn racing_releases_commits_and_restocks_keep_the_books() {
                 note: None,
                 seller: None,
             };
-            inv.change_stock(&mut tx, &edit, now_us(), &Cause::System("test"))
+            inv.change_stock(&mut tx, &edit, now_us(), &Origin::system("test"))
                 .await
                 .unwrap();
             tx.commit().await.unwrap();

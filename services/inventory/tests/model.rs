@@ -167,7 +167,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         &mut tx,
                         &edit,
                         now_us(),
-                        &mercato_inventory::service::Cause::System("model"),
+                        &mercato_inventory::service::Origin::system("model"),
                     )
                     .await;
                 prop_assert_eq!(r.is_ok(), *n >= model.levels.reserved);

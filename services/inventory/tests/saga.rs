@@ -466,3 +466,56 @@ async fn demo_seeding_gives_demo_skus_their_demo_stock_and_nothing_else_any() {
         .await;
     assert_eq!(plain_world.levels(d2).await.on_hand, 0);
 }
+
+#[tokio::test]
+async fn the_use_cases_announce_their_own_commits_and_releases_whoever_calls_them() {
+    // Called directly, as a new caller (a tool, a future worker) would: the event comes with
+    // the change, in the same transaction, without the caller writing it.
+    use mercato_inventory::service::Origin;
+    use mercato_kit::time::now_us;
+    let w = World::new().await;
+    let p = w.product(5).await;
+    let (kept, freed) = (OrderId::new(), OrderId::new());
+    w.deliver(&order_created(kept, &[(p, 2)])).await;
+    w.deliver(&order_created(freed, &[(p, 1)])).await;
+
+    let mut tx = w.db.begin().await.unwrap();
+    let origin = Origin::system("test");
+    w.inv
+        .commit(&mut tx, kept, now_us(), &origin)
+        .await
+        .unwrap();
+    w.inv
+        .release(&mut tx, freed, now_us(), &origin)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let committed = w.outbox_of(INVENTORY_COMMITTED).await;
+    assert_eq!(committed.len(), 1);
+    let body: InventoryCommitted = payload(&committed[0]).unwrap();
+    assert_eq!(body.order_id, kept);
+    let released = w.outbox_of(INVENTORY_RELEASED).await;
+    assert_eq!(released.len(), 1);
+    let body: InventoryReleased = payload(&released[0]).unwrap();
+    assert_eq!((body.order_id, body.reason), (freed, Because::Cancelled));
+    assert_eq!(
+        w.levels(p).await,
+        Levels {
+            on_hand: 3,
+            reserved: 0
+        }
+    );
+
+    // A rolled-back transaction leaves neither the change nor its event.
+    let other = OrderId::new();
+    w.deliver(&order_created(other, &[(p, 1)])).await;
+    let mut tx = w.db.begin().await.unwrap();
+    w.inv
+        .release(&mut tx, other, now_us(), &origin)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(w.outbox_of(INVENTORY_RELEASED).await.len(), 1);
+    assert_eq!(w.levels(p).await.reserved, 1);
+}

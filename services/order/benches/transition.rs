@@ -3,10 +3,11 @@
 //! on SQLite as `mercato up` runs it. `cargo bench -p mercato-order`; docs/BENCHMARKS.md.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use mercato_kit::events::Cause;
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{ProductId, UserId};
 use mercato_order::domain::{self, Command, OrderItem, OrderStatus, PricedOrder, StockCheck};
-use mercato_order::service::{self, Cause, OrderMetrics};
+use mercato_order::service::{self, OrderMetrics};
 use std::hint::black_box;
 
 fn pure(c: &mut Criterion) {
@@ -60,7 +61,7 @@ fn use_case(c: &mut Criterion) {
                     &mut tx,
                     UserId::new(),
                     &order,
-                    Cause::Request(&ctx),
+                    &Cause::of_request(&ctx),
                     &metrics,
                 )
                 .await
@@ -68,7 +69,7 @@ fn use_case(c: &mut Criterion) {
                 tx.commit().await.unwrap();
                 for cmd in [Command::InventoryReserved, Command::PaymentAuthorized] {
                     let mut tx = db.begin().await.unwrap();
-                    service::apply(&mut tx, o.id, cmd, Cause::Request(&ctx), &metrics)
+                    service::apply(&mut tx, o.id, cmd, &Cause::of_request(&ctx), &metrics)
                         .await
                         .unwrap();
                     tx.commit().await.unwrap();

@@ -7,7 +7,7 @@
 //! error. Only real failures (the database) are returned, to be retried and then parked.
 
 use crate::domain::{Command, Effect, PricedOrder, WaitStep, Waiting};
-use crate::service::{self, Cause, Error, Orders};
+use crate::service::{self, Error, Orders};
 use crate::store;
 use mercato_kit::contracts::types::*;
 use mercato_kit::contracts::{
@@ -16,7 +16,7 @@ use mercato_kit::contracts::{
     ReservationFailed,
 };
 use mercato_kit::db::Tx;
-use mercato_kit::events::{Envelope, EventHandler};
+use mercato_kit::events::{Cause, Envelope, EventHandler};
 use mercato_kit::ids::{OrderId, UserId};
 use std::sync::Arc;
 
@@ -134,7 +134,15 @@ impl OrderEvents {
         id: OrderId,
         command: Command,
     ) -> anyhow::Result<()> {
-        match service::apply(tx, id, command, Cause::Event(env), self.orders.metrics()).await {
+        match service::apply(
+            tx,
+            id,
+            command,
+            &Cause::of_event(env),
+            self.orders.metrics(),
+        )
+        .await
+        {
             Ok(applied) => {
                 tracing::info!(order_id = %id, event_type = %env.event_type,
                     status = applied.order.status.name(), "order moved");

@@ -9,7 +9,7 @@ use crate::domain::{
     Command, CreateOrder, Cursor, Order, OrderItem, OrderStatus, ShippingAddress, StockCheck,
     WaitStep, Waiting,
 };
-use crate::service::{self, Cause, Error, Orders};
+use crate::service::{self, Error, Orders};
 use crate::store::{HistoryEntry, ListFilter};
 use axum::body::Bytes;
 use axum::extract::{FromRef, State};
@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use mercato_kit::audit::{next_cursor, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
 use mercato_kit::contracts::CancelReason;
+use mercato_kit::events::Cause;
 use mercato_kit::http::{BearerAuth, Json, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{OrderId, UserId};
@@ -302,7 +303,7 @@ async fn create_order(
         &mut tx,
         customer,
         &priced,
-        Cause::Request(&ctx),
+        &Cause::of_request(&ctx),
         s.orders.metrics(),
     )
     .await?;
@@ -534,7 +535,7 @@ async fn cancel_as(
         &mut tx,
         id,
         !owner,
-        Cause::Request(&ctx),
+        &Cause::of_request(&ctx),
         s.orders.metrics(),
     )
     .await?;
@@ -607,7 +608,7 @@ async fn work_on(
         &mut tx,
         id,
         command,
-        Cause::Request(&ctx),
+        &Cause::of_request(&ctx),
         s.orders.metrics(),
     )
     .await?;
@@ -711,7 +712,7 @@ async fn refund_order(
         &mut tx,
         id,
         command,
-        Cause::Request(&ctx),
+        &Cause::of_request(&ctx),
         s.orders.metrics(),
     )
     .await?;

@@ -13,7 +13,7 @@ use crate::feed::StatusFeed;
 use crate::inventory::{StockAnswer, StockCheck as StockChecker};
 use crate::store::{self, HistoryEntry, ListFilter};
 use mercato_kit::db::{Db, Tx};
-use mercato_kit::events::{Envelope, OutboxWaker};
+use mercato_kit::events::{Cause, OutboxWaker};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::now_us;
@@ -54,27 +54,6 @@ pub enum Error {
     Db(#[from] mercato_kit::db::Error),
 }
 
-/// Why something happened, carried into the events it causes (correlation, trace, causation).
-#[derive(Clone, Copy)]
-pub enum Cause<'a> {
-    Request(&'a RequestContext),
-    Event(&'a Envelope),
-}
-
-impl Cause<'_> {
-    pub fn stamp(self, env: Envelope) -> Envelope {
-        match self {
-            Cause::Request(ctx) => env.caused_by_request(ctx),
-            Cause::Event(incoming) => Envelope {
-                correlation_id: incoming.correlation_id.clone(),
-                traceparent: incoming.traceparent.clone(),
-                causation_id: Some(incoming.event_id),
-                ..env
-            },
-        }
-    }
-}
-
 /// The order after a command, and whether the command changed it (a repeated cancel does not).
 #[derive(Clone, Debug)]
 pub struct Applied {
@@ -91,7 +70,7 @@ pub async fn apply(
     tx: &mut Tx,
     id: OrderId,
     command: Command,
-    cause: Cause<'_>,
+    cause: &Cause,
     metrics: &OrderMetrics,
 ) -> Result<Applied, Error> {
     for _ in 0..CAS_ATTEMPTS {
@@ -139,7 +118,7 @@ pub async fn cancel(
     tx: &mut Tx,
     id: OrderId,
     by_admin: bool,
-    cause: Cause<'_>,
+    cause: &Cause,
     metrics: &OrderMetrics,
 ) -> Result<Applied, Error> {
     match apply(tx, id, Command::Cancel { by_admin }, cause, metrics).await {
@@ -156,7 +135,7 @@ pub async fn create(
     tx: &mut Tx,
     customer: UserId,
     priced: &PricedOrder,
-    cause: Cause<'_>,
+    cause: &Cause,
     metrics: &OrderMetrics,
 ) -> Result<Order, Error> {
     let id = OrderId::new();

@@ -5,10 +5,11 @@ mod support;
 
 use mercato_kit::config::Env;
 use mercato_kit::contracts::types::*;
+use mercato_kit::events::Cause;
 use mercato_kit::events::{Bus, EmbeddedBus};
 use mercato_kit::ids::UserId;
 use mercato_order::domain::{CreateOrder, LineRequest, OrderStatus};
-use mercato_order::service::{self, Cause, Orders};
+use mercato_order::service::{self, Orders};
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
@@ -101,7 +102,7 @@ async fn the_built_service_consumes_from_the_bus_and_publishes_to_it() {
         &mut tx,
         UserId::new(),
         &priced,
-        Cause::Request(&ctx),
+        &Cause::of_request(&ctx),
         orders.metrics(),
     )
     .await

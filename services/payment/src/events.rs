@@ -9,7 +9,6 @@
 //! committed: queueing a call wakes the worker after the commit (`Tx::after_commit`).
 
 use crate::service::{Open, Opened, Payments};
-use crate::store::Cause;
 use mercato_kit::contracts::types::{
     INVENTORY_RELEASED, INVENTORY_RESERVED, ORDER_CANCELLED, ORDER_CREATED, ORDER_FULFILLED,
     ORDER_REFUNDED,
@@ -19,7 +18,7 @@ use mercato_kit::contracts::{
     OrderRefunded, ReleaseReason,
 };
 use mercato_kit::db::Tx;
-use mercato_kit::events::{Envelope, EventHandler};
+use mercato_kit::events::{Cause, Envelope, EventHandler};
 use mercato_kit::ids::Currency;
 use mercato_kit::time::now_us;
 use std::sync::Arc;
@@ -103,7 +102,8 @@ fn reason_text<T: serde::Serialize>(reason: &T) -> String {
 impl EventHandler for Handler {
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> anyhow::Result<()> {
         tracing::debug!(event_type = %env.event_type, event_id = %env.event_id, aggregate = %env.aggregate_id, "handling event");
-        let cause = Cause::of_event(env);
+        // The handler's span when there is one, so the work it queues hangs under it.
+        let cause = Cause::of_event(env).in_current_span();
         let p = &self.payments;
         match env.event_type.as_str() {
             // A free order is never charged: no terms to hold a payment to.

@@ -8,7 +8,7 @@
 
 use crate::domain::{Request, Status, MAX_AMOUNT_CENTS};
 use crate::service::{Open, Opened, Payments, WebhookEvent};
-use crate::store::{self, Cause, Payment};
+use crate::store::{self, Payment};
 use axum::body::Bytes;
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,6 +16,7 @@ use axum::response::Response;
 use mercato_kit::audit::{next_cursor, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
 use mercato_kit::contracts::webhook as signature;
+use mercato_kit::events::Cause;
 use mercato_kit::http::{BearerAuth, Json, OptionalJson, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{Currency, OrderId, UserId};

@@ -12,7 +12,7 @@
 
 use crate::domain::{self, Fact, JobKind, Money, OnCancel, Queued, Refusal, Request, Status};
 use crate::psp::{Answer, Reply};
-use crate::store::{self, CallOutcome, Cause, Job, NewJob, Payment, Transaction};
+use crate::store::{self, CallOutcome, Job, NewJob, Payment, Transaction};
 use axum::http::StatusCode;
 use mercato_kit::config::Secret;
 use mercato_kit::contracts::types::{
@@ -21,8 +21,7 @@ use mercato_kit::contracts::types::{
 };
 use mercato_kit::contracts::{PaymentChanged, PaymentDelayed, PaymentFailed};
 use mercato_kit::db::{Db, Tx};
-use mercato_kit::events::{Envelope, OutboxWaker};
-use mercato_kit::http::RequestContext;
+use mercato_kit::events::{Cause, Envelope, OutboxWaker};
 use mercato_kit::ids::{Currency, OrderId, UserId};
 use mercato_kit::time::{now_us, to_rfc3339};
 use mercato_kit::Problem;
@@ -165,27 +164,6 @@ impl PaymentMetrics {
             self.refunded
                 .with_label_values(&[&next.currency])
                 .inc_by(refunded as u64);
-        }
-    }
-}
-
-impl Cause {
-    /// The cause of what an incoming event leads to.
-    pub fn of_event(env: &Envelope) -> Cause {
-        Cause {
-            correlation_id: env.correlation_id.clone(),
-            // The handler's span when there is one, so the work it queues hangs under it.
-            traceparent: mercato_kit::telemetry::current_traceparent()
-                .or_else(|| env.traceparent.clone()),
-            causation_id: Some(env.event_id),
-        }
-    }
-
-    pub fn of_request(ctx: &RequestContext) -> Cause {
-        Cause {
-            correlation_id: Some(ctx.correlation_id.clone()),
-            traceparent: Some(ctx.traceparent.clone()),
-            causation_id: None,
         }
     }
 }
@@ -438,7 +416,7 @@ impl Payments {
         amount_cents: i64,
         cause: &Cause,
     ) -> Result<(), Problem> {
-        let mut env = if event_type == PAYMENT_FAILED {
+        let env = if event_type == PAYMENT_FAILED {
             Envelope::new(
                 PRODUCER,
                 event_type,
@@ -462,10 +440,7 @@ impl Payments {
                 },
             )
         };
-        env.correlation_id = cause.correlation_id.clone();
-        env.traceparent = cause.traceparent.clone();
-        env.causation_id = cause.causation_id;
-        mercato_kit::events::append(tx, &env).await?;
+        mercato_kit::events::append(tx, &cause.stamp(env)).await?;
         tracing::info!(payment = %payment.id, order = %payment.order_id, event = event_type, "payment event emitted");
         Ok(())
     }
@@ -1217,7 +1192,7 @@ impl Payments {
         reason: &str,
         next_attempt_at: i64,
     ) -> Result<(), Problem> {
-        let mut env = Envelope::new(
+        let env = Envelope::new(
             PRODUCER,
             PAYMENT_DELAYED,
             payment.id,
@@ -1230,10 +1205,7 @@ impl Payments {
                 retry_until: job.give_up_at.map(to_rfc3339),
             },
         );
-        env.correlation_id = job.cause.correlation_id.clone();
-        env.traceparent = job.cause.traceparent.clone();
-        env.causation_id = job.cause.causation_id;
-        mercato_kit::events::append(tx, &env).await?;
+        mercato_kit::events::append(tx, &job.cause.stamp(env)).await?;
         tracing::info!(payment = %payment.id, order = %payment.order_id, attempt, event = PAYMENT_DELAYED, "payment event emitted");
         Ok(())
     }

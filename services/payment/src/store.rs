@@ -6,6 +6,7 @@
 use crate::domain::{JobKind, Money, Status};
 use mercato_kit::db::Tx;
 use mercato_kit::db::{Exec, Pool, Row};
+use mercato_kit::events::Cause;
 use mercato_kit::ids::{parse_db_uuid, OrderId, UserId};
 use mercato_kit::time::now_us;
 use uuid::Uuid;
@@ -197,15 +198,6 @@ pub async fn list_payments(
     }
     let rows = q.bind(limit).fetch_all(pool).await?;
     rows.iter().map(payment_from).collect()
-}
-
-/// Who caused a change: carried from the request or event that asked for a processor call to
-/// the events the call's outcome emits.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cause {
-    pub correlation_id: Option<String>,
-    pub traceparent: Option<String>,
-    pub causation_id: Option<Uuid>,
 }
 
 /// A processor call waiting to be made.

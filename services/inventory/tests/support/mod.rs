@@ -9,7 +9,7 @@
 
 use mercato_inventory::domain::{Levels, StockChange};
 use mercato_inventory::events::{Handler, CONSUMER};
-use mercato_inventory::service::{Cause, Inventory, Settings, StockEdit, SweepSignal};
+use mercato_inventory::service::{Inventory, Origin, Settings, StockEdit, SweepSignal};
 use mercato_inventory::store::{self, Reservation};
 use mercato_kit::contracts::types::*;
 use mercato_kit::contracts::CancelReason;
@@ -95,7 +95,7 @@ impl World {
             seller: None,
         };
         self.inv
-            .change_stock(&mut tx, &edit, now_us(), &Cause::System("test"))
+            .change_stock(&mut tx, &edit, now_us(), &Origin::system("test"))
             .await
             .unwrap();
         tx.commit().await.unwrap();

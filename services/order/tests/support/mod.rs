@@ -12,6 +12,7 @@ use mercato_kit::contracts::{
 };
 use mercato_kit::db::Db;
 use mercato_kit::events::consumer::Outcome;
+use mercato_kit::events::Cause;
 use mercato_kit::events::{Consumer, Envelope, OutboxWaker};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{OrderId, ProductId, UserId};
@@ -19,7 +20,7 @@ use mercato_kit::testing::TestDb;
 use mercato_order::domain::{self, CreateOrder, LineRequest, Order, OrderStatus};
 use mercato_order::events::OrderEvents;
 use mercato_order::inventory::{StockAnswer, StockCheck};
-use mercato_order::service::{self, Cause, Orders};
+use mercato_order::service::{self, Orders};
 use mercato_order::store::HistoryEntry;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -156,7 +157,7 @@ impl Harness {
             &mut tx,
             customer,
             &priced,
-            Cause::Request(&ctx),
+            &Cause::of_request(&ctx),
             self.orders.metrics(),
         )
         .await?;
@@ -189,13 +190,20 @@ impl Harness {
                     &mut tx,
                     id,
                     by_admin,
-                    Cause::Request(&ctx),
+                    &Cause::of_request(&ctx),
                     self.orders.metrics(),
                 )
                 .await?
             }
             c => {
-                service::apply(&mut tx, id, c, Cause::Request(&ctx), self.orders.metrics()).await?
+                service::apply(
+                    &mut tx,
+                    id,
+                    c,
+                    &Cause::of_request(&ctx),
+                    self.orders.metrics(),
+                )
+                .await?
             }
         };
         tx.commit().await?;
