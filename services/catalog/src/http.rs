@@ -66,6 +66,27 @@ impl From<service::Error> for Problem {
     }
 }
 
+/// Refused input. A bad body is unprocessable (422); a bad query parameter or cursor is a bad
+/// request (400), and says so with the code the kit's `Query` extractor uses for the same.
+impl From<domain::Error> for Problem {
+    fn from(e: domain::Error) -> Self {
+        let errors = e.field_errors();
+        match e {
+            domain::Error::InvalidBody(invalid) => invalid.into(),
+            domain::Error::InvalidQuery(invalid) => {
+                Problem::invalid_query(invalid.to_string()).with_errors(errors)
+            }
+            domain::Error::InvalidCursor(_) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "The cursor is not valid",
+            )
+            .with_detail(e.to_string())
+            .with_errors(errors),
+        }
+    }
+}
+
 impl From<domain::Forbidden> for Problem {
     fn from(f: domain::Forbidden) -> Self {
         Problem::forbidden(f.0)
