@@ -134,10 +134,7 @@ impl Problem {
     }
 
     pub fn field(field: &str, message: impl Into<String>) -> Self {
-        Self::validation(vec![FieldError {
-            field: field.into(),
-            message: message.into(),
-        }])
+        crate::validate::Invalid::field(field, message).into()
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {

@@ -23,6 +23,14 @@ pub struct FieldError {
 pub struct Invalid(pub Vec<FieldError>);
 
 impl Invalid {
+    /// One bad field.
+    pub fn field(field: &str, message: impl Into<String>) -> Invalid {
+        Invalid(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
     /// The names of the bad fields, in order.
     pub fn fields(&self) -> Vec<&str> {
         self.0.iter().map(|e| e.field.as_str()).collect()
