@@ -431,14 +431,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))
-            .map_err(|rej| {
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    "The query string is not valid",
-                )
-                .with_detail(rej.body_text())
-            })
+            .map_err(|rej| Problem::invalid_query(rej.body_text()))
     }
 }
 

@@ -23,12 +23,7 @@ pub fn is_overloaded(status: StatusCode, headers: &axum::http::HeaderMap) -> boo
     status == StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(OVERLOADED_HEADER)
 }
 
-/// One field that failed validation.
-#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
+pub use crate::validate::FieldError;
 
 /// A problem details document. `code` is the stable, machine-readable part; `type` is the same
 /// code as a URI, as RFC 9457 asks.
@@ -117,11 +112,7 @@ impl Problem {
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let detail = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let detail = crate::validate::describe(&errors);
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
@@ -131,11 +122,19 @@ impl Problem {
         .with_errors(errors)
     }
 
+    /// A query string that does not parse; 400 rather than 422 because a query is not a body,
+    /// with the same code the kit's `Query` extractor uses.
+    pub fn invalid_query(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "The query string is not valid",
+        )
+        .with_detail(detail)
+    }
+
     pub fn field(field: &str, message: impl Into<String>) -> Self {
-        Self::validation(vec![FieldError {
-            field: field.into(),
-            message: message.into(),
-        }])
+        crate::validate::Invalid::field(field, message).into()
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
@@ -279,6 +278,13 @@ impl IntoResponse for Problem {
             headers.insert(OVERLOADED_HEADER, HeaderValue::from_static("true"));
         }
         res
+    }
+}
+
+/// Bad fields found by a domain's checks: a 422 naming each.
+impl From<crate::validate::Invalid> for Problem {
+    fn from(e: crate::validate::Invalid) -> Self {
+        Problem::validation(e.0)
     }
 }
 

@@ -1,8 +1,50 @@
 //! Input checks every service applies the same way: text that is safe to store everywhere
 //! (no NUL, which PostgreSQL refuses, no control characters), bounded lengths, and a collector
 //! so one response names every bad field at once.
+//!
+//! Plain data, no HTTP: a domain collects its bad fields here and returns them as [`Invalid`];
+//! the service's `http.rs` decides which problem (422 for a body, 400 for a query) they become.
 
-use crate::problem::{FieldError, Problem};
+use crate::problem::Problem;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One field that failed validation: its name and what is wrong with it.
+// `ToSchema` because this is the shape of each `errors[]` entry of a problem, a wire contract.
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every bad field of one input, in the order they were found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe(&self.0))]
+pub struct Invalid(pub Vec<FieldError>);
+
+impl Invalid {
+    /// One bad field.
+    pub fn field(field: &str, message: impl Into<String>) -> Invalid {
+        Invalid(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
+    /// The names of the bad fields, in order.
+    pub fn fields(&self) -> Vec<&str> {
+        self.0.iter().map(|e| e.field.as_str()).collect()
+    }
+}
+
+/// `field: message; field: message`, the one-line summary a problem's `detail` carries.
+pub fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 #[derive(Default, Debug)]
 pub struct Errors(Vec<FieldError>);
@@ -34,13 +76,24 @@ impl Errors {
         self.0.is_empty()
     }
 
-    /// `Ok` when nothing was recorded, else a 422 problem naming every field.
-    pub fn finish(self) -> Result<(), Problem> {
+    /// `Ok` when nothing was recorded, else every bad field as plain data.
+    pub fn check(self) -> Result<(), Invalid> {
         if self.0.is_empty() {
             Ok(())
         } else {
-            Err(Problem::validation(self.0))
+            Err(self.into_invalid())
         }
+    }
+
+    /// What was recorded, as plain data, whether or not anything was.
+    pub fn into_invalid(self) -> Invalid {
+        Invalid(self.0)
+    }
+
+    /// `Ok` when nothing was recorded, else a 422 problem naming every field; for code that
+    /// answers HTTP itself (a handler), where [`Errors::check`] would only be mapped at once.
+    pub fn finish(self) -> Result<(), Problem> {
+        self.check().map_err(Problem::from)
     }
 }
 

@@ -2,7 +2,7 @@
 //! `domain`.
 
 use crate::keys::Jwks;
-use crate::service::{Auth, ServiceToken, Tokens};
+use crate::service::{self, Auth, ServiceToken, Tokens};
 use crate::store::User;
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
@@ -37,6 +37,32 @@ impl FromRef<AppState> for Verifier {
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
+
+/// The one place the auth use cases' errors become problem documents.
+impl From<service::Error> for Problem {
+    fn from(e: service::Error) -> Self {
+        use service::Error as E;
+        match e {
+            E::Invalid(invalid) => invalid.into(),
+            E::InvalidCredentials => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "Wrong email or password",
+            ),
+            E::Throttled {
+                detail,
+                retry_after_secs,
+            } => Problem::too_many_requests(detail, retry_after_secs),
+            E::EmailTaken => Problem::conflict("email_taken", e.to_string()),
+            E::Unauthorized(detail) => Problem::unauthorized(detail),
+            E::Forbidden(detail) => Problem::forbidden(detail),
+            E::NotFound(what) => Problem::not_found(what),
+            E::Unavailable(detail) => Problem::unavailable(detail),
+            E::Db(e) => e.into(),
+            E::Internal(e) => e.into(),
+        }
+    }
+}
 
 pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
     let api = OpenApiRouter::new()
@@ -93,11 +119,11 @@ async fn register(
         .await
     {
         Ok(user) => user,
-        Err(p) => {
-            if p.code == "email_taken" {
+        Err(e) => {
+            if matches!(e, service::Error::EmailTaken) {
                 s.auth.registration_refused(ctx.client_ip);
             }
-            return Err(p);
+            return Err(e.into());
         }
     };
     claim.finish(tx, StatusCode::CREATED, &user).await
@@ -124,11 +150,7 @@ async fn login(
     Json(input): Json<LoginInput>,
 ) -> Result<Json<Tokens>, Problem> {
     if input.email.len() > 254 || input.password.len() > 1024 {
-        return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "Wrong email or password",
-        ));
+        return Err(service::Error::InvalidCredentials.into());
     }
     Ok(Json(
         s.auth

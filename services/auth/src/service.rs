@@ -1,12 +1,12 @@
 //! The auth use cases: register, log in, rotate refresh tokens, change profiles and roles,
-//! issue service tokens. Handlers call these; they know nothing of HTTP.
+//! issue service tokens. Handlers call these; they know nothing of HTTP: they fail with
+//! [`Error`], which `http` turns into problem documents in one place.
 
 use crate::domain::{self, Email, RefreshDecision, Throttle, ThrottleLimits};
 use crate::keys::SigningKey;
 use crate::store::{self, User, UserWithHash};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use mercato_kit::auth::{Claims, Principal, Revocation, RevocationPage, Revocations, Role};
@@ -14,7 +14,7 @@ use mercato_kit::config::Secret;
 use mercato_kit::db::{is_unique_violation, Db, Tx};
 use mercato_kit::ids::UserId;
 use mercato_kit::time::now_us;
-use mercato_kit::Problem;
+use mercato_kit::validate::Invalid;
 use parking_lot::Mutex;
 use rand::RngCore;
 use serde::Serialize;
@@ -67,12 +67,39 @@ pub struct Auth {
     dummy_hash: String,
 }
 
-fn invalid_credentials() -> Problem {
-    Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_credentials",
-        "Wrong email or password",
-    )
+/// What the auth use cases can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad fields, every one named.
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    /// Sign-in with an unknown email or a wrong password; which one is not said.
+    #[error("wrong email or password")]
+    InvalidCredentials,
+    /// Too many failures from this account or address; try again after `retry_after_secs`.
+    #[error("{detail}")]
+    Throttled {
+        detail: &'static str,
+        retry_after_secs: u64,
+    },
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    /// A token or secret that does not let the caller in; says why.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The caller is known but may not do this; says why.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A feature this deployment has not configured.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    #[error(transparent)]
+    Db(#[from] mercato_kit::db::Error),
+    /// Hashing or signing failed.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
 }
 
 fn token_hash(token: &str) -> String {
@@ -125,12 +152,12 @@ impl Auth {
     }
 
     /// Hashes off the async threads: argon2id is deliberately slow.
-    async fn hash(self: &Arc<Self>, password: String) -> Result<String, Problem> {
+    async fn hash(self: &Arc<Self>, password: String) -> Result<String, Error> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.hash_now(&password))
+        let hashed = tokio::task::spawn_blocking(move || me.hash_now(&password))
             .await
-            .map_err(|e| Problem::internal(&e))?
-            .map_err(Problem::from)
+            .map_err(anyhow::Error::from)??;
+        Ok(hashed)
     }
 
     async fn verify(self: &Arc<Self>, password: String, hash: String) -> bool {
@@ -153,7 +180,7 @@ impl Auth {
         email: Option<&str>,
         version: i64,
         session: Option<&str>,
-    ) -> Result<String, Problem> {
+    ) -> Result<String, Error> {
         let now = now_us() / 1_000_000;
         let claims = Claims {
             sub: subject.to_owned(),
@@ -168,7 +195,7 @@ impl Auth {
             ver: version,
             sid: session.map(str::to_owned),
         };
-        self.key.sign(&claims).map_err(Problem::from)
+        Ok(self.key.sign(&claims)?)
     }
 
     /// Reads the revocation list again after a change was committed, so it holds on this
@@ -180,19 +207,12 @@ impl Auth {
     }
 
     /// The revocation list from `since` (µs), as every verifier reads it.
-    pub async fn revocations_since(&self, since: i64) -> Result<RevocationPage, Problem> {
-        read_revocations(&self.db, self.settings.access_ttl, since)
-            .await
-            .map_err(Problem::from)
+    pub async fn revocations_since(&self, since: i64) -> Result<RevocationPage, Error> {
+        Ok(read_revocations(&self.db, self.settings.access_ttl, since).await?)
     }
 
     /// Issues an access token and the next refresh token of `family`.
-    async fn issue(
-        &self,
-        tx: &mut Tx,
-        user: &UserWithHash,
-        family: &str,
-    ) -> Result<Tokens, Problem> {
+    async fn issue(&self, tx: &mut Tx, user: &UserWithHash, family: &str) -> Result<Tokens, Error> {
         let refresh = random_token();
         let expires = now_us() + self.settings.refresh_ttl.as_micros() as i64;
         let u = &user.user;
@@ -215,21 +235,21 @@ impl Auth {
     /// transaction so it shares it with the idempotency record.
     #[expect(
         clippy::expect_used,
-        reason = "errors.finish() has refused a missing email or name"
+        reason = "errors.check() has refused a missing email or name"
     )]
     pub async fn prepare_registration(
         self: &Arc<Self>,
         email: &str,
         password: &str,
         name: &str,
-    ) -> Result<(Email, String, String), Problem> {
+    ) -> Result<(Email, String, String), Error> {
         let mut errors = mercato_kit::validate::Errors::new();
         let email = errors.take("email", Email::try_from(email));
         let name = errors.take("name", mercato_kit::validate::line(name, 1, 100));
         if let Err(m) = domain::check_password(password, email.as_ref()) {
             errors.add("password", m);
         }
-        errors.finish()?;
+        errors.check()?;
         let (email, name) = (email.expect("checked"), name.expect("checked"));
         let hash = self.hash(password.to_owned()).await?;
         Ok((email, name, hash))
@@ -241,14 +261,14 @@ impl Auth {
     /// an address that found emails taken spends the same per-address budget as failed
     /// sign-ins, and is refused (429) once it is spent. Both paths hash a password, so their
     /// timing does not tell either.
-    pub fn registration_allowed(&self, client: Option<IpAddr>) -> Result<(), Problem> {
+    pub fn registration_allowed(&self, client: Option<IpAddr>) -> Result<(), Error> {
         let addr = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
         let blocked = self.throttle.lock().address_blocked(&addr, Instant::now());
         match blocked {
-            Some(wait) => Err(Problem::too_many_requests(
-                "too many failed sign-ins or registrations from this address; wait before trying again",
-                wait,
-            )),
+            Some(wait) => Err(Error::Throttled {
+                detail: "too many failed sign-ins or registrations from this address; wait before trying again",
+                retry_after_secs: wait,
+            }),
             None => Ok(()),
         }
     }
@@ -267,12 +287,12 @@ impl Auth {
         name: &str,
         hash: &str,
         role: Role,
-    ) -> Result<User, Problem> {
+    ) -> Result<User, Error> {
         store::insert_user(tx, id, email.as_str(), name, hash, role)
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
-                    Problem::conflict("email_taken", "an account with this email already exists")
+                    Error::EmailTaken
                 } else {
                     e.into()
                 }
@@ -284,7 +304,7 @@ impl Auth {
         email: &str,
         password: &str,
         client: Option<IpAddr>,
-    ) -> Result<Tokens, Problem> {
+    ) -> Result<Tokens, Error> {
         let normalized = email.trim().to_lowercase();
         // Without a known address (a test calling the router directly) every such caller
         // shares one.
@@ -294,10 +314,10 @@ impl Auth {
             .lock()
             .blocked(&normalized, &addr, Instant::now());
         if let Some(wait) = blocked {
-            return Err(Problem::too_many_requests(
-                "too many failed sign-ins; wait before trying again",
-                wait,
-            ));
+            return Err(Error::Throttled {
+                detail: "too many failed sign-ins; wait before trying again",
+                retry_after_secs: wait,
+            });
         }
         let found = store::user_by_email(self.db.reader(), &normalized).await?;
         let hash = found
@@ -309,7 +329,7 @@ impl Auth {
             self.throttle
                 .lock()
                 .fail(&normalized, &addr, Instant::now());
-            return Err(invalid_credentials());
+            return Err(Error::InvalidCredentials);
         };
         self.throttle
             .lock()
@@ -322,11 +342,11 @@ impl Auth {
         Ok(tokens)
     }
 
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, Problem> {
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, Error> {
         let hash = token_hash(refresh_token);
         let mut tx = self.db.begin().await?;
         let Some(stored) = store::refresh_by_hash(&mut tx, &hash).await? else {
-            return Err(Problem::unauthorized("the refresh token is not valid"));
+            return Err(Error::Unauthorized("the refresh token is not valid"));
         };
         let decision = domain::refresh_decision(&stored.state, now_us());
         let spent =
@@ -343,14 +363,14 @@ impl Auth {
                     tx.commit().await?;
                     self.revoked().await;
                     tracing::warn!(user = %stored.user_id, "refresh token reuse: login family revoked");
-                    return Err(Problem::unauthorized("the refresh token was already used; every session of this sign-in was ended"));
+                    return Err(Error::Unauthorized("the refresh token was already used; every session of this sign-in was ended"));
                 }
             };
-            return Err(Problem::unauthorized(detail));
+            return Err(Error::Unauthorized(detail));
         }
         let user = store::user_by_id(&mut *tx, stored.user_id)
             .await?
-            .ok_or_else(|| Problem::unauthorized("the account no longer exists"))?;
+            .ok_or(Error::Unauthorized("the account no longer exists"))?;
         let tokens = self.issue(&mut tx, &user, &stored.family_id).await?;
         tx.commit().await?;
         Ok(tokens)
@@ -358,7 +378,7 @@ impl Auth {
 
     /// Ends the sign-in the refresh token belongs to: its refresh tokens, and the access
     /// tokens issued in it.
-    pub async fn logout(&self, refresh_token: &str) -> Result<(), Problem> {
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), Error> {
         let mut tx = self.db.begin().await?;
         let Some(stored) = store::refresh_by_hash(&mut tx, &token_hash(refresh_token)).await?
         else {
@@ -371,12 +391,14 @@ impl Auth {
         Ok(())
     }
 
-    pub async fn me(&self, principal: &Principal) -> Result<User, Problem> {
-        let id = principal.require_user()?;
+    pub async fn me(&self, principal: &Principal) -> Result<User, Error> {
+        let id = principal
+            .user_id()
+            .ok_or_else(|| Error::Forbidden("this route is for user accounts".into()))?;
         store::user_by_id(self.db.reader(), id)
             .await?
             .map(|u| u.user)
-            .ok_or_else(|| Problem::not_found("the account no longer exists"))
+            .ok_or_else(|| Error::NotFound("the account no longer exists".into()))
     }
 
     /// Checks a profile change; a password change needs the current password and ends every
@@ -387,11 +409,11 @@ impl Auth {
         name: Option<&str>,
         password: Option<&str>,
         current_password: Option<&str>,
-    ) -> Result<(UserId, Option<String>, Option<String>), Problem> {
+    ) -> Result<(UserId, Option<String>, Option<String>), Error> {
         let me = self.me(principal).await?;
         let stored = store::user_by_id(self.db.reader(), me.id)
             .await?
-            .ok_or_else(|| Problem::not_found("account"))?;
+            .ok_or_else(|| Error::NotFound("account".into()))?;
         let mut errors = mercato_kit::validate::Errors::new();
         let name = name.and_then(|n| errors.take("name", mercato_kit::validate::line(n, 1, 100)));
         if name.is_none() && password.is_none() && errors.is_empty() {
@@ -406,17 +428,16 @@ impl Auth {
                 errors.add("current_password", "is required to change the password");
             }
         }
-        errors.finish()?;
+        errors.check()?;
         let hash = match (password, current_password) {
             (Some(p), Some(cur)) => {
                 if !self
                     .verify(cur.to_owned(), stored.password_hash.clone())
                     .await
                 {
-                    return Err(Problem::field(
-                        "current_password",
-                        "is not your current password",
-                    ));
+                    return Err(
+                        Invalid::field("current_password", "is not your current password").into(),
+                    );
                 }
                 Some(self.hash(p.to_owned()).await?)
             }
@@ -431,10 +452,10 @@ impl Auth {
         id: UserId,
         name: Option<&str>,
         hash: Option<&str>,
-    ) -> Result<User, Problem> {
+    ) -> Result<User, Error> {
         let user = store::update_user(tx, id, name, hash, None)
             .await?
-            .ok_or_else(|| Problem::not_found("account"))?;
+            .ok_or_else(|| Error::NotFound("account".into()))?;
         if hash.is_some() {
             // Whoever knew the old password is signed out everywhere, this token included.
             store::revoke_all_of_user(tx, id).await?;
@@ -452,32 +473,29 @@ impl Auth {
         actor: &Principal,
         target: UserId,
         role: Role,
-    ) -> Result<User, Problem> {
+    ) -> Result<User, Error> {
         let current = match actor.user_id() {
             Some(id) => store::user_by_id(&mut **tx, id).await?.map(|u| u.user.role),
             None => None,
         };
         domain::may_change_role(current, actor.user_id() == Some(target), role)
-            .map_err(Problem::forbidden)?;
+            .map_err(Error::Forbidden)?;
+        let no_user = || Error::NotFound(format!("no user {target}"));
         let before = store::user_by_id(&mut **tx, target)
             .await?
-            .ok_or_else(|| Problem::not_found(format!("no user {target}")))?;
+            .ok_or_else(no_user)?;
         let user = store::update_user(tx, target, None, None, Some(role))
             .await?
-            .ok_or_else(|| Problem::not_found(format!("no user {target}")))?;
+            .ok_or_else(no_user)?;
         if before.user.role != role {
             store::retire_tokens(tx, target).await?;
         }
         Ok(user)
     }
 
-    pub async fn service_token(
-        &self,
-        service: &str,
-        secret: &str,
-    ) -> Result<ServiceToken, Problem> {
+    pub async fn service_token(&self, service: &str, secret: &str) -> Result<ServiceToken, Error> {
         let Some(expected) = &self.settings.service_secret else {
-            return Err(Problem::unavailable(
+            return Err(Error::Unavailable(
                 "service tokens are not configured (MERCATO_SERVICE_SECRET)",
             ));
         };
@@ -487,7 +505,7 @@ impl Auth {
         let matches =
             Sha256::digest(secret.as_bytes()) == Sha256::digest(expected.expose().as_bytes());
         if !name_ok || !matches {
-            return Err(Problem::unauthorized("unknown service or wrong secret"));
+            return Err(Error::Unauthorized("unknown service or wrong secret"));
         }
         Ok(ServiceToken {
             access_token: self.access_token(
@@ -515,10 +533,7 @@ impl Auth {
         reset: bool,
     ) -> anyhow::Result<()> {
         let email = Email::try_from(email).map_err(|m| anyhow::anyhow!("{email}: {m}"))?;
-        let hash = self
-            .hash(password.to_owned())
-            .await
-            .map_err(|p| anyhow::anyhow!("{p}"))?;
+        let hash = self.hash(password.to_owned()).await?;
         let mut tx = self.db.begin().await?;
         match store::user_by_email(self.db.reader(), email.as_str()).await? {
             Some(_) if !reset => {}
@@ -546,7 +561,7 @@ impl Auth {
         search: Option<&str>,
         after: Option<UserId>,
         limit: i64,
-    ) -> Result<Vec<User>, Problem> {
+    ) -> Result<Vec<User>, Error> {
         Ok(store::list_users(self.db.reader(), role, search, after, limit).await?)
     }
 }

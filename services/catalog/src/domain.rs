@@ -10,12 +10,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use mercato_kit::auth::{Principal, Role};
 use mercato_kit::ids::{Currency, ProductId, UserId};
-use mercato_kit::problem::{FieldError, Problem};
 use mercato_kit::time::Micros;
-use mercato_kit::validate::{self, Errors};
+use mercato_kit::validate::{self, Errors, FieldError, Invalid};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+// The request shapes carry their OpenAPI schema here, beside the rules that read them: they are
+// the wire contract, as serde's derives are, and `utoipa` knows nothing of HTTP or axum.
 use utoipa::{IntoParams, ToSchema};
 
 /// A product as the catalog keeps it. Text fields were validated on the way in; rows read back
@@ -119,6 +120,34 @@ pub fn search_text(name: &str, description: &str) -> String {
 
 pub fn name_key(name: &str) -> String {
     name.to_lowercase()
+}
+
+/// Input the catalog refuses, as plain data: which fields are wrong and why. `http` decides
+/// how each is answered (status, code, title), in one place.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A product body with bad fields, every one named.
+    #[error("{0}")]
+    InvalidBody(Invalid),
+    /// List parameters with bad values, every one named.
+    #[error("{0}")]
+    InvalidQuery(Invalid),
+    /// A cursor this service did not issue, or issued for another sort; says which.
+    #[error("cursor: {0}")]
+    InvalidCursor(String),
+}
+
+impl Error {
+    /// The bad fields this error names, in order.
+    pub fn field_errors(&self) -> Vec<FieldError> {
+        match self {
+            Error::InvalidBody(i) | Error::InvalidQuery(i) => i.0.clone(),
+            Error::InvalidCursor(message) => vec![FieldError {
+                field: "cursor".into(),
+                message: message.clone(),
+            }],
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,8 +326,8 @@ pub struct NewProduct {
 }
 
 impl TryFrom<CreateProduct> for NewProduct {
-    type Error = Problem;
-    fn try_from(input: CreateProduct) -> Result<Self, Problem> {
+    type Error = Error;
+    fn try_from(input: CreateProduct) -> Result<Self, Error> {
         let mut e = Errors::new();
         let sku = required::<_, Sku>(&mut e, "sku", input.sku);
         let name = required::<_, ProductName>(&mut e, "name", input.name);
@@ -307,22 +336,22 @@ impl TryFrom<CreateProduct> for NewProduct {
         let price = required::<_, PriceCents>(&mut e, "price_cents", input.price_cents);
         let currency = optional::<_, Currency>(&mut e, "currency", input.currency);
         let seller = optional::<_, SellerRef>(&mut e, "seller_id", input.seller_id);
-        e.finish()?;
-        let (Some(sku), Some(name), Some(category), Some(price)) = (sku, name, category, price)
-        else {
-            return Err(Problem::internal(
-                &"a required product field passed validation unset",
-            ));
-        };
-        Ok(NewProduct {
-            sku,
-            name,
-            description: description.unwrap_or_default(),
-            category,
-            price,
-            currency: currency.unwrap_or(Currency::USD),
-            seller_id: seller.map(|s| s.0),
-        })
+        // `required` records an error for every field it leaves unset, so the four are set
+        // exactly when nothing was recorded.
+        match (sku, name, category, price) {
+            (Some(sku), Some(name), Some(category), Some(price)) if e.is_empty() => {
+                Ok(NewProduct {
+                    sku,
+                    name,
+                    description: description.unwrap_or_default(),
+                    category,
+                    price,
+                    currency: currency.unwrap_or(Currency::USD),
+                    seller_id: seller.map(|s| s.0),
+                })
+            }
+            _ => Err(Error::InvalidBody(e.into_invalid())),
+        }
     }
 }
 
@@ -354,8 +383,8 @@ pub struct ProductPatch {
 }
 
 impl TryFrom<UpdateProduct> for ProductPatch {
-    type Error = Problem;
-    fn try_from(input: UpdateProduct) -> Result<Self, Problem> {
+    type Error = Error;
+    fn try_from(input: UpdateProduct) -> Result<Self, Error> {
         let mut e = Errors::new();
         let given = input.sku.is_some()
             || input.name.is_some()
@@ -379,7 +408,7 @@ impl TryFrom<UpdateProduct> for ProductPatch {
             currency: optional(&mut e, "currency", input.currency),
             active: input.active,
         };
-        e.finish()?;
+        e.check().map_err(Error::InvalidBody)?;
         Ok(patch)
     }
 }
@@ -470,26 +499,6 @@ impl Search {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    /// One `LIKE … ESCAPE '\'` pattern per word, matching it anywhere.
-    pub fn like_patterns(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .map(|w| format!("%{}%", escape_like(w)))
-            .collect()
-    }
-}
-
-/// Escapes LIKE's wildcards so a searched `%` or `_` means itself.
-pub fn escape_like(word: &str) -> String {
-    let mut out = String::with_capacity(word.len());
-    for c in word.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -699,34 +708,9 @@ fn parsed<T: FromStr>(e: &mut Errors, field: &str, v: Option<&str>, expected: &s
     v.and_then(|v| e.take(field, v.trim().parse().map_err(|_| expected.to_owned())))
 }
 
-fn invalid_query(p: Problem) -> Problem {
-    // Reuses the collector's wording, but a bad query parameter is a bad request (400), not an
-    // unprocessable body (422), and says so with the same code the kit's `Query` uses.
-    Problem::new(
-        axum::http::StatusCode::BAD_REQUEST,
-        "invalid_query",
-        "The query string is not valid",
-    )
-    .with_detail(p.detail.unwrap_or_default())
-    .with_errors(p.errors)
-}
-
-fn invalid_cursor(message: String) -> Problem {
-    Problem::new(
-        axum::http::StatusCode::BAD_REQUEST,
-        "invalid_cursor",
-        "The cursor is not valid",
-    )
-    .with_detail(format!("cursor: {message}"))
-    .with_errors(vec![FieldError {
-        field: "cursor".into(),
-        message,
-    }])
-}
-
 impl TryFrom<ListParams> for ProductQuery {
-    type Error = Problem;
-    fn try_from(p: ListParams) -> Result<Self, Problem> {
+    type Error = Error;
+    fn try_from(p: ListParams) -> Result<Self, Error> {
         // An empty parameter (`?q=`) is how forms send "no value".
         let given = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let mut e = Errors::new();
@@ -771,13 +755,13 @@ impl TryFrom<ListParams> for ProductQuery {
                 ok
             })
             .unwrap_or(Self::DEFAULT_LIMIT);
-        e.finish().map_err(invalid_query)?;
+        e.check().map_err(Error::InvalidQuery)?;
         let after = match given(p.cursor) {
             None => None,
             Some(text) => {
-                let c = Cursor::decode(text.trim()).map_err(invalid_cursor)?;
+                let c = Cursor::decode(text.trim()).map_err(Error::InvalidCursor)?;
                 if c.sort != sort {
-                    return Err(invalid_cursor(format!(
+                    return Err(Error::InvalidCursor(format!(
                         "was issued for sort={}, not sort={sort}; send the same sort, or start again without a cursor",
                         c.sort
                     )));
@@ -831,8 +815,12 @@ mod tests {
         Product::new(ProductId::new(), draft, seller, 1)
     }
 
-    fn field_names(p: &Problem) -> Vec<&str> {
-        p.errors.iter().map(|e| e.field.as_str()).collect()
+    /// The fields a refusal of a body names, in order.
+    fn body_fields(e: Error) -> Vec<String> {
+        match e {
+            Error::InvalidBody(i) => i.0.into_iter().map(|f| f.field).collect(),
+            other => panic!("not a body refusal: {other:?}"),
+        }
     }
 
     #[test]
@@ -903,9 +891,8 @@ mod tests {
             seller_id: Some("nope".into()),
         })
         .unwrap_err();
-        assert_eq!(err.status, 422);
         assert_eq!(
-            field_names(&err),
+            body_fields(err),
             [
                 "sku",
                 "name",
@@ -917,11 +904,11 @@ mod tests {
             ]
         );
         let err = NewProduct::try_from(CreateProduct::default()).unwrap_err();
-        assert_eq!(
-            field_names(&err),
-            ["sku", "name", "category", "price_cents"]
-        );
-        assert!(err.errors.iter().all(|e| e.message == "is required"));
+        assert!(err
+            .field_errors()
+            .iter()
+            .all(|e| e.message == "is required"));
+        assert_eq!(body_fields(err), ["sku", "name", "category", "price_cents"]);
     }
 
     #[test]
@@ -949,14 +936,14 @@ mod tests {
     #[test]
     fn a_patch_needs_a_field_and_checks_each() {
         let err = ProductPatch::try_from(UpdateProduct::default()).unwrap_err();
-        assert_eq!(field_names(&err), ["body"]);
+        assert_eq!(body_fields(err), ["body"]);
         let err = ProductPatch::try_from(UpdateProduct {
             price_cents: Some(-1),
             category: Some("X".into()),
             ..Default::default()
         })
         .unwrap_err();
-        assert_eq!(field_names(&err), ["category", "price_cents"]);
+        assert_eq!(body_fields(err), ["category", "price_cents"]);
         let patch = ProductPatch::try_from(UpdateProduct {
             active: Some(false),
             ..Default::default()
@@ -1059,20 +1046,16 @@ mod tests {
 
     #[test]
     fn hostile_search_strings_are_inert_or_refused() {
-        let s = Search::parse("100% under_score back\\slash").unwrap();
-        assert_eq!(
-            s.like_patterns(),
-            ["%100\\%%", "%under\\_score%", "%back\\\\slash%"]
-        );
-        // SQL text is only ever bound as a parameter; here it is just three words.
+        // SQL text is only ever bound as a parameter (its wildcards escaped by `store`); here
+        // it is just words.
         let s = Search::parse("'; DROP TABLE products; --").unwrap();
         assert_eq!(s.words(), ["';", "drop", "table", "products;", "--"]);
-        assert_eq!(s.like_patterns()[0], "%';%");
+        let s = Search::parse("100% under_score").unwrap();
+        assert_eq!(s.words(), ["100%", "under_score"]);
         assert!(Search::parse("nul\0byte").is_err());
         assert!(Search::parse("bell\u{7}").is_err());
         let s = Search::parse("Crème 🧣").unwrap();
         assert_eq!(s.words(), ["crème", "🧣"]);
-        assert_eq!(s.like_patterns(), ["%crème%", "%🧣%"]);
     }
 
     #[test]
@@ -1150,10 +1133,11 @@ mod tests {
         ];
         for (pairs, fields) in cases {
             let err = ProductQuery::try_from(params(pairs)).unwrap_err();
-            assert_eq!(err.status, 400, "{pairs:?}");
-            assert_eq!(err.code, "invalid_query");
-            assert_eq!(field_names(&err), fields, "{pairs:?}");
-            assert!(err.detail.as_deref().unwrap().contains(fields[0]));
+            let Error::InvalidQuery(invalid) = &err else {
+                panic!("{pairs:?}: not a query refusal: {err:?}");
+            };
+            assert_eq!(invalid.fields(), fields, "{pairs:?}");
+            assert!(err.to_string().contains(fields[0]));
         }
     }
 
@@ -1165,13 +1149,13 @@ mod tests {
         assert_eq!(q.after.unwrap().key, SortKey::Int(1000));
         let err =
             ProductQuery::try_from(params(&[("sort", "name_asc"), ("cursor", &c)])).unwrap_err();
-        assert_eq!((err.status, err.code.as_ref()), (400, "invalid_cursor"));
+        assert!(matches!(err, Error::InvalidCursor(_)), "{err:?}");
         // Default sort is newest, which this cursor is not for either.
         let err = ProductQuery::try_from(params(&[("cursor", &c)])).unwrap_err();
-        assert_eq!(err.code, "invalid_cursor");
+        assert!(matches!(err, Error::InvalidCursor(_)), "{err:?}");
         for junk in ["x", "!!!", "bnVsbA", &"A".repeat(5000)] {
             let err = ProductQuery::try_from(params(&[("cursor", junk)])).unwrap_err();
-            assert_eq!(err.code, "invalid_cursor", "{junk}");
+            assert!(matches!(err, Error::InvalidCursor(_)), "{junk}: {err:?}");
         }
         // A key of the wrong kind for its sort is refused too.
         let forged =
@@ -1204,19 +1188,10 @@ mod tests {
             match Search::parse(&q) {
                 Ok(s) => {
                     prop_assert!(s.words().len() <= Search::MAX_WORDS);
-                    for (w, p) in s.words().iter().zip(s.like_patterns()) {
+                    for w in s.words() {
                         prop_assert!(!w.is_empty());
                         prop_assert!(!w.chars().any(char::is_whitespace));
                         prop_assert_eq!(w, &w.to_lowercase());
-                        // Every wildcard in a pattern, except the outer two, is escaped.
-                        let inner = &p[1..p.len() - 1];
-                        let mut escaped = false;
-                        for c in inner.chars() {
-                            if escaped { escaped = false; continue; }
-                            prop_assert!(c != '%' && c != '_');
-                            escaped = c == '\\';
-                        }
-                        prop_assert!(!escaped);
                     }
                 }
                 Err(_) => prop_assert!(

@@ -6,7 +6,9 @@
 //! Lists page by keyset, never by offset: the next page starts strictly after the last row's
 //! (sort key, id), so rows added or removed meanwhile cannot shift items into a repeat or a gap.
 
-use crate::domain::{ActiveFilter, CategoryCount, Cursor, Product, ProductQuery, Sort, SortKey};
+use crate::domain::{
+    ActiveFilter, CategoryCount, Cursor, Product, ProductQuery, Search, Sort, SortKey,
+};
 use mercato_kit::db::{get_bool, Tx};
 use mercato_kit::db::{Exec, Pool, Row};
 use mercato_kit::ids::{parse_db_uuid, ProductId, UserId};
@@ -83,6 +85,27 @@ enum Arg {
     Text(String),
 }
 
+/// One `LIKE … ESCAPE '\'` pattern per search word, matching it anywhere.
+fn like_patterns(search: &Search) -> Vec<String> {
+    search
+        .words()
+        .iter()
+        .map(|w| format!("%{}%", escape_like(w)))
+        .collect()
+}
+
+/// Escapes LIKE's wildcards so a searched `%` or `_` means itself.
+fn escape_like(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    for c in word.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A WHERE clause under construction, numbering its placeholders as they are added.
 #[derive(Default)]
 struct Filter {
@@ -104,7 +127,7 @@ pub async fn list(pool: &Pool, q: &ProductQuery) -> Result<Page, mercato_kit::db
         ActiveFilter::Inactive => f.clauses.push("active = 0".into()),
         ActiveFilter::All => {}
     }
-    for pattern in q.search.like_patterns() {
+    for pattern in like_patterns(&q.search) {
         let p = f.bind(Arg::Text(pattern));
         f.clauses.push(format!("search_text LIKE {p} ESCAPE '\\'"));
     }
@@ -253,4 +276,42 @@ pub async fn write(tx: &mut Tx, p: &Product) -> Result<(), mercato_kit::db::Erro
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn searched_wildcards_mean_themselves() {
+        let s = Search::parse("100% under_score back\\slash").unwrap();
+        assert_eq!(
+            like_patterns(&s),
+            ["%100\\%%", "%under\\_score%", "%back\\\\slash%"]
+        );
+        let s = Search::parse("'; DROP TABLE products; --").unwrap();
+        assert_eq!(like_patterns(&s)[0], "%';%");
+        let s = Search::parse("Crème 🧣").unwrap();
+        assert_eq!(like_patterns(&s), ["%crème%", "%🧣%"]);
+    }
+
+    proptest! {
+        #[test]
+        fn every_inner_wildcard_is_escaped(q in ".{0,250}") {
+            if let Ok(s) = Search::parse(&q) {
+                for p in like_patterns(&s) {
+                    // Every wildcard in a pattern, except the outer two, is escaped.
+                    let inner = &p[1..p.len() - 1];
+                    let mut escaped = false;
+                    for c in inner.chars() {
+                        if escaped { escaped = false; continue; }
+                        prop_assert!(c != '%' && c != '_');
+                        escaped = c == '\\';
+                    }
+                    prop_assert!(!escaped);
+                }
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@
 
 use mercato_kit::contracts::StockLine;
 use mercato_kit::ids::ProductId;
-use mercato_kit::problem::FieldError;
+use mercato_kit::validate::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;

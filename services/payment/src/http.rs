@@ -6,8 +6,8 @@
 //! payment as it then is: 200 (201 for a new payment) when the processor has answered, 202 when
 //! it has not yet (the worker keeps trying; `GET /payments/{id}` shows the outcome).
 
-use crate::domain::{Request, Status, MAX_AMOUNT_CENTS};
-use crate::service::{Open, Opened, Payments, WebhookEvent};
+use crate::domain::{NotTheOrders, Refusal, Request, Status, MAX_AMOUNT_CENTS};
+use crate::service::{self, Open, Opened, Payments, WebhookEvent};
 use crate::store::{self, Payment};
 use axum::body::Bytes;
 use axum::extract::{FromRef, State};
@@ -21,7 +21,7 @@ use mercato_kit::http::{BearerAuth, Json, OptionalJson, Path, Query, RequestCont
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{Currency, OrderId, UserId};
 use mercato_kit::time::{now_us, to_rfc3339};
-use mercato_kit::validate::{self, Errors};
+use mercato_kit::validate::{self, Errors, FieldError};
 use mercato_kit::Problem;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -51,6 +51,48 @@ impl FromRef<AppState> for Verifier {
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
+
+/// The one place the payment use cases' errors become problem documents.
+impl From<service::Error> for Problem {
+    fn from(e: service::Error) -> Self {
+        use service::Error as E;
+        match e {
+            E::ConcurrentUpdate => {
+                Problem::conflict("concurrent_update", e.to_string()).with_retry_after(1)
+            }
+            E::NotFound(_) => Problem::not_found(e.to_string()),
+            E::UnknownOrder(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "unknown_order", "No such order")
+                    .with_detail(e.to_string())
+            }
+            E::OrderMismatch { .. } => Problem::conflict("order_mismatch", e.to_string()),
+            E::AlreadyQueued(_) => Problem::conflict("already_queued", e.to_string()),
+            E::NotTheOrders { refusal, .. } => {
+                let code = match refusal {
+                    NotTheOrders::VoidOfLiveOrder => "order_not_cancelled",
+                    NotTheOrders::CaptureBeforeFulfilment => "order_not_fulfilled",
+                    NotTheOrders::RefundOfLiveOrder => "order_not_refunded",
+                };
+                Problem::conflict(code, e.to_string())
+            }
+            E::Refused(r @ Refusal::InvalidState { .. }) => {
+                Problem::conflict("invalid_state", r.to_string())
+            }
+            E::Refused(r @ Refusal::AmountOutOfRange { available, .. }) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_amount",
+                "The amount is not possible for this payment",
+            )
+            .with_detail(r.to_string())
+            .with_errors(vec![FieldError {
+                field: "amount_cents".into(),
+                message: format!("must be from 1 to {available}"),
+            }]),
+            E::Db(e) => e.into(),
+            E::Internal(what) => Problem::internal(&what),
+        }
+    }
+}
 
 pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
     let api = OpenApiRouter::new()
@@ -544,4 +586,59 @@ async fn audit_payments(
             })
             .collect(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::JobKind;
+
+    /// The codes and statuses clients and the order saga rely on, one per use-case error.
+    #[test]
+    fn each_error_keeps_its_problem() {
+        let (order, payment) = (OrderId::new(), Uuid::now_v7());
+        let cases: Vec<(service::Error, u16, &str)> = vec![
+            (service::Error::ConcurrentUpdate, 409, "concurrent_update"),
+            (service::Error::NotFound(payment), 404, "not_found"),
+            (service::Error::UnknownOrder(order), 404, "unknown_order"),
+            (
+                service::Error::AlreadyQueued(JobKind::Refund),
+                409,
+                "already_queued",
+            ),
+            (
+                service::Error::NotTheOrders {
+                    refusal: NotTheOrders::CaptureBeforeFulfilment,
+                    order_id: order,
+                },
+                409,
+                "order_not_fulfilled",
+            ),
+            (
+                service::Error::Refused(Refusal::AmountOutOfRange {
+                    requested: 9,
+                    available: 5,
+                }),
+                422,
+                "invalid_amount",
+            ),
+            (service::Error::Internal("x"), 500, "internal"),
+        ];
+        for (e, status, code) in cases {
+            let p = Problem::from(e);
+            assert_eq!((p.status, p.code.as_ref()), (status, code));
+        }
+        let p = Problem::from(service::Error::ConcurrentUpdate);
+        assert_eq!(p.retry_after_secs, Some(1));
+        let p = Problem::from(service::Error::NotTheOrders {
+            refusal: NotTheOrders::VoidOfLiveOrder,
+            order_id: order,
+        });
+        assert!(p
+            .detail
+            .unwrap()
+            .contains(&format!("/orders/{order}/cancel")));
+        let p = Problem::from(service::Error::NotFound(payment));
+        assert_eq!(p.detail.unwrap(), format!("no payment {payment}"));
+    }
 }

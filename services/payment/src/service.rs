@@ -1,7 +1,8 @@
 //! The payment use cases: open a payment for an order, ask for a capture, void or refund,
 //! react to a cancelled, fulfilled or refunded order, take in a processor webhook, and record
 //! what the processor answered. HTTP handlers, event handlers and the processor worker all call
-//! these; each runs inside the caller's transaction and knows nothing of HTTP.
+//! these; each runs inside the caller's transaction and knows nothing of HTTP: they fail with
+//! [`Error`], which `http` turns into problem documents in one place.
 //!
 //! None of them calls the processor. A use case that needs money to move queues the call
 //! (`processor_jobs`) in the same transaction as the state change that asks for it; the worker
@@ -13,7 +14,6 @@
 use crate::domain::{self, Fact, JobKind, Money, OnCancel, Queued, Refusal, Request, Status};
 use crate::psp::{Answer, Reply};
 use crate::store::{self, CallOutcome, Job, NewJob, Payment, Transaction};
-use axum::http::StatusCode;
 use mercato_kit::config::Secret;
 use mercato_kit::contracts::types::{
     PAYMENT_AUTHORIZED, PAYMENT_CAPTURED, PAYMENT_DELAYED, PAYMENT_FAILED, PAYMENT_REFUNDED,
@@ -24,7 +24,6 @@ use mercato_kit::db::{Db, Tx};
 use mercato_kit::events::{Cause, Envelope, OutboxWaker};
 use mercato_kit::ids::{Currency, OrderId, UserId};
 use mercato_kit::time::{now_us, to_rfc3339};
-use mercato_kit::Problem;
 use prometheus::{IntCounterVec, Opts};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -209,34 +208,41 @@ pub struct WebhookData {
     pub reference: String,
 }
 
-fn concurrent_update() -> Problem {
-    Problem::conflict(
-        "concurrent_update",
-        "the payment changed while this request was handled; retry",
-    )
-    .with_retry_after(1)
-}
-
-/// Whether a problem is a lost race on a payment's version (worth retrying at once).
-pub fn is_concurrent_update(p: &Problem) -> bool {
-    p.code == "concurrent_update"
-}
-
-/// The one mapping from a refused request to what the client sees.
-pub fn refused(r: Refusal) -> Problem {
-    match r {
-        Refusal::InvalidState { .. } => Problem::conflict("invalid_state", r.to_string()),
-        Refusal::AmountOutOfRange { available, .. } => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_amount",
-            "The amount is not possible for this payment",
-        )
-        .with_detail(r.to_string())
-        .with_errors(vec![mercato_kit::problem::FieldError {
-            field: "amount_cents".into(),
-            message: format!("must be from 1 to {available}"),
-        }]),
-    }
+/// What the payment use cases can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Someone changed the payment between our read and our write: a lost race on its
+    /// version, worth retrying at once with a fresh read.
+    #[error("the payment changed while this request was handled; retry")]
+    ConcurrentUpdate,
+    #[error("no payment {0}")]
+    NotFound(Uuid),
+    #[error("no order {0} has been announced to the payment service")]
+    UnknownOrder(OrderId),
+    /// A payment asked for on other terms than the order's own.
+    #[error("order {order_id} is for {amount_cents} {currency} (customer {customer}); a payment is only opened on its terms")]
+    OrderMismatch {
+        order_id: OrderId,
+        amount_cents: i64,
+        currency: String,
+        customer: String,
+    },
+    #[error("a {0} of this payment is already under way")]
+    AlreadyQueued(JobKind),
+    /// A capture, void or refund that is the order's to make, not a direct request's.
+    #[error("{}", refusal.to_string().replace("{id}", &order_id.to_string()))]
+    NotTheOrders {
+        refusal: domain::NotTheOrders,
+        order_id: OrderId,
+    },
+    /// Not possible for the payment as it is (its status, or the amount).
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error(transparent)]
+    Db(#[from] mercato_kit::db::Error),
+    /// Our own data contradicts itself.
+    #[error("{0}")]
+    Internal(&'static str),
 }
 
 fn queued(jobs: &[Job]) -> Vec<Queued> {
@@ -296,11 +302,11 @@ impl Payments {
 
     // ---- reading -------------------------------------------------------------------------
 
-    pub async fn get(&self, id: Uuid) -> Result<Option<Payment>, Problem> {
+    pub async fn get(&self, id: Uuid) -> Result<Option<Payment>, Error> {
         Ok(store::payment_by_id(self.db.reader(), id).await?)
     }
 
-    pub async fn list(&self, filter: &store::Filter, limit: i64) -> Result<Vec<Payment>, Problem> {
+    pub async fn list(&self, filter: &store::Filter, limit: i64) -> Result<Vec<Payment>, Error> {
         Ok(store::list_payments(self.db.reader(), filter, limit).await?)
     }
 
@@ -309,13 +315,13 @@ impl Payments {
         &self,
         after: Option<OrderId>,
         limit: i64,
-    ) -> Result<Vec<store::AuditedPayment>, Problem> {
+    ) -> Result<Vec<store::AuditedPayment>, Error> {
         Ok(store::audit_payments(self.db.reader(), after, limit).await?)
     }
 
     /// Waits (at most the configured answer wait) until no processor call is queued for the
     /// payment; the payment as it then is, and whether the processor has answered everything.
-    pub async fn wait_for_answer(&self, id: Uuid) -> Result<(Payment, bool), Problem> {
+    pub async fn wait_for_answer(&self, id: Uuid) -> Result<(Payment, bool), Error> {
         let deadline = tokio::time::Instant::now() + self.settings.answer_wait;
         let mut changes = self.changes.subscribe();
         loop {
@@ -326,7 +332,7 @@ impl Payments {
             let answered = store::jobs_of(self.db.reader(), id).await?.is_empty();
             let payment = store::payment_by_id(self.db.reader(), id)
                 .await?
-                .ok_or_else(|| Problem::not_found(format!("no payment {id}")))?;
+                .ok_or(Error::NotFound(id))?;
             if answered {
                 return Ok((payment, true));
             }
@@ -348,10 +354,10 @@ impl Payments {
         tx: &mut Tx,
         before: &Payment,
         mut next: Payment,
-    ) -> Result<Payment, Problem> {
+    ) -> Result<Payment, Error> {
         next.updated_at = now_us();
         if !store::update_payment(tx, &next, before.version).await? {
-            return Err(concurrent_update());
+            return Err(Error::ConcurrentUpdate);
         }
         self.metrics.changed(before, &next);
         next.version = before.version + 1;
@@ -366,7 +372,7 @@ impl Payments {
         payment: &Payment,
         call: Queued,
         cause: &Cause,
-    ) -> Result<Payment, Problem> {
+    ) -> Result<Payment, Error> {
         let mut next = payment.clone();
         if call.kind == JobKind::Refund {
             next.refund_seq += 1;
@@ -387,10 +393,7 @@ impl Payments {
             )
             .await?;
         if !inserted {
-            return Err(Problem::conflict(
-                "already_queued",
-                format!("a {} of this payment is already under way", call.kind),
-            ));
+            return Err(Error::AlreadyQueued(call.kind));
         }
         tracing::info!(payment = %payment.id, kind = %call.kind, amount = ?call.amount_cents, "processor call queued");
         self.save(tx, payment, next).await
@@ -399,7 +402,7 @@ impl Payments {
     /// Every processor call is queued here: the worker is woken once the call is committed
     /// (whoever owns the transaction, a request or the kit's consumer with a whole batch,
     /// commits it), never before.
-    async fn insert_job(&self, tx: &mut Tx, job: &NewJob<'_>) -> Result<bool, Problem> {
+    async fn insert_job(&self, tx: &mut Tx, job: &NewJob<'_>) -> Result<bool, Error> {
         let inserted = store::insert_job(tx, job).await?;
         if inserted {
             let worker = self.worker.clone();
@@ -415,7 +418,7 @@ impl Payments {
         event_type: &str,
         amount_cents: i64,
         cause: &Cause,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Error> {
         let env = if event_type == PAYMENT_FAILED {
             Envelope::new(
                 PRODUCER,
@@ -445,7 +448,7 @@ impl Payments {
         Ok(())
     }
 
-    async fn projection(&self, tx: &mut Tx, payment: &Payment) -> Result<Money, Problem> {
+    async fn projection(&self, tx: &mut Tx, payment: &Payment) -> Result<Money, Error> {
         let jobs = store::jobs_of(&mut **tx, payment.id).await?;
         Ok(payment.money.project(queued(&jobs).iter()))
     }
@@ -454,7 +457,7 @@ impl Payments {
 
     /// Opens a payment for an order and queues its authorization, unless the order was
     /// cancelled or has a payment already.
-    pub async fn open(&self, tx: &mut Tx, open: &Open, cause: &Cause) -> Result<Opened, Problem> {
+    pub async fn open(&self, tx: &mut Tx, open: &Open, cause: &Cause) -> Result<Opened, Error> {
         if store::is_cancelled(&mut **tx, open.order_id).await? {
             return Ok(Opened::OrderCancelled);
         }
@@ -481,7 +484,7 @@ impl Payments {
             return store::payment_by_order(&mut **tx, open.order_id)
                 .await?
                 .map(Opened::Existing)
-                .ok_or_else(|| Problem::internal(&"a payment vanished while being opened"));
+                .ok_or(Error::Internal("a payment vanished while being opened"));
         }
         let key = domain::idempotency_key(payment.id, JobKind::Authorize, 0);
         self.insert_job(
@@ -509,20 +512,13 @@ impl Payments {
         tx: &mut Tx,
         open: &Open,
         cause: &Cause,
-    ) -> Result<Opened, Problem> {
+    ) -> Result<Opened, Error> {
         let (terms, standing) = store::order_facts(tx, open.order_id).await?;
         if standing.cancelled {
             return Ok(Opened::OrderCancelled);
         }
         let Some(terms) = terms else {
-            return Err(
-                Problem::new(StatusCode::NOT_FOUND, "unknown_order", "No such order").with_detail(
-                    format!(
-                        "no order {} has been announced to the payment service",
-                        open.order_id
-                    ),
-                ),
-            );
+            return Err(Error::UnknownOrder(open.order_id));
         };
         let same = terms.amount_cents == open.amount_cents
             && terms.currency == open.currency.as_str()
@@ -530,18 +526,14 @@ impl Payments {
                 .customer_id
                 .is_none_or(|c| terms.customer_id == Some(c));
         if !same {
-            return Err(Problem::conflict(
-                "order_mismatch",
-                format!(
-                    "order {} is for {} {} (customer {}); a payment is only opened on its terms",
-                    open.order_id,
-                    terms.amount_cents,
-                    terms.currency,
-                    terms
-                        .customer_id
-                        .map_or_else(|| "unknown".to_owned(), |c| c.to_string())
-                ),
-            ));
+            return Err(Error::OrderMismatch {
+                order_id: open.order_id,
+                amount_cents: terms.amount_cents,
+                currency: terms.currency,
+                customer: terms
+                    .customer_id
+                    .map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+            });
         }
         let open = Open {
             customer_id: terms.customer_id,
@@ -556,7 +548,7 @@ impl Payments {
         tx: &mut Tx,
         order_id: OrderId,
         terms: &store::OrderTerms,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Error> {
         store::record_order_terms(tx, order_id, terms).await?;
         Ok(())
     }
@@ -570,24 +562,17 @@ impl Payments {
         id: Uuid,
         request: Request,
         cause: &Cause,
-    ) -> Result<Payment, Problem> {
+    ) -> Result<Payment, Error> {
         let payment = store::payment_by_id(&mut **tx, id)
             .await?
-            .ok_or_else(|| Problem::not_found(format!("no payment {id}")))?;
+            .ok_or(Error::NotFound(id))?;
         let (_, standing) = store::order_facts(tx, payment.order_id).await?;
-        domain::direct_request(&standing, request).map_err(|r| {
-            let code = match r {
-                domain::NotTheOrders::VoidOfLiveOrder => "order_not_cancelled",
-                domain::NotTheOrders::CaptureBeforeFulfilment => "order_not_fulfilled",
-                domain::NotTheOrders::RefundOfLiveOrder => "order_not_refunded",
-            };
-            Problem::conflict(
-                code,
-                r.to_string().replace("{id}", &payment.order_id.to_string()),
-            )
+        domain::direct_request(&standing, request).map_err(|refusal| Error::NotTheOrders {
+            refusal,
+            order_id: payment.order_id,
         })?;
         let projected = self.projection(tx, &payment).await?;
-        let call = domain::plan(&projected, request).map_err(refused)?;
+        let call = domain::plan(&projected, request).map_err(Error::Refused)?;
         self.queue(tx, &payment, call, cause).await
     }
 
@@ -600,7 +585,7 @@ impl Payments {
         order_id: OrderId,
         reason: &str,
         cause: &Cause,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Error> {
         store::mark_cancelled(tx, order_id, reason).await?;
         // Read the payment only under its row lock. An answer (or webhook) being recorded
         // saves the payment and then looks for the cancellation; without the lock, on
@@ -648,7 +633,7 @@ impl Payments {
         tx: &mut Tx,
         order_id: OrderId,
         cause: &Cause,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Error> {
         store::record_order_step(tx, order_id, store::OrderStep::Fulfilled).await?;
         let Some(payment) = store::payment_by_order(&mut **tx, order_id).await? else {
             tracing::warn!(order = %order_id, "order fulfilled without a payment; nothing to capture");
@@ -675,7 +660,7 @@ impl Payments {
         order_id: OrderId,
         amount_cents: Option<i64>,
         cause: &Cause,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Error> {
         store::record_order_step(tx, order_id, store::OrderStep::Refunded).await?;
         let Some(payment) = store::payment_by_order(&mut **tx, order_id).await? else {
             tracing::warn!(order = %order_id, "order refunded without a payment; nothing to refund");
@@ -715,9 +700,12 @@ impl Payments {
         payment: Payment,
         provider_ref: &str,
         cause: &Cause,
-    ) -> Result<&'static str, Problem> {
+    ) -> Result<&'static str, Error> {
         let mut next = payment.clone();
-        next.money = payment.money.apply(Fact::Authorized).map_err(refused)?;
+        next.money = payment
+            .money
+            .apply(Fact::Authorized)
+            .map_err(Error::Refused)?;
         next.provider_ref = Some(provider_ref.to_owned());
         next.failure_reason = None;
         let saved = self.save(tx, &payment, next).await?;
@@ -756,7 +744,7 @@ impl Payments {
         payment: Payment,
         provider_ref: &str,
         cause: &Cause,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Error> {
         let mut next = payment.clone();
         next.provider_ref = Some(provider_ref.to_owned());
         let saved = self.save(tx, &payment, next).await?;
@@ -778,9 +766,9 @@ impl Payments {
         reason: &str,
         provider_ref: Option<&str>,
         cause: &Cause,
-    ) -> Result<Payment, Problem> {
+    ) -> Result<Payment, Error> {
         let mut next = payment.clone();
-        next.money = payment.money.apply(fact).map_err(refused)?;
+        next.money = payment.money.apply(fact).map_err(Error::Refused)?;
         next.failure_reason = Some(reason.to_owned());
         if next.provider_ref.is_none() {
             next.provider_ref = provider_ref.map(str::to_owned);
@@ -798,7 +786,7 @@ impl Payments {
 
     /// A signed processor webhook (the signature is checked by the caller). Handled once per
     /// event id; a late or contradicting event is recorded and changes nothing.
-    pub async fn webhook(&self, tx: &mut Tx, event: &WebhookEvent) -> Result<String, Problem> {
+    pub async fn webhook(&self, tx: &mut Tx, event: &WebhookEvent) -> Result<String, Error> {
         let d = &event.data;
         if !store::claim_webhook(tx, &event.id, &event.kind, &d.provider_ref, event.created).await?
         {
@@ -870,14 +858,14 @@ impl Payments {
     /// Drops a queued authorization that was never sent because the order was cancelled
     /// first: nothing was ever held, so the payment is void. False when the call was sent (or
     /// taken) in the meantime, which the caller then makes as usual.
-    pub async fn drop_unsent(&self, job: &Job) -> Result<bool, Problem> {
+    pub async fn drop_unsent(&self, job: &Job) -> Result<bool, Error> {
         let mut tx = self.db.begin().await?;
         if !store::drop_unsent_job(&mut tx, job.seq).await? {
             return Ok(false);
         }
         let payment = store::payment_by_id(&mut *tx, job.payment_id)
             .await?
-            .ok_or_else(|| Problem::internal(&"a queued call has no payment"))?;
+            .ok_or(Error::Internal("a queued call has no payment"))?;
         store::insert_transaction(
             &mut tx,
             &Transaction {
@@ -917,7 +905,7 @@ impl Payments {
         job: &Job,
         attempt: i64,
         answer: &Answer,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Error> {
         // A lost race on the payment's version is retried at once with a fresh read.
         let mut tries = 0;
         loop {
@@ -929,8 +917,8 @@ impl Payments {
                     self.committed();
                     return Ok(());
                 }
-                Err(p) if is_concurrent_update(&p) && tries < 5 => continue,
-                Err(p) => return Err(p),
+                Err(Error::ConcurrentUpdate) if tries < 5 => continue,
+                Err(e) => return Err(e),
             }
         }
     }
@@ -941,10 +929,10 @@ impl Payments {
         job: &Job,
         attempt: i64,
         answer: &Answer,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Error> {
         let payment = store::payment_by_id(&mut **tx, job.payment_id)
             .await?
-            .ok_or_else(|| Problem::internal(&"a queued call has no payment"))?;
+            .ok_or(Error::Internal("a queued call has no payment"))?;
         let (outcome, provider_ref) = match &answer.reply {
             Reply::Authorized { provider_ref } => (CallOutcome::Succeeded, Some(provider_ref)),
             Reply::Pending { provider_ref } => (CallOutcome::Pending, Some(provider_ref)),
@@ -1191,7 +1179,7 @@ impl Payments {
         attempt: i64,
         reason: &str,
         next_attempt_at: i64,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Error> {
         let env = Envelope::new(
             PRODUCER,
             PAYMENT_DELAYED,
@@ -1219,7 +1207,7 @@ impl Payments {
         event_type: &str,
         amount_cents: i64,
         cause: &Cause,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Error> {
         let money = match payment.money.apply(fact) {
             Ok(m) => m,
             Err(r) => {

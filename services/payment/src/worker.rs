@@ -162,9 +162,6 @@ impl Worker {
                 retry_in: None,
             },
         };
-        self.payments
-            .record_answer(&job, attempt, &answer)
-            .await
-            .map_err(|p| anyhow::anyhow!("{p}"))
+        Ok(self.payments.record_answer(&job, attempt, &answer).await?)
     }
 }
