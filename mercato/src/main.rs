@@ -56,6 +56,13 @@ enum Command {
     },
 }
 
+// jemalloc rather than glibc's malloc: under load glibc kept freed memory, the dynamic mmap
+// threshold pulling large short-lived blocks (argon2's, SQLite's) into arenas it never gave
+// back; `mercato up` sat at 938 MB RSS after 18,000 orders with a 168 MB heap peak
+// (heaptrack). Measured in docs/BENCHMARKS.md, "Memory".
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
