@@ -1,6 +1,6 @@
 //! The rules of a payment, free of HTTP, SQL and the clock: its states, what each processor
-//! answer does to it, which capture, void or refund may be asked for now, and how long to wait
-//! before asking the processor again.
+//! answer does to it ([`next_step`], in `answer`), which capture, void or refund may be asked
+//! for now, and how long to wait before asking the processor again.
 //!
 //! Two views of one payment matter. Its *state* is what the processor has confirmed. Its
 //! *projection* is that state with every processor call still queued assumed to succeed; new
@@ -11,6 +11,26 @@
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
+
+mod answer;
+pub use answer::{
+    gave_up, next_step, Answer, Attempt, Effect, Failure, Reconcile, Reply, RetryRules, Standing,
+    Step,
+};
+
+/// Failure reasons this service sets itself (declines carry the processor's decline code).
+pub mod reasons {
+    /// The processor could not be reached (or kept failing) until the reservation expired.
+    pub const PROCESSOR_UNAVAILABLE: &str = "processor_unavailable";
+    /// The processor refused the payment method itself (an unknown token).
+    pub const INVALID_PAYMENT_METHOD: &str = "invalid_payment_method";
+    /// The processor refused the request for another reason.
+    pub const PROCESSOR_REFUSED: &str = "processor_refused";
+    /// A pending authorization settled as failed (webhook).
+    pub const AUTHORIZATION_FAILED: &str = "authorization_failed";
+    /// The order was cancelled before the authorization was ever requested.
+    pub const ORDER_CANCELLED: &str = "order_cancelled";
+}
 
 /// The largest amount one payment may carry (the processor's own limit).
 pub const MAX_AMOUNT_CENTS: i64 = 100_000_000;

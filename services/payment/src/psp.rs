@@ -39,62 +39,7 @@ pub enum Call<'a> {
     },
 }
 
-/// What the processor's answer means.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// The amount is held.
-    Authorized { provider_ref: String },
-    /// Accepted; the outcome arrives by webhook.
-    Pending { provider_ref: String },
-    /// The issuer said no.
-    Declined {
-        decline_code: String,
-        provider_ref: Option<String>,
-    },
-    /// A capture, void or refund was done.
-    Done { provider_status: String },
-    /// The processor refused the request itself (unknown token, invalid state, bad amount):
-    /// final, and a sign that we and the processor disagree.
-    Refused {
-        status: u16,
-        code: String,
-        detail: String,
-    },
-    /// Nothing is known; try again later with the same key. `maybe_applied` when the request
-    /// may have reached the processor and taken effect (a timeout, a gateway error), as
-    /// opposed to being refused before any effect (no connection, the breaker open, 503, 429).
-    Retryable { reason: String, maybe_applied: bool },
-}
-
-impl Reply {
-    /// One line for the transaction record.
-    pub fn summary(&self) -> String {
-        let text = match self {
-            Reply::Authorized { provider_ref } => format!("authorized as {provider_ref}"),
-            Reply::Pending { provider_ref } => format!("pending as {provider_ref}"),
-            Reply::Declined { decline_code, .. } => format!("declined: {decline_code}"),
-            Reply::Done { provider_status } => format!("done: {provider_status}"),
-            Reply::Refused {
-                status,
-                code,
-                detail,
-            } => format!("refused {status} {code}: {detail}"),
-            Reply::Retryable { reason, .. } => format!("transient: {reason}"),
-        };
-        text.chars().take(500).collect()
-    }
-}
-
-/// A reply with what is recorded about the call.
-#[derive(Clone, Debug)]
-pub struct Answer {
-    pub reply: Reply,
-    pub http_status: Option<u16>,
-    pub elapsed: Duration,
-    /// For a call the open circuit breaker refused: when trial calls will be let through. A
-    /// retry before then would be refused too, and one long after wastes the recovery.
-    pub retry_in: Option<Duration>,
-}
+pub use crate::domain::{Answer, Reply};
 
 /// The name of the processor in the kit's client metrics and logs
 /// (`circuit_breaker_state{dependency="processor"}`).

@@ -11,8 +11,10 @@
 //! call is never lost or made twice: it exists exactly when the change that asked for it was
 //! committed, and every retry of it carries the same idempotency key.
 
-use crate::domain::{self, Fact, JobKind, Money, OnCancel, Queued, Refusal, Request, Status};
-use crate::psp::{Answer, Reply};
+use crate::domain::{
+    self, Answer, Attempt, Effect, Fact, Failure, JobKind, Money, OnCancel, Queued, Reconcile,
+    Refusal, Reply, Request, RetryRules, Standing, Status, Step,
+};
 use crate::store::{self, CallOutcome, Job, NewJob, Payment, Transaction};
 use mercato_kit::config::Secret;
 use mercato_kit::contracts::types::{
@@ -34,19 +36,7 @@ use uuid::Uuid;
 /// The producer name on every event this service emits.
 pub const PRODUCER: &str = "payment";
 
-/// Failure reasons this service sets itself (declines carry the processor's decline code).
-pub mod reasons {
-    /// The processor could not be reached (or kept failing) until the reservation expired.
-    pub const PROCESSOR_UNAVAILABLE: &str = "processor_unavailable";
-    /// The processor refused the payment method itself (an unknown token).
-    pub const INVALID_PAYMENT_METHOD: &str = "invalid_payment_method";
-    /// The processor refused the request for another reason.
-    pub const PROCESSOR_REFUSED: &str = "processor_refused";
-    /// A pending authorization settled as failed (webhook).
-    pub const AUTHORIZATION_FAILED: &str = "authorization_failed";
-    /// The order was cancelled before the authorization was ever requested.
-    pub const ORDER_CANCELLED: &str = "order_cancelled";
-}
+pub use crate::domain::reasons;
 
 /// How often a caller waiting for the processor's answer reads the queue again, for answers
 /// recorded by another replica.
@@ -252,6 +242,30 @@ fn queued(jobs: &[Job]) -> Vec<Queued> {
             amount_cents: j.amount_cents,
         })
         .collect()
+}
+
+/// The audit record of one attempt of `job` and what the processor answered to it.
+fn attempt_record(job: &Job, attempt: i64, answer: &Answer, payment: &Payment) -> Transaction {
+    let (outcome, provider_ref) = match &answer.reply {
+        Reply::Authorized { provider_ref } => (CallOutcome::Succeeded, Some(provider_ref)),
+        Reply::Pending { provider_ref } => (CallOutcome::Pending, Some(provider_ref)),
+        Reply::Declined { provider_ref, .. } => (CallOutcome::Declined, provider_ref.as_ref()),
+        Reply::Done { .. } => (CallOutcome::Succeeded, payment.provider_ref.as_ref()),
+        Reply::Refused { .. } => (CallOutcome::Refused, payment.provider_ref.as_ref()),
+        Reply::Retryable { .. } => (CallOutcome::RetryableError, None),
+    };
+    Transaction {
+        payment_id: payment.id,
+        kind: job.kind,
+        idempotency_key: job.idempotency_key.clone(),
+        amount_cents: job.amount_cents,
+        attempt,
+        outcome,
+        http_status: answer.http_status,
+        provider_ref: provider_ref.cloned(),
+        summary: answer.reply.summary(),
+        duration_ms: Some(answer.elapsed.as_millis().min(i64::MAX as u128) as i64),
+    }
 }
 
 impl Payments {
@@ -731,8 +745,7 @@ impl Payments {
 
     /// Whether we failed the payment for want of an answer (so a hold may exist unknown to us).
     fn gave_up(&self, payment: &Payment) -> bool {
-        payment.money.status == Status::Failed
-            && payment.failure_reason.as_deref() == Some(reasons::PROCESSOR_UNAVAILABLE)
+        domain::gave_up(payment.money.status, payment.failure_reason.as_deref())
     }
 
     /// The processor authorized a payment we had already failed: release the hold, or the
@@ -923,6 +936,7 @@ impl Payments {
         }
     }
 
+    /// Carries out what [`domain::next_step`] decides about `answer`, inside `tx`.
     async fn apply_answer(
         &self,
         tx: &mut Tx,
@@ -933,126 +947,120 @@ impl Payments {
         let payment = store::payment_by_id(&mut **tx, job.payment_id)
             .await?
             .ok_or(Error::Internal("a queued call has no payment"))?;
-        let (outcome, provider_ref) = match &answer.reply {
-            Reply::Authorized { provider_ref } => (CallOutcome::Succeeded, Some(provider_ref)),
-            Reply::Pending { provider_ref } => (CallOutcome::Pending, Some(provider_ref)),
-            Reply::Declined { provider_ref, .. } => (CallOutcome::Declined, provider_ref.as_ref()),
-            Reply::Done { .. } => (CallOutcome::Succeeded, payment.provider_ref.as_ref()),
-            Reply::Refused { .. } => (CallOutcome::Refused, payment.provider_ref.as_ref()),
-            Reply::Retryable { .. } => (CallOutcome::RetryableError, None),
-        };
-        let mut record = Transaction {
-            payment_id: payment.id,
-            kind: job.kind,
-            idempotency_key: job.idempotency_key.clone(),
-            amount_cents: job.amount_cents,
-            attempt,
-            outcome,
-            http_status: answer.http_status,
-            provider_ref: provider_ref.cloned(),
-            summary: answer.reply.summary(),
-            duration_ms: Some(answer.elapsed.as_millis().min(i64::MAX as u128) as i64),
-        };
-        if let Reply::Retryable {
-            reason,
-            maybe_applied,
-        } = &answer.reply
-        {
-            let now = now_us();
-            let ambiguous = job.ambiguous || *maybe_applied;
-            let expired =
-                job.kind == JobKind::Authorize && job.give_up_at.is_some_and(|g| now >= g);
-            if !expired {
-                // While the processor's breaker is open, come back when it lets a trial call
-                // through: refused attempts would otherwise push the backoff towards its cap,
-                // and a processor back after 30 s would see its payments only a minute later.
-                let wait = answer.retry_in.unwrap_or_else(|| {
-                    domain::backoff(
-                        attempt.clamp(1, u32::MAX as i64) as u32,
-                        self.settings.retry_base,
-                        self.settings.retry_cap,
-                        rand::random::<f64>(),
-                    )
-                });
-                let mut at = now + wait.as_micros().min(i64::MAX as u128) as i64;
-                if let Some(g) = job.give_up_at {
-                    // One last attempt at the deadline rather than none after it.
-                    at = at.min(g);
-                }
+        let now = now_us();
+        let step = domain::next_step(
+            &Attempt {
+                kind: job.kind,
+                amount_cents: job.amount_cents,
+                give_up_at: job.give_up_at,
+                ambiguous: job.ambiguous,
+                attempt,
+            },
+            &Standing {
+                money: payment.money,
+                provider_ref: payment.provider_ref.as_deref(),
+                failure_reason: payment.failure_reason.as_deref(),
+            },
+            answer,
+            now,
+            &RetryRules {
+                base: self.settings.retry_base,
+                cap: self.settings.retry_cap,
+                reconcile_for: self.settings.reconcile_for,
+            },
+            rand::random::<f64>(),
+        );
+        let mut record = attempt_record(job, attempt, answer, &payment);
+        let cause = &job.cause;
+        match step {
+            Step::Retry {
+                at,
+                ambiguous,
+                reason,
+                announce_delay,
+            } => {
                 let retry = store::Retry {
                     not_before: at,
                     give_up_at: job.give_up_at,
                     ambiguous,
-                    error: reason,
+                    error: &reason,
                 };
                 let requeued = store::reschedule_job(tx, job.seq, &retry).await?;
                 store::insert_transaction(tx, &record).await?;
                 tracing::warn!(payment = %payment.id, kind = %job.kind, attempt, %reason, retry_in_ms = (at - now) / 1000, "processor call failed; will retry");
-                // The order waits for this authorization: tell it why, once per failed attempt.
-                // Not for a call already answered elsewhere (no longer queued), nor for the
-                // checks that follow a give-up (the payment has failed by then).
-                if requeued
-                    && job.kind == JobKind::Authorize
-                    && payment.money.status == Status::Pending
+                // Not for a call already answered elsewhere (no longer queued).
+                if requeued && announce_delay {
+                    self.delayed(tx, &payment, job, attempt, &reason, at)
+                        .await?;
+                }
+            }
+            Step::GiveUp {
+                reason,
+                reconcile,
+                fail,
+            } => {
+                record.outcome = CallOutcome::GaveUp;
+                store::insert_transaction(tx, &record).await?;
+                if let Some(Reconcile {
+                    not_before,
+                    give_up_at,
+                }) = reconcile
                 {
-                    self.delayed(tx, &payment, job, attempt, reason, at).await?;
-                }
-                return Ok(());
-            }
-            record.outcome = CallOutcome::GaveUp;
-            store::insert_transaction(tx, &record).await?;
-            let pending = payment.money.status == Status::Pending;
-            if pending && ambiguous {
-                // An earlier attempt may have authorized without us hearing the answer. Keep
-                // asking, with the same key, so that an authorization that exists is found
-                // (the processor replays it) and released instead of held for nothing.
-                let retry = store::Retry {
-                    not_before: now + self.settings.retry_cap.as_micros() as i64,
-                    give_up_at: Some(now + self.settings.reconcile_for.as_micros() as i64),
-                    ambiguous,
-                    error: reason,
-                };
-                store::reschedule_job(tx, job.seq, &retry).await?;
-                tracing::warn!(payment = %payment.id, attempt, %reason, "processor unavailable until the reservation expired; failing the payment and checking later whether a hold was placed");
-            } else {
-                store::delete_job(tx, job.seq).await?;
-                if pending {
-                    tracing::warn!(payment = %payment.id, attempt, %reason, "processor unavailable until the reservation expired; giving up");
+                    let retry = store::Retry {
+                        not_before,
+                        give_up_at: Some(give_up_at),
+                        ambiguous: true,
+                        error: &reason,
+                    };
+                    store::reschedule_job(tx, job.seq, &retry).await?;
+                    tracing::warn!(payment = %payment.id, attempt, %reason, "processor unavailable until the reservation expired; failing the payment and checking later whether a hold was placed");
                 } else {
-                    tracing::error!(payment = %payment.id, attempt, %reason, "could not learn whether a lost authorization attempt placed a hold; check the processor by hand");
+                    store::delete_job(tx, job.seq).await?;
+                    if fail.is_some() {
+                        tracing::warn!(payment = %payment.id, attempt, %reason, "processor unavailable until the reservation expired; giving up");
+                    } else {
+                        tracing::error!(payment = %payment.id, attempt, %reason, "could not learn whether a lost authorization attempt placed a hold; check the processor by hand");
+                    }
+                }
+                if let Some(failure) = fail {
+                    self.fail(tx, payment, &failure, cause).await?;
                 }
             }
-            if pending {
-                self.failed(
-                    tx,
-                    payment,
-                    Fact::Declined,
-                    reasons::PROCESSOR_UNAVAILABLE,
-                    None,
-                    &job.cause,
-                )
-                .await?;
+            Step::Answered(effect) => {
+                if !store::delete_job(tx, job.seq).await? {
+                    // Another worker recorded this call's answer already.
+                    return Ok(());
+                }
+                store::insert_transaction(tx, &record).await?;
+                self.answered(tx, job, payment, &answer.reply, effect)
+                    .await?;
             }
-            return Ok(());
         }
-        if !store::delete_job(tx, job.seq).await? {
-            // Another worker recorded this call's answer already.
-            return Ok(());
-        }
-        store::insert_transaction(tx, &record).await?;
-        let status = payment.money.status;
+        Ok(())
+    }
+
+    /// Carries out the effect of a final answer to `job`.
+    async fn answered(
+        &self,
+        tx: &mut Tx,
+        job: &Job,
+        payment: Payment,
+        reply: &Reply,
+        effect: Effect,
+    ) -> Result<(), Error> {
         let cause = &job.cause;
-        match (job.kind, &answer.reply) {
-            (JobKind::Authorize, Reply::Authorized { provider_ref })
-                if status == Status::Pending =>
-            {
-                self.authorized(tx, payment, provider_ref, cause).await?;
+        match effect {
+            Effect::Authorize { provider_ref } => {
+                self.authorized(tx, payment, &provider_ref, cause).await?;
             }
-            (JobKind::Authorize, Reply::Pending { provider_ref }) if status == Status::Pending => {
+            Effect::AwaitWebhook {
+                provider_ref,
+                remember_ref,
+            } => {
                 let mut current = payment.clone();
-                if payment.provider_ref.is_none() {
+                if remember_ref {
                     let mut next = payment.clone();
-                    next.provider_ref = Some(provider_ref.clone());
+                    next.provider_ref = Some(provider_ref);
                     current = self.save(tx, &payment, next).await?;
                 }
                 if store::is_cancelled(&mut **tx, payment.order_id).await? {
@@ -1069,104 +1077,77 @@ impl Payments {
                     tracing::info!(payment = %job.payment_id, "authorization pending; waiting for the processor's webhook");
                 }
             }
-            (
-                JobKind::Authorize,
-                Reply::Declined {
-                    decline_code,
-                    provider_ref,
-                },
-            ) if status == Status::Pending => {
-                self.failed(
-                    tx,
-                    payment,
-                    Fact::Declined,
-                    decline_code,
-                    provider_ref.as_deref(),
-                    cause,
-                )
-                .await?;
-            }
-            (
-                JobKind::Authorize,
-                Reply::Refused {
+            Effect::Fail(failure) => {
+                if let Reply::Refused {
                     status: http,
                     code,
                     detail,
-                },
-            ) if status == Status::Pending => {
-                tracing::warn!(payment = %job.payment_id, http, %code, %detail, "processor refused the authorization");
-                let reason = if *http == 422 {
-                    reasons::INVALID_PAYMENT_METHOD
-                } else {
-                    reasons::PROCESSOR_REFUSED
-                };
-                self.failed(tx, payment, Fact::Declined, reason, None, cause)
+                } = reply
+                {
+                    tracing::warn!(payment = %job.payment_id, http, %code, %detail, "processor refused the authorization");
+                }
+                self.fail(tx, payment, &failure, cause).await?;
+            }
+            Effect::ReleaseOrphan { provider_ref } => {
+                self.release_orphan(tx, payment, &provider_ref, cause)
                     .await?;
             }
-            (JobKind::Authorize, Reply::Authorized { provider_ref }) if self.gave_up(&payment) => {
-                self.release_orphan(tx, payment, provider_ref, cause)
-                    .await?;
-            }
-            (JobKind::Authorize, Reply::Pending { provider_ref }) if self.gave_up(&payment) => {
+            Effect::RememberRef { provider_ref } => {
                 // Its webhook will say whether it succeeds; the reference lets us release it.
                 let mut next = payment.clone();
-                next.provider_ref = Some(provider_ref.clone());
+                next.provider_ref = Some(provider_ref);
                 self.save(tx, &payment, next).await?;
             }
-            (JobKind::Capture, Reply::Done { .. }) => {
-                let amount = job.amount_cents.unwrap_or(payment.money.amount_cents);
-                self.confirm(
-                    tx,
-                    payment,
-                    Fact::Captured {
-                        amount_cents: amount,
-                    },
-                    PAYMENT_CAPTURED,
-                    amount,
-                    cause,
-                )
-                .await?;
+            Effect::Confirm { fact, amount_cents } => {
+                let event_type = match fact {
+                    Fact::Captured { .. } => PAYMENT_CAPTURED,
+                    Fact::Refunded { .. } => PAYMENT_REFUNDED,
+                    _ => PAYMENT_VOIDED,
+                };
+                self.confirm(tx, payment, fact, event_type, amount_cents, cause)
+                    .await?;
             }
-            (JobKind::Void, Reply::Done { .. }) => {
-                if status == Status::Authorized || status == Status::Pending {
-                    let amount = payment.money.amount_cents;
-                    self.confirm(tx, payment, Fact::Voided, PAYMENT_VOIDED, amount, cause)
-                        .await?;
-                } else {
-                    tracing::info!(payment = %job.payment_id, %status, "orphan hold released");
-                }
+            Effect::OrphanReleased => {
+                let status = payment.money.status;
+                tracing::info!(payment = %job.payment_id, %status, "orphan hold released");
             }
-            (JobKind::Refund, Reply::Done { .. }) => {
-                let amount = job.amount_cents.unwrap_or(payment.money.refundable());
-                self.confirm(
-                    tx,
-                    payment,
-                    Fact::Refunded {
-                        amount_cents: amount,
-                    },
-                    PAYMENT_REFUNDED,
-                    amount,
-                    cause,
-                )
-                .await?;
-            }
-            (
-                kind,
-                Reply::Refused {
+            Effect::Disputed => {
+                if let Reply::Refused {
                     status: http,
                     code,
                     detail,
-                },
-            ) => {
-                tracing::error!(payment = %job.payment_id, %kind, http, %code, %detail,
-                    "processor refused a call we believed valid; payment unchanged");
+                } = reply
+                {
+                    tracing::error!(payment = %job.payment_id, kind = %job.kind, http, %code, %detail,
+                        "processor refused a call we believed valid; payment unchanged");
+                }
             }
-            (kind, reply) => {
-                tracing::info!(payment = %job.payment_id, %kind, %status, reply = %reply.summary(),
+            Effect::Nothing => {
+                let status = payment.money.status;
+                tracing::info!(payment = %job.payment_id, kind = %job.kind, %status, reply = %reply.summary(),
                     "processor answer changes nothing (the payment moved on)");
             }
         }
         Ok(())
+    }
+
+    /// Fails a pending payment as `failure` says.
+    async fn fail(
+        &self,
+        tx: &mut Tx,
+        payment: Payment,
+        failure: &Failure,
+        cause: &Cause,
+    ) -> Result<Payment, Error> {
+        self.failed(
+            tx,
+            payment,
+            failure.fact,
+            &failure.reason,
+            failure.provider_ref.as_deref(),
+            cause,
+        )
+        .await
     }
 
     /// Announces `payment.delayed`: the authorization's attempt `attempt` failed for `reason`,
