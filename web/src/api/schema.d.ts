@@ -1280,7 +1280,7 @@ export interface components {
              */
             outbox_pending: number;
         };
-        /** @description One field that failed validation. */
+        /** @description One field that failed validation: its name and what is wrong with it. */
         FieldError: {
             field: string;
             message: string;
