@@ -847,7 +847,7 @@ impl KafkaSubscription {
         drop(msg);
         Ok(match taken {
             None => {
-                self.commit_skipped_if_idle(&topic, partition).await;
+                self.commit_skipped_if_idle();
                 None
             }
             Some(d) => Some(self.count(d, &topic, partition, offset).await?),
@@ -898,37 +898,37 @@ impl KafkaSubscription {
         Ok(true)
     }
 
-    /// A partition whose only news was skipped messages commits past them now, so its lag
-    /// does not show events nobody here reads.
-    async fn commit_skipped_if_idle(&mut self, topic: &str, partition: i32) {
-        let busy = self
-            .unacked
+    /// Partitions holding a delivery handed out and not acknowledged.
+    fn busy(&self) -> HashSet<(String, i32)> {
+        self.unacked
             .values()
-            .any(|h| h.topic == topic && h.partition == partition);
-        if busy {
-            return;
-        }
-        let key = (topic.to_owned(), partition);
-        let Some(next) = self.skipped.remove(&key) else {
-            return;
-        };
-        if self.committed.get(&key).is_some_and(|c| *c >= next) {
+            .map(|h| (h.topic.clone(), h.partition))
+            .collect()
+    }
+
+    /// Partitions whose only news was skipped messages commit past them now, so their lag
+    /// does not show events nobody here reads.
+    fn commit_skipped_if_idle(&mut self) {
+        let busy = self.busy();
+        let next = commit_offsets(BTreeMap::new(), &mut self.skipped, &busy, &self.committed);
+        if next.is_empty() {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(topic, partition, Offset::Offset(next))
-            .is_ok()
-        {
-            // Asynchronous: nothing waits on it, and a lost one is covered by the next commit
-            // of this partition (librdkafka sends a group's commits in order).
-            match self.client().commit(&tpl, CommitMode::Async) {
-                Ok(()) => {
-                    self.committed.insert(key, next);
-                }
-                Err(e) => {
-                    tracing::debug!(group = %self.group, error = %e, "committing skipped messages failed")
-                }
+        for ((topic, partition), offset) in &next {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .is_err()
+            {
+                return;
+            }
+        }
+        // Asynchronous: nothing waits on it, and a lost one is covered by the next commit of
+        // these partitions (librdkafka sends a group's commits in order).
+        match self.client().commit(&tpl, CommitMode::Async) {
+            Ok(()) => self.committed.extend(next),
+            Err(e) => {
+                tracing::debug!(group = %self.group, error = %e, "committing skipped messages failed")
             }
         }
     }
@@ -1055,11 +1055,7 @@ impl Subscription for KafkaSubscription {
             let e = next.entry((h.topic, h.partition)).or_insert(0);
             *e = (*e).max(h.offset + 1);
         }
-        let busy: HashSet<(String, i32)> = self
-            .unacked
-            .values()
-            .map(|h| (h.topic.clone(), h.partition))
-            .collect();
+        let busy = self.busy();
         let next = commit_offsets(next, &mut self.skipped, &busy, &self.committed);
         if next.is_empty() {
             return Ok(());
