@@ -66,10 +66,7 @@ pub async fn update(
     patch: &ProductPatch,
     cause: &Cause,
 ) -> Result<Product, Error> {
-    let current = store::lock(tx, id).await?.ok_or(Error::NotFound(id))?;
-    if !domain::may_edit(principal, &current) {
-        return Err(domain::Forbidden::NOT_OWNER_CHANGE.into());
-    }
+    let current = editable(tx, principal, id, domain::Forbidden::NOT_OWNER_CHANGE).await?;
     apply(tx, current, patch, cause).await
 }
 
@@ -82,15 +79,27 @@ pub async fn deactivate(
     id: ProductId,
     cause: &Cause,
 ) -> Result<Product, Error> {
-    let current = store::lock(tx, id).await?.ok_or(Error::NotFound(id))?;
-    if !domain::may_edit(principal, &current) {
-        return Err(domain::Forbidden::NOT_OWNER_DEACTIVATE.into());
-    }
+    let current = editable(tx, principal, id, domain::Forbidden::NOT_OWNER_DEACTIVATE).await?;
     let patch = ProductPatch {
         active: Some(false),
         ..ProductPatch::default()
     };
     apply(tx, current, &patch, cause).await
+}
+
+/// The product, read under its lock in `tx`, if `principal` may change it (its owner or an
+/// admin); `refusal` says what they were refused otherwise.
+async fn editable(
+    tx: &mut Tx,
+    principal: &Principal,
+    id: ProductId,
+    refusal: domain::Forbidden,
+) -> Result<Product, Error> {
+    let current = store::lock(tx, id).await?.ok_or(Error::NotFound(id))?;
+    if !domain::may_edit(principal, &current) {
+        return Err(refusal.into());
+    }
+    Ok(current)
 }
 
 /// Writes `current` (read under its lock in `tx`) with `patch` applied, and its event.
