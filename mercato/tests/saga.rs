@@ -69,10 +69,13 @@ async fn happy_path_to_fulfilled_captures_payment_and_commits_stock() {
         .iter()
         .map(|e| e["to_status"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(
-        to,
-        ["PENDING", "CONFIRMED", "PAID", "PROCESSING", "FULFILLED"]
-    );
+    // Stock and payment answers come from different producers, and no bus orders one topic
+    // against another (Kafka least of all): the order may hear `payment.authorized` first and
+    // go PENDING → PAID, after which the reservation changes nothing (see `transition`).
+    // Either way it was paid once, then processed and fulfilled, and nothing else happened.
+    let confirmed_first = ["PENDING", "CONFIRMED", "PAID", "PROCESSING", "FULFILLED"];
+    let paid_first = ["PENDING", "PAID", "PROCESSING", "FULFILLED"];
+    assert!(to == confirmed_first || to == paid_first, "history {to:?}");
     assert_eq!(s.psp_stats().await["authorizations"], 1);
     s.t.stop().await;
 }
