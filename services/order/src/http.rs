@@ -97,12 +97,12 @@ impl From<Error> for Problem {
             Error::Refused(r) => Problem::conflict("invalid_transition", r.to_string())
                 .with_extension("from", r.from.name().into())
                 .with_extension("to", r.command.target().into()),
-            Error::Invalid(p) => p,
+            Error::Invalid(i) => i.into(),
             Error::InsufficientStock(lines) => Problem::conflict(
                 "insufficient_stock",
                 "there is not enough stock for some lines right now",
             )
-            .with_extension("lines", serde_json::Value::Array(lines)),
+            .with_extension("lines", serde_json::json!(lines)),
             e @ Error::AddressLocked(_) => Problem::conflict("address_locked", e.to_string()),
             e @ Error::Contended(_) => {
                 Problem::conflict("concurrent_update", e.to_string()).with_retry_after(1)

@@ -12,6 +12,7 @@
 
 use mercato_kit::auth::ServiceTokens;
 use mercato_kit::client::{Dependency, Error, Policy};
+use mercato_kit::contracts::ShortLine;
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::ProductId;
 use serde::Deserialize;
@@ -23,7 +24,7 @@ pub enum StockAnswer {
     /// Every line is available now.
     Available,
     /// Some line is short: inventory's `lines`, passed on to the customer as they came.
-    Short(Vec<serde_json::Value>),
+    Short(Vec<ShortLine>),
     /// Inventory could not be asked; why, for the log.
     Unknown(String),
 }
@@ -58,7 +59,7 @@ pub struct InventoryClient {
 struct CheckAnswer {
     available: bool,
     #[serde(default)]
-    lines: Vec<serde_json::Value>,
+    lines: Vec<ShortLine>,
 }
 
 impl InventoryClient {

@@ -12,13 +12,13 @@ use crate::events;
 use crate::feed::StatusFeed;
 use crate::inventory::{StockAnswer, StockCheck as StockChecker};
 use crate::store::{self, HistoryEntry, ListFilter};
+use mercato_kit::contracts::ShortLine;
 use mercato_kit::db::{Db, Tx};
 use mercato_kit::events::{Cause, OutboxWaker};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::now_us;
-use mercato_kit::validate::Errors;
-use mercato_kit::Problem;
+use mercato_kit::validate::{Errors, Invalid};
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry,
@@ -36,12 +36,12 @@ pub enum Error {
     NotFound(OrderId),
     #[error(transparent)]
     Refused(#[from] domain::Refusal),
-    /// Bad input: a 422 naming every bad field.
-    #[error("{0}")]
-    Invalid(Problem),
-    /// The pre-check found too little stock; inventory's lines.
+    /// Bad input, every bad field named.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The pre-check found too little stock: inventory's lines, as it answered them.
     #[error("not enough stock")]
-    InsufficientStock(Vec<serde_json::Value>),
+    InsufficientStock(Vec<ShortLine>),
     #[error("the shipping address of a {0} order can no longer change")]
     AddressLocked(&'static str),
     /// Lost the compare-and-set several times in a row: the order is changing right now.
@@ -52,6 +52,14 @@ pub enum Error {
     Overloaded(domain::Overload),
     #[error(transparent)]
     Db(#[from] mercato_kit::db::Error),
+}
+
+/// What a domain check gave: its value, or every field it found bad. A check that gave
+/// nothing and named no field is a bug of the check; the customer still hears which input
+/// was refused.
+fn checked<T>(value: Option<T>, errors: Errors) -> Result<T, Invalid> {
+    errors.check()?;
+    value.ok_or_else(|| Invalid::field("items", "invalid order"))
 }
 
 /// The order after a command, and whether the command changed it (a repeated cancel does not).
@@ -81,7 +89,7 @@ pub async fn apply(
         } = command
         {
             domain::check_refund(amount, order.total_cents)
-                .map_err(|m| Error::Invalid(Problem::field("amount_cents", m)))?;
+                .map_err(|m| Invalid::field("amount_cents", m))?;
         }
         let now = now_us();
         if !store::set_status(tx, id, order.status, next, now).await? {
@@ -503,8 +511,7 @@ impl Orders {
     ) -> Result<PricedOrder, Error> {
         let mut errors = Errors::new();
         let new = NewOrder::parse(input, &mut errors);
-        errors.finish().map_err(Error::Invalid)?;
-        let new = new.ok_or_else(|| Error::Invalid(Problem::bad_request("invalid order")))?;
+        let new = checked(new, errors)?;
         let ids: Vec<_> = new.lines.iter().map(|l| l.product_id).collect();
         let products = {
             let mut conn = self.db.reader().acquire().await?;
@@ -512,9 +519,7 @@ impl Orders {
         };
         let mut errors = Errors::new();
         let priced = domain::price(&new, &products, &mut errors);
-        errors.finish().map_err(Error::Invalid)?;
-        let mut priced =
-            priced.ok_or_else(|| Error::Invalid(Problem::bad_request("invalid order")))?;
+        let mut priced = checked(priced, errors)?;
         let lines: Vec<_> = priced
             .items
             .iter()

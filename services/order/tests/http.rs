@@ -308,7 +308,8 @@ async fn placing_an_order_checks_the_caller_the_input_and_the_stock() {
 
     // Short stock: 409 with inventory's lines; inventory down: accepted, deferred.
     let lines = json!([{"product_id": p.product_id, "requested": 2, "available": 1}]);
-    *api.h.stock.answer.lock().unwrap() = StockAnswer::Short(lines.as_array().unwrap().clone());
+    *api.h.stock.answer.lock().unwrap() =
+        StockAnswer::Short(serde_json::from_value(lines.clone()).unwrap());
     let a = api
         .post("/api/v1/orders", &customer, Some(good.clone()))
         .await;

@@ -117,13 +117,14 @@ async fn orders_are_priced_from_the_read_model_that_product_events_feed() {
         )
         .await
         .unwrap_err();
-    let Error::Invalid(problem) = err else {
+    let Error::Invalid(invalid) = err else {
         panic!("{err:?}")
     };
-    assert_eq!(problem.status, 422);
-    let fields: Vec<_> = problem.errors.iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(fields, ["items[1].product_id", "items[2].product_id"]);
-    assert!(problem.errors[1].message.contains(&unknown.to_string()));
+    assert_eq!(
+        invalid.fields(),
+        ["items[1].product_id", "items[2].product_id"]
+    );
+    assert!(invalid.0[1].message.contains(&unknown.to_string()));
     let euro = product(seller, 500, "EUR");
     h.deliver(&catalog_event(PRODUCT_CREATED, &euro)).await;
     let err = h
@@ -131,13 +132,16 @@ async fn orders_are_priced_from_the_read_model_that_product_events_feed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Invalid(ref p) if p.errors[0].field == "items"),
+        matches!(err, Error::Invalid(ref i) if i.fields() == ["items"]),
         "{err:?}"
     );
 
     // The pre-check: short stock refuses with inventory's lines; no answer defers.
-    let lines =
-        vec![serde_json::json!({"product_id": p.product_id, "requested": 3, "available": 1})];
+    let lines = vec![mercato_kit::contracts::ShortLine {
+        product_id: p.product_id,
+        requested: 3,
+        available: 1,
+    }];
     *h.stock.answer.lock().unwrap() = StockAnswer::Short(lines.clone());
     let err = h
         .try_place(customer, &[(p.product_id, 3)])
@@ -352,7 +356,7 @@ async fn sellers_process_and_fulfil_then_admins_refund() {
         .await
         .unwrap_err();
     assert!(
-        matches!(too_much, Error::Invalid(ref p) if p.errors[0].field == "amount_cents"),
+        matches!(too_much, Error::Invalid(ref i) if i.fields() == ["amount_cents"]),
         "{too_much:?}"
     );
     let refunded = h
