@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backoff;
 pub mod chaos;
 pub mod client;
 pub mod config;

@@ -1,21 +1,16 @@
-//! What may be retried and when: the backoff with full jitter, the server's `Retry-After`, and
+//! What may be retried and when: the kit's one backoff, the server's `Retry-After`, and
 //! which requests may be sent twice.
 
 use super::RetryPolicy;
+use crate::backoff::Backoff;
 use crate::http::IDEMPOTENCY_KEY;
 use http::{HeaderMap, Method};
 use std::time::Duration;
 
-/// Full jitter (the AWS architecture blog's name): uniform in `[0, min(max, base · 2ⁿ)]`, which
-/// spreads the retries of many callers that failed together better than any fixed schedule.
-/// `unit` is the random draw in `[0, 1]`.
+/// The wait before retry number `retry` under `policy` (see [`Backoff::delay`]); `unit` is the
+/// random draw in `[0, 1]`.
 pub fn backoff(policy: &RetryPolicy, retry: u32, unit: f64) -> Duration {
-    let factor = 1u32.checked_shl(retry).unwrap_or(u32::MAX);
-    let ceiling = policy
-        .base_backoff
-        .saturating_mul(factor)
-        .min(policy.max_backoff);
-    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+    Backoff::new(policy.base_backoff, policy.max_backoff).delay(retry, unit)
 }
 
 /// `Retry-After` as seconds or as an HTTP date.
@@ -50,18 +45,15 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
-    fn backoff_is_full_jitter_under_an_exponential_ceiling() {
+    fn backoff_follows_the_policy() {
         let p = RetryPolicy {
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
             ..RetryPolicy::default()
         };
-        assert_eq!(backoff(&p, 0, 0.0), Duration::ZERO);
         assert_eq!(backoff(&p, 0, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff(&p, 1, 1.0), Duration::from_millis(200));
-        assert_eq!(backoff(&p, 2, 0.5), Duration::from_millis(200));
+        assert_eq!(backoff(&p, 1, 0.0), Duration::from_millis(100));
         assert_eq!(backoff(&p, 4, 1.0), Duration::from_secs(1), "capped");
-        assert_eq!(backoff(&p, 40, 1.0), Duration::from_secs(1), "no overflow");
     }
 
     #[test]

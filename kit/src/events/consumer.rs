@@ -22,6 +22,7 @@
 
 use super::{Bus, Delivery, Envelope, OutboxWaker};
 use crate::auth::{Principal, Role, Verifier};
+use crate::backoff::Backoff;
 use crate::db::{Db, Tx};
 use crate::http::{Json, Path};
 use crate::problem::Problem;
@@ -206,11 +207,9 @@ impl Consumer {
                     tracing::warn!(consumer = %self.name, event_id = %env.event_id, event_type = %env.event_type,
                         attempt, error = %last_error, "event handler failed");
                     if attempt < self.max_attempts {
-                        let exp = self
-                            .backoff
-                            .saturating_mul(2u32.saturating_pow(attempt - 1))
-                            .min(Duration::from_secs(5));
-                        tokio::time::sleep(jitter(exp)).await;
+                        let wait = Backoff::new(self.backoff, MAX_HANDLER_BACKOFF)
+                            .random_delay(attempt - 1);
+                        tokio::time::sleep(wait).await;
                     }
                 }
             }
@@ -358,12 +357,9 @@ impl Consumer {
     }
 }
 
-fn jitter(d: Duration) -> Duration {
-    use rand::Rng;
-    // Full jitter: anywhere up to the exponential bound, so retries of many consumers spread.
-    let ms = d.as_millis().max(1) as u64;
-    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
-}
+/// The longest wait between two attempts at one event: longer only holds up the events
+/// behind it.
+const MAX_HANDLER_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Serialize, utoipa::ToSchema, Debug)]
 pub struct DeadLetter {

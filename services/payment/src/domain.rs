@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
 mod answer;
 pub use answer::{
@@ -434,17 +433,6 @@ pub fn on_cancel(projected: &Money) -> OnCancel {
     }
 }
 
-/// The wait before retry number `attempt` (1 = the wait after the first failure): exponential
-/// from `base`, at most `cap`, then spread over its upper half by `spread` (a number in 0..1,
-/// random in production) so that many payments failing together do not retry together.
-pub fn backoff(attempt: u32, base: Duration, cap: Duration, spread: f64) -> Duration {
-    let exp = base
-        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(30)))
-        .min(cap);
-    let spread = spread.clamp(0.0, 1.0);
-    exp.mul_f64(0.5 + 0.5 * spread)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -702,18 +690,6 @@ mod tests {
         for s in [Status::Refunded, Status::Voided, Status::Failed] {
             assert_eq!(on_cancel(&money(s)), OnCancel::Nothing);
         }
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_spreads() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(10);
-        assert_eq!(backoff(1, base, cap, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff(1, base, cap, 0.0), Duration::from_millis(50));
-        assert_eq!(backoff(4, base, cap, 1.0), Duration::from_millis(800));
-        assert_eq!(backoff(40, base, cap, 1.0), cap);
-        assert_eq!(backoff(u32::MAX, base, cap, 2.0), cap);
-        assert_eq!(backoff(0, base, cap, 1.0), base);
     }
 
     #[derive(Clone, Debug)]

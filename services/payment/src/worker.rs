@@ -20,11 +20,16 @@ use crate::psp::{Answer, Call, PspClient, Reply};
 use crate::service::Payments;
 use crate::store::{self, Job};
 use futures::StreamExt;
+use mercato_kit::backoff::Backoff;
 use mercato_kit::time::now_us;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// After a failed round (the database or the processor down): from 200 ms, doubling, at most
+/// 30 s between rounds.
+const WORKER_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 
 /// Calls made at once: a bulkhead, so a slow processor holds at most this many.
 pub const CONCURRENCY: usize = 8;
@@ -60,7 +65,7 @@ impl Worker {
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(error = %e, failures, "processor worker failed; retrying");
-                        crate::domain::backoff(failures, Duration::from_millis(200), Duration::from_secs(30), rand::random())
+                        WORKER_BACKOFF.random_delay(failures - 1)
                     }
                 },
             };

@@ -10,7 +10,8 @@
 //! the payment was saved so that a cancellation racing with the answer is always seen by one
 //! side or the other.
 
-use super::{backoff, reasons, Fact, JobKind, Money, Status};
+use super::{reasons, Fact, JobKind, Money, Status};
+use mercato_kit::backoff::Backoff;
 use std::time::Duration;
 
 /// What the processor's answer means.
@@ -214,12 +215,8 @@ pub fn next_step(
             // through: refused attempts would otherwise push the backoff towards its cap,
             // and a processor back after 30 s would see its payments only a minute later.
             let wait = answer.retry_in.unwrap_or_else(|| {
-                backoff(
-                    call.attempt.clamp(1, u32::MAX as i64) as u32,
-                    rules.base,
-                    rules.cap,
-                    spread,
-                )
+                let retry = call.attempt.clamp(1, u32::MAX as i64) as u32 - 1;
+                Backoff::new(rules.base, rules.cap).delay(retry, spread)
             });
             let mut at = now.saturating_add(micros(wait));
             if let Some(g) = call.give_up_at {
