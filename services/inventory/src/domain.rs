@@ -11,6 +11,7 @@ use mercato_kit::validate::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use strum::IntoEnumIterator;
 use utoipa::ToSchema;
 
 /// Units of one product in one order line.
@@ -114,8 +115,21 @@ pub enum Refusal {
 }
 
 /// The kinds of ledger rows; `CHECK` in SQL holds the same list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case", parse_err_ty = String, parse_err_fn = unknown_ledger_kind)]
 pub enum LedgerKind {
     Initial,
     Restock,
@@ -126,40 +140,32 @@ pub enum LedgerKind {
 }
 
 impl LedgerKind {
-    pub const ALL: [LedgerKind; 6] = [
-        LedgerKind::Initial,
-        LedgerKind::Restock,
-        LedgerKind::Adjust,
-        LedgerKind::Reserve,
-        LedgerKind::Release,
-        LedgerKind::Commit,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            LedgerKind::Initial => "initial",
-            LedgerKind::Restock => "restock",
-            LedgerKind::Adjust => "adjust",
-            LedgerKind::Reserve => "reserve",
-            LedgerKind::Release => "release",
-            LedgerKind::Commit => "commit",
-        }
+        self.into()
     }
 }
 
-impl std::str::FromStr for LedgerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        LedgerKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown ledger kind {s:?}"))
-    }
+fn unknown_ledger_kind(s: &str) -> String {
+    format!("unknown ledger kind {s:?}")
 }
 
 /// Where a reservation is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case", parse_err_ty = String, parse_err_fn = unknown_reservation_status)]
 pub enum ReservationStatus {
     /// Units set aside until `expires_at`.
     Active,
@@ -172,20 +178,8 @@ pub enum ReservationStatus {
 }
 
 impl ReservationStatus {
-    pub const ALL: [ReservationStatus; 4] = [
-        ReservationStatus::Active,
-        ReservationStatus::Held,
-        ReservationStatus::Committed,
-        ReservationStatus::Released,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            ReservationStatus::Active => "active",
-            ReservationStatus::Held => "held",
-            ReservationStatus::Committed => "committed",
-            ReservationStatus::Released => "released",
-        }
+        self.into()
     }
 
     /// Whether its units count in `reserved`.
@@ -194,19 +188,27 @@ impl ReservationStatus {
     }
 }
 
-impl std::str::FromStr for ReservationStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        ReservationStatus::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown reservation status {s:?}"))
-    }
+fn unknown_reservation_status(s: &str) -> String {
+    format!("unknown reservation status {s:?}")
 }
 
 /// Why a reservation was released.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case", parse_err_ty = String, parse_err_fn = unknown_release_reason)]
 pub enum ReleaseReason {
     /// The order was cancelled (or released by hand).
     Cancelled,
@@ -218,24 +220,12 @@ pub enum ReleaseReason {
 
 impl ReleaseReason {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ReleaseReason::Cancelled => "cancelled",
-            ReleaseReason::Expired => "expired",
-            ReleaseReason::Rejected => "rejected",
-        }
+        self.into()
     }
 }
 
-impl std::str::FromStr for ReleaseReason {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cancelled" => Ok(ReleaseReason::Cancelled),
-            "expired" => Ok(ReleaseReason::Expired),
-            "rejected" => Ok(ReleaseReason::Rejected),
-            _ => Err(format!("unknown release reason {s:?}")),
-        }
-    }
+fn unknown_release_reason(s: &str) -> String {
+    format!("unknown release reason {s:?}")
 }
 
 /// What can happen to an existing reservation.
@@ -288,8 +278,7 @@ impl Command {
     /// The statuses this command moves a reservation out of: the store's conditional update
     /// accepts exactly these.
     pub fn sources(self) -> Vec<ReservationStatus> {
-        ReservationStatus::ALL
-            .into_iter()
+        ReservationStatus::iter()
             .filter(|s| matches!(decide(*s, self), Decision::Apply(_)))
             .collect()
     }
@@ -473,7 +462,11 @@ mod tests {
             (Committed, Expire, NoOp),
             (Released, Expire, NoOp),
         ];
-        assert_eq!(table.len(), ReservationStatus::ALL.len() * 4, "every pair");
+        assert_eq!(
+            table.len(),
+            ReservationStatus::iter().len() * 4,
+            "every pair"
+        );
         for (from, cmd, want) in table {
             assert_eq!(decide(from, cmd), want, "{from:?} + {cmd:?}");
         }
@@ -615,19 +608,39 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for s in ReservationStatus::ALL {
+        // The names are stored (SQL `CHECK`s list them) and on the wire: pinned here, so a
+        // renamed variant cannot rename them.
+        assert_eq!(
+            ReservationStatus::iter()
+                .map(ReservationStatus::as_str)
+                .collect::<Vec<_>>(),
+            ["active", "held", "committed", "released"]
+        );
+        assert_eq!(
+            LedgerKind::iter()
+                .map(LedgerKind::as_str)
+                .collect::<Vec<_>>(),
+            ["initial", "restock", "adjust", "reserve", "release", "commit"]
+        );
+        assert_eq!(
+            ReleaseReason::iter()
+                .map(ReleaseReason::as_str)
+                .collect::<Vec<_>>(),
+            ["cancelled", "expired", "rejected"]
+        );
+        for s in ReservationStatus::iter() {
             assert_eq!(s.as_str().parse::<ReservationStatus>().unwrap(), s);
         }
-        for k in LedgerKind::ALL {
+        for k in LedgerKind::iter() {
             assert_eq!(k.as_str().parse::<LedgerKind>().unwrap(), k);
         }
-        for r in [
-            ReleaseReason::Cancelled,
-            ReleaseReason::Expired,
-            ReleaseReason::Rejected,
-        ] {
+        for r in ReleaseReason::iter() {
             assert_eq!(r.as_str().parse::<ReleaseReason>().unwrap(), r);
         }
+        assert_eq!(
+            "Held".parse::<ReservationStatus>(),
+            Err("unknown reservation status \"Held\"".to_owned())
+        );
     }
 
     fn movement() -> impl Strategy<Value = Movement> {

@@ -325,6 +325,7 @@ fn micros(d: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::IntoEnumIterator;
 
     const NOW: i64 = 1_000_000_000_000;
     const MS: i64 = 1_000;
@@ -611,7 +612,7 @@ mod tests {
             timeout(),
             breaker_open(),
         ];
-        for kind in JobKind::ALL {
+        for kind in JobKind::iter() {
             for name in STATES {
                 let payment = state(name);
                 for give_up_at in [None, Some(NOW), Some(NOW + 10 * SEC)] {
