@@ -79,14 +79,6 @@ impl TestBus {
 
 #[async_trait::async_trait]
 impl BusUnderTest for TestBus {
-    fn bus(&self) -> Arc<dyn Bus> {
-        Arc::new(self.bus.clone())
-    }
-
-    fn patience(&self) -> Duration {
-        PATIENCE
-    }
-
     async fn is_caught_up(&self, consumer: &str, domains: &[&str]) -> bool {
         for d in domains {
             if self.consumer_state(d, consumer).await != (0, 0) {
@@ -94,6 +86,14 @@ impl BusUnderTest for TestBus {
             }
         }
         true
+    }
+
+    fn bus(&self) -> Arc<dyn Bus> {
+        Arc::new(self.bus.clone())
+    }
+
+    fn patience(&self) -> Duration {
+        PATIENCE
     }
 
     /// An acknowledgement is settled by the server before it answers (double ack), so the
