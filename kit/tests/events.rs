@@ -4,50 +4,18 @@
 
 mod support;
 
-use mercato_kit::db::{Db, Migrations, Tx};
 use mercato_kit::events::consumer::{dead_letters, Outcome};
-use mercato_kit::events::{
-    append, Bus, Consumer, EmbeddedBus, Envelope, EventHandler, OutboxWaker, Relay,
-};
-use sqlx::migrate::Migrator;
+use mercato_kit::events::{append, Bus, Consumer, EmbeddedBus, Envelope, OutboxWaker, Relay};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{effects, Poisoned};
+use support::{effects, effects_db, Poisoned, Recorder};
 use tokio_util::sync::CancellationToken;
 
-async fn db(dir: &tempfile::TempDir, name: &str) -> Db {
-    let url = format!("sqlite://{}/{name}.db?mode=rwc", dir.path().display());
-    let none = Migrations {
-        sqlite: Migrator::DEFAULT,
-        postgres: Migrator::DEFAULT,
-    };
-    let db = Db::connect(&url, name, 2, &none).await.unwrap();
-    mercato_kit::db::query("CREATE TABLE IF NOT EXISTS effects (event_id TEXT, n BIGINT)")
-        .execute(db.writer())
-        .await
-        .unwrap();
-    db
-}
-
-/// Records each event it sees as a row, unless told to fail.
-struct Recorder {
-    fail: AtomicBool,
-    calls: AtomicU32,
-}
-
-#[async_trait::async_trait]
-impl EventHandler for Recorder {
-    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        anyhow::ensure!(!self.fail.load(Ordering::SeqCst), "told to fail");
-        mercato_kit::db::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
-            .bind(event.event_id.to_string())
-            .bind(event.payload["n"].as_i64().unwrap_or(0))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
+/// The embedded bus in its file `bus.db` of `dir`.
+async fn embedded_bus(dir: &tempfile::TempDir) -> EmbeddedBus {
+    let url = format!("sqlite://{}/bus.db?mode=rwc", dir.path().display());
+    EmbeddedBus::open(&url).await.unwrap()
 }
 
 async fn until<F: std::future::Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
@@ -66,16 +34,9 @@ fn event(n: i64) -> Envelope {
 #[tokio::test]
 async fn committed_events_reach_the_consumer_once_and_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let producer = db(&dir, "producer").await;
-    let consumer_db = db(&dir, "consumer").await;
-    let bus: Arc<dyn Bus> = Arc::new(
-        EmbeddedBus::open(&format!(
-            "sqlite://{}/bus.db?mode=rwc",
-            dir.path().display()
-        ))
-        .await
-        .unwrap(),
-    );
+    let producer = effects_db(&dir, "producer").await;
+    let consumer_db = effects_db(&dir, "consumer").await;
+    let bus: Arc<dyn Bus> = Arc::new(embedded_bus(&dir).await);
     let waker = OutboxWaker::default();
     let stop = CancellationToken::new();
     tokio::spawn(Relay::new(producer.clone(), bus.clone(), waker.clone()).run(stop.clone()));
@@ -122,7 +83,7 @@ async fn committed_events_reach_the_consumer_once_and_in_order() {
 #[tokio::test]
 async fn a_failing_handler_parks_the_event_and_an_admin_replay_applies_it() {
     let dir = tempfile::tempdir().unwrap();
-    let consumer_db = db(&dir, "consumer").await;
+    let consumer_db = effects_db(&dir, "consumer").await;
     let recorder = Arc::new(Recorder {
         fail: AtomicBool::new(true),
         calls: AtomicU32::new(0),
@@ -187,12 +148,7 @@ async fn unacknowledged_events_come_again_after_a_restart() {
 #[tokio::test]
 async fn an_idle_consumer_shows_no_lag_and_a_rewind_delivers_everything_again() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = EmbeddedBus::open(&format!(
-        "sqlite://{}/bus.db?mode=rwc",
-        dir.path().display()
-    ))
-    .await
-    .unwrap();
+    let bus = embedded_bus(&dir).await;
     bus.publish(&event(1)).await.unwrap();
     bus.publish(&Envelope::new("p", "other.type", "x", &1))
         .await
@@ -223,7 +179,7 @@ async fn an_idle_consumer_shows_no_lag_and_a_rewind_delivers_everything_again() 
 async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/bus.db?mode=rwc", dir.path().display());
-    let consumer_db = db(&dir, "consumer").await;
+    let consumer_db = effects_db(&dir, "consumer").await;
     let handler = Arc::new(Poisoned {
         poison_calls: AtomicU32::new(0),
     });
@@ -287,12 +243,7 @@ async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit()
 #[tokio::test]
 async fn the_embedded_bus_counts_deliveries_until_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = EmbeddedBus::open(&format!(
-        "sqlite://{}/bus.db?mode=rwc",
-        dir.path().display()
-    ))
-    .await
-    .unwrap();
+    let bus = embedded_bus(&dir).await;
     bus.publish(&event(1)).await.unwrap();
     bus.publish(&event(2)).await.unwrap();
     let mut sub = bus.subscribe("c", &["thing.happened"]).await.unwrap();

@@ -152,17 +152,24 @@ async fn a_head_sent_a_line_at_a_time_is_cut_off() {
     app.stop.cancel();
 }
 
-#[tokio::test]
-async fn an_idle_keep_alive_is_closed_after_the_idle_timeout_not_before() {
-    let app = app(None).await;
-    let mut s = TcpStream::connect(app.addr).await.unwrap();
+/// A connection to `addr` that has been served one GET (200) and is kept alive.
+async fn served(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /api/v1/hello HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let mut buf = [0u8; 1024];
     let n = s.read(&mut buf).await.unwrap();
-    let answered = Instant::now();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_is_closed_after_the_idle_timeout_not_before() {
+    let app = app(None).await;
+    let mut s = served(app.addr).await;
+    let answered = Instant::now();
+    let mut buf = [0u8; 1024];
     // Longer than the header timeout: an idle keep-alive is not a slow head.
     tokio::time::sleep(HEADER + Duration::from_millis(100)).await;
     s.write_all(b"GET /api/v1/hello HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -248,15 +255,8 @@ async fn one_address_holds_at_most_its_share_of_connections() {
     let app = app(Some(3)).await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut s = TcpStream::connect(app.addr).await.unwrap();
         // Each is served, so it is counted before the next connects.
-        s.write_all(b"GET /api/v1/hello HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-        held.push(s);
+        held.push(served(app.addr).await);
     }
     let mut fourth = TcpStream::connect(app.addr).await.unwrap();
     let _ = fourth

@@ -10,16 +10,13 @@ mod support;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use mercato_kit::db::{Db, Migrations, Tx};
-use mercato_kit::events::{
-    Bus, Consumer, Delivery, Envelope, EventHandler, NatsBus, NatsOptions, Subscription,
-};
-use sqlx::migrate::Migrator;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use mercato_kit::events::{Bus, Consumer, Delivery, Envelope, NatsBus, NatsOptions, Subscription};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{effects, event, nothing_within, Poisoned};
+use support::bus_suite::{self, BusUnderTest};
+use support::{effects, effects_db, event, nothing_within, Recorder};
 use tokio_util::sync::CancellationToken;
 
 /// Long enough for a loaded CI machine, short enough to fail a hung test soon.
@@ -76,6 +73,38 @@ impl TestBus {
     async fn cleanup(&self, domains: &[&str]) {
         for d in domains {
             let _ = self.js.delete_stream(self.bus.stream_name(d)).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BusUnderTest for TestBus {
+    async fn is_caught_up(&self, consumer: &str, domains: &[&str]) -> bool {
+        for d in domains {
+            if self.consumer_state(d, consumer).await != (0, 0) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn bus(&self) -> Arc<dyn Bus> {
+        Arc::new(self.bus.clone())
+    }
+
+    fn patience(&self) -> Duration {
+        PATIENCE
+    }
+
+    /// An acknowledgement is settled by the server before it answers (double ack), so the
+    /// state must be clean the moment the acknowledgements returned.
+    async fn caught_up(&self, consumer: &str, domains: &[&str]) {
+        for d in domains {
+            assert_eq!(
+                self.consumer_state(d, consumer).await,
+                (0, 0),
+                "{consumer} on {d}"
+            );
         }
     }
 }
@@ -165,24 +194,7 @@ fn an_aggregate_always_lands_on_the_same_partition() {
 async fn publishing_one_event_id_twice_delivers_it_once() {
     let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
-    let e = event("order.created", 1);
-    t.bus.publish(&e).await.unwrap();
-    // A relay that crashed before marking its outbox row publishes the same event again.
-    t.bus.publish(&e).await.unwrap();
-    let after = event("order.created", 2);
-    t.bus.publish(&after).await.unwrap();
-
-    let mut sub = t
-        .bus
-        .subscribe("shipping", &["order.created"])
-        .await
-        .unwrap();
-    let first = next(&mut sub).await;
-    assert_eq!(first.envelope, e);
-    sub.ack(&first).await.unwrap();
-    let second = next(&mut sub).await;
-    assert_eq!(second.envelope, after, "the duplicate was stored");
-    sub.ack(&second).await.unwrap();
+    bus_suite::one_event_id_published_twice_is_delivered_once(&t).await;
     let stream =
         t.js.get_stream(t.bus.stream_name("order"))
             .await
@@ -190,7 +202,7 @@ async fn publishing_one_event_id_twice_delivers_it_once() {
             .get_info()
             .await
             .unwrap();
-    assert_eq!(stream.state.messages, 2);
+    assert_eq!(stream.state.messages, 2, "the duplicate was not stored");
     t.cleanup(&["order"]).await;
 }
 
@@ -199,55 +211,11 @@ async fn publishing_one_event_id_twice_delivers_it_once() {
 async fn replicas_with_one_consumer_name_share_the_events_in_publish_order_per_aggregate() {
     let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
-    let replicas = [
-        t.bus
-            .subscribe("inventory", &["order.created"])
-            .await
-            .unwrap(),
-        t.bus
-            .subscribe("inventory", &["order.created"])
-            .await
-            .unwrap(),
-    ];
-    let sent: Vec<Envelope> = (1..=50).map(|n| event("order.created", n)).collect();
-    for e in &sent {
-        t.bus.publish(e).await.unwrap();
-    }
-
-    // Both replicas handle what they get and note it in one shared log, before acknowledging.
-    let log: Arc<Mutex<Vec<(usize, uuid::Uuid)>>> = Default::default();
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for (r, mut sub) in replicas.into_iter().enumerate() {
-        let (log, stop) = (log.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let d = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    d = sub.next() => d.unwrap(),
-                };
-                log.lock().unwrap().push((r, d.envelope.event_id));
-                sub.ack(&d).await.unwrap();
-            }
-        }));
-    }
-    until("50 events handled", || async {
-        log.lock().unwrap().len() >= 50
-    })
-    .await;
-    until("every event acknowledged", || async {
-        t.consumer_state("order", "inventory").await == (0, 0)
-    })
-    .await;
-    stop.cancel();
-    for task in tasks {
-        task.await.unwrap();
-    }
-
-    let log = log.lock().unwrap().clone();
-    let of: HashMap<uuid::Uuid, &Envelope> = sent.iter().map(|e| (e.event_id, e)).collect();
-    let handled: Vec<Envelope> = log.iter().map(|(_, id)| of[id].clone()).collect();
+    let (sent, log) = bus_suite::replicas_share(&t, 50, 1).await;
+    let handled: Vec<Envelope> = log.iter().map(|(_, e)| e.clone()).collect();
     assert_eq!(handled.len(), sent.len(), "each exactly once");
+    let ids: HashSet<_> = handled.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), sent.len(), "each exactly once");
     assert_eq!(
         by_aggregate(&handled),
         by_aggregate(&sent),
@@ -271,27 +239,7 @@ async fn an_event_not_acknowledged_comes_again_to_the_next_subscriber() {
         o.redelivery_backoff = vec![];
     })
     .await;
-    let e = event("payment.authorized", 1);
-    t.bus.publish(&e).await.unwrap();
-
-    let mut crashed = t
-        .bus
-        .subscribe("order", &["payment.authorized"])
-        .await
-        .unwrap();
-    assert_eq!(next(&mut crashed).await.envelope, e);
-    // Gone without a word, as a killed replica would be.
-    drop(crashed);
-
-    let mut replica = t
-        .bus
-        .subscribe("order", &["payment.authorized"])
-        .await
-        .unwrap();
-    let again = next(&mut replica).await;
-    assert_eq!(again.envelope, e);
-    replica.ack(&again).await.unwrap();
-    assert_eq!(t.consumer_state("payment", "order").await, (0, 0));
+    bus_suite::an_unacknowledged_event_comes_to_the_next_subscriber(&t).await;
     t.cleanup(&["payment"]).await;
 }
 
@@ -301,25 +249,7 @@ async fn asking_for_the_next_event_without_acknowledging_hands_the_last_one_back
     let url = nats_url();
     // ack_wait far beyond the patience of `next`: only the hand-back can bring it again in time.
     let t = TestBus::new(&url, |o| o.ack_wait = Duration::from_secs(120)).await;
-    // One aggregate, so one partition: the second waits behind the first.
-    let first = event("payment.authorized", 1);
-    let second = event("payment.authorized", 4);
-    t.bus.publish(&first).await.unwrap();
-    t.bus.publish(&second).await.unwrap();
-
-    let mut sub = t
-        .bus
-        .subscribe("order", &["payment.authorized"])
-        .await
-        .unwrap();
-    assert_eq!(next(&mut sub).await.envelope, first);
-    // The handler failed: no ack. The same event comes again, still before the second.
-    let again = next(&mut sub).await;
-    assert_eq!(again.envelope, first);
-    sub.ack(&again).await.unwrap();
-    let d = next(&mut sub).await;
-    assert_eq!(d.envelope, second);
-    sub.ack(&d).await.unwrap();
+    bus_suite::the_unacknowledged_one_is_handed_back_first(&t).await;
     t.cleanup(&["payment"]).await;
 }
 
@@ -328,27 +258,7 @@ async fn asking_for_the_next_event_without_acknowledging_hands_the_last_one_back
 async fn one_subscription_reads_the_streams_of_several_producers() {
     let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
-    let mut sub = t
-        .bus
-        .subscribe("order", &["inventory.reserved", "payment.authorized"])
-        .await
-        .unwrap();
-    let reserved = event("inventory.reserved", 1);
-    let not_asked_for = event("payment.captured", 2);
-    let authorized = event("payment.authorized", 3);
-    for e in [&reserved, &not_asked_for, &authorized] {
-        t.bus.publish(e).await.unwrap();
-    }
-    let mut got = HashSet::new();
-    for _ in 0..2 {
-        let d = next(&mut sub).await;
-        got.insert(d.envelope.event_id);
-        sub.ack(&d).await.unwrap();
-    }
-    assert_eq!(got, HashSet::from([reserved.event_id, authorized.event_id]));
-    assert!(nothing_within(&mut sub, Duration::from_millis(300)).await);
-    assert_eq!(t.consumer_state("inventory", "order").await, (0, 0));
-    assert_eq!(t.consumer_state("payment", "order").await, (0, 0));
+    bus_suite::one_subscription_reads_several_producers(&t).await;
     t.cleanup(&["inventory", "payment"]).await;
 }
 
@@ -357,19 +267,14 @@ async fn one_subscription_reads_the_streams_of_several_producers() {
 async fn a_message_that_is_not_an_envelope_does_not_hold_up_the_ones_behind_it() {
     let url = nats_url();
     let t = TestBus::new(&url, |_| {}).await;
-    let mut sub = t.bus.subscribe("order", &["payment.failed"]).await.unwrap();
+    let sub = t.bus.subscribe("order", &["payment.failed"]).await.unwrap();
     // On the partition of the good event behind it.
     t.js.publish(t.bus.subject("payment.failed", "agg-1"), "{not json".into())
         .await
         .unwrap()
         .await
         .unwrap();
-    let good = event("payment.failed", 1);
-    t.bus.publish(&good).await.unwrap();
-    let d = next(&mut sub).await;
-    assert_eq!(d.envelope, good);
-    sub.ack(&d).await.unwrap();
-    assert_eq!(t.consumer_state("payment", "order").await, (0, 0));
+    bus_suite::the_event_behind_garbage_comes(&t, sub).await;
     t.cleanup(&["payment"]).await;
 }
 
@@ -501,32 +406,10 @@ async fn a_stream_deleted_under_a_publisher_is_made_again() {
 #[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn names_that_are_not_nats_tokens_are_refused() {
     let url = nats_url();
-    let t = TestBus::new(&url, |_| {}).await;
-    assert!(t.bus.subscribe("a.b", &["order.created"]).await.is_err());
-    assert!(t.bus.subscribe("order", &["order.*"]).await.is_err());
-    assert!(t.bus.subscribe("order", &[]).await.is_err());
-    assert!(t.bus.publish(&event("nodomain", 1)).await.is_err());
+    bus_suite::names_it_cannot_carry_are_refused(&TestBus::new(&url, |_| {}).await).await;
 }
 
 // The kit's consumer on top of the bus.
-
-/// Records each event it applies; counts how often it was called at all.
-struct Recorder {
-    calls: AtomicU32,
-}
-
-#[async_trait::async_trait]
-impl EventHandler for Recorder {
-    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        mercato_kit::db::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
-            .bind(event.event_id.to_string())
-            .bind(event.payload["n"].as_i64().unwrap_or(0))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-}
 
 #[tokio::test]
 #[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
@@ -538,25 +421,8 @@ async fn the_kit_consumer_applies_each_event_once_through_duplicates_and_redeliv
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let none = Migrations {
-        sqlite: Migrator::DEFAULT,
-        postgres: Migrator::DEFAULT,
-    };
-    let db = Db::connect(
-        &format!("sqlite://{}/c.db?mode=rwc", dir.path().display()),
-        "c",
-        2,
-        &none,
-    )
-    .await
-    .unwrap();
-    mercato_kit::db::query("CREATE TABLE effects (event_id TEXT, n BIGINT)")
-        .execute(db.writer())
-        .await
-        .unwrap();
-    let recorder = Arc::new(Recorder {
-        calls: AtomicU32::new(0),
-    });
+    let db = effects_db(&dir, "c").await;
+    let recorder = Arc::new(Recorder::default());
     let consumer = Consumer::new("order", db.clone(), recorder.clone());
 
     let first = event("payment.authorized", 1);
@@ -599,79 +465,13 @@ async fn the_kit_consumer_applies_each_event_once_through_duplicates_and_redeliv
 #[ignore = "needs MERCATO_TEST_NATS_URL (CI's backend tier)"]
 async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit() {
     let url = nats_url();
+    // NATS hands an unacknowledged event out again after ack_wait.
     let t = TestBus::new(&url, |o| {
         o.ack_wait = Duration::from_secs(1);
         o.redelivery_backoff = vec![];
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let none = Migrations {
-        sqlite: Migrator::DEFAULT,
-        postgres: Migrator::DEFAULT,
-    };
-    let db = Db::connect(
-        &format!("sqlite://{}/c.db?mode=rwc", dir.path().display()),
-        "c",
-        2,
-        &none,
-    )
-    .await
-    .unwrap();
-    mercato_kit::db::query("CREATE TABLE effects (event_id TEXT, n BIGINT)")
-        .execute(db.writer())
-        .await
-        .unwrap();
-    let handler = Arc::new(Poisoned {
-        poison_calls: AtomicU32::new(0),
-    });
-    let consumer = Consumer::new("order", db.clone(), handler.clone()).with_delivery_limit(2);
-    let poison = Envelope::new(
-        "payment",
-        "payment.authorized",
-        "agg",
-        &serde_json::json!({"n": 1, "poison": true}),
-    );
-    t.bus.publish(&poison).await.unwrap();
-    // Behind it: the same aggregate, so the same partition.
-    let mut behind = event("payment.authorized", 2);
-    behind.aggregate_id = poison.aggregate_id.clone();
-    t.bus.publish(&behind).await.unwrap();
-    let bus: Arc<dyn Bus> = Arc::new(t.bus.clone());
-
-    // Two replicas in turn take it and die handling it; NATS hands it out again after ack_wait.
-    for crash in 1..=2 {
-        let task = tokio::spawn(consumer.clone().run(
-            bus.clone(),
-            vec!["payment.authorized"],
-            CancellationToken::new(),
-        ));
-        until("the poison handled once more", || async {
-            handler.poison_calls.load(Ordering::SeqCst) == crash
-        })
-        .await;
-        task.abort();
-        let _ = task.await;
-    }
-    // The third delivery is past the limit: parked unhandled, and the event behind it flows.
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(consumer.clone().run(
-        bus.clone(),
-        vec!["payment.authorized"],
-        stop.clone(),
-    ));
-    until("the next event handled and all acknowledged", || async {
-        effects(&db).await == vec![2] && t.consumer_state("payment", "order").await == (0, 0)
-    })
-    .await;
-    stop.cancel();
-    task.await.unwrap();
-    assert_eq!(handler.poison_calls.load(Ordering::SeqCst), 2);
-    let parked = mercato_kit::events::consumer::dead_letters(&db)
-        .await
-        .unwrap();
-    assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].event_id, poison.event_id.to_string());
-    assert_eq!(parked[0].attempts, 3);
+    bus_suite::a_never_ending_event_is_parked_after_the_delivery_limit(&t).await;
     t.cleanup(&["payment"]).await;
 }
 

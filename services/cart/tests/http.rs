@@ -162,6 +162,19 @@ async fn harness_with(
     }
 }
 
+impl Harness {
+    /// A POST as the customer holding `t`, with an Idempotency-Key when `key` is given.
+    async fn post(
+        &self,
+        uri: &str,
+        t: &str,
+        key: Option<&str>,
+        body: Value,
+    ) -> mercato_kit::testing::Answer {
+        call(&self.app, "POST", uri, Some(t), key, Some(body)).await
+    }
+}
+
 const CHECKOUT: &str = "/api/v1/cart/checkout";
 
 #[tokio::test]
@@ -172,15 +185,14 @@ async fn checkout_forwards_the_customer_and_passes_the_order_services_answers_on
     let body =
         json!({"payment_method": "pm_card_visa", "shipping_address": {"city": "Springfield"}});
 
-    let a = call(
-        &h.app,
-        "POST",
-        "/api/v1/cart/items",
-        Some(&t),
-        None,
-        Some(json!({"product_id": h.product, "quantity": 3})),
-    )
-    .await;
+    let a = h
+        .post(
+            "/api/v1/cart/items",
+            &t,
+            None,
+            json!({"product_id": h.product, "quantity": 3}),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.body["total_cents"], 3750);
 
@@ -193,15 +205,7 @@ async fn checkout_forwards_the_customer_and_passes_the_order_services_answers_on
         body: refusal.to_string(),
         retry_after: Some(HeaderValue::from_static("2")),
     });
-    let a = call(
-        &h.app,
-        "POST",
-        CHECKOUT,
-        Some(&t),
-        Some("k1"),
-        Some(body.clone()),
-    )
-    .await;
+    let a = h.post(CHECKOUT, &t, Some("k1"), body.clone()).await;
     a.problem(409, "insufficient_stock");
     assert_eq!(a.body, refusal);
     assert_eq!(a.headers["retry-after"], "2");
@@ -243,15 +247,7 @@ async fn checkout_forwards_the_customer_and_passes_the_order_services_answers_on
 
     // Retried: the stored answer, without asking the order service again.
     let calls = h.orders.sent.lock().unwrap().len();
-    let again = call(
-        &h.app,
-        "POST",
-        CHECKOUT,
-        Some(&t),
-        Some("k1"),
-        Some(body.clone()),
-    )
-    .await;
+    let again = h.post(CHECKOUT, &t, Some("k1"), body.clone()).await;
     assert_eq!(again.status, StatusCode::CREATED);
     assert_eq!(again.headers["idempotency-replayed"], "true");
     assert_eq!(again.body, order);
@@ -259,7 +255,7 @@ async fn checkout_forwards_the_customer_and_passes_the_order_services_answers_on
 
     // Unreachable: a 503 naming the order service.
     *h.orders.answer.lock().unwrap() = Err(orders::Unavailable("connection refused".into()));
-    let a = call(&h.app, "POST", CHECKOUT, Some(&t), Some("k2"), Some(body)).await;
+    let a = h.post(CHECKOUT, &t, Some("k2"), body).await;
     a.problem(503, "order_service_unavailable");
     assert!(a.body["detail"].as_str().unwrap().contains("order service"));
     assert!(
@@ -278,7 +274,7 @@ async fn once_the_key_is_free(
     body: &Value,
 ) -> mercato_kit::testing::Answer {
     until_some("the key to be freed", Duration::from_secs(5), || async {
-        let a = call(&h.app, "POST", uri, Some(t), Some(key), Some(body.clone())).await;
+        let a = h.post(uri, t, Some(key), body.clone()).await;
         (a.body["code"] != "idempotency_key_in_use").then_some(a)
     })
     .await
@@ -289,27 +285,11 @@ async fn a_catalog_that_cannot_answer_is_named_and_nothing_changes() {
     let h = harness().await;
     let t = token(&UserId::new().to_string(), Role::Customer);
     let add = json!({"product_id": h.product, "quantity": 1});
-    let a = call(
-        &h.app,
-        "POST",
-        "/api/v1/cart/items",
-        Some(&t),
-        None,
-        Some(add.clone()),
-    )
-    .await;
+    let a = h.post("/api/v1/cart/items", &t, None, add.clone()).await;
     assert_eq!(a.status, StatusCode::OK);
 
     h.catalog.down.store(true, Ordering::SeqCst);
-    let a = call(
-        &h.app,
-        "POST",
-        "/api/v1/cart/items",
-        Some(&t),
-        None,
-        Some(add),
-    )
-    .await;
+    let a = h.post("/api/v1/cart/items", &t, None, add).await;
     a.problem(503, "catalog_unavailable");
     assert!(a.headers.contains_key("retry-after"));
     let a = call(&h.app, "GET", "/api/v1/cart", Some(&t), None, None).await;
@@ -344,15 +324,9 @@ async fn a_redis_out_of_reach_is_named_and_takes_the_service_out_of_readiness() 
     a.problem(503, "store_unavailable");
     assert!(a.headers.contains_key("retry-after"));
     let add = json!({"product_id": h.product, "quantity": 1});
-    let a = call(
-        &h.app,
-        "POST",
-        "/api/v1/cart/items",
-        Some(&t),
-        Some("add-1"),
-        Some(add.clone()),
-    )
-    .await;
+    let a = h
+        .post("/api/v1/cart/items", &t, Some("add-1"), add.clone())
+        .await;
     a.problem(503, "store_unavailable");
     // Nothing was kept of it: the same key tries again (once the failed attempt let go of
     // it) rather than replaying the 503.

@@ -83,6 +83,15 @@ impl App {
         mercato_kit::testing::call(&self.router, method, uri, token, key, body).await
     }
 
+    /// An admin restocks a product the catalog does not have: 404, and it stays unknown.
+    async fn restock_unknown_product(&self) {
+        let uri = format!("/api/v1/inventory/{}", ProductId::new());
+        let restock = Some(json!({"restock": 1}));
+        self.call("PUT", &uri, Some(&admin()), None, restock)
+            .await
+            .problem(404, "not_found");
+    }
+
     async fn get(&self, uri: &str, token: Option<&str>) -> Answer {
         self.call("GET", uri, token, None, None).await
     }
@@ -531,15 +540,7 @@ async fn a_product_is_stocked_before_its_event_arrives_with_ownership_checked() 
         put(admin(), json!({"restock": 1})).await.status,
         StatusCode::OK
     );
-    a.call(
-        "PUT",
-        &format!("/api/v1/inventory/{}", ProductId::new()),
-        Some(&admin()),
-        None,
-        Some(json!({"restock": 1})),
-    )
-    .await
-    .problem(404, "not_found");
+    a.restock_unknown_product().await;
     a.w.assert_books().await;
 }
 
@@ -651,15 +652,7 @@ async fn sellers_set_and_restock_their_own_products_and_read_their_ledger() {
         0
     );
     put(admin(), json!({"on_hand": 1})).await;
-    a.call(
-        "PUT",
-        &format!("/api/v1/inventory/{}", ProductId::new()),
-        Some(&admin()),
-        None,
-        Some(json!({"restock": 1})),
-    )
-    .await
-    .problem(404, "not_found");
+    a.restock_unknown_product().await;
 
     // The ledger, oldest first, a page at a time.
     let page = a.get(&format!("{uri}/ledger?limit=3"), Some(&mine)).await;

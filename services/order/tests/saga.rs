@@ -207,12 +207,7 @@ async fn payment_before_reservation_pays_and_the_late_reservation_changes_nothin
     deliver_thrice(&h, &reserved(&o)).await;
     assert_eq!(h.status(o.id).await, OrderStatus::Paid);
 
-    let types: Vec<_> = h
-        .history(o.id)
-        .await
-        .into_iter()
-        .map(|e| e.event_type)
-        .collect();
+    let types = h.history_types(o.id).await;
     assert_eq!(types, ["order.created", "payment.authorized"]);
     assert_eq!(h.events_of(o.id).await, [ORDER_CREATED, ORDER_PAID]);
     h.assert_history_folds(o.id).await;
@@ -379,12 +374,7 @@ async fn sellers_process_and_fulfil_then_admins_refund() {
     // Late saga events after the end change nothing.
     deliver_thrice(&h, &released(&o, ReleaseReason::Expired)).await;
     assert_eq!(h.status(o.id).await, OrderStatus::Refunded);
-    let types: Vec<_> = h
-        .history(o.id)
-        .await
-        .into_iter()
-        .map(|e| e.event_type)
-        .collect();
+    let types = h.history_types(o.id).await;
     assert_eq!(
         types,
         [

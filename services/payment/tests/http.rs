@@ -46,6 +46,11 @@ async fn call(
     }
 }
 
+async fn authorize(h: &Harness, token: Option<&str>, body: Value) -> Reply {
+    let path = "/payments/authorize";
+    call(h, reqwest::Method::POST, path, token, Some(body), None).await
+}
+
 fn authorize_body(order: OrderId, customer: UserId, amount: i64, method: &str) -> Value {
     json!({"order_id": order, "amount_cents": amount, "currency": "USD", "payment_method": method, "customer_id": customer})
 }
@@ -56,40 +61,15 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
     let svc = h.service_token();
     let (order, customer) = (OrderId::new(), UserId::new());
     let body = authorize_body(order, customer, 1234, "pm_card_visa");
-    let post = reqwest::Method::POST;
 
-    let r = call(
-        &h,
-        post.clone(),
-        "/payments/authorize",
-        None,
-        Some(body.clone()),
-        None,
-    )
-    .await;
+    let r = authorize(&h, None, body.clone()).await;
     assert_eq!(r.status, 401);
     let customer_token = h.token(Role::Customer, &customer.to_string());
-    let r = call(
-        &h,
-        post.clone(),
-        "/payments/authorize",
-        Some(&customer_token),
-        Some(body.clone()),
-        None,
-    )
-    .await;
+    let r = authorize(&h, Some(&customer_token), body.clone()).await;
     assert_eq!(r.status, 403);
 
     // An order nobody announced is not charged.
-    let r = call(
-        &h,
-        post.clone(),
-        "/payments/authorize",
-        Some(&svc),
-        Some(body.clone()),
-        None,
-    )
-    .await;
+    let r = authorize(&h, Some(&svc), body.clone()).await;
     assert_eq!(
         (r.status, r.body["code"].as_str()),
         (404, Some("unknown_order")),
@@ -102,13 +82,10 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
     h.deliver(&created(order, customer, 1234)).await;
     // Only on the order's terms: not another amount, not for someone else.
     for (amount, who) in [(999, customer), (1234, UserId::new())] {
-        let r = call(
+        let r = authorize(
             &h,
-            post.clone(),
-            "/payments/authorize",
             Some(&svc),
-            Some(authorize_body(order, who, amount, "pm_card_visa")),
-            None,
+            authorize_body(order, who, amount, "pm_card_visa"),
         )
         .await;
         assert_eq!(
@@ -118,15 +95,7 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
             r.body
         );
     }
-    let first = call(
-        &h,
-        post.clone(),
-        "/payments/authorize",
-        Some(&svc),
-        Some(body.clone()),
-        None,
-    )
-    .await;
+    let first = authorize(&h, Some(&svc), body.clone()).await;
     assert_eq!(first.status, 201, "{}", first.body);
     assert_eq!(first.body["status"], "AUTHORIZED");
     assert_eq!(first.body["amount_cents"], 1234);
@@ -137,27 +106,11 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
         .unwrap()
         .starts_with("pi_"));
 
-    let again = call(
-        &h,
-        post.clone(),
-        "/payments/authorize",
-        Some(&svc),
-        Some(body),
-        None,
-    )
-    .await;
+    let again = authorize(&h, Some(&svc), body).await;
     assert_eq!(again.status, 200);
     assert_eq!(again.body["id"], first.body["id"]);
     let other = authorize_body(order, customer, 1234, "pm_card_chargeDeclined");
-    let r = call(
-        &h,
-        post.clone(),
-        "/payments/authorize",
-        Some(&svc),
-        Some(other),
-        None,
-    )
-    .await;
+    let r = authorize(&h, Some(&svc), other).await;
     assert_eq!(
         (r.status, r.body["code"].as_str()),
         (409, Some("payment_exists"))
@@ -166,15 +119,7 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
 
     let admin = h.token(Role::Admin, &UserId::new().to_string());
     let bad = json!({"order_id": OrderId::new(), "amount_cents": 0, "currency": "usd", "payment_method": ""});
-    let r = call(
-        &h,
-        post.clone(),
-        "/payments/authorize",
-        Some(&admin),
-        Some(bad),
-        None,
-    )
-    .await;
+    let r = authorize(&h, Some(&admin), bad).await;
     assert_eq!(r.status, 422);
     let fields: Vec<_> = r.body["errors"]
         .as_array()
@@ -188,13 +133,10 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
     let gone = OrderId::new();
     h.deliver(&created(gone, customer, 100)).await;
     h.deliver(&cancelled(gone)).await;
-    let r = call(
+    let r = authorize(
         &h,
-        post.clone(),
-        "/payments/authorize",
         Some(&admin),
-        Some(authorize_body(gone, customer, 100, "pm_card_visa")),
-        None,
+        authorize_body(gone, customer, 100, "pm_card_visa"),
     )
     .await;
     assert_eq!(
@@ -202,41 +144,28 @@ async fn authorize_over_http_is_idempotent_per_order_and_guarded() {
         (409, Some("order_cancelled"))
     );
 
-    // Pending at the processor: 202.
-    let pending = OrderId::new();
-    h.deliver(&created(pending, customer, 100)).await;
-    let r = call(
-        &h,
-        post.clone(),
-        "/payments/authorize",
-        Some(&svc),
-        Some(authorize_body(pending, customer, 100, "pm_card_pending")),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (r.status, r.body["status"].as_str()),
-        (202, Some("PENDING"))
-    );
-    // Declined: answered, FAILED with the reason.
-    let declined = OrderId::new();
-    h.deliver(&created(declined, customer, 100)).await;
-    let r = call(
-        &h,
-        post,
-        "/payments/authorize",
-        Some(&svc),
-        Some(authorize_body(
-            declined,
-            customer,
-            100,
+    // Pending at the processor: 202. Declined: answered, FAILED with the reason.
+    for (method, status, state, reason) in [
+        ("pm_card_pending", 202, "PENDING", None),
+        (
             "pm_card_chargeDeclined",
-        )),
-        None,
-    )
-    .await;
-    assert_eq!((r.status, r.body["status"].as_str()), (201, Some("FAILED")));
-    assert_eq!(r.body["failure_reason"], "generic_decline");
+            201,
+            "FAILED",
+            Some("generic_decline"),
+        ),
+    ] {
+        let id = OrderId::new();
+        h.deliver(&created(id, customer, 100)).await;
+        let r = authorize(&h, Some(&svc), authorize_body(id, customer, 100, method)).await;
+        assert_eq!(
+            (r.status, r.body["status"].as_str()),
+            (status, Some(state)),
+            "{method}"
+        );
+        if let Some(reason) = reason {
+            assert_eq!(r.body["failure_reason"], reason);
+        }
+    }
     h.stop().await;
 }
 
@@ -430,36 +359,19 @@ async fn a_payment_is_visible_to_its_customer_admins_and_services_only() {
     assert_eq!(r.body["order_id"], order.to_string());
 
     let theirs = h.token(Role::Customer, &UserId::new().to_string());
-    assert_eq!(
-        call(&h, get.clone(), &path, Some(&theirs), None, None)
-            .await
-            .status,
-        404
-    );
     let seller = h.token(Role::Seller, &UserId::new().to_string());
-    assert_eq!(
-        call(&h, get.clone(), &path, Some(&seller), None, None)
-            .await
-            .status,
-        404
-    );
     let admin = h.token(Role::Admin, &UserId::new().to_string());
-    assert_eq!(
-        call(&h, get.clone(), &path, Some(&admin), None, None)
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        call(&h, get.clone(), &path, Some(&h.service_token()), None, None)
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        call(&h, get.clone(), &path, None, None, None).await.status,
-        401
-    );
+    let service = h.service_token();
+    for (who, token, status) in [
+        ("another customer", Some(theirs.as_str()), 404),
+        ("a seller", Some(seller.as_str()), 404),
+        ("an admin", Some(admin.as_str()), 200),
+        ("a service", Some(service.as_str()), 200),
+        ("nobody", None, 401),
+    ] {
+        let r = call(&h, get.clone(), &path, token, None, None).await;
+        assert_eq!(r.status, status, "{who}");
+    }
 
     let by_order = format!("/payments?order_id={order}");
     let r = call(&h, get.clone(), &by_order, Some(&mine), None, None).await;
@@ -497,12 +409,7 @@ fn succeeded_body(event_id: &str, provider_ref: &str, reference: &str, amount: i
 #[tokio::test]
 async fn webhooks_must_be_signed_fresh_and_count_once() {
     let h = Harness::start().await;
-    let order = OrderId::new();
-    h.deliver(&reserved(order, UserId::new(), 1500, "pm_card_pending"))
-        .await;
-    let p = h
-        .wait_payment(order, "a provider reference", |p| p.provider_ref.is_some())
-        .await;
+    let (order, p) = h.awaiting_webhook().await;
     let pref = p.provider_ref.clone().unwrap();
     let body = succeeded_body("evt_test_1", &pref, &p.id.to_string(), 1500);
     let now = chrono::Utc::now().timestamp();
@@ -573,6 +480,21 @@ async fn webhooks_must_be_signed_fresh_and_count_once() {
     h.stop().await;
 }
 
+/// A processor's success for `p` that comes after its end is recorded as ignored and leaves
+/// the payment exactly as it was.
+async fn late_success_is_ignored(
+    h: &Harness,
+    p: &mercato_payment::store::Payment,
+    event: &str,
+    now: i64,
+) {
+    let reference = p.provider_ref.as_deref().unwrap();
+    let body = succeeded_body(event, reference, &p.id.to_string(), p.money.amount_cents);
+    let (status, ack) = h.send_webhook(&body, SECRET, now).await;
+    assert_eq!((status, ack["outcome"].as_str()), (200, Some("ignored")));
+    assert_eq!(h.payment_of(p.order_id).await.unwrap(), *p);
+}
+
 #[tokio::test]
 async fn a_late_success_for_a_voided_or_failed_payment_changes_nothing() {
     let h = Harness::start().await;
@@ -584,15 +506,7 @@ async fn a_late_success_for_a_voided_or_failed_payment_changes_nothing() {
     h.settled(order, Status::Authorized).await;
     assert_eq!(h.deliver(&cancelled(order)).await, Outcome::Applied);
     let p = h.settled(order, Status::Voided).await;
-    let body = succeeded_body(
-        "evt_late_1",
-        p.provider_ref.as_deref().unwrap(),
-        &p.id.to_string(),
-        700,
-    );
-    let (status, ack) = h.send_webhook(&body, SECRET, now).await;
-    assert_eq!((status, ack["outcome"].as_str()), (200, Some("ignored")));
-    assert_eq!(h.payment_of(order).await.unwrap(), p);
+    late_success_is_ignored(&h, &p, "evt_late_1", now).await;
     // Failed: declined.
     let order = OrderId::new();
     h.deliver(&reserved(
@@ -603,15 +517,7 @@ async fn a_late_success_for_a_voided_or_failed_payment_changes_nothing() {
     ))
     .await;
     let p = h.settled(order, Status::Failed).await;
-    let body = succeeded_body(
-        "evt_late_2",
-        p.provider_ref.as_deref().unwrap(),
-        &p.id.to_string(),
-        700,
-    );
-    let (status, ack) = h.send_webhook(&body, SECRET, now).await;
-    assert_eq!((status, ack["outcome"].as_str()), (200, Some("ignored")));
-    assert_eq!(h.payment_of(order).await.unwrap(), p);
+    late_success_is_ignored(&h, &p, "evt_late_2", now).await;
     // Unknown payments and mismatched amounts are recorded, not applied.
     let body = succeeded_body("evt_late_3", "pi_unknown", "not-a-payment", 700);
     let (_, ack) = h.send_webhook(&body, SECRET, now).await;

@@ -160,12 +160,7 @@ async fn processing_errors_are_retried_with_the_same_key_into_one_authorization(
 #[tokio::test]
 async fn a_pending_authorization_is_decided_by_the_webhook_once() {
     let h = Harness::start().await;
-    let order = OrderId::new();
-    h.deliver(&reserved(order, UserId::new(), 1500, "pm_card_pending"))
-        .await;
-    let p = h
-        .wait_payment(order, "a provider reference", |p| p.provider_ref.is_some())
-        .await;
+    let (order, p) = h.awaiting_webhook().await;
     let p = h.settled(order, p.money.status).await;
     assert_eq!(p.money.status, Status::Pending);
     assert_eq!(h.calls(&p).await[0].outcome, "pending");
@@ -184,12 +179,7 @@ async fn a_pending_authorization_is_decided_by_the_webhook_once() {
 #[tokio::test]
 async fn a_pending_authorization_that_fails_fails_the_payment() {
     let h = Harness::start().await;
-    let order = OrderId::new();
-    h.deliver(&reserved(order, UserId::new(), 1500, "pm_card_pending"))
-        .await;
-    let p = h
-        .wait_payment(order, "a provider reference", |p| p.provider_ref.is_some())
-        .await;
+    let (order, p) = h.awaiting_webhook().await;
     h.settle(p.provider_ref.as_deref().unwrap(), "failed").await;
     let p = h.settled(order, Status::Failed).await;
     assert_eq!(p.failure_reason.as_deref(), Some("authorization_failed"));
@@ -289,11 +279,7 @@ async fn a_cancellation_before_the_call_is_sent_drops_the_call() {
 #[tokio::test]
 async fn a_cancellation_while_pending_voids_it_at_the_processor_at_once() {
     let h = Harness::start().await;
-    let order = OrderId::new();
-    h.deliver(&reserved(order, UserId::new(), 1500, "pm_card_pending"))
-        .await;
-    h.wait_payment(order, "a provider reference", |p| p.provider_ref.is_some())
-        .await;
+    let (order, _) = h.awaiting_webhook().await;
     // Nobody settles it: the cancellation alone must release the pending hold.
     h.deliver(&cancelled(order)).await;
     let p = h.settled(order, Status::Voided).await;

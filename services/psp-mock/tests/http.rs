@@ -117,13 +117,9 @@ async fn visa_authorize_capture_and_refund_in_two_parts() {
     let (_, fetched) = read(psp.get(&format!("/v1/authorizations/{id}")).await).await;
     assert_eq!(fetched, rest);
 
-    problem(
-        psp.post(
-            &format!("/v1/authorizations/{id}/refund"),
-            None,
-            json!({"amount_cents": 1}),
-        )
-        .await,
+    psp.refused(
+        &format!("/v1/authorizations/{id}/refund"),
+        json!({"amount_cents": 1}),
         409,
         "invalid_state",
     )
@@ -158,12 +154,8 @@ async fn a_keyed_capture_is_replayed_not_repeated() {
     assert_eq!((status, &again), (StatusCode::OK, &first));
     assert_eq!(psp.stats().await["captures"], 1);
     // Without the key, a second capture is a new request, and an illegal one.
-    problem(
-        psp.post(&path, None, json!({"amount_cents": 600})).await,
-        409,
-        "invalid_state",
-    )
-    .await;
+    psp.refused(&path, json!({"amount_cents": 600}), 409, "invalid_state")
+        .await;
     problem(
         psp.post(&path, Some("cap"), json!({"amount_cents": 700}))
             .await,
@@ -187,9 +179,9 @@ async fn void_releases_an_authorization_only_before_capture() {
         (status, voided["status"].as_str()),
         (StatusCode::OK, Some("voided"))
     );
-    problem(
-        psp.post(&format!("/v1/authorizations/{a}/capture"), None, json!({}))
-            .await,
+    psp.refused(
+        &format!("/v1/authorizations/{a}/capture"),
+        json!({}),
         409,
         "invalid_state",
     )
@@ -206,24 +198,21 @@ async fn void_releases_an_authorization_only_before_capture() {
         .await,
     )
     .await;
-    problem(
-        psp.post(&format!("/v1/authorizations/{b}/void"), None, json!({}))
-            .await,
+    psp.refused(
+        &format!("/v1/authorizations/{b}/void"),
+        json!({}),
         409,
         "invalid_state",
     )
     .await;
-    let body = problem(
-        psp.post(
+    let body = psp
+        .refused(
             &format!("/v1/authorizations/{b}/refund"),
-            None,
             json!({"amount_cents": 401}),
+            422,
+            "invalid_amount",
         )
-        .await,
-        422,
-        "invalid_amount",
-    )
-    .await;
+        .await;
     assert_eq!(body["errors"][0]["field"], "amount_cents");
     let stats = psp.stats().await;
     assert_eq!(
@@ -261,13 +250,8 @@ async fn declines_carry_their_codes_and_are_recorded() {
         let again = psp.authorize(token, token, 2500).await;
         assert_eq!(again.headers()["idempotency-replayed"], "true");
         assert_eq!(problem(again, 402, "card_declined").await, body);
-        problem(
-            psp.post(&format!("/v1/authorizations/{id}/capture"), None, json!({}))
-                .await,
-            409,
-            "invalid_state",
-        )
-        .await;
+        let capture = format!("/v1/authorizations/{id}/capture");
+        psp.refused(&capture, json!({}), 409, "invalid_state").await;
     }
     let stats = psp.stats().await;
     assert_eq!(
@@ -350,9 +334,9 @@ async fn a_pending_payment_settles_by_signed_webhook() {
         (StatusCode::ACCEPTED, Some("pending"))
     );
     let id = pending["id"].as_str().unwrap().to_owned();
-    problem(
-        psp.post(&format!("/v1/authorizations/{id}/capture"), None, json!({}))
-            .await,
+    psp.refused(
+        &format!("/v1/authorizations/{id}/capture"),
+        json!({}),
         409,
         "invalid_state",
     )
@@ -392,9 +376,9 @@ async fn a_pending_payment_settles_by_signed_webhook() {
         json!({"provider_ref": id, "status": "authorized", "amount_cents": 4200, "currency": "USD", "reference": "order-42"})
     );
 
-    problem(
-        psp.post(&settle, None, json!({"outcome": "succeeded"}))
-            .await,
+    psp.refused(
+        &settle,
+        json!({"outcome": "succeeded"}),
         409,
         "invalid_state",
     )
@@ -464,12 +448,14 @@ async fn bad_input_gets_a_problem_naming_what_is_wrong() {
         (card("4242424242424242", 12, 2001, "123"), "exp_year"),
         (card("4242424242424242", 12, 2040, "12"), "cvc"),
     ] {
-        let p = problem(
-            psp.post("/v1/payment_methods", None, body.clone()).await,
-            422,
-            "validation_failed",
-        )
-        .await;
+        let p = psp
+            .refused(
+                "/v1/payment_methods",
+                body.clone(),
+                422,
+                "validation_failed",
+            )
+            .await;
         assert_eq!(p["errors"][0]["field"], field, "{body}: {p}");
         assert_eq!(p["errors"].as_array().unwrap().len(), 1, "{p}");
         assert!(!p.to_string().contains("4242424242424241"), "{p}");
@@ -499,13 +485,9 @@ async fn bad_input_gets_a_problem_naming_what_is_wrong() {
         .await;
         assert_eq!(p["errors"][0]["field"], field, "{body}: {p}");
     }
-    problem(
-        psp.post(
-            "/v1/authorizations",
-            None,
-            authz(json!(100), "USD", "pm_card_visa", "r"),
-        )
-        .await,
+    psp.refused(
+        "/v1/authorizations",
+        authz(json!(100), "USD", "pm_card_visa", "r"),
         400,
         "idempotency_key_required",
     )
@@ -520,13 +502,9 @@ async fn bad_input_gets_a_problem_naming_what_is_wrong() {
         .await
         .unwrap();
     problem(res, 400, "malformed_json").await;
-    problem(
-        psp.post(
-            "/v1/payment_methods",
-            None,
-            json!({"card_number": "4242424242424242"}),
-        )
-        .await,
+    psp.refused(
+        "/v1/payment_methods",
+        json!({"card_number": "4242424242424242"}),
         422,
         "validation_failed",
     )
@@ -542,81 +520,53 @@ async fn bad_input_gets_a_problem_naming_what_is_wrong() {
         "not_found",
     )
     .await;
-    problem(
-        psp.post("/v1/authorizations/pi_unknown/void", None, json!({}))
-            .await,
+    psp.refused(
+        "/v1/authorizations/pi_unknown/void",
+        json!({}),
         404,
         "not_found",
     )
     .await;
-    problem(
-        psp.post(
-            "/v1/test/payments/pi_unknown/settle",
-            None,
-            json!({"outcome": "succeeded"}),
-        )
-        .await,
+    psp.refused(
+        "/v1/test/payments/pi_unknown/settle",
+        json!({"outcome": "succeeded"}),
         404,
         "not_found",
     )
     .await;
     let (_, a) = read(psp.authorize("k-x", "pm_card_visa", 100).await).await;
     let id = a["id"].as_str().unwrap();
-    problem(
-        psp.post(
-            &format!("/v1/test/payments/{id}/settle"),
-            None,
+    let settle = format!("/v1/test/payments/{id}/settle");
+    let capture = format!("/v1/authorizations/{id}/capture");
+    for (path, body, status, code) in [
+        (
+            &settle,
             json!({"outcome": "maybe"}),
-        )
-        .await,
-        422,
-        "validation_failed",
-    )
-    .await;
-    problem(
-        psp.post(
-            &format!("/v1/test/payments/{id}/settle"),
-            None,
+            422,
+            "validation_failed",
+        ),
+        (
+            &settle,
             json!({"outcome": "succeeded"}),
-        )
-        .await,
-        409,
-        "invalid_state",
-    )
-    .await;
-    problem(
-        psp.post(
-            &format!("/v1/authorizations/{id}/capture"),
-            None,
+            409,
+            "invalid_state",
+        ),
+        (
+            &capture,
             json!({"amount_cents": 0}),
-        )
-        .await,
-        422,
-        "validation_failed",
-    )
-    .await;
-    problem(
-        psp.post(
-            &format!("/v1/authorizations/{id}/capture"),
-            None,
+            422,
+            "validation_failed",
+        ),
+        (
+            &capture,
             json!({"amount_cents": 101}),
-        )
-        .await,
-        422,
-        "invalid_amount",
-    )
-    .await;
-    problem(
-        psp.post(
-            &format!("/v1/authorizations/{id}/capture"),
-            None,
-            json!({"amount": 1}),
-        )
-        .await,
-        422,
-        "validation_failed",
-    )
-    .await;
+            422,
+            "invalid_amount",
+        ),
+        (&capture, json!({"amount": 1}), 422, "validation_failed"),
+    ] {
+        psp.refused(path, body, status, code).await;
+    }
 }
 
 #[tokio::test]

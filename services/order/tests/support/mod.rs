@@ -229,6 +229,15 @@ impl Harness {
         self.orders.history(id).await.unwrap()
     }
 
+    /// The order's history as the types of its steps, oldest first.
+    pub async fn history_types(&self, id: OrderId) -> Vec<String> {
+        self.history(id)
+            .await
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect()
+    }
+
     /// Every event in the outbox (published or not), oldest first.
     pub async fn outbox(&self) -> Vec<Envelope> {
         mercato_kit::db::query("SELECT envelope FROM outbox ORDER BY seq")

@@ -291,6 +291,18 @@ impl Harness {
         .await
     }
 
+    /// A new order of 1500 cents whose authorization the processor answered "pending": the
+    /// payment, holding the processor's reference, now waits on the webhook.
+    pub async fn awaiting_webhook(&self) -> (OrderId, Payment) {
+        let order = OrderId::new();
+        self.deliver(&reserved(order, UserId::new(), 1500, "pm_card_pending"))
+            .await;
+        let p = self
+            .wait_payment(order, "a provider reference", |p| p.provider_ref.is_some())
+            .await;
+        (order, p)
+    }
+
     /// Waits until the order's payment is in `status` with no processor call left queued.
     pub async fn settled(&self, order: OrderId, status: Status) -> Payment {
         let p = self

@@ -68,6 +68,12 @@ impl Psp {
         req.send().await.unwrap()
     }
 
+    /// Posts without an idempotency key and checks the answer is the problem `code` with
+    /// `status`; returns the problem document.
+    pub async fn refused(&self, path: &str, body: Value, status: u16, code: &str) -> Value {
+        problem(self.post(path, None, body).await, status, code).await
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         self.client
             .get(format!("{}{path}", self.url))
