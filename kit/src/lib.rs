@@ -13,6 +13,7 @@ pub mod auth;
 pub mod chaos;
 pub mod client;
 pub mod config;
+pub mod context;
 pub mod contracts;
 pub mod db;
 pub mod demo;

@@ -7,7 +7,7 @@ mod support;
 use mercato_kit::db::{Db, Migrations, Tx};
 use mercato_kit::events::consumer::{dead_letters, Outcome};
 use mercato_kit::events::{
-    append, Bus, Consumer, EmbeddedBus, Envelope, EventHandler, OutboxWaker, Relay,
+    append, pending, Bus, Consumer, EmbeddedBus, Envelope, EventHandler, Relay,
 };
 use sqlx::migrate::Migrator;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -76,9 +76,9 @@ async fn committed_events_reach_the_consumer_once_and_in_order() {
         .await
         .unwrap(),
     );
-    let waker = OutboxWaker::default();
+    let waker = producer.outbox_waker();
     let stop = CancellationToken::new();
-    tokio::spawn(Relay::new(producer.clone(), bus.clone(), waker.clone()).run(stop.clone()));
+    tokio::spawn(Relay::new(producer.clone(), bus.clone()).run(stop.clone()));
     let recorder = Arc::new(Recorder {
         fail: AtomicBool::new(false),
         calls: AtomicU32::new(0),
@@ -319,4 +319,49 @@ async fn the_embedded_bus_counts_deliveries_until_acknowledged() {
     other.ack(&second).await.unwrap();
     bus.rewind_all_consumers().await.unwrap();
     assert_eq!(other.next().await.unwrap().attempt, 1);
+}
+
+/// Emits one event of its own for each event it handles, as saga handlers do.
+struct Forwards;
+
+#[async_trait::async_trait]
+impl EventHandler for Forwards {
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
+        let next = Envelope::new("service", "thing.forwarded", &event.aggregate_id, &());
+        append(tx, &next).await?;
+        Ok(())
+    }
+}
+
+/// A service has one outbox waker, its database's: the relay over the database listens to it,
+/// and a consumer's commit (like an idempotent handler's) wakes it, so the handler's event
+/// leaves at once. The relay here would look on its own only after an hour.
+#[tokio::test]
+async fn a_commit_that_wakes_the_databases_waker_is_published_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(&dir, "service").await;
+    let bus: Arc<dyn Bus> = Arc::new(
+        EmbeddedBus::open(&format!(
+            "sqlite://{}/bus.db?mode=rwc",
+            dir.path().display()
+        ))
+        .await
+        .unwrap(),
+    );
+    let empty = || async { pending(db.reader(), 10).await.unwrap().is_empty() };
+    // One row committed before the relay starts: once its first look has published it, the
+    // relay waits for a wake (or the hour).
+    let mut tx = db.begin().await.unwrap();
+    append(&mut tx, &event(0)).await.unwrap();
+    tx.commit().await.unwrap();
+    let stop = CancellationToken::new();
+    let relay = Relay::new(db.clone(), bus.clone()).with_poll(Duration::from_secs(3600));
+    let running = tokio::spawn(relay.run(stop.clone()));
+    until("the first look published the row", empty).await;
+
+    let consumer = Consumer::new("service", db.clone(), Arc::new(Forwards));
+    assert_eq!(consumer.process(&event(1)).await.unwrap(), Outcome::Applied);
+    until("the handler's event published without a poll", empty).await;
+    stop.cancel();
+    running.await.unwrap();
 }

@@ -2,7 +2,7 @@
 //! which requests may be sent twice.
 
 use super::RetryPolicy;
-use crate::http::IDEMPOTENCY_KEY;
+use crate::context::IDEMPOTENCY_KEY;
 use http::{HeaderMap, Method};
 use std::time::Duration;
 
