@@ -16,7 +16,7 @@
 //!   that is what idempotency keys are for.
 //!
 //! Optionally only for some `routes` (path prefixes). `GET/PUT/DELETE /api/v1/admin/chaos`
-//! (ADMIN) reads, sets and clears the profile at run time; `CHAOS_MODE=true` starts a service
+//! (ADMIN, served by [`crate::http::admin`]) reads, sets and clears the profile at run time; `CHAOS_MODE=true` starts a service
 //! with [`Profile::default_mode`] (5% errors). Metrics: `chaos_enabled` (0/1) and
 //! `chaos_events_total{kind}` with kind `latency`, `error`, `partial_failure` (psp-mock adds its
 //! own kinds through [`Chaos::record`]).
@@ -24,16 +24,12 @@
 //! The draws use the thread's RNG: chaos is about shares over many requests, and a test that
 //! needs a certain outcome sets a rate of 0 or 1.
 
-use crate::auth::{Principal, Role, Verifier};
-use crate::http::Json;
+use crate::problem::Problem;
 use crate::validate::Errors;
-use crate::Problem;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use http::StatusCode;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use rand::Rng;
@@ -340,18 +336,6 @@ fn dropped(response: Response) -> Response {
     Response::from_parts(parts, Body::from_stream(broken))
 }
 
-#[derive(Clone)]
-struct AdminState {
-    chaos: Chaos,
-    verifier: Verifier,
-}
-
-impl axum::extract::FromRef<AdminState> for Verifier {
-    fn from_ref(s: &AdminState) -> Verifier {
-        s.verifier.clone()
-    }
-}
-
 /// The chaos answer: the profile in force and whether it does anything.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ChaosView {
@@ -361,43 +345,13 @@ pub struct ChaosView {
 }
 
 impl ChaosView {
-    fn of(chaos: &Chaos) -> ChaosView {
+    pub fn of(chaos: &Chaos) -> ChaosView {
         let profile = chaos.profile();
         ChaosView {
             enabled: profile.is_active(),
             profile,
         }
     }
-}
-
-/// `GET/PUT/DELETE /api/v1/admin/chaos`, ADMIN only.
-pub fn admin_router(chaos: Chaos, verifier: Verifier) -> Router {
-    Router::new()
-        .route(ADMIN_PATH, get(show).put(replace).delete(clear))
-        .with_state(AdminState { chaos, verifier })
-}
-
-async fn show(State(s): State<AdminState>, p: Principal) -> Result<Json<ChaosView>, Problem> {
-    p.require(&[Role::Admin])?;
-    Ok(Json(ChaosView::of(&s.chaos)))
-}
-
-async fn replace(
-    State(s): State<AdminState>,
-    p: Principal,
-    Json(profile): Json<Profile>,
-) -> Result<Json<ChaosView>, Problem> {
-    p.require(&[Role::Admin])?;
-    profile.validate()?;
-    tracing::warn!(by = ?p.user_id(), "chaos profile set through the admin API");
-    s.chaos.set(profile);
-    Ok(Json(ChaosView::of(&s.chaos)))
-}
-
-async fn clear(State(s): State<AdminState>, p: Principal) -> Result<StatusCode, Problem> {
-    p.require(&[Role::Admin])?;
-    s.chaos.set(Profile::default());
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

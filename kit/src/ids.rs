@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
-use uuid::Uuid;
 
 /// Declares a UUID newtype with the conversions every id needs.
 #[macro_export]
@@ -100,11 +99,6 @@ impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Parses an id column read from the database; a malformed one is data corruption, not input.
-pub fn parse_db_uuid(s: &str) -> Result<Uuid, crate::db::Error> {
-    Uuid::parse_str(s).map_err(|e| crate::db::Error::Decode(Box::new(e)))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod chaos;
 pub mod client;
 pub mod config;
+pub mod context;
 pub mod contracts;
 pub mod db;
 pub mod demo;

@@ -108,7 +108,7 @@ impl Metrics {
     pub fn observe_idempotency(&self, res: &axum::response::Response) {
         if res
             .headers()
-            .contains_key(crate::http::IDEMPOTENCY_REPLAYED)
+            .contains_key(crate::context::IDEMPOTENCY_REPLAYED)
         {
             self.idempotency_replays.inc();
         }

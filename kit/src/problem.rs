@@ -288,6 +288,17 @@ impl From<crate::validate::Invalid> for Problem {
     }
 }
 
+/// Defined here rather than in `validate` (inherent methods may live anywhere in their crate):
+/// `validate` is plain data beneath this module and does not know the problem document.
+impl crate::validate::Errors {
+    /// `Ok` when nothing was recorded, else a 422 problem naming every field; for code that
+    /// answers HTTP itself (a handler), where [`Errors::check`](crate::validate::Errors::check)
+    /// would only be mapped at once.
+    pub fn finish(self) -> Result<(), Problem> {
+        self.check().map_err(Problem::from)
+    }
+}
+
 /// Storage errors are internal unless a service maps them to something more precise first.
 impl From<crate::db::Error> for Problem {
     fn from(e: crate::db::Error) -> Self {

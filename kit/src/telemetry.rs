@@ -9,7 +9,8 @@
 //!
 //! **Traces.** Every `tracing` span is an OpenTelemetry span (`tracing-opentelemetry`). The
 //! spans that matter are made by the helpers below: one per HTTP request served and made, per
-//! event published and handled, per background job. They take their parent from W3C
+//! background job (the spans of an event published and handled are made in [`crate::events`],
+//! which knows the envelope, from [`continue_trace`]). They take their parent from W3C
 //! `traceparent` (a request header, an envelope, a stored job), so one checkout is one trace
 //! across services and across the bus. With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are
 //! batched and exported over OTLP HTTP/protobuf (sampled by `OTEL_TRACES_SAMPLER`/`_ARG`,
@@ -265,43 +266,6 @@ pub fn record_status(span: &Span, status: Option<u16>, error: Option<&str>) {
     if error.is_some() || status.is_some_and(|s| s >= 500) {
         span.record("otel.status_code", "ERROR");
     }
-}
-
-/// The span of publishing an event to the bus: a child of the envelope's trace context (the
-/// change that wrote it).
-pub fn publish_span(env: &crate::events::Envelope) -> Span {
-    let span = tracing::info_span!(
-        "event.publish",
-        otel.name = %format!("publish {}", env.event_type),
-        otel.kind = "producer",
-        service = %env.producer,
-        messaging.operation.type = "send",
-        messaging.destination.name = %env.event_type,
-        messaging.message.id = %env.event_id,
-    );
-    continue_trace(&span, env.traceparent.as_deref());
-    span
-}
-
-/// The span of handling an event: a child of the envelope's trace context, so the consumer's
-/// work hangs under the producer's in one trace. Events it writes take it as their parent.
-/// (Consumers are named after their service.)
-pub fn process_span(consumer: &str, env: &crate::events::Envelope) -> Span {
-    let span = tracing::info_span!(
-        "event.process",
-        otel.name = %format!("process {}", env.event_type),
-        otel.kind = "consumer",
-        service = %consumer,
-        consumer = %consumer,
-        event_id = %env.event_id,
-        event_type = %env.event_type,
-        aggregate_id = %env.aggregate_id,
-        messaging.operation.type = "process",
-        messaging.message.id = %env.event_id,
-        trace_id = tracing::field::Empty,
-    );
-    continue_trace(&span, env.traceparent.as_deref());
-    span
 }
 
 /// The span of one piece of background work (a processor call, an expiry), continuing the

@@ -5,7 +5,6 @@
 //! Plain data, no HTTP: a domain collects its bad fields here and returns them as [`Invalid`];
 //! the service's `http.rs` decides which problem (422 for a body, 400 for a query) they become.
 
-use crate::problem::Problem;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -89,13 +88,10 @@ impl Errors {
     pub fn into_invalid(self) -> Invalid {
         Invalid(self.0)
     }
-
-    /// `Ok` when nothing was recorded, else a 422 problem naming every field; for code that
-    /// answers HTTP itself (a handler), where [`Errors::check`] would only be mapped at once.
-    pub fn finish(self) -> Result<(), Problem> {
-        self.check().map_err(Problem::from)
-    }
 }
+
+// `Errors::finish`, the same check answered as a problem document, is defined in
+// `crate::problem`: problems are built from these findings, so that module sits above this one.
 
 /// Characters that change how text around them is shown without showing themselves: the
 /// bidirectional embeddings, overrides and isolates (a name that reads one way and sorts or

@@ -4,8 +4,11 @@
 
 mod support;
 
+use mercato_kit::db::Tx;
 use mercato_kit::events::consumer::{dead_letters, Outcome};
-use mercato_kit::events::{append, Bus, Consumer, EmbeddedBus, Envelope, OutboxWaker, Relay};
+use mercato_kit::events::{
+    append, pending, Bus, Consumer, EmbeddedBus, Envelope, EventHandler, Relay,
+};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,9 +40,9 @@ async fn committed_events_reach_the_consumer_once_and_in_order() {
     let producer = effects_db(&dir, "producer").await;
     let consumer_db = effects_db(&dir, "consumer").await;
     let bus: Arc<dyn Bus> = Arc::new(embedded_bus(&dir).await);
-    let waker = OutboxWaker::default();
+    let waker = producer.outbox_waker();
     let stop = CancellationToken::new();
-    tokio::spawn(Relay::new(producer.clone(), bus.clone(), waker.clone()).run(stop.clone()));
+    tokio::spawn(Relay::new(producer.clone(), bus.clone()).run(stop.clone()));
     let recorder = Arc::new(Recorder {
         fail: AtomicBool::new(false),
         calls: AtomicU32::new(0),
@@ -270,4 +273,42 @@ async fn the_embedded_bus_counts_deliveries_until_acknowledged() {
     other.ack(&second).await.unwrap();
     bus.rewind_all_consumers().await.unwrap();
     assert_eq!(other.next().await.unwrap().attempt, 1);
+}
+
+/// Emits one event of its own for each event it handles, as saga handlers do.
+struct Forwards;
+
+#[async_trait::async_trait]
+impl EventHandler for Forwards {
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
+        let next = Envelope::new("service", "thing.forwarded", &event.aggregate_id, &());
+        append(tx, &next).await?;
+        Ok(())
+    }
+}
+
+/// A service has one outbox waker, its database's: the relay over the database listens to it,
+/// and a consumer's commit (like an idempotent handler's) wakes it, so the handler's event
+/// leaves at once. The relay here would look on its own only after an hour.
+#[tokio::test]
+async fn a_commit_that_wakes_the_databases_waker_is_published_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = effects_db(&dir, "service").await;
+    let bus: Arc<dyn Bus> = Arc::new(embedded_bus(&dir).await);
+    let empty = || async { pending(db.reader(), 10).await.unwrap().is_empty() };
+    // One row committed before the relay starts: once its first look has published it, the
+    // relay waits for a wake (or the hour).
+    let mut tx = db.begin().await.unwrap();
+    append(&mut tx, &event(0)).await.unwrap();
+    tx.commit().await.unwrap();
+    let stop = CancellationToken::new();
+    let relay = Relay::new(db.clone(), bus.clone()).with_poll(Duration::from_secs(3600));
+    let running = tokio::spawn(relay.run(stop.clone()));
+    until("the first look published the row", empty).await;
+
+    let consumer = Consumer::new("service", db.clone(), Arc::new(Forwards));
+    assert_eq!(consumer.process(&event(1)).await.unwrap(), Outcome::Applied);
+    until("the handler's event published without a poll", empty).await;
+    stop.cancel();
+    running.await.unwrap();
 }

@@ -9,7 +9,7 @@
 //! they share nothing but the database.
 
 use mercato_kit::db::{Db, Migrations};
-use mercato_kit::events::{append, pending, Bus, Envelope, OutboxWaker, Relay, Subscription};
+use mercato_kit::events::{append, pending, Bus, Envelope, Relay, Subscription};
 use mercato_kit::testing::backend;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use std::borrow::Cow;
@@ -126,22 +126,16 @@ async fn relays_of_two_replicas_publish_each_event_once_and_in_order() {
     let (a, b) = (schema.open().await, schema.open().await);
     let bus = Arc::new(Recording::default());
     let stop = CancellationToken::new();
-    let (wake_a, wake_b) = (OutboxWaker::default(), OutboxWaker::default());
-    let relays = [(&a, &wake_a), (&b, &wake_b)].map(|(db, waker)| {
-        let relay =
-            Relay::new(db.clone(), bus.clone(), waker.clone()).with_poll(Duration::from_millis(20));
+    let relays = [&a, &b].map(|db| {
+        let relay = Relay::new(db.clone(), bus.clone()).with_poll(Duration::from_millis(20));
         tokio::spawn(relay.run(stop.clone()))
     });
     // Both replicas write; each wakes its own relay, and the other one polls.
     const N: i64 = 400;
     for n in 0..N {
-        let (db, waker) = if n % 2 == 0 {
-            (&a, &wake_a)
-        } else {
-            (&b, &wake_b)
-        };
+        let db = if n % 2 == 0 { &a } else { &b };
         produce(db, n).await;
-        waker.wake();
+        db.outbox_waker().wake();
     }
     until("everything published", || async {
         pending(a.reader(), 1).await.unwrap().is_empty()
@@ -166,7 +160,7 @@ async fn a_relay_publishes_nothing_behind_rows_another_relay_holds() {
         produce(&db, n).await;
     }
     let bus = Arc::new(Recording::default());
-    let relay = Relay::new(db.clone(), bus.clone(), OutboxWaker::default());
+    let relay = Relay::new(db.clone(), bus.clone());
     // Another relay is publishing the oldest row: nothing may leave before it does.
     let lock_nth = |k: i64| {
         let other = other.clone();
@@ -236,7 +230,7 @@ async fn a_row_that_commits_late_is_published_not_just_marked() {
         late: tokio::sync::Mutex::new(Some(late)),
         inner: Recording::default(),
     });
-    let relay = Relay::new(db.clone(), bus.clone(), OutboxWaker::default());
+    let relay = Relay::new(db.clone(), bus.clone());
     // 2 committed while 1 and 3 were being published: marking them must leave it pending (a
     // range over the batch would mark it published unpublished), so the next round sends it.
     assert_eq!(relay.drain().await.unwrap(), 3);
@@ -253,8 +247,7 @@ async fn a_relay_finds_what_another_replica_committed_without_being_woken() {
     let (db, other) = (schema.open().await, schema.open().await);
     let bus = Arc::new(Recording::default());
     let stop = CancellationToken::new();
-    let relay = Relay::new(db.clone(), bus.clone(), OutboxWaker::default())
-        .with_poll(Duration::from_millis(100));
+    let relay = Relay::new(db.clone(), bus.clone()).with_poll(Duration::from_millis(100));
     let running = tokio::spawn(relay.run(stop.clone()));
     // Committed by the other process, whose relay is gone: nobody wakes ours.
     produce(&other, 7).await;

@@ -8,7 +8,7 @@ use super::{
     backoff, is_idempotent, lock, pooled_client, retry_after, Breaker, BreakerState, Clock, Error,
     Policy, Response, RetryBudget, SystemClock,
 };
-use crate::http::{RequestContext, CORRELATION_ID, TRACEPARENT};
+use crate::context::{RequestContext, CORRELATION_ID, TRACEPARENT};
 use crate::problem::is_overloaded;
 use http::{HeaderValue, StatusCode};
 use prometheus::Registry;

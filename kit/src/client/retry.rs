@@ -3,7 +3,7 @@
 
 use super::RetryPolicy;
 use crate::backoff::Backoff;
-use crate::http::IDEMPOTENCY_KEY;
+use crate::context::IDEMPOTENCY_KEY;
 use http::{HeaderMap, Method};
 use std::time::Duration;
 

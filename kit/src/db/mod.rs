@@ -138,12 +138,30 @@ impl Done {
     }
 }
 
+/// Tells the outbox relay that an outbox row was committed. Held by the [`Db`] whose outbox
+/// it is (see [`Db::outbox_waker`]), so a commit and the relay that publishes it share it
+/// without being introduced; storage knows only that someone waits, not who.
+#[derive(Clone, Default)]
+pub struct OutboxWaker(Arc<tokio::sync::Notify>);
+
+impl OutboxWaker {
+    pub fn wake(&self) {
+        // notify_one keeps a permit when the relay is busy, so no wake is ever lost.
+        self.0.notify_one();
+    }
+
+    /// Until the next wake (or at once, for a wake that came while nobody waited).
+    pub async fn notified(&self) {
+        self.0.notified().await
+    }
+}
+
 #[derive(Clone)]
 pub struct Db {
     backend: Backend,
     write: Pool,
     read: Pool,
-    waker: crate::events::OutboxWaker,
+    waker: OutboxWaker,
 }
 
 impl std::fmt::Debug for Db {
@@ -228,8 +246,9 @@ impl Db {
     }
 
     /// Wakes this database's outbox relay; call it after committing a transaction that
-    /// appended events (idempotent handlers and consumers do it for you).
-    pub fn outbox_waker(&self) -> crate::events::OutboxWaker {
+    /// appended events (idempotent handlers and consumers do it for you). Every clone of this
+    /// `Db` hands out the same waker, and the relay over it listens to that one.
+    pub fn outbox_waker(&self) -> OutboxWaker {
         self.waker.clone()
     }
 
@@ -760,6 +779,11 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Parses an id column read from the database; a malformed one is data corruption, not input.
+pub fn parse_uuid(s: &str) -> Result<uuid::Uuid, Error> {
+    uuid::Uuid::parse_str(s).map_err(|e| Error::Decode(Box::new(e)))
 }
 
 fn merged(kit: &Migrator, own: &Migrator) -> Migrator {

@@ -4,7 +4,8 @@
 //! records the event id in the `inbox`; a redelivered event finds its id there and changes
 //! nothing. A handler that fails is retried with exponential backoff; after `max_attempts` the
 //! event is parked in `dead_letters` (and acknowledged, so it does not block the ones behind
-//! it). An admin lists parked events and replays them through the same path.
+//! it). An admin lists parked events and replays them through the same path ([`Consumer::replay`];
+//! the routes are [`crate::http::admin::dead_letters_router`]).
 //!
 //! Batches. A consumer takes what the bus has ready (up to [`BATCH`] events, waiting only for the
 //! first) and handles it in one transaction: each event's inbox row and effect, in the order the
@@ -20,16 +21,10 @@
 //! redelivered instead; the bus counts those deliveries ([`Delivery::attempt`]), and once the
 //! count passes `max_deliveries` the event is parked without running the handler again.
 
-use super::{Bus, Delivery, Envelope, OutboxWaker};
-use crate::auth::{Principal, Role, Verifier};
+use super::{Bus, Delivery, Envelope};
 use crate::backoff::Backoff;
 use crate::db::{Db, Tx};
-use crate::http::{Json, Path};
-use crate::problem::Problem;
 use crate::time::{now_us, to_rfc3339};
-use axum::extract::{FromRef, State};
-use axum::routing::{get, post};
-use axum::Router;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,14 +45,13 @@ pub struct Consumer {
     max_attempts: u32,
     max_deliveries: u32,
     backoff: Duration,
-    waker: Option<OutboxWaker>,
     batch: usize,
     faults: TestFaults,
 }
 
 /// Event types a consumer is told to fail, so a test can make a dead letter on purpose and
 /// then replay it. Only `MERCATO_TEST_HOOKS=true` ([`Consumer::with_test_hooks`]) arms it and
-/// mounts its admin route; otherwise the set stays empty and nothing can fill it.
+/// mounts its admin route (in [`crate::http::admin`]); otherwise the set stays empty and nothing can fill it.
 #[derive(Clone, Default)]
 struct TestFaults {
     armed: bool,
@@ -101,7 +95,6 @@ impl Consumer {
             max_attempts: 5,
             max_deliveries: MAX_DELIVERIES,
             backoff: Duration::from_millis(50),
-            waker: None,
             batch: BATCH,
             faults: TestFaults::default(),
         }
@@ -133,12 +126,6 @@ impl Consumer {
         self
     }
 
-    /// Wakes this service's outbox relay after each commit (handlers often emit events).
-    pub fn waking(mut self, waker: OutboxWaker) -> Self {
-        self.waker = Some(waker);
-        self
-    }
-
     /// Records the event in the inbox within `tx`; false when it was handled before.
     async fn claim(&self, tx: &mut Tx, env: &Envelope, now: i64) -> anyhow::Result<bool> {
         Ok(crate::db::query(
@@ -156,9 +143,6 @@ impl Consumer {
 
     fn committed(&self) {
         self.db.outbox_waker().wake();
-        if let Some(w) = &self.waker {
-            w.wake();
-        }
     }
 
     async fn attempt(&self, env: &Envelope) -> anyhow::Result<Outcome> {
@@ -182,7 +166,7 @@ impl Consumer {
         for env in batch {
             if self.claim(&mut tx, env, now).await? {
                 // Each event keeps its own trace, a child of the span that wrote it.
-                let span = crate::telemetry::process_span(&self.name, env);
+                let span = super::process_span(&self.name, env);
                 self.faults.check(env)?;
                 self.handler.handle(&mut tx, env).instrument(span).await?;
                 outcomes.push(Outcome::Applied);
@@ -316,7 +300,7 @@ impl Consumer {
                 // tried again here rather than asked for anew, so an outage does not count as
                 // deliveries towards the limit.
                 loop {
-                    let span = crate::telemetry::process_span(&self.name, &delivery.envelope);
+                    let span = super::process_span(&self.name, &delivery.envelope);
                     match self.deliver(delivery).instrument(span).await {
                         Ok(_) => {
                             if let Err(e) = sub.ack_batch(std::slice::from_ref(delivery)).await {
@@ -419,100 +403,69 @@ async fn dead_letters_where(
         .collect()
 }
 
-#[derive(Clone)]
-struct AdminState {
-    consumer: Consumer,
-    verifier: Verifier,
+/// Why a dead letter was not replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayRefused {
+    #[error("no dead letter {0}")]
+    NotFound(uuid::Uuid),
+    #[error("this dead letter was replayed already")]
+    AlreadyReplayed,
+    /// The parked envelope no longer parses: stored data is damaged, nothing a caller did.
+    #[error("the parked envelope does not parse: {0}")]
+    Unreadable(serde_json::Error),
+    #[error("the handler failed again: {0:#}")]
+    FailedAgain(anyhow::Error),
+    #[error(transparent)]
+    Storage(#[from] crate::db::Error),
 }
 
-impl FromRef<AdminState> for Verifier {
-    fn from_ref(s: &AdminState) -> Verifier {
-        s.verifier.clone()
+impl Consumer {
+    /// Whether this consumer was built with test hooks (see [`Consumer::with_test_hooks`]).
+    pub fn has_test_hooks(&self) -> bool {
+        self.faults.armed
     }
-}
 
-/// `GET /api/v1/admin/dead-letters` and `POST /api/v1/admin/dead-letters/{id}/replay`, ADMIN only;
-/// with test hooks on, also `GET/PUT /api/v1/admin/test/failing-events`.
-pub fn admin_router(consumer: Consumer, verifier: Verifier) -> Router {
-    let mut router = Router::new()
-        .route("/api/v1/admin/dead-letters", get(list))
-        .route("/api/v1/admin/dead-letters/{id}/replay", post(replay));
-    if consumer.faults.armed {
-        router = router.route(
-            "/api/v1/admin/test/failing-events",
-            get(show_failing).put(set_failing),
-        );
+    /// The event types this consumer fails on purpose (test hooks only).
+    pub fn failing_events(&self) -> std::collections::BTreeSet<String> {
+        self.faults.failing.read().clone()
     }
-    router.with_state(AdminState { consumer, verifier })
-}
 
-/// The event types a consumer fails on purpose (test hooks only).
-#[derive(serde::Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct FailingEvents {
-    event_types: std::collections::BTreeSet<String>,
-}
-
-async fn show_failing(
-    State(s): State<AdminState>,
-    p: Principal,
-) -> Result<Json<FailingEvents>, Problem> {
-    p.require(&[Role::Admin])?;
-    let event_types = s.consumer.faults.failing.read().clone();
-    Ok(Json(FailingEvents { event_types }))
-}
-
-async fn set_failing(
-    State(s): State<AdminState>,
-    p: Principal,
-    Json(body): Json<FailingEvents>,
-) -> Result<Json<FailingEvents>, Problem> {
-    p.require(&[Role::Admin])?;
-    tracing::warn!(consumer = %s.consumer.name, event_types = ?body.event_types,
-        "test hook: this consumer now fails these event types");
-    *s.consumer.faults.failing.write() = body.event_types.clone();
-    Ok(Json(body))
-}
-
-async fn list(
-    State(s): State<AdminState>,
-    p: Principal,
-) -> Result<Json<serde_json::Value>, Problem> {
-    p.require(&[Role::Admin])?;
-    Ok(Json(
-        serde_json::json!({"items": dead_letters(&s.consumer.db).await?}),
-    ))
-}
-
-async fn replay(
-    State(s): State<AdminState>,
-    p: Principal,
-    Path(id): Path<uuid::Uuid>,
-) -> Result<Json<serde_json::Value>, Problem> {
-    p.require(&[Role::Admin])?;
-    let row = crate::db::query("SELECT envelope, replayed_at FROM dead_letters WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_optional(s.consumer.db.reader())
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no dead letter {id}")))?;
-    if row.try_get::<Option<i64>, _>("replayed_at")?.is_some() {
-        return Err(Problem::conflict(
-            "already_replayed",
-            "this dead letter was replayed already",
-        ));
+    /// Makes this consumer fail events of these types from now on (test hooks only: without
+    /// them the set is never read).
+    pub fn fail_events(&self, event_types: std::collections::BTreeSet<String>) {
+        tracing::warn!(consumer = %self.name, ?event_types,
+            "test hook: this consumer now fails these event types");
+        *self.faults.failing.write() = event_types;
     }
-    let env: Envelope = serde_json::from_str(&row.try_get::<String, _>("envelope")?)
-        .map_err(|e| Problem::internal(&e))?;
-    // One attempt: an admin replaying wants the answer now, not after a backoff series.
-    let outcome = s.consumer.attempt(&env).await.map_err(|e| {
-        Problem::conflict("replay_failed", format!("the handler failed again: {e:#}"))
-    })?;
-    crate::db::query("UPDATE dead_letters SET replayed_at = $2 WHERE id = $1")
-        .bind(id.to_string())
-        .bind(now_us())
-        .execute(s.consumer.db.writer())
-        .await?;
-    Ok(Json(
-        serde_json::json!({"id": id, "outcome": format!("{outcome:?}").to_lowercase()}),
-    ))
+
+    /// Hands the dead letter `id` to the handler once more, and marks it replayed when the
+    /// handler took it. One attempt: an admin replaying wants the answer now, not after a
+    /// backoff series.
+    pub async fn replay(&self, id: uuid::Uuid) -> Result<Outcome, ReplayRefused> {
+        let row = crate::db::query("SELECT envelope, replayed_at FROM dead_letters WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(self.db.reader())
+            .await?
+            .ok_or(ReplayRefused::NotFound(id))?;
+        if row.try_get::<Option<i64>, _>("replayed_at")?.is_some() {
+            return Err(ReplayRefused::AlreadyReplayed);
+        }
+        let env: Envelope = serde_json::from_str(&row.try_get::<String, _>("envelope")?)
+            .map_err(ReplayRefused::Unreadable)?;
+        let outcome = self
+            .attempt(&env)
+            .await
+            .map_err(ReplayRefused::FailedAgain)?;
+        crate::db::query("UPDATE dead_letters SET replayed_at = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(now_us())
+            .execute(self.db.writer())
+            .await?;
+        Ok(outcome)
+    }
+
+    /// The events this consumer parked, oldest first, replayed or not.
+    pub async fn parked(&self) -> Result<Vec<DeadLetter>, crate::db::Error> {
+        dead_letters(&self.db).await
+    }
 }

@@ -14,13 +14,50 @@ pub use bus::{Bus, Delivery, EmbeddedBus, Subscription};
 pub use consumer::{Consumer, EventHandler};
 pub use kafka::{KafkaBus, KafkaOptions};
 pub use nats::{NatsBus, NatsOptions};
-pub use relay::{OutboxWaker, Relay};
+pub use relay::Relay;
 
+use crate::context::RequestContext;
 use crate::db::Tx;
-use crate::http::RequestContext;
 use crate::time::{now_us, to_rfc3339};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// The span of publishing an event to the bus: a child of the envelope's trace context (the
+/// change that wrote it).
+pub fn publish_span(env: &Envelope) -> tracing::Span {
+    let span = tracing::info_span!(
+        "event.publish",
+        otel.name = %format!("publish {}", env.event_type),
+        otel.kind = "producer",
+        service = %env.producer,
+        messaging.operation.type = "send",
+        messaging.destination.name = %env.event_type,
+        messaging.message.id = %env.event_id,
+    );
+    crate::telemetry::continue_trace(&span, env.traceparent.as_deref());
+    span
+}
+
+/// The span of handling an event: a child of the envelope's trace context, so the consumer's
+/// work hangs under the producer's in one trace. Events it writes take it as their parent.
+/// (Consumers are named after their service.)
+pub fn process_span(consumer: &str, env: &Envelope) -> tracing::Span {
+    let span = tracing::info_span!(
+        "event.process",
+        otel.name = %format!("process {}", env.event_type),
+        otel.kind = "consumer",
+        service = %consumer,
+        consumer = %consumer,
+        event_id = %env.event_id,
+        event_type = %env.event_type,
+        aggregate_id = %env.aggregate_id,
+        messaging.operation.type = "process",
+        messaging.message.id = %env.event_id,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, env.traceparent.as_deref());
+    span
+}
 
 /// The domain of an event type: its first part (`order` of `order.created`). The bus adapters
 /// name streams, subjects and topics after it.

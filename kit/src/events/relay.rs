@@ -26,11 +26,10 @@
 //! but order keeps the saga from taking detours.)
 
 use super::{pending, Bus, Envelope};
-use crate::db::{Backend, Db};
+use crate::db::{Backend, Db, OutboxWaker};
 use crate::time::now_us;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How often a relay looks without being woken. One process owns a SQLite database, so there
@@ -41,17 +40,6 @@ const POLL_POSTGRES: Duration = Duration::from_secs(1);
 /// How soon to look again after finding the head of the outbox held by another relay.
 const BUSY_RETRY: Duration = Duration::from_millis(100);
 const BATCH: i64 = 200;
-
-/// Tells the relay that an outbox row was committed.
-#[derive(Clone, Default)]
-pub struct OutboxWaker(Arc<Notify>);
-
-impl OutboxWaker {
-    pub fn wake(&self) {
-        // notify_one keeps a permit when the relay is busy, so no wake is ever lost.
-        self.0.notify_one();
-    }
-}
 
 pub struct Relay {
     db: Db,
@@ -92,15 +80,18 @@ async fn mark<'c>(
 }
 
 impl Relay {
-    pub fn new(db: Db, bus: Arc<dyn Bus>, waker: OutboxWaker) -> Relay {
+    /// A relay over `db`'s outbox, woken by `db`'s [`OutboxWaker`]: the one waker that every
+    /// commit writing to this outbox wakes (consumers, idempotent handlers, the service's own
+    /// code), so none of them can wake a different relay or none.
+    pub fn new(db: Db, bus: Arc<dyn Bus>) -> Relay {
         let poll = match db.backend() {
             Backend::Sqlite => POLL_SQLITE,
             Backend::Postgres => POLL_POSTGRES,
         };
         Relay {
+            waker: db.outbox_waker(),
             db,
             bus,
-            waker,
             poll,
         }
     }
@@ -224,7 +215,7 @@ impl Relay {
             };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = self.waker.0.notified() => {}
+                _ = self.waker.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
             }
         }

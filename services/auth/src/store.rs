@@ -2,8 +2,8 @@
 
 use mercato_kit::auth::Role;
 use mercato_kit::db::Tx;
-use mercato_kit::db::{Pool, Row};
-use mercato_kit::ids::{parse_db_uuid, UserId};
+use mercato_kit::db::{parse_uuid, Pool, Row};
+use mercato_kit::ids::UserId;
 use mercato_kit::time::{now_us, to_rfc3339};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -33,7 +33,7 @@ fn user_from(row: &Row) -> Result<UserWithHash, mercato_kit::db::Error> {
     let role: String = row.try_get("role")?;
     Ok(UserWithHash {
         user: User {
-            id: UserId(parse_db_uuid(&row.try_get::<String, _>("id")?)?),
+            id: UserId(parse_uuid(&row.try_get::<String, _>("id")?)?),
             email: row.try_get("email")?,
             name: row.try_get("name")?,
             role: role
@@ -190,7 +190,7 @@ pub async fn refresh_by_hash(
     row.map(|r| {
         Ok(StoredRefresh {
             family_id: r.try_get("family_id")?,
-            user_id: UserId(parse_db_uuid(&r.try_get::<String, _>("user_id")?)?),
+            user_id: UserId(parse_uuid(&r.try_get::<String, _>("user_id")?)?),
             state: crate::domain::RefreshState {
                 expires_at: r.try_get("expires_at")?,
                 used: r.try_get::<Option<i64>, _>("used_at")?.is_some(),

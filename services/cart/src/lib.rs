@@ -216,7 +216,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         verifier: verifier.clone(),
     });
     let (api_router, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api_router.merge(mercato_kit::events::consumer::admin_router(
+    let router = api_router.merge(mercato_kit::http::admin::dead_letters_router(
         consumer.clone(),
         verifier.clone(),
     ));

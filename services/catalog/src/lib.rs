@@ -84,7 +84,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     let api = http::router(db.clone(), verifier.clone());
     let (router, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
     let purge_db = db.clone();
-    let relay = Relay::new(db.clone(), bus.clone(), db.outbox_waker());
+    let relay = Relay::new(db.clone(), bus.clone());
     let metrics = Metrics::new(SERVICE);
     let probes: Vec<Arc<dyn Probe>> = vec![StorageProbe::new(&metrics, db.clone(), None)];
     Ok(Service::new(

@@ -10,8 +10,8 @@ use crate::domain::{
     ActiveFilter, CategoryCount, Cursor, Product, ProductQuery, Search, Sort, SortKey,
 };
 use mercato_kit::db::{get_bool, Tx};
-use mercato_kit::db::{Exec, Pool, Row};
-use mercato_kit::ids::{parse_db_uuid, ProductId, UserId};
+use mercato_kit::db::{parse_uuid, Exec, Pool, Row};
+use mercato_kit::ids::{ProductId, UserId};
 
 // ---------------------------------------------------------------------------------------------
 // Reads.
@@ -22,7 +22,7 @@ const COLUMNS: &str = "id, sku, name, description, category, price_cents, curren
 fn from_row(row: &Row) -> Result<Product, mercato_kit::db::Error> {
     let currency: String = row.try_get("currency")?;
     Ok(Product {
-        id: ProductId(parse_db_uuid(&row.try_get::<String, _>("id")?)?),
+        id: ProductId(parse_uuid(&row.try_get::<String, _>("id")?)?),
         sku: row.try_get("sku")?,
         name: row.try_get("name")?,
         description: row.try_get("description")?,
@@ -34,7 +34,7 @@ fn from_row(row: &Row) -> Result<Product, mercato_kit::db::Error> {
                 index: "currency".into(),
                 source: e.into(),
             })?,
-        seller_id: UserId(parse_db_uuid(&row.try_get::<String, _>("seller_id")?)?),
+        seller_id: UserId(parse_uuid(&row.try_get::<String, _>("seller_id")?)?),
         active: get_bool(row, "active")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,

@@ -6,7 +6,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use mercato_inventory::domain::{Levels, Movement, OrderLines, StockChange};
 use mercato_inventory::service::{Inventory, Origin, Reserved, Settings, StockEdit, SweepSignal};
 use mercato_kit::contracts::ProductChanged;
-use mercato_kit::events::OutboxWaker;
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::time::now_us;
 use std::hint::black_box;
@@ -40,7 +39,6 @@ fn use_case(c: &mut Criterion) {
             reservation_ttl: Duration::from_secs(1800),
             seed_demo: false,
         },
-        OutboxWaker::default(),
         SweepSignal::default(),
     );
     let origin = Origin::system("bench");

@@ -615,7 +615,7 @@ async fn release(
             let res = claim
                 .finish(tx, StatusCode::OK, &ReservationView::from(&r))
                 .await;
-            s.inv.outbox.wake();
+            s.inv.db.outbox_waker().wake();
             res
         }
         Transition::NoOp(r) | Transition::Tombstoned(r) => {
@@ -660,7 +660,7 @@ async fn commit(
             let res = claim
                 .finish(tx, StatusCode::OK, &ReservationView::from(&r))
                 .await;
-            s.inv.outbox.wake();
+            s.inv.db.outbox_waker().wake();
             res
         }
         Transition::NoOp(r) => {

@@ -29,7 +29,7 @@ use mercato_kit::auth::Verifier;
 use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
-use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
+use mercato_kit::events::{Bus, Consumer, Relay};
 use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
@@ -106,7 +106,6 @@ pub async fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Db> {
 pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
     let common = &config.common;
     let db = connect(config.database_url.as_str(), common.db_pool_size).await?;
-    let waker = OutboxWaker::default();
     let metrics = Metrics::new(SERVICE);
     let inv_metrics = service::InventoryMetrics::new(metrics.registry());
     let probes: Vec<Arc<dyn Probe>> = vec![
@@ -120,18 +119,16 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         service::Inventory::new(
             db.clone(),
             config.settings(),
-            waker.clone(),
             service::SweepSignal::default(),
         )
         .counted(inv_metrics),
     );
-    let relay = Relay::new(db.clone(), bus.clone(), waker.clone());
+    let relay = Relay::new(db.clone(), bus.clone());
     let consumer = Consumer::new(
         events::CONSUMER,
         db.clone(),
         Arc::new(events::Handler::new(inv.clone())),
     )
-    .waking(waker.clone())
     .with_test_hooks(common.test_hooks);
     let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
     let catalog = Arc::new(catalog::CatalogClient::new(
@@ -148,7 +145,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         catalog,
     });
     let (api, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api.merge(mercato_kit::events::consumer::admin_router(
+    let router = api.merge(mercato_kit::http::admin::dead_letters_router(
         consumer.clone(),
         verifier.clone(),
     ));

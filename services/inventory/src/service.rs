@@ -21,7 +21,7 @@ use mercato_kit::contracts::{
     ProductChanged, ReleaseReason as ReleasedBecause, ShortLine, StockLine,
 };
 use mercato_kit::db::{Db, Tx};
-use mercato_kit::events::{Cause, Envelope, OutboxWaker};
+use mercato_kit::events::{Cause, Envelope};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::time::Micros;
@@ -201,8 +201,6 @@ pub struct StockEdit<'a> {
 pub struct Inventory {
     pub db: Db,
     pub settings: Settings,
-    /// Wakes the outbox relay after commits made outside the consumer (HTTP, sweeper).
-    pub outbox: OutboxWaker,
     pub sweep: SweepSignal,
     /// Demo stock by sku, when seeding.
     demo_stock: HashMap<String, i64>,
@@ -292,7 +290,7 @@ impl mercato_kit::metrics::Probe for InventoryProbe {
 }
 
 impl Inventory {
-    pub fn new(db: Db, settings: Settings, outbox: OutboxWaker, sweep: SweepSignal) -> Self {
+    pub fn new(db: Db, settings: Settings, sweep: SweepSignal) -> Self {
         let demo_stock = if settings.seed_demo {
             mercato_kit::demo::products()
                 .into_iter()
@@ -304,7 +302,6 @@ impl Inventory {
         Inventory {
             db,
             settings,
-            outbox,
             sweep,
             demo_stock,
             metrics: InventoryMetrics::new(&prometheus::Registry::new()),

@@ -8,8 +8,8 @@
 
 use crate::domain::{LedgerKind, Levels, Movement, ReleaseReason, ReservationStatus, ON_HAND_MAX};
 use mercato_kit::contracts::StockLine;
-use mercato_kit::db::{Conn, Pool, Row};
-use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
+use mercato_kit::db::{parse_uuid, Conn, Pool, Row};
+use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::time::Micros;
 
 /// A product's stock row.
@@ -83,8 +83,8 @@ const STOCK_COLS: &str = "product_id, seller_id, sku, active, on_hand, reserved"
 
 fn stock_from(row: &Row) -> Result<Stock, mercato_kit::db::Error> {
     Ok(Stock {
-        product_id: ProductId(parse_db_uuid(&row.try_get::<String, _>("product_id")?)?),
-        seller_id: UserId(parse_db_uuid(&row.try_get::<String, _>("seller_id")?)?),
+        product_id: ProductId(parse_uuid(&row.try_get::<String, _>("product_id")?)?),
+        seller_id: UserId(parse_uuid(&row.try_get::<String, _>("seller_id")?)?),
         sku: row.try_get("sku")?,
         active: mercato_kit::db::get_bool(row, "active")?,
         levels: levels_from(row)?,
@@ -280,7 +280,7 @@ const LEDGER_COLS: &str = "id, product_id, kind, on_hand_delta, reserved_delta, 
 fn ledger_from(row: &Row) -> Result<LedgerEntry, mercato_kit::db::Error> {
     Ok(LedgerEntry {
         id: row.try_get("id")?,
-        product_id: ProductId(parse_db_uuid(&row.try_get::<String, _>("product_id")?)?),
+        product_id: ProductId(parse_uuid(&row.try_get::<String, _>("product_id")?)?),
         kind: decode(&row.try_get::<String, _>("kind")?)?,
         on_hand_delta: row.try_get("on_hand_delta")?,
         reserved_delta: row.try_get("reserved_delta")?,
@@ -288,7 +288,7 @@ fn ledger_from(row: &Row) -> Result<LedgerEntry, mercato_kit::db::Error> {
         reserved_after: row.try_get("reserved_after")?,
         order_id: row
             .try_get::<Option<String>, _>("order_id")?
-            .map(|s| parse_db_uuid(&s).map(OrderId))
+            .map(|s| parse_uuid(&s).map(OrderId))
             .transpose()?,
         actor: row.try_get("actor")?,
         note: row.try_get("note")?,
@@ -386,7 +386,7 @@ pub async fn reservation(
     .iter()
     .map(|r| {
         Ok(StockLine {
-            product_id: ProductId(parse_db_uuid(&r.try_get::<String, _>("product_id")?)?),
+            product_id: ProductId(parse_uuid(&r.try_get::<String, _>("product_id")?)?),
             quantity: r.try_get("quantity")?,
         })
     })
@@ -456,7 +456,7 @@ pub struct Due {
 
 fn due_from(r: &Row) -> Result<Due, mercato_kit::db::Error> {
     Ok(Due {
-        order_id: OrderId(parse_db_uuid(&r.try_get::<String, _>("order_id")?)?),
+        order_id: OrderId(parse_uuid(&r.try_get::<String, _>("order_id")?)?),
         traceparent: r.try_get("traceparent")?,
     })
 }
@@ -555,7 +555,7 @@ pub async fn audit_page(
     rows.iter()
         .map(|r| {
             Ok(Audit {
-                product_id: ProductId(parse_db_uuid(&r.try_get::<String, _>("product_id")?)?),
+                product_id: ProductId(parse_uuid(&r.try_get::<String, _>("product_id")?)?),
                 levels: levels_from(r)?,
                 ledger: Levels {
                     on_hand: r.try_get("ledger_on_hand")?,
@@ -624,7 +624,7 @@ pub async fn audit_reservations(
     rows.iter()
         .map(|r| {
             Ok(AuditedReservation {
-                order_id: OrderId(parse_db_uuid(&r.try_get::<String, _>("order_id")?)?),
+                order_id: OrderId(parse_uuid(&r.try_get::<String, _>("order_id")?)?),
                 status: decode(&r.try_get::<String, _>("status")?)?,
                 release_reason: r
                     .try_get::<Option<String>, _>("release_reason")?

@@ -76,7 +76,7 @@ impl Inventory {
             let t = self.expire(&mut tx, order_id, now).await?;
             if let Transition::Applied(_) = t {
                 tx.commit().await?;
-                self.outbox.wake();
+                self.db.outbox_waker().wake();
                 tracing::info!(%order_id, "reservation expired; stock released");
             } else {
                 tx.rollback().await?;

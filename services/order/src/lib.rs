@@ -29,7 +29,7 @@ use mercato_kit::auth::{ServiceTokens, Verifier};
 use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
-use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
+use mercato_kit::events::{Bus, Consumer, Relay};
 use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::Metrics;
@@ -125,8 +125,7 @@ pub fn max_wait(request_timeout: Duration) -> Duration {
 pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service> {
     let common = &config.common;
     let db = connect(config.database_url.as_str(), common.db_pool_size).await?;
-    let waker = OutboxWaker::default();
-    let relay = Relay::new(db.clone(), bus.clone(), waker.clone());
+    let relay = Relay::new(db.clone(), bus.clone());
     let tokens = common
         .service_secret
         .clone()
@@ -147,17 +146,10 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         }),
     ];
     let admission = service::Admission::new(config.backlog, metrics.registry())?;
-    let orders = service::Orders::counted(
-        db.clone(),
-        waker.clone(),
-        Arc::new(stock),
-        order_metrics,
-        admission,
-    );
+    let orders = service::Orders::counted(db.clone(), Arc::new(stock), order_metrics, admission);
     let handler = events::OrderEvents::new(orders.clone());
-    let consumer = Consumer::new(SERVICE, db.clone(), Arc::new(handler))
-        .waking(waker.clone())
-        .with_test_hooks(common.test_hooks);
+    let consumer =
+        Consumer::new(SERVICE, db.clone(), Arc::new(handler)).with_test_hooks(common.test_hooks);
     let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
     let api = http::router(http::AppState {
         orders: orders.clone(),
@@ -165,7 +157,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         max_wait: max_wait(common.request_timeout),
     });
     let (api_router, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api_router.merge(mercato_kit::events::consumer::admin_router(
+    let router = api_router.merge(mercato_kit::http::admin::dead_letters_router(
         consumer.clone(),
         verifier.clone(),
     ));

@@ -14,7 +14,7 @@ use crate::inventory::{StockAnswer, StockCheck as StockChecker};
 use crate::store::{self, HistoryEntry, ListFilter};
 use mercato_kit::contracts::ShortLine;
 use mercato_kit::db::{Db, Tx};
-use mercato_kit::events::{Cause, OutboxWaker};
+use mercato_kit::events::Cause;
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::now_us;
@@ -409,12 +409,11 @@ impl Admission {
     }
 }
 
-/// The order service's shared parts: its database, its outbox relay's waker, the status feed,
-/// the stock pre-check and back-pressure.
+/// The order service's shared parts: its database (which holds its outbox relay's waker), the
+/// status feed, the stock pre-check and back-pressure.
 pub struct Orders {
     db: Db,
     feed: StatusFeed,
-    waker: OutboxWaker,
     stock: Arc<dyn StockChecker>,
     metrics: Arc<OrderMetrics>,
     admission: Admission,
@@ -427,15 +426,14 @@ impl Orders {
         clippy::expect_used,
         reason = "fixed metric names on a registry of its own"
     )]
-    pub fn new(db: Db, waker: OutboxWaker, stock: Arc<dyn StockChecker>) -> Arc<Orders> {
+    pub fn new(db: Db, stock: Arc<dyn StockChecker>) -> Arc<Orders> {
         let admission =
             Admission::unregistered(domain::BacklogLimits::OFF).expect("valid metric names");
-        Orders::counted(db, waker, stock, OrderMetrics::detached(), admission)
+        Orders::counted(db, stock, OrderMetrics::detached(), admission)
     }
 
     pub fn counted(
         db: Db,
-        waker: OutboxWaker,
         stock: Arc<dyn StockChecker>,
         metrics: Arc<OrderMetrics>,
         admission: Admission,
@@ -443,7 +441,6 @@ impl Orders {
         Arc::new(Orders {
             db,
             feed: StatusFeed::default(),
-            waker,
             stock,
             metrics,
             admission,
@@ -536,7 +533,7 @@ impl Orders {
     /// After a commit that changed `order` (from HTTP): its events leave now, and whoever
     /// waits on it looks again.
     pub fn committed(&self, order: &Order) {
-        self.waker.wake();
+        self.db.outbox_waker().wake();
         self.feed.publish(order.id, order.status);
     }
 

@@ -12,8 +12,8 @@ use crate::domain::{
 };
 use mercato_kit::contracts::ProductChanged;
 use mercato_kit::db::{get_bool, Tx};
-use mercato_kit::db::{Conn, Pool, Row};
-use mercato_kit::ids::{parse_db_uuid, OrderId, ProductId, UserId};
+use mercato_kit::db::{parse_uuid, Conn, Pool, Row};
+use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::time::Micros;
 use std::collections::HashMap;
 
@@ -83,12 +83,12 @@ pub async fn products(
     rows.iter()
         .map(|r| {
             let p = ProductSnapshot {
-                product_id: ProductId(parse_db_uuid(&r.try_get::<String, _>("product_id")?)?),
+                product_id: ProductId(parse_uuid(&r.try_get::<String, _>("product_id")?)?),
                 sku: r.try_get("sku")?,
                 name: r.try_get("name")?,
                 price_cents: r.try_get("price_cents")?,
                 currency: r.try_get("currency")?,
-                seller_id: UserId(parse_db_uuid(&r.try_get::<String, _>("seller_id")?)?),
+                seller_id: UserId(parse_uuid(&r.try_get::<String, _>("seller_id")?)?),
                 active: get_bool(r, "active")?,
             };
             Ok((p.product_id, p))
@@ -131,8 +131,8 @@ fn order_from(row: &Row) -> Result<Order, mercato_kit::db::Error> {
     let address: Option<String> = row.try_get("shipping_address")?;
     let stock: String = row.try_get("stock_check")?;
     Ok(Order {
-        id: OrderId(parse_db_uuid(&row.try_get::<String, _>("id")?)?),
-        customer_id: UserId(parse_db_uuid(&row.try_get::<String, _>("customer_id")?)?),
+        id: OrderId(parse_uuid(&row.try_get::<String, _>("id")?)?),
+        customer_id: UserId(parse_uuid(&row.try_get::<String, _>("customer_id")?)?),
         status: status_from(row, "status", "cancel_reason")?,
         items: Vec::new(),
         total_cents: row.try_get("total_cents")?,
@@ -153,10 +153,10 @@ fn order_from(row: &Row) -> Result<Order, mercato_kit::db::Error> {
 
 fn item_from(row: &Row) -> Result<(OrderId, OrderItem), mercato_kit::db::Error> {
     Ok((
-        OrderId(parse_db_uuid(&row.try_get::<String, _>("order_id")?)?),
+        OrderId(parse_uuid(&row.try_get::<String, _>("order_id")?)?),
         OrderItem {
-            product_id: ProductId(parse_db_uuid(&row.try_get::<String, _>("product_id")?)?),
-            seller_id: UserId(parse_db_uuid(&row.try_get::<String, _>("seller_id")?)?),
+            product_id: ProductId(parse_uuid(&row.try_get::<String, _>("product_id")?)?),
+            seller_id: UserId(parse_uuid(&row.try_get::<String, _>("seller_id")?)?),
             quantity: row.try_get("quantity")?,
             price_cents: row.try_get("price_cents")?,
             name: row.try_get("name")?,
@@ -548,7 +548,7 @@ pub async fn audit_orders(
     rows.iter()
         .map(|r| {
             Ok(AuditedOrder {
-                id: OrderId(parse_db_uuid(&r.try_get::<String, _>("id")?)?),
+                id: OrderId(parse_uuid(&r.try_get::<String, _>("id")?)?),
                 status: status_from(r, "status", "cancel_reason")?,
                 total_cents: r.try_get("total_cents")?,
                 currency: r.try_get("currency")?,
@@ -593,10 +593,10 @@ pub async fn duplicate_keys(
         .fetch_all(&mut *conn)
         .await?
         .iter()
-        .map(|r| Ok(OrderId(parse_db_uuid(&r.try_get::<String, _>("id")?)?)))
+        .map(|r| Ok(OrderId(parse_uuid(&r.try_get::<String, _>("id")?)?)))
         .collect::<Result<_, mercato_kit::db::Error>>()?;
         out.push(DuplicateKey {
-            customer_id: UserId(parse_db_uuid(&customer)?),
+            customer_id: UserId(parse_uuid(&customer)?),
             idempotency_key: key,
             orders,
         });

@@ -62,7 +62,6 @@ async fn the_built_service_consumes_from_the_bus_and_publishes_to_it() {
         .unwrap();
     let orders = Orders::new(
         db.clone(),
-        Default::default(),
         Arc::new(mercato_order::inventory::InventoryClient::new(
             &config.inventory_url,
             mercato_kit::client::Dependency::new(

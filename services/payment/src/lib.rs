@@ -31,9 +31,9 @@ pub use http::PaymentView;
 use mercato_kit::auth::Verifier;
 use mercato_kit::config::{CommonConfig, Env, Secret};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
-use mercato_kit::events::consumer::admin_router;
-use mercato_kit::events::{Bus, Consumer, OutboxWaker, Relay};
+use mercato_kit::events::{Bus, Consumer, Relay};
 use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck};
+use mercato_kit::http::admin::dead_letters_router;
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use std::sync::Arc;
@@ -139,7 +139,6 @@ pub async fn assemble(
         &migrations(),
     )
     .await?;
-    let waker = OutboxWaker::default();
     let mut settings =
         service::Settings::new(config.psp_webhook_secret.clone(), config.psp_timeout);
     settings.retry_cap = config.psp_retry_max;
@@ -149,7 +148,6 @@ pub async fn assemble(
     let payments = service::Payments::counted(
         db.clone(),
         settings,
-        waker.clone(),
         service::PaymentMetrics::new(metrics.registry()),
     );
     let probes: Vec<Arc<dyn Probe>> = vec![StorageProbe::new(
@@ -164,20 +162,19 @@ pub async fn assemble(
         &metrics,
     )?;
     let worker = worker::Worker::new(payments.clone(), processor);
-    let relay = Relay::new(db.clone(), bus.clone(), waker.clone());
+    let relay = Relay::new(db.clone(), bus.clone());
     let consumer = Consumer::new(
         events::CONSUMER,
         db.clone(),
         Arc::new(events::Handler::new(payments.clone())),
     )
-    .waking(waker)
     .with_test_hooks(config.common.test_hooks);
     let api = http::router(http::AppState {
         payments: payments.clone(),
         verifier: verifier.clone(),
     });
     let (api, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api.merge(admin_router(consumer.clone(), verifier.clone()));
+    let router = api.merge(dead_letters_router(consumer.clone(), verifier.clone()));
     let purge_db = db.clone();
     let running = consumer.clone();
     let service = Service::new(

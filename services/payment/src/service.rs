@@ -23,7 +23,7 @@ use mercato_kit::contracts::types::{
 };
 use mercato_kit::contracts::{PaymentChanged, PaymentDelayed, PaymentFailed};
 use mercato_kit::db::{Db, Tx};
-use mercato_kit::events::{Cause, Envelope, OutboxWaker};
+use mercato_kit::events::{Cause, Envelope};
 use mercato_kit::ids::{Currency, OrderId, UserId};
 use mercato_kit::time::{now_us, to_rfc3339};
 use prometheus::{IntCounterVec, Opts};
@@ -83,7 +83,6 @@ impl Settings {
 pub struct Payments {
     pub db: Db,
     pub settings: Settings,
-    outbox: OutboxWaker,
     worker: Arc<Notify>,
     changes: watch::Sender<u64>,
     metrics: PaymentMetrics,
@@ -270,25 +269,18 @@ fn attempt_record(job: &Job, attempt: i64, answer: &Answer, payment: &Payment) -
 
 impl Payments {
     /// With metrics of its own (tests); a service passes its registry's to [`Payments::counted`].
-    pub fn new(db: Db, settings: Settings, outbox: OutboxWaker) -> Arc<Payments> {
+    pub fn new(db: Db, settings: Settings) -> Arc<Payments> {
         Payments::counted(
             db,
             settings,
-            outbox,
             PaymentMetrics::new(&prometheus::Registry::new()),
         )
     }
 
-    pub fn counted(
-        db: Db,
-        settings: Settings,
-        outbox: OutboxWaker,
-        metrics: PaymentMetrics,
-    ) -> Arc<Payments> {
+    pub fn counted(db: Db, settings: Settings, metrics: PaymentMetrics) -> Arc<Payments> {
         Arc::new(Payments {
             db,
             settings,
-            outbox,
             worker: Arc::new(Notify::new()),
             changes: watch::channel(0).0,
             metrics,
@@ -310,7 +302,7 @@ impl Payments {
     /// the worker and the outbox relay, and tells anyone waiting for an answer to look again.
     pub fn committed(&self) {
         self.worker.notify_one();
-        self.outbox.wake();
+        self.db.outbox_waker().wake();
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 

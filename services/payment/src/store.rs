@@ -5,9 +5,9 @@
 
 use crate::domain::{JobKind, Money, Status};
 use mercato_kit::db::Tx;
-use mercato_kit::db::{Exec, Pool, Row};
+use mercato_kit::db::{parse_uuid, Exec, Pool, Row};
 use mercato_kit::events::Cause;
-use mercato_kit::ids::{parse_db_uuid, OrderId, UserId};
+use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::now_us;
 use uuid::Uuid;
 
@@ -39,13 +39,9 @@ fn decode<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, mercato_kit::db
 fn payment_from(row: &Row) -> Result<Payment, mercato_kit::db::Error> {
     let customer: Option<String> = row.try_get("customer_id")?;
     Ok(Payment {
-        id: parse_db_uuid(&row.try_get::<String, _>("id")?)?,
-        order_id: OrderId(parse_db_uuid(&row.try_get::<String, _>("order_id")?)?),
-        customer_id: customer
-            .as_deref()
-            .map(parse_db_uuid)
-            .transpose()?
-            .map(UserId),
+        id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+        order_id: OrderId(parse_uuid(&row.try_get::<String, _>("order_id")?)?),
+        customer_id: customer.as_deref().map(parse_uuid).transpose()?.map(UserId),
         money: Money {
             status: decode(row.try_get::<String, _>("status")?.parse::<Status>())?,
             amount_cents: row.try_get("amount_cents")?,
@@ -226,7 +222,7 @@ fn job_from(row: &Row) -> Result<Job, mercato_kit::db::Error> {
     let causation: Option<String> = row.try_get("causation_id")?;
     Ok(Job {
         seq: row.try_get("seq")?,
-        payment_id: parse_db_uuid(&row.try_get::<String, _>("payment_id")?)?,
+        payment_id: parse_uuid(&row.try_get::<String, _>("payment_id")?)?,
         kind: decode(row.try_get::<String, _>("kind")?.parse::<JobKind>())?,
         amount_cents: row.try_get("amount_cents")?,
         idempotency_key: row.try_get("idempotency_key")?,
@@ -238,7 +234,7 @@ fn job_from(row: &Row) -> Result<Job, mercato_kit::db::Error> {
         cause: Cause {
             correlation_id: row.try_get("correlation_id")?,
             traceparent: row.try_get("traceparent")?,
-            causation_id: causation.as_deref().map(parse_db_uuid).transpose()?,
+            causation_id: causation.as_deref().map(parse_uuid).transpose()?,
         },
     })
 }
@@ -703,11 +699,7 @@ pub async fn order_facts(
     let currency: Option<String> = row.try_get("currency")?;
     let terms = match (amount, currency) {
         (Some(amount_cents), Some(currency)) => Some(OrderTerms {
-            customer_id: customer
-                .as_deref()
-                .map(parse_db_uuid)
-                .transpose()?
-                .map(UserId),
+            customer_id: customer.as_deref().map(parse_uuid).transpose()?.map(UserId),
             amount_cents,
             currency,
         }),
@@ -756,8 +748,8 @@ pub async fn audit_payments(
     rows.iter()
         .map(|r| {
             Ok(AuditedPayment {
-                id: parse_db_uuid(&r.try_get::<String, _>("id")?)?,
-                order_id: OrderId(parse_db_uuid(&r.try_get::<String, _>("order_id")?)?),
+                id: parse_uuid(&r.try_get::<String, _>("id")?)?,
+                order_id: OrderId(parse_uuid(&r.try_get::<String, _>("order_id")?)?),
                 money: Money {
                     status: decode(r.try_get::<String, _>("status")?.parse::<Status>())?,
                     amount_cents: r.try_get("amount_cents")?,

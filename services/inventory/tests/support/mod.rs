@@ -16,7 +16,7 @@ use mercato_kit::contracts::CancelReason;
 use mercato_kit::contracts::{OrderCancelled, OrderCreated, OrderLine, OrderRef, ProductChanged};
 use mercato_kit::db::Db;
 use mercato_kit::events::consumer::Outcome;
-use mercato_kit::events::{Consumer, Envelope, OutboxWaker};
+use mercato_kit::events::{Consumer, Envelope};
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::testing::TestDb;
 use mercato_kit::time::now_us;
@@ -62,7 +62,6 @@ impl World {
         Arc::new(Inventory::new(
             db,
             self.inv.settings.clone(),
-            OutboxWaker::default(),
             SweepSignal::default(),
         ))
     }
@@ -165,7 +164,6 @@ pub fn inventory(db: Db, ttl: Duration, seed_demo: bool) -> Arc<Inventory> {
             reservation_ttl: ttl,
             seed_demo,
         },
-        OutboxWaker::default(),
         SweepSignal::default(),
     ))
 }

@@ -13,7 +13,7 @@ use mercato_kit::contracts::{
 use mercato_kit::db::Db;
 use mercato_kit::events::consumer::Outcome;
 use mercato_kit::events::Cause;
-use mercato_kit::events::{Consumer, Envelope, OutboxWaker};
+use mercato_kit::events::{Consumer, Envelope};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{OrderId, ProductId, UserId};
 use mercato_kit::testing::TestDb;
@@ -48,7 +48,6 @@ pub struct Harness {
     pub orders: Arc<Orders>,
     pub consumer: Consumer,
     pub stock: Arc<FixedStock>,
-    pub waker: OutboxWaker,
     /// The test's database, shared with its replicas.
     tdb: Arc<TestDb>,
 }
@@ -63,21 +62,18 @@ async fn open(tdb: Arc<TestDb>) -> Harness {
         answer: Mutex::new(StockAnswer::Available),
         calls: Mutex::new(Vec::new()),
     });
-    let waker = OutboxWaker::default();
-    let orders = Orders::new(db.clone(), waker.clone(), stock.clone());
+    let orders = Orders::new(db.clone(), stock.clone());
     let consumer = Consumer::new(
         "order",
         db.clone(),
         Arc::new(OrderEvents::new(orders.clone())),
     )
-    .with_retries(2, Duration::from_millis(1))
-    .waking(waker.clone());
+    .with_retries(2, Duration::from_millis(1));
     Harness {
         db,
         orders,
         consumer,
         stock,
-        waker,
         tdb,
     }
 }

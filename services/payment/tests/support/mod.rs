@@ -229,11 +229,7 @@ impl Harness {
         )
         .await
         .unwrap();
-        let payments = Payments::new(
-            db,
-            self.payments.settings.clone(),
-            mercato_kit::events::OutboxWaker::default(),
-        );
+        let payments = Payments::new(db, self.payments.settings.clone());
         let worker = Worker::new(
             payments.clone(),
             processor(&self.configured_psp_url, self.processor_policy.clone()),

@@ -8,6 +8,8 @@
 //! layer answered in plain text (unknown route, wrong method, oversized body) into
 //! `application/problem+json`. Connections themselves are watched by [`crate::server`].
 
+pub mod admin;
+
 use crate::health::{self, HealthCheck};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, PROBLEM_JSON};
@@ -29,21 +31,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-pub const IDEMPOTENCY_REPLAYED: HeaderName = HeaderName::from_static("idempotency-replayed");
-
-/// Who is asking and under which correlation, as the context middleware found or minted it.
-/// Handlers pass it on to events and outgoing calls.
-#[derive(Clone, Debug)]
-pub struct RequestContext {
-    pub request_id: String,
-    pub correlation_id: String,
-    pub traceparent: String,
-    pub client_ip: Option<std::net::IpAddr>,
-}
+// Plain data that events and the HTTP client carry too, so it lives in a leaf below them;
+// named here as well, where handlers look for it.
+pub use crate::context::{
+    RequestContext, CORRELATION_ID, IDEMPOTENCY_KEY, IDEMPOTENCY_REPLAYED, REQUEST_ID, TRACEPARENT,
+};
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     type Rejection = Problem;
@@ -616,7 +608,7 @@ impl Service {
         }
         self.api = self
             .api
-            .merge(crate::chaos::admin_router(self.chaos.clone(), verifier));
+            .merge(admin::chaos_router(self.chaos.clone(), verifier));
         self
     }
 
