@@ -115,20 +115,9 @@ pub enum Refusal {
 }
 
 /// The kinds of ledger rows; `CHECK` in SQL holds the same list.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    ToSchema,
-    strum::EnumIter,
-    strum::IntoStaticStr,
-    strum::EnumString,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::EnumIter, strum::IntoStaticStr, strum::EnumString)]
 #[strum(serialize_all = "snake_case", parse_err_ty = String, parse_err_fn = unknown_ledger_kind)]
 pub enum LedgerKind {
     Initial,
@@ -150,21 +139,9 @@ fn unknown_ledger_kind(s: &str) -> String {
 }
 
 /// Where a reservation is in its life.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    ToSchema,
-    strum::EnumIter,
-    strum::IntoStaticStr,
-    strum::EnumString,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::EnumIter, strum::IntoStaticStr, strum::EnumString)]
 #[strum(serialize_all = "snake_case", parse_err_ty = String, parse_err_fn = unknown_reservation_status)]
 pub enum ReservationStatus {
     /// Units set aside until `expires_at`.
@@ -193,21 +170,9 @@ fn unknown_reservation_status(s: &str) -> String {
 }
 
 /// Why a reservation was released.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    ToSchema,
-    strum::EnumIter,
-    strum::IntoStaticStr,
-    strum::EnumString,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::EnumIter, strum::IntoStaticStr, strum::EnumString)]
 #[strum(serialize_all = "snake_case", parse_err_ty = String, parse_err_fn = unknown_release_reason)]
 pub enum ReleaseReason {
     /// The order was cancelled (or released by hand).

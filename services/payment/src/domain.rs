@@ -9,6 +9,7 @@
 //! after the other can never add up to more than was captured.
 
 use std::fmt;
+use strum::{Display, EnumIter, EnumString, IntoStaticStr};
 
 mod answer;
 pub use answer::{
@@ -34,18 +35,7 @@ pub mod reasons {
 pub const MAX_AMOUNT_CENTS: i64 = 100_000_000;
 
 /// Where a payment stands, as the processor confirmed it.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::EnumIter,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::Display,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, IntoStaticStr, EnumString, Display)]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE", parse_err_ty = String, parse_err_fn = unknown_status)]
 pub enum Status {
     /// Created; the processor has not decided yet (not asked yet, being retried, or pending
@@ -76,18 +66,7 @@ fn unknown_status(s: &str) -> String {
 }
 
 /// A call to the processor.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::EnumIter,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::Display,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, IntoStaticStr, EnumString, Display)]
 #[strum(serialize_all = "snake_case", parse_err_ty = String, parse_err_fn = unknown_job_kind)]
 pub enum JobKind {
     Authorize,
