@@ -111,6 +111,10 @@ struct ContextState {
     trusted: Arc<Vec<ipnet::IpNet>>,
 }
 
+// By hand rather than tower-http's request-id and trace layers: those take any inbound id and
+// make their own span, while one request's id, correlation id, traceparent and caller must be
+// checked together (`sane_header`, `valid_traceparent`) and land in one span and one
+// `RequestContext`. tower-http stays for what it does as we want: panics, limits, headers.
 async fn context_layer(
     State(state): State<ContextState>,
     mut req: Request,
