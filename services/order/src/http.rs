@@ -599,7 +599,22 @@ async fn work_on(
             "only a seller of this order's items or an admin does this",
         ));
     }
-    let mut claim = key.claim(s.orders.db(), &p.subject, &()).await?;
+    apply_claimed(&s, &p, &ctx, key, &(), id, command).await
+}
+
+/// Applies a transition under the request's Idempotency-Key: a replay answers the stored
+/// response without touching the order, and the feed hears of the change only once the
+/// transition, its outbox rows and the stored answer have committed together.
+async fn apply_claimed<T: Serialize>(
+    s: &AppState,
+    p: &Principal,
+    ctx: &RequestContext,
+    key: IdempotencyKey,
+    input: &T,
+    id: OrderId,
+    command: Command,
+) -> Result<Response, Problem> {
+    let mut claim = key.claim(s.orders.db(), &p.subject, input).await?;
     if let Some(r) = claim.replayed() {
         return Ok(r);
     }
@@ -608,7 +623,7 @@ async fn work_on(
         &mut tx,
         id,
         command,
-        &Cause::of_request(&ctx),
+        &Cause::of_request(ctx),
         s.orders.metrics(),
     )
     .await?;
@@ -700,27 +715,10 @@ async fn refund_order(
     let input = refund_input(&body)?;
     visible(&s, &p, id).await?;
     p.require(&[Role::Admin])?;
-    let mut claim = key.claim(s.orders.db(), &p.subject, &input).await?;
-    if let Some(r) = claim.replayed() {
-        return Ok(r);
-    }
     let command = Command::Refund {
         amount_cents: input.amount_cents,
     };
-    let mut tx = s.orders.db().begin().await?;
-    let applied = service::apply(
-        &mut tx,
-        id,
-        command,
-        &Cause::of_request(&ctx),
-        s.orders.metrics(),
-    )
-    .await?;
-    let res = claim
-        .finish(tx, StatusCode::OK, &OrderBody::from(&applied.order))
-        .await?;
-    s.orders.committed(&applied.order);
-    Ok(res)
+    apply_claimed(&s, &p, &ctx, key, &input, id, command).await
 }
 
 /// The order's history, oldest first: its creation and every status change with its cause.
