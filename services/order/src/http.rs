@@ -43,18 +43,12 @@ pub const MAX_WAIT_SECS: u64 = 30;
 /// holds back a graceful shutdown.
 const STREAM_LIFETIME: Duration = Duration::from_secs(30);
 
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub orders: Arc<Orders>,
     pub verifier: Verifier,
     /// `?wait=` is cut to this, so a held answer always beats the kit's request timeout.
     pub max_wait: Duration,
-}
-
-impl FromRef<AppState> for Verifier {
-    fn from_ref(s: &AppState) -> Verifier {
-        s.verifier.clone()
-    }
 }
 
 #[derive(OpenApi)]
