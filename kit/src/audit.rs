@@ -68,6 +68,28 @@ pub fn next_cursor<T, K: ToString>(
         .flatten()
 }
 
+/// A page of an audit list, for an admin only, and the cursor of the page after it. The caller
+/// is checked before the query and the query before `fetch` reads anything, so a customer
+/// hears 403 and a bad cursor 422 without a query run; `key` is the list's order.
+pub async fn admin_page<K, T, E, F, Fut>(
+    p: Principal,
+    q: PageQuery,
+    fetch: F,
+    key: impl Fn(&T) -> K,
+) -> Result<(Vec<T>, Option<String>), Problem>
+where
+    K: FromStr + ToString,
+    F: FnOnce(Option<K>, i64) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, E>>,
+    Problem: From<E>,
+{
+    p.require(&[Role::Admin])?;
+    let (after, limit) = q.parse::<K>()?;
+    let items = fetch(after, limit).await?;
+    let next = next_cursor(&items, limit, key);
+    Ok((items, next))
+}
+
 /// A service's outbox and dead letters, as the audit sees them.
 #[derive(Serialize, ToSchema, Debug, PartialEq, Eq)]
 pub struct EventsAudit {

@@ -16,11 +16,11 @@ use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use mercato_kit::audit::{next_cursor, PageQuery};
+use mercato_kit::audit::{admin_page, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
 use mercato_kit::contracts::CancelReason;
 use mercato_kit::events::Cause;
-use mercato_kit::http::{BearerAuth, Json, Path, Query, RequestContext};
+use mercato_kit::http::{versioned_api, BearerAuth, Json, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::to_rfc3339;
@@ -78,10 +78,7 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(order_stream))
         .routes(routes!(audit_orders))
         .routes(routes!(audit_keys));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", api)
-        .with_state(state)
-        .split_for_parts()
+    versioned_api(ApiDoc::openapi(), api, state)
 }
 
 impl From<Error> for Problem {
@@ -878,11 +875,10 @@ async fn audit_orders(
     p: Principal,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<AuditOrderPage>, Problem> {
-    p.require(&[Role::Admin])?;
-    let (after, limit) = q.parse::<OrderId>()?;
-    let orders = s.orders.audit_page(after, limit).await?;
+    let (orders, next_cursor) =
+        admin_page(p, q, |a, n| s.orders.audit_page(a, n), |o| o.id).await?;
     Ok(Json(AuditOrderPage {
-        next_cursor: next_cursor(&orders, limit, |o| o.id),
+        next_cursor,
         items: orders
             .iter()
             .map(|o| AuditOrderBody {
