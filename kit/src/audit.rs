@@ -6,6 +6,8 @@
 
 use crate::auth::{Principal, Role, Verifier};
 use crate::db::Db;
+use crate::events::consumer::Consumer;
+use crate::http::admin::dead_letters_router;
 use crate::http::{BearerAuth, Json};
 use crate::problem::Problem;
 use crate::time::to_rfc3339;
@@ -168,6 +170,20 @@ pub fn with_events_audit(
     let (events, events_doc) = router(db.clone(), verifier.clone());
     doc.merge(events_doc);
     (api.merge(events), doc)
+}
+
+/// A consuming service's API with what an operator needs of its events: the events audit
+/// route (router and document) and the dead letter routes (router only, like every admin
+/// route), so no consuming service can offer one without the other.
+pub fn with_event_admin(
+    api: (axum::Router, utoipa::openapi::OpenApi),
+    db: &Db,
+    consumer: &Consumer,
+    verifier: &Verifier,
+) -> (axum::Router, utoipa::openapi::OpenApi) {
+    let (api, doc) = with_events_audit(api, db, verifier);
+    let dead_letters = dead_letters_router(consumer.clone(), verifier.clone());
+    (api.merge(dead_letters), doc)
 }
 
 /// This service's outbox backlog and open dead letters.

@@ -215,11 +215,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         carts,
         verifier: verifier.clone(),
     });
-    let (api_router, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api_router.merge(mercato_kit::http::admin::dead_letters_router(
-        consumer.clone(),
-        verifier.clone(),
-    ));
+    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &consumer, &verifier);
     let purge_db = db.clone();
     let mut service = Service::new(
         SERVICE,

@@ -144,11 +144,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         verifier: verifier.clone(),
         catalog,
     });
-    let (api, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api.merge(mercato_kit::http::admin::dead_letters_router(
-        consumer.clone(),
-        verifier.clone(),
-    ));
+    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &consumer, &verifier);
     let purge_db = db.clone();
     Ok(Service::new(
         SERVICE,

@@ -33,7 +33,6 @@ use mercato_kit::config::{CommonConfig, Env, Secret};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, Relay};
 use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck};
-use mercato_kit::http::admin::dead_letters_router;
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use std::sync::Arc;
@@ -173,8 +172,7 @@ pub async fn assemble(
         payments: payments.clone(),
         verifier: verifier.clone(),
     });
-    let (api, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api.merge(dead_letters_router(consumer.clone(), verifier.clone()));
+    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &consumer, &verifier);
     let purge_db = db.clone();
     let running = consumer.clone();
     let service = Service::new(
