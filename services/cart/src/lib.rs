@@ -119,10 +119,7 @@ impl Config {
 /// The cart service's migrations; the kit's (idempotency, inbox, dead letters) are merged in by
 /// [`Db::connect`].
 pub fn migrations() -> Migrations {
-    Migrations {
-        sqlite: sqlx::migrate!("./migrations/sqlite"),
-        postgres: sqlx::migrate!("./migrations/postgres"),
-    }
+    mercato_kit::service_migrations!()
 }
 
 /// Opens (and migrates) the cart service's database.

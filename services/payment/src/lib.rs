@@ -102,10 +102,7 @@ impl Config {
 
 /// The payment service's migrations; the kit's are merged in by [`Db::connect`].
 pub fn migrations() -> Migrations {
-    Migrations {
-        sqlite: sqlx::migrate!("./migrations/sqlite"),
-        postgres: sqlx::migrate!("./migrations/postgres"),
-    }
+    mercato_kit::service_migrations!()
 }
 
 /// The service with its parts, for tests that drive events and read the database directly.
