@@ -6,6 +6,8 @@
 
 use crate::auth::{Principal, Role, Verifier};
 use crate::db::Db;
+use crate::events::consumer::Consumer;
+use crate::http::admin::dead_letters_router;
 use crate::http::{BearerAuth, Json};
 use crate::problem::Problem;
 use crate::time::to_rfc3339;
@@ -66,6 +68,28 @@ pub fn next_cursor<T, K: ToString>(
     (items.len() as i64 >= limit)
         .then(|| items.last().map(|i| key(i).to_string()))
         .flatten()
+}
+
+/// A page of an audit list, for an admin only, and the cursor of the page after it. The caller
+/// is checked before the query and the query before `fetch` reads anything, so a customer
+/// hears 403 and a bad cursor 422 without a query run; `key` is the list's order.
+pub async fn admin_page<K, T, E, F, Fut>(
+    p: Principal,
+    q: PageQuery,
+    fetch: F,
+    key: impl Fn(&T) -> K,
+) -> Result<(Vec<T>, Option<String>), Problem>
+where
+    K: FromStr + ToString,
+    F: FnOnce(Option<K>, i64) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, E>>,
+    Problem: From<E>,
+{
+    p.require(&[Role::Admin])?;
+    let (after, limit) = q.parse::<K>()?;
+    let items = fetch(after, limit).await?;
+    let next = next_cursor(&items, limit, key);
+    Ok((items, next))
 }
 
 /// A service's outbox and dead letters, as the audit sees them.
@@ -146,6 +170,20 @@ pub fn with_events_audit(
     let (events, events_doc) = router(db.clone(), verifier.clone());
     doc.merge(events_doc);
     (api.merge(events), doc)
+}
+
+/// A consuming service's API with what an operator needs of its events: the events audit
+/// route (router and document) and the dead letter routes (router only, like every admin
+/// route), so no consuming service can offer one without the other.
+pub fn with_event_admin(
+    api: (axum::Router, utoipa::openapi::OpenApi),
+    db: &Db,
+    consumer: &Consumer,
+    verifier: &Verifier,
+) -> (axum::Router, utoipa::openapi::OpenApi) {
+    let (api, doc) = with_events_audit(api, db, verifier);
+    let dead_letters = dead_letters_router(consumer.clone(), verifier.clone());
+    (api.merge(dead_letters), doc)
 }
 
 /// This service's outbox backlog and open dead letters.

@@ -117,6 +117,19 @@ pub struct Migrations {
     pub postgres: Migrator,
 }
 
+/// A service's [`Migrations`], from the folders every service keeps them in,
+/// `migrations/sqlite` and `migrations/postgres` beside its `Cargo.toml`. A macro because
+/// `sqlx::migrate!` embeds the folders of the crate that invokes it, so it must expand there.
+#[macro_export]
+macro_rules! service_migrations {
+    () => {
+        $crate::db::Migrations {
+            sqlite: ::sqlx::migrate!("./migrations/sqlite"),
+            postgres: ::sqlx::migrate!("./migrations/postgres"),
+        }
+    };
+}
+
 static KIT_SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static KIT_POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 

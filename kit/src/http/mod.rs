@@ -793,6 +793,20 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A service's API routes under `/api/v1`, the version every public path carries, with their
+/// state, split into the router and the OpenAPI document (`doc`, the service's own info and
+/// tags) that describes them, so the document's paths are the paths the router serves.
+pub fn versioned_api<S: Clone + Send + Sync + 'static>(
+    doc: utoipa::openapi::OpenApi,
+    api: utoipa_axum::router::OpenApiRouter<S>,
+    state: S,
+) -> (Router, utoipa::openapi::OpenApi) {
+    utoipa_axum::router::OpenApiRouter::with_openapi(doc)
+        .nest("/api/v1", api)
+        .with_state(state)
+        .split_for_parts()
+}
+
 /// A JSON response with a status, for handlers that build their answer by hand.
 pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     (status, axum::Json(body)).into_response()

@@ -13,8 +13,34 @@ mod fixtures;
 #[cfg(feature = "testing")]
 pub use fixtures::*;
 
+use crate::config::Env;
 use std::future::Future;
 use std::time::{Duration, Instant};
+
+/// A configuration read from `pairs` alone, every one of them accepted: what a service's test
+/// of its defaults and overrides starts from.
+pub fn config_from<C, K: Into<String>, V: Into<String>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+    read: impl FnOnce(&mut Env) -> C,
+) -> C {
+    let mut env = Env::from_pairs(pairs);
+    let config = read(&mut env);
+    assert!(env.check().is_ok(), "refused: {:?}", env.check());
+    config
+}
+
+/// What reading a configuration from `pairs` refused, as the service would print it at start,
+/// for a test that checks each bad variable is named.
+pub fn config_refusal<C, K: Into<String>, V: Into<String>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+    read: impl FnOnce(&mut Env) -> C,
+) -> String {
+    let mut env = Env::from_pairs(pairs);
+    read(&mut env);
+    env.check()
+        .expect_err("the settings were accepted")
+        .to_string()
+}
 
 /// How often the waits below look again.
 const POLL: Duration = Duration::from_millis(20);

@@ -87,10 +87,7 @@ impl Config {
 
 /// The auth service's migrations; the kit's are merged in by [`Db::connect`].
 pub fn migrations() -> Migrations {
-    Migrations {
-        sqlite: sqlx::migrate!("./migrations/sqlite"),
-        postgres: sqlx::migrate!("./migrations/postgres"),
-    }
+    mercato_kit::service_migrations!()
 }
 
 /// Opens (and migrates) the auth service's database.

@@ -12,7 +12,7 @@ use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::Response;
 use mercato_kit::auth::{Principal, Role, Verifier};
-use mercato_kit::http::{raw_json_response, BearerAuth, Json, Path, RequestContext};
+use mercato_kit::http::{raw_json_response, versioned_api, BearerAuth, Json, Path, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{Currency, ProductId, UserId};
 use mercato_kit::problem::FieldError;
@@ -25,16 +25,10 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub carts: Arc<Carts>,
     pub verifier: Verifier,
-}
-
-impl FromRef<AppState> for Verifier {
-    fn from_ref(s: &AppState) -> Verifier {
-        s.verifier.clone()
-    }
 }
 
 #[derive(OpenApi)]
@@ -55,10 +49,7 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(add_item))
         .routes(routes!(set_quantity, remove_item))
         .routes(routes!(checkout));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", api)
-        .with_state(state)
-        .split_for_parts()
+    versioned_api(ApiDoc::openapi(), api, state)
 }
 
 /// The caller, who must be a customer: checked before the body is read, so anyone else hears

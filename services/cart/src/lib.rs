@@ -119,10 +119,7 @@ impl Config {
 /// The cart service's migrations; the kit's (idempotency, inbox, dead letters) are merged in by
 /// [`Db::connect`].
 pub fn migrations() -> Migrations {
-    Migrations {
-        sqlite: sqlx::migrate!("./migrations/sqlite"),
-        postgres: sqlx::migrate!("./migrations/postgres"),
-    }
+    mercato_kit::service_migrations!()
 }
 
 /// Opens (and migrates) the cart service's database.
@@ -215,11 +212,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         carts,
         verifier: verifier.clone(),
     });
-    let (api_router, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api_router.merge(mercato_kit::http::admin::dead_letters_router(
-        consumer.clone(),
-        verifier.clone(),
-    ));
+    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &consumer, &verifier);
     let purge_db = db.clone();
     let mut service = Service::new(
         SERVICE,
@@ -243,12 +236,11 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mercato_kit::testing::{config_from, config_refusal};
 
     #[test]
     fn configuration_defaults_overrides_and_masking() {
-        let mut env = Env::from_pairs([("MERCATO_DATA_DIR", "/tmp/m")]);
-        let c = Config::read(&mut env);
-        assert!(env.check().is_ok());
+        let c = config_from([("MERCATO_DATA_DIR", "/tmp/m")], Config::read);
         assert_eq!(c.port, 8085);
         assert_eq!(c.database_url.as_str(), "sqlite:///tmp/m/cart.db?mode=rwc");
         assert_eq!(c.catalog_url, "http://127.0.0.1:8082");
@@ -259,19 +251,20 @@ mod tests {
         assert_eq!(c.catalog_timeout(), Duration::from_secs(3));
         assert_eq!(c.order_timeout(), Duration::from_secs(14));
 
-        let mut env = Env::from_pairs([
-            ("MERCATO_CART_PORT", "9085"),
-            ("MERCATO_CATALOG_URL", "http://catalog:8082/"),
-            ("MERCATO_ORDER_URL", "https://order"),
-            ("MERCATO_CART_TTL_SECS", "1"),
-            ("MERCATO_CART_MAX_LINES", "3"),
-            ("MERCATO_REQUEST_TIMEOUT_MS", "600"),
-            ("MERCATO_CART_DATABASE_URL", "postgres://c:s3cret@db/cart"),
-            ("MERCATO_REDIS_URL", "redis://:r3dis-pw@redis:6379"),
-            ("MERCATO_REDIS_PREFIX", "shop1:"),
-        ]);
-        let c = Config::read(&mut env);
-        assert!(env.check().is_ok());
+        let c = config_from(
+            [
+                ("MERCATO_CART_PORT", "9085"),
+                ("MERCATO_CATALOG_URL", "http://catalog:8082/"),
+                ("MERCATO_ORDER_URL", "https://order"),
+                ("MERCATO_CART_TTL_SECS", "1"),
+                ("MERCATO_CART_MAX_LINES", "3"),
+                ("MERCATO_REQUEST_TIMEOUT_MS", "600"),
+                ("MERCATO_CART_DATABASE_URL", "postgres://c:s3cret@db/cart"),
+                ("MERCATO_REDIS_URL", "redis://:r3dis-pw@redis:6379"),
+                ("MERCATO_REDIS_PREFIX", "shop1:"),
+            ],
+            Config::read,
+        );
         assert_eq!(c.port, 9085);
         assert_eq!(c.catalog_url, "http://catalog:8082");
         assert_eq!(c.order_url, "https://order");
@@ -283,15 +276,16 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(!format!("{c:?}").contains("r3dis-pw"), "{c:?}");
 
-        let mut env = Env::from_pairs([
-            ("MERCATO_CART_PORT", "http"),
-            ("MERCATO_CATALOG_URL", "catalog:8082"),
-            ("MERCATO_ORDER_URL", "ftp://order"),
-            ("MERCATO_CART_TTL_SECS", "0"),
-            ("MERCATO_CART_MAX_LINES", "51"),
-        ]);
-        Config::read(&mut env);
-        let err = env.check().unwrap_err().to_string();
+        let err = config_refusal(
+            [
+                ("MERCATO_CART_PORT", "http"),
+                ("MERCATO_CATALOG_URL", "catalog:8082"),
+                ("MERCATO_ORDER_URL", "ftp://order"),
+                ("MERCATO_CART_TTL_SECS", "0"),
+                ("MERCATO_CART_MAX_LINES", "51"),
+            ],
+            Config::read,
+        );
         for var in [
             "MERCATO_CART_PORT",
             "MERCATO_CATALOG_URL",

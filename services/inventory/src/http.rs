@@ -15,10 +15,10 @@ use crate::store::{self, LedgerEntry, Reservation, Stock};
 use axum::extract::{FromRef, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use mercato_kit::audit::{next_cursor, PageQuery};
+use mercato_kit::audit::{admin_page, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
 use mercato_kit::contracts::ShortLine;
-use mercato_kit::http::{BearerAuth, Json, Path, Query, RequestContext};
+use mercato_kit::http::{versioned_api, BearerAuth, Json, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{OrderId, ProductId};
 use mercato_kit::problem::FieldError;
@@ -31,18 +31,12 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub inv: Arc<Inventory>,
     pub verifier: Verifier,
     /// Asked about products the catalog's events have not brought in yet.
     pub catalog: Arc<dyn Catalog>,
-}
-
-impl FromRef<AppState> for Verifier {
-    fn from_ref(s: &AppState) -> Verifier {
-        s.verifier.clone()
-    }
 }
 
 #[derive(OpenApi)]
@@ -72,10 +66,7 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(ledger))
         .routes(routes!(audit_stock))
         .routes(routes!(audit_reservations));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", api)
-        .with_state(state)
-        .split_for_parts()
+    versioned_api(ApiDoc::openapi(), api, state)
 }
 
 impl From<Error> for Problem {
@@ -875,11 +866,10 @@ async fn audit_stock(
     p: Principal,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<StockAuditPage>, Problem> {
-    p.require(&[Role::Admin])?;
-    let (after, limit) = q.parse::<ProductId>()?;
-    let books = s.inv.audit_stock(after, limit).await?;
+    let (books, next_cursor) =
+        admin_page(p, q, |a, n| s.inv.audit_stock(a, n), |b| b.product_id).await?;
     Ok(Json(StockAuditPage {
-        next_cursor: next_cursor(&books, limit, |b| b.product_id),
+        next_cursor,
         items: books
             .iter()
             .map(|b| StockAuditBody {
@@ -933,11 +923,10 @@ async fn audit_reservations(
     p: Principal,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<ReservationAuditPage>, Problem> {
-    p.require(&[Role::Admin])?;
-    let (after, limit) = q.parse::<OrderId>()?;
-    let rs = s.inv.audit_reservations(after, limit).await?;
+    let (rs, next_cursor) =
+        admin_page(p, q, |a, n| s.inv.audit_reservations(a, n), |r| r.order_id).await?;
     Ok(Json(ReservationAuditPage {
-        next_cursor: next_cursor(&rs, limit, |r| r.order_id),
+        next_cursor,
         items: rs
             .iter()
             .map(|r| ReservationAuditBody {

@@ -89,10 +89,7 @@ impl Config {
 
 /// The inventory's migrations; the kit's are merged in by [`Db::connect`].
 pub fn migrations() -> Migrations {
-    Migrations {
-        sqlite: sqlx::migrate!("./migrations/sqlite"),
-        postgres: sqlx::migrate!("./migrations/postgres"),
-    }
+    mercato_kit::service_migrations!()
 }
 
 /// Opens (and migrates) the inventory's database.
@@ -144,11 +141,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         verifier: verifier.clone(),
         catalog,
     });
-    let (api, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api.merge(mercato_kit::http::admin::dead_letters_router(
-        consumer.clone(),
-        verifier.clone(),
-    ));
+    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &consumer, &verifier);
     let purge_db = db.clone();
     Ok(Service::new(
         SERVICE,
@@ -174,12 +167,11 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mercato_kit::testing::{config_from, config_refusal};
 
     #[test]
     fn configuration_defaults_ranges_and_masking() {
-        let mut env = Env::from_pairs([("MERCATO_DATA_DIR", "/tmp/m")]);
-        let c = Config::read(&mut env);
-        assert!(env.check().is_ok());
+        let c = config_from([("MERCATO_DATA_DIR", "/tmp/m")], Config::read);
         assert_eq!(c.port, 8086);
         assert_eq!(c.reservation_ttl, Duration::from_secs(1800));
         assert!(!c.seed_demo);
@@ -188,17 +180,18 @@ mod tests {
             "sqlite:///tmp/m/inventory.db?mode=rwc"
         );
 
-        let mut env = Env::from_pairs([
-            ("MERCATO_INVENTORY_PORT", "9086"),
-            ("MERCATO_RESERVATION_TTL_SECS", "60"),
-            ("MERCATO_SEED_DEMO", "true"),
-            (
-                "MERCATO_INVENTORY_DATABASE_URL",
-                "postgres://inv:s3cret@db/inv",
-            ),
-        ]);
-        let c = Config::read(&mut env);
-        assert!(env.check().is_ok());
+        let c = config_from(
+            [
+                ("MERCATO_INVENTORY_PORT", "9086"),
+                ("MERCATO_RESERVATION_TTL_SECS", "60"),
+                ("MERCATO_SEED_DEMO", "true"),
+                (
+                    "MERCATO_INVENTORY_DATABASE_URL",
+                    "postgres://inv:s3cret@db/inv",
+                ),
+            ],
+            Config::read,
+        );
         assert_eq!(
             (c.port, c.reservation_ttl.as_secs(), c.seed_demo),
             (9086, 60, true)
@@ -206,9 +199,7 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret"));
 
         for bad in ["0", "86401", "soon"] {
-            let mut env = Env::from_pairs([("MERCATO_RESERVATION_TTL_SECS", bad)]);
-            Config::read(&mut env);
-            let err = env.check().unwrap_err().to_string();
+            let err = config_refusal([("MERCATO_RESERVATION_TTL_SECS", bad)], Config::read);
             assert!(err.contains("MERCATO_RESERVATION_TTL_SECS"), "{err}");
         }
     }

@@ -156,12 +156,21 @@ pub async fn stock(
     conn: &mut Conn,
     product_id: ProductId,
 ) -> Result<Option<Stock>, mercato_kit::db::Error> {
-    let row = mercato_kit::db::query(&format!(
-        "SELECT {STOCK_COLS} FROM stock WHERE product_id = $1"
-    ))
-    .bind(product_id.to_string())
-    .fetch_optional(conn)
-    .await?;
+    let sql = format!("SELECT {STOCK_COLS} FROM stock WHERE product_id = $1");
+    one_stock(conn, &sql, product_id).await
+}
+
+/// The one stock row `sql` returns for `product_id` (its `$1`): the plain read and the locking
+/// read differ only in their SQL, so they decode alike.
+async fn one_stock(
+    conn: &mut Conn,
+    sql: &str,
+    product_id: ProductId,
+) -> Result<Option<Stock>, mercato_kit::db::Error> {
+    let row = mercato_kit::db::query(sql)
+        .bind(product_id.to_string())
+        .fetch_optional(conn)
+        .await?;
     row.as_ref().map(stock_from).transpose()
 }
 
@@ -172,13 +181,9 @@ pub async fn lock_stock(
     conn: &mut Conn,
     product_id: ProductId,
 ) -> Result<Option<Stock>, mercato_kit::db::Error> {
-    let row = mercato_kit::db::query(&format!(
-        "UPDATE stock SET on_hand = on_hand WHERE product_id = $1 RETURNING {STOCK_COLS}"
-    ))
-    .bind(product_id.to_string())
-    .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(stock_from).transpose()
+    let sql =
+        format!("UPDATE stock SET on_hand = on_hand WHERE product_id = $1 RETURNING {STOCK_COLS}");
+    one_stock(conn, &sql, product_id).await
 }
 
 /// Products in id order, after `after` when given.

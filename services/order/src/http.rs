@@ -16,11 +16,11 @@ use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use mercato_kit::audit::{next_cursor, PageQuery};
+use mercato_kit::audit::{admin_page, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
 use mercato_kit::contracts::CancelReason;
 use mercato_kit::events::Cause;
-use mercato_kit::http::{BearerAuth, Json, Path, Query, RequestContext};
+use mercato_kit::http::{versioned_api, BearerAuth, Json, Path, Query, RequestContext};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::to_rfc3339;
@@ -43,18 +43,12 @@ pub const MAX_WAIT_SECS: u64 = 30;
 /// holds back a graceful shutdown.
 const STREAM_LIFETIME: Duration = Duration::from_secs(30);
 
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub orders: Arc<Orders>,
     pub verifier: Verifier,
     /// `?wait=` is cut to this, so a held answer always beats the kit's request timeout.
     pub max_wait: Duration,
-}
-
-impl FromRef<AppState> for Verifier {
-    fn from_ref(s: &AppState) -> Verifier {
-        s.verifier.clone()
-    }
 }
 
 #[derive(OpenApi)]
@@ -84,10 +78,7 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(order_stream))
         .routes(routes!(audit_orders))
         .routes(routes!(audit_keys));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", api)
-        .with_state(state)
-        .split_for_parts()
+    versioned_api(ApiDoc::openapi(), api, state)
 }
 
 impl From<Error> for Problem {
@@ -599,7 +590,22 @@ async fn work_on(
             "only a seller of this order's items or an admin does this",
         ));
     }
-    let mut claim = key.claim(s.orders.db(), &p.subject, &()).await?;
+    apply_claimed(&s, &p, &ctx, key, &(), id, command).await
+}
+
+/// Applies a transition under the request's Idempotency-Key: a replay answers the stored
+/// response without touching the order, and the feed hears of the change only once the
+/// transition, its outbox rows and the stored answer have committed together.
+async fn apply_claimed<T: Serialize>(
+    s: &AppState,
+    p: &Principal,
+    ctx: &RequestContext,
+    key: IdempotencyKey,
+    input: &T,
+    id: OrderId,
+    command: Command,
+) -> Result<Response, Problem> {
+    let mut claim = key.claim(s.orders.db(), &p.subject, input).await?;
     if let Some(r) = claim.replayed() {
         return Ok(r);
     }
@@ -608,7 +614,7 @@ async fn work_on(
         &mut tx,
         id,
         command,
-        &Cause::of_request(&ctx),
+        &Cause::of_request(ctx),
         s.orders.metrics(),
     )
     .await?;
@@ -700,27 +706,10 @@ async fn refund_order(
     let input = refund_input(&body)?;
     visible(&s, &p, id).await?;
     p.require(&[Role::Admin])?;
-    let mut claim = key.claim(s.orders.db(), &p.subject, &input).await?;
-    if let Some(r) = claim.replayed() {
-        return Ok(r);
-    }
     let command = Command::Refund {
         amount_cents: input.amount_cents,
     };
-    let mut tx = s.orders.db().begin().await?;
-    let applied = service::apply(
-        &mut tx,
-        id,
-        command,
-        &Cause::of_request(&ctx),
-        s.orders.metrics(),
-    )
-    .await?;
-    let res = claim
-        .finish(tx, StatusCode::OK, &OrderBody::from(&applied.order))
-        .await?;
-    s.orders.committed(&applied.order);
-    Ok(res)
+    apply_claimed(&s, &p, &ctx, key, &input, id, command).await
 }
 
 /// The order's history, oldest first: its creation and every status change with its cause.
@@ -886,11 +875,10 @@ async fn audit_orders(
     p: Principal,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<AuditOrderPage>, Problem> {
-    p.require(&[Role::Admin])?;
-    let (after, limit) = q.parse::<OrderId>()?;
-    let orders = s.orders.audit_page(after, limit).await?;
+    let (orders, next_cursor) =
+        admin_page(p, q, |a, n| s.orders.audit_page(a, n), |o| o.id).await?;
     Ok(Json(AuditOrderPage {
-        next_cursor: next_cursor(&orders, limit, |o| o.id),
+        next_cursor,
         items: orders
             .iter()
             .map(|o| AuditOrderBody {

@@ -101,10 +101,7 @@ impl Config {
 
 /// The order service's migrations; the kit's are merged in by [`Db::connect`].
 pub fn migrations() -> Migrations {
-    Migrations {
-        sqlite: sqlx::migrate!("./migrations/sqlite"),
-        postgres: sqlx::migrate!("./migrations/postgres"),
-    }
+    mercato_kit::service_migrations!()
 }
 
 /// Opens (and migrates) the order service's database.
@@ -156,11 +153,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         verifier: verifier.clone(),
         max_wait: max_wait(common.request_timeout),
     });
-    let (api_router, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api_router.merge(mercato_kit::http::admin::dead_letters_router(
-        consumer.clone(),
-        verifier.clone(),
-    ));
+    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &consumer, &verifier);
     let purge_db = db.clone();
     Ok(Service::new(
         SERVICE,
@@ -186,12 +179,11 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mercato_kit::testing::{config_from, config_refusal};
 
     #[test]
     fn configuration_defaults_overrides_and_masking() {
-        let mut env = Env::from_pairs([("MERCATO_DATA_DIR", "/tmp/m")]);
-        let c = Config::read(&mut env);
-        assert!(env.check().is_ok());
+        let c = config_from([("MERCATO_DATA_DIR", "/tmp/m")], Config::read);
         assert_eq!(c.port, 8083);
         assert_eq!(c.database_url.as_str(), "sqlite:///tmp/m/order.db?mode=rwc");
         assert_eq!(c.inventory_url, "http://127.0.0.1:8086");
@@ -204,26 +196,28 @@ mod tests {
             }
         );
 
-        let mut env = Env::from_pairs([
-            ("MERCATO_ORDER_PORT", "9083"),
-            ("MERCATO_INVENTORY_URL", "http://inventory:8086/"),
-            ("MERCATO_INVENTORY_TIMEOUT_MS", "750"),
-            ("MERCATO_ORDER_DATABASE_URL", "postgres://o:s3cret@db/order"),
-        ]);
-        let c = Config::read(&mut env);
-        assert!(env.check().is_ok());
+        let c = config_from(
+            [
+                ("MERCATO_ORDER_PORT", "9083"),
+                ("MERCATO_INVENTORY_URL", "http://inventory:8086/"),
+                ("MERCATO_INVENTORY_TIMEOUT_MS", "750"),
+                ("MERCATO_ORDER_DATABASE_URL", "postgres://o:s3cret@db/order"),
+            ],
+            Config::read,
+        );
         assert_eq!(c.port, 9083);
         assert_eq!(c.inventory_url, "http://inventory:8086");
         assert_eq!(c.inventory_timeout, Duration::from_millis(750));
         assert!(!format!("{c:?}").contains("s3cret"));
 
-        let mut env = Env::from_pairs([
-            ("MERCATO_ORDER_PORT", "http"),
-            ("MERCATO_INVENTORY_URL", "inventory:8086"),
-            ("MERCATO_INVENTORY_TIMEOUT_MS", "0"),
-        ]);
-        Config::read(&mut env);
-        let err = env.check().unwrap_err().to_string();
+        let err = config_refusal(
+            [
+                ("MERCATO_ORDER_PORT", "http"),
+                ("MERCATO_INVENTORY_URL", "inventory:8086"),
+                ("MERCATO_INVENTORY_TIMEOUT_MS", "0"),
+            ],
+            Config::read,
+        );
         for var in [
             "MERCATO_ORDER_PORT",
             "MERCATO_INVENTORY_URL",

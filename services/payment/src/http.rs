@@ -13,11 +13,13 @@ use axum::body::Bytes;
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use mercato_kit::audit::{next_cursor, PageQuery};
+use mercato_kit::audit::{admin_page, PageQuery};
 use mercato_kit::auth::{Principal, Role, Verifier};
 use mercato_kit::contracts::webhook as signature;
 use mercato_kit::events::Cause;
-use mercato_kit::http::{BearerAuth, Json, OptionalJson, Path, Query, RequestContext};
+use mercato_kit::http::{
+    versioned_api, BearerAuth, Json, OptionalJson, Path, Query, RequestContext,
+};
 use mercato_kit::idempotency::IdempotencyKey;
 use mercato_kit::ids::{Currency, OrderId, UserId};
 use mercato_kit::time::{now_us, to_rfc3339};
@@ -30,16 +32,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub payments: Arc<Payments>,
     pub verifier: Verifier,
-}
-
-impl FromRef<AppState> for Verifier {
-    fn from_ref(s: &AppState) -> Verifier {
-        s.verifier.clone()
-    }
 }
 
 #[derive(OpenApi)]
@@ -104,10 +100,7 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(list_payments))
         .routes(routes!(webhook))
         .routes(routes!(audit_payments));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", api)
-        .with_state(state)
-        .split_for_parts()
+    versioned_api(ApiDoc::openapi(), api, state)
 }
 
 /// A payment as the API shows it.
@@ -565,11 +558,10 @@ async fn audit_payments(
     p: Principal,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<PaymentAuditPage>, Problem> {
-    p.require(&[Role::Admin])?;
-    let (after, limit) = q.parse::<OrderId>()?;
-    let payments = s.payments.audit_page(after, limit).await?;
+    let (payments, next_cursor) =
+        admin_page(p, q, |a, n| s.payments.audit_page(a, n), |p| p.order_id).await?;
     Ok(Json(PaymentAuditPage {
-        next_cursor: next_cursor(&payments, limit, |p| p.order_id),
+        next_cursor,
         items: payments
             .iter()
             .map(|p| PaymentAuditBody {

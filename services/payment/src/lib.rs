@@ -33,7 +33,6 @@ use mercato_kit::config::{CommonConfig, Env, Secret};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, Relay};
 use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck};
-use mercato_kit::http::admin::dead_letters_router;
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use std::sync::Arc;
@@ -103,10 +102,7 @@ impl Config {
 
 /// The payment service's migrations; the kit's are merged in by [`Db::connect`].
 pub fn migrations() -> Migrations {
-    Migrations {
-        sqlite: sqlx::migrate!("./migrations/sqlite"),
-        postgres: sqlx::migrate!("./migrations/postgres"),
-    }
+    mercato_kit::service_migrations!()
 }
 
 /// The service with its parts, for tests that drive events and read the database directly.
@@ -173,8 +169,7 @@ pub async fn assemble(
         payments: payments.clone(),
         verifier: verifier.clone(),
     });
-    let (api, openapi) = mercato_kit::audit::with_events_audit(api, &db, &verifier);
-    let router = api.merge(dead_letters_router(consumer.clone(), verifier.clone()));
+    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &consumer, &verifier);
     let purge_db = db.clone();
     let running = consumer.clone();
     let service = Service::new(
@@ -206,6 +201,7 @@ pub async fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mercato_kit::testing::{config_from, config_refusal};
 
     #[test]
     fn configuration_defaults_overrides_and_masking() {
@@ -213,12 +209,13 @@ mod tests {
         let _ = Config::read(&mut env);
         let text = env.check().unwrap_err().to_string();
         assert!(text.contains("MERCATO_PSP_WEBHOOK_SECRET"), "{text}");
-        let mut env = Env::from_pairs([
-            ("MERCATO_DATA_DIR", "/tmp/m"),
-            ("MERCATO_PSP_WEBHOOK_SECRET", "whsec_generated"),
-        ]);
-        let c = Config::read(&mut env);
-        assert!(env.check().is_ok());
+        let c = config_from(
+            [
+                ("MERCATO_DATA_DIR", "/tmp/m"),
+                ("MERCATO_PSP_WEBHOOK_SECRET", "whsec_generated"),
+            ],
+            Config::read,
+        );
         assert_eq!(c.port, 8084);
         assert_eq!(
             c.database_url.as_str(),
@@ -230,19 +227,20 @@ mod tests {
         assert_eq!(c.psp_retry_max, Duration::from_secs(60));
         assert_eq!(c.processor_breaker_reset, Duration::from_secs(30));
 
-        let mut env = Env::from_pairs([
-            ("MERCATO_PAYMENT_PORT", "9084"),
-            ("MERCATO_PSP_URL", "http://psp:8090/"),
-            ("MERCATO_PSP_WEBHOOK_SECRET", "whsec_s3cret"),
-            ("MERCATO_PSP_TIMEOUT_MS", "1500"),
-            ("MERCATO_PROCESSOR_BREAKER_RESET_MS", "2500"),
-            (
-                "MERCATO_PAYMENT_DATABASE_URL",
-                "postgres://pay:hunter2@db/pay",
-            ),
-        ]);
-        let c = Config::read(&mut env);
-        assert!(env.check().is_ok());
+        let c = config_from(
+            [
+                ("MERCATO_PAYMENT_PORT", "9084"),
+                ("MERCATO_PSP_URL", "http://psp:8090/"),
+                ("MERCATO_PSP_WEBHOOK_SECRET", "whsec_s3cret"),
+                ("MERCATO_PSP_TIMEOUT_MS", "1500"),
+                ("MERCATO_PROCESSOR_BREAKER_RESET_MS", "2500"),
+                (
+                    "MERCATO_PAYMENT_DATABASE_URL",
+                    "postgres://pay:hunter2@db/pay",
+                ),
+            ],
+            Config::read,
+        );
         assert_eq!(c.port, 9084);
         assert_eq!(c.psp_url, "http://psp:8090");
         assert_eq!(c.psp_timeout, Duration::from_millis(1500));
@@ -253,14 +251,15 @@ mod tests {
             "{printed}"
         );
 
-        let mut env = Env::from_pairs([
-            ("MERCATO_PAYMENT_PORT", "http"),
-            ("MERCATO_PSP_URL", "ftp://x"),
-            ("MERCATO_PSP_TIMEOUT_MS", "0"),
-            ("MERCATO_PROCESSOR_BREAKER_RESET_MS", "soon"),
-        ]);
-        Config::read(&mut env);
-        let err = env.check().unwrap_err().to_string();
+        let err = config_refusal(
+            [
+                ("MERCATO_PAYMENT_PORT", "http"),
+                ("MERCATO_PSP_URL", "ftp://x"),
+                ("MERCATO_PSP_TIMEOUT_MS", "0"),
+                ("MERCATO_PROCESSOR_BREAKER_RESET_MS", "soon"),
+            ],
+            Config::read,
+        );
         for var in [
             "MERCATO_PAYMENT_PORT",
             "MERCATO_PSP_URL",
