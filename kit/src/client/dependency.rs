@@ -5,14 +5,13 @@
 use super::admission::Admitted;
 use super::metrics::{ClientMetrics, Outcome};
 use super::{
-    backoff, is_idempotent, lock, pooled_client, retry_after, Breaker, BreakerState, Clock, Error,
-    Policy, Response, RetryBudget, SystemClock,
+    is_idempotent, lock, pooled_client, retry_after, Breaker, BreakerState, Clock, Error, Policy,
+    Response, RetryBudget, SystemClock,
 };
 use crate::context::{RequestContext, CORRELATION_ID, TRACEPARENT};
 use crate::problem::is_overloaded;
 use http::{HeaderValue, StatusCode};
 use prometheus::Registry;
-use rand::Rng;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -178,15 +177,7 @@ impl Dependency {
                 return None
             }
         }
-        Some(self.backoff(retry))
-    }
-
-    fn backoff(&self, retry: u32) -> Duration {
-        backoff(
-            &self.shared.policy.retry,
-            retry,
-            rand::thread_rng().gen_range(0.0..=1.0),
-        )
+        Some(self.shared.policy.retry.backoff().random_delay(retry))
     }
 
     /// One attempt under the timeout, classified.

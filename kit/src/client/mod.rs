@@ -11,9 +11,9 @@
 //! 2. the **bulkhead**: at most `bulkhead` calls in flight (retries and their waits included);
 //!    one more fails fast with [`Error::BulkheadFull`] instead of queueing behind a slow peer;
 //! 3. the **attempt**, under the per-dependency **timeout** (sending and reading the body);
-//! 4. on a transient failure of a request that may be repeated, a **retry** after exponential
-//!    backoff with full jitter (or after the server's `Retry-After`), if the **retry budget**
-//!    allows it and the breaker still lets calls through.
+//! 4. on a transient failure of a request that may be repeated, a **retry** after the kit's
+//!    exponential backoff, spread over its upper half (or after the server's `Retry-After`), if
+//!    the **retry budget** allows it and the breaker still lets calls through.
 //!
 //! What may be retried: only requests whose repetition cannot duplicate an effect — GET, HEAD,
 //! PUT, DELETE, OPTIONS, or any request carrying an `Idempotency-Key` (the callee deduplicates
@@ -85,7 +85,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use dependency::Dependency;
 pub use error::{Error, Response};
 pub use policy::{BreakerPolicy, BudgetPolicy, Policy, RetryPolicy};
-pub use retry::{backoff, is_idempotent, retry_after};
+pub use retry::{is_idempotent, retry_after};
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

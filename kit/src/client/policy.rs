@@ -2,6 +2,7 @@
 //! budget, and the circuit breaker's thresholds. Plain data with the defaults the issue set.
 
 use super::Response;
+use crate::backoff::Backoff;
 use std::time::Duration;
 
 /// How one dependency is called. The defaults are the issue's; `timeout` and the breaker's
@@ -35,7 +36,8 @@ impl Policy {
 pub struct RetryPolicy {
     /// Retries after the first attempt; 0 turns retrying off.
     pub max_retries: u32,
-    /// The backoff before retry `n` (from 0) is uniform in `[0, min(max_backoff, base · 2ⁿ)]`.
+    /// The backoff before retry `n` (from 0): `min(max_backoff, base · 2ⁿ)`, spread over its
+    /// upper half ([`RetryPolicy::backoff`]).
     pub base_backoff: Duration,
     pub max_backoff: Duration,
     /// A `Retry-After` longer than this is not waited for: the failure is returned instead, and
@@ -46,6 +48,13 @@ pub struct RetryPolicy {
     /// customer wait twice as long for the same fallback.
     pub retry_timeouts: bool,
     pub budget: BudgetPolicy,
+}
+
+impl RetryPolicy {
+    /// The waits between its attempts.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.base_backoff, self.max_backoff)
+    }
 }
 
 impl Default for RetryPolicy {
@@ -107,5 +116,22 @@ impl Default for BreakerPolicy {
             trial_calls: 3,
             excused: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_the_policy() {
+        let p = RetryPolicy {
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.backoff().delay(0, 1.0), Duration::from_millis(100));
+        assert_eq!(p.backoff().delay(1, 0.0), Duration::from_millis(100));
+        assert_eq!(p.backoff().delay(4, 1.0), Duration::from_secs(1), "capped");
     }
 }

@@ -1,17 +1,9 @@
-//! What may be retried and when: the kit's one backoff, the server's `Retry-After`, and
-//! which requests may be sent twice.
+//! What may be retried and when: the server's `Retry-After`, and which requests may be sent
+//! twice.
 
-use super::RetryPolicy;
-use crate::backoff::Backoff;
 use crate::context::IDEMPOTENCY_KEY;
 use http::{HeaderMap, Method};
 use std::time::Duration;
-
-/// The wait before retry number `retry` under `policy` (see [`Backoff::delay`]); `unit` is the
-/// random draw in `[0, 1]`.
-pub fn backoff(policy: &RetryPolicy, retry: u32, unit: f64) -> Duration {
-    Backoff::new(policy.base_backoff, policy.max_backoff).delay(retry, unit)
-}
 
 /// `Retry-After` as seconds or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -43,18 +35,6 @@ pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    #[test]
-    fn backoff_follows_the_policy() {
-        let p = RetryPolicy {
-            base_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            ..RetryPolicy::default()
-        };
-        assert_eq!(backoff(&p, 0, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff(&p, 1, 0.0), Duration::from_millis(100));
-        assert_eq!(backoff(&p, 4, 1.0), Duration::from_secs(1), "capped");
-    }
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {

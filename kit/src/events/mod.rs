@@ -22,22 +22,6 @@ use crate::time::{now_us, to_rfc3339};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The span of publishing an event to the bus: a child of the envelope's trace context (the
-/// change that wrote it).
-pub fn publish_span(env: &Envelope) -> tracing::Span {
-    let span = tracing::info_span!(
-        "event.publish",
-        otel.name = %format!("publish {}", env.event_type),
-        otel.kind = "producer",
-        service = %env.producer,
-        messaging.operation.type = "send",
-        messaging.destination.name = %env.event_type,
-        messaging.message.id = %env.event_id,
-    );
-    crate::telemetry::continue_trace(&span, env.traceparent.as_deref());
-    span
-}
-
 /// The span of handling an event: a child of the envelope's trace context, so the consumer's
 /// work hangs under the producer's in one trace. Events it writes take it as their parent.
 /// (Consumers are named after their service.)
