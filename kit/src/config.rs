@@ -11,16 +11,17 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A configuration value that must not be printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A configuration value that must not be printed: `secrecy`'s string, which also wipes its
+/// memory when dropped, with the `Debug` our configuration dumps show (`"****"`).
+#[derive(Clone)]
+pub struct Secret(secrecy::SecretString);
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
+        Secret(secrecy::SecretString::from(s.into()))
     }
     pub fn expose(&self) -> &str {
-        &self.0
+        secrecy::ExposeSecret::expose_secret(&self.0)
     }
 }
 
