@@ -117,19 +117,36 @@ pub struct Migrations {
     pub postgres: Migrator,
 }
 
-/// A service's [`Migrations`], from the folders every service keeps them in,
-/// `migrations/sqlite` and `migrations/postgres` beside its `Cargo.toml`. A macro because
-/// `sqlx::migrate!` embeds the folders of the crate that invokes it, so it must expand there.
+impl Migrations {
+    /// Each engine's migrations: the ones both engines run (a service's `migrations/`) and
+    /// the engine's own (`migrations/sqlite`, `migrations/postgres`), in version order. A
+    /// migration moves between these folders without being re-applied: sqlx records a
+    /// migration by its version and the checksum of its SQL, not by its folder.
+    pub fn from_folders(shared: Migrator, sqlite: Migrator, postgres: Migrator) -> Migrations {
+        Migrations {
+            sqlite: merged(&[&shared, &sqlite]),
+            postgres: merged(&[&shared, &postgres]),
+        }
+    }
+}
+
+/// A service's [`Migrations`], from the folders every service keeps them in beside its
+/// `Cargo.toml`: `migrations` for the SQL both engines run as written, `migrations/sqlite`
+/// and `migrations/postgres` for what differs (`mercato/tests/architecture.rs` checks that
+/// nothing stands in both engine folders alike). A macro because `sqlx::migrate!` embeds the
+/// folders of the crate that invokes it, so it must expand there.
 #[macro_export]
 macro_rules! service_migrations {
     () => {
-        $crate::db::Migrations {
-            sqlite: ::sqlx::migrate!("./migrations/sqlite"),
-            postgres: ::sqlx::migrate!("./migrations/postgres"),
-        }
+        $crate::db::Migrations::from_folders(
+            ::sqlx::migrate!("./migrations"),
+            ::sqlx::migrate!("./migrations/sqlite"),
+            ::sqlx::migrate!("./migrations/postgres"),
+        )
     };
 }
 
+static KIT_SHARED: Migrator = sqlx::migrate!("./migrations");
 static KIT_SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static KIT_POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -204,8 +221,11 @@ impl Db {
             );
             {
                 let mut w = db.writer.lock().await;
-                sqlite::migrate(&mut w, &merged(&KIT_SQLITE, &migrations.sqlite))
-                    .with_context(|| format!("applying the {service} migrations"))?;
+                sqlite::migrate(
+                    &mut w,
+                    &merged(&[&KIT_SHARED, &KIT_SQLITE, &migrations.sqlite]),
+                )
+                .with_context(|| format!("applying the {service} migrations"))?;
             }
             Ok(Db {
                 backend: Backend::Sqlite,
@@ -215,7 +235,7 @@ impl Db {
             })
         } else {
             let pool = Self::open_postgres(url, service, pool_size).await?;
-            merged(&KIT_POSTGRES, &migrations.postgres)
+            merged(&[&KIT_SHARED, &KIT_POSTGRES, &migrations.postgres])
                 .run(&pool)
                 .await
                 .with_context(|| format!("applying the {service} migrations"))?;
@@ -799,8 +819,8 @@ pub fn parse_uuid(s: &str) -> Result<uuid::Uuid, Error> {
     uuid::Uuid::parse_str(s).map_err(|e| Error::Decode(Box::new(e)))
 }
 
-fn merged(kit: &Migrator, own: &Migrator) -> Migrator {
-    let mut all: Vec<Migration> = kit.iter().chain(own.iter()).cloned().collect();
+fn merged(parts: &[&Migrator]) -> Migrator {
+    let mut all: Vec<Migration> = parts.iter().flat_map(|m| m.iter()).cloned().collect();
     all.sort_by_key(|m| m.version);
     Migrator {
         migrations: Cow::Owned(all),
