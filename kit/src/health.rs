@@ -51,6 +51,20 @@ impl HealthCheck for BusCheck {
     }
 }
 
+/// The readiness checks of a service on the saga: its database, the bus, and its consumer
+/// `consumer` holding its partitions.
+pub fn on_the_bus(
+    db: &crate::db::Db,
+    bus: &Arc<dyn crate::events::Bus>,
+    consumer: &str,
+) -> Vec<Arc<dyn HealthCheck>> {
+    vec![
+        Arc::new(DbCheck(db.clone())),
+        Arc::new(BusCheck(bus.clone())),
+        Arc::new(ConsumerCheck::new(bus.clone(), consumer)),
+    ]
+}
+
 /// The service's event consumer: on a bus where it first joins a group (Kafka), not ready
 /// until the group has given it its partitions, so a service is not ready while the events
 /// it must react to cannot reach it yet.

@@ -172,43 +172,33 @@ impl IdempotencyKey {
                 let stored_fp: String = row.try_get("fingerprint")?;
                 let state: String = row.try_get("state")?;
                 let locked_until: i64 = row.try_get("locked_until")?;
-                if created_at < expired_before {
-                    // Past retention: the key is free again.
-                    take_over(
-                        &mut tx,
-                        principal,
-                        &key,
-                        &fingerprint,
-                        lease_until,
-                        now,
-                        locked_until,
-                    )
-                    .await?;
-                } else if stored_fp != fingerprint {
+                // Past retention the key is free again, whatever it held.
+                let live = created_at >= expired_before;
+                if live && stored_fp != fingerprint {
                     return Err(Problem::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "idempotency_key_reused",
                         "This Idempotency-Key was used for a different request",
                     )
                     .with_detail("use a new Idempotency-Key for a different request"));
-                } else if state == "completed" {
+                } else if live && state == "completed" {
                     let status: i64 = row.try_get("status")?;
                     let body: String = row.try_get("body")?;
                     return Ok(Claim::replay(db, status, body));
-                } else if locked_until > now {
+                } else if live && locked_until > now {
                     return Err(in_flight());
-                } else {
-                    take_over(
-                        &mut tx,
-                        principal,
-                        &key,
-                        &fingerprint,
-                        lease_until,
-                        now,
-                        locked_until,
-                    )
-                    .await?;
                 }
+                // Expired, or a lease whose holder stopped without finishing: ours now.
+                take_over(
+                    &mut tx,
+                    principal,
+                    &key,
+                    &fingerprint,
+                    lease_until,
+                    now,
+                    locked_until,
+                )
+                .await?;
             }
         }
         tx.commit().await?;

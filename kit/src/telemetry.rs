@@ -36,7 +36,7 @@ use tracing::{Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -161,9 +161,9 @@ where
         .unwrap_or_else(|| std::io::stderr().is_terminal());
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = if pretty {
-        fmt.event_format(PrettyLines).boxed()
+        fmt.event_format(Lines::Pretty).boxed()
     } else {
-        fmt.event_format(JsonLines).boxed()
+        fmt.event_format(Lines::Json).boxed()
     };
     tracing_subscriber::registry()
         .with(SpanFieldsLayer)
@@ -382,12 +382,14 @@ fn entered_span_context() -> Option<opentelemetry::trace::SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
-/// One JSON object per line: time, level, target, message and the event's fields, then the
-/// fields of every span the event is in (innermost wins), the innermost span's name, and its
-/// `trace_id` and `span_id`.
-struct JsonLines;
+/// How a log line is written: for machines or for a person.
+#[derive(Clone, Copy)]
+enum Lines {
+    Json,
+    Pretty,
+}
 
-impl<S, N> FormatEvent<S, N> for JsonLines
+impl<S, N> FormatEvent<S, N> for Lines
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -398,110 +400,122 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let mut line = serde_json::Map::new();
-        line.insert(
-            "timestamp".into(),
-            chrono::Utc::now()
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                .into(),
-        );
-        let meta = event.metadata();
-        line.insert("level".into(), meta.level().as_str().into());
-        line.insert("target".into(), meta.target().into());
-        event.record(&mut JsonVisitor(&mut line));
         let current = ctx.lookup_current();
-        if let Some(span) = &current {
-            let mut merged = serde_json::Map::new();
-            for s in span.scope().from_root() {
-                if let Some(f) = s.extensions().get::<SpanFields>() {
-                    merged.extend(f.0.clone());
-                }
+        match self {
+            Lines::Json => {
+                let line = json_line(current, event);
+                let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
+                writeln!(writer, "{text}")
             }
-            for (k, v) in merged {
-                line.entry(k).or_insert(v);
-            }
-            line.insert("span".into(), span.name().into());
+            Lines::Pretty => pretty_line(current, event, writer),
         }
-        if let Some(sc) = current.and(entered_span_context()) {
-            line.insert("trace_id".into(), sc.trace_id().to_string().into());
-            line.insert("span_id".into(), sc.span_id().to_string().into());
-        }
-        let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
-        writeln!(writer, "{text}")
     }
+}
+
+/// One JSON object per line: time, level, target, message and the event's fields, then the
+/// fields of every span the event is in (innermost wins), the innermost span's name, and its
+/// `trace_id` and `span_id`.
+fn json_line<S>(
+    current: Option<SpanRef<'_, S>>,
+    event: &tracing::Event<'_>,
+) -> serde_json::Map<String, serde_json::Value>
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    let mut line = serde_json::Map::new();
+    line.insert(
+        "timestamp".into(),
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            .into(),
+    );
+    let meta = event.metadata();
+    line.insert("level".into(), meta.level().as_str().into());
+    line.insert("target".into(), meta.target().into());
+    event.record(&mut JsonVisitor(&mut line));
+    if let Some(span) = &current {
+        let mut merged = serde_json::Map::new();
+        for s in span.scope().from_root() {
+            if let Some(f) = s.extensions().get::<SpanFields>() {
+                merged.extend(f.0.clone());
+            }
+        }
+        for (k, v) in merged {
+            line.entry(k).or_insert(v);
+        }
+        line.insert("span".into(), span.name().into());
+    }
+    if let Some(sc) = current.and(entered_span_context()) {
+        line.insert("trace_id".into(), sc.trace_id().to_string().into());
+        line.insert("span_id".into(), sc.span_id().to_string().into());
+    }
+    line
 }
 
 /// One short line per event for a person: time, level, service, message, the event's own
 /// fields, and the first 8 hex digits of the trace (enough to find it in the JSON logs or in
 /// Jaeger). The spans' other fields stay out: JSON has them all.
-struct PrettyLines;
-
-impl<S, N> FormatEvent<S, N> for PrettyLines
+fn pretty_line<S>(
+    current: Option<SpanRef<'_, S>>,
+    event: &tracing::Event<'_>,
+    mut writer: Writer<'_>,
+) -> std::fmt::Result
 where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
+    S: for<'a> LookupSpan<'a>,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        let ansi = writer.has_ansi_escapes();
-        let paint = |code: &str, text: &str| {
-            if ansi {
-                format!("\x1b[{code}m{text}\x1b[0m")
-            } else {
-                text.to_owned()
-            }
-        };
-        let meta = event.metadata();
-        let level = match *meta.level() {
-            tracing::Level::ERROR => paint("31;1", "ERROR"),
-            tracing::Level::WARN => paint("33;1", " WARN"),
-            tracing::Level::INFO => paint("32", " INFO"),
-            tracing::Level::DEBUG => paint("34", "DEBUG"),
-            tracing::Level::TRACE => paint("2", "TRACE"),
-        };
-        let mut fields = serde_json::Map::new();
-        event.record(&mut JsonVisitor(&mut fields));
-        let message = fields
-            .remove("message")
-            .and_then(|m| m.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let current = ctx.lookup_current();
-        let service = current
-            .as_ref()
-            .and_then(|s| s.extensions().get::<SpanFields>().and_then(|f| f.service()))
-            .or_else(|| {
-                fields
-                    .get("service")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        fields.remove("service");
-        write!(
-            writer,
-            "{} {level} {} {message}",
-            paint(
-                "2",
-                &chrono::Local::now().format("%H:%M:%S%.3f").to_string()
-            ),
-            paint("36", &format!("{service:<9}")),
-        )?;
-        for (k, v) in fields {
-            match v {
-                serde_json::Value::String(s) => write!(writer, " {}={s}", paint("2", &k))?,
-                other => write!(writer, " {}={other}", paint("2", &k))?,
-            }
+    let ansi = writer.has_ansi_escapes();
+    let paint = |code: &str, text: &str| {
+        if ansi {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
         }
-        if let Some(sc) = current.and(entered_span_context()) {
-            let trace = sc.trace_id().to_string();
-            write!(writer, " {}", paint("2", &format!("trace={}", &trace[..8])))?;
+    };
+    let meta = event.metadata();
+    let level = match *meta.level() {
+        tracing::Level::ERROR => paint("31;1", "ERROR"),
+        tracing::Level::WARN => paint("33;1", " WARN"),
+        tracing::Level::INFO => paint("32", " INFO"),
+        tracing::Level::DEBUG => paint("34", "DEBUG"),
+        tracing::Level::TRACE => paint("2", "TRACE"),
+    };
+    let mut fields = serde_json::Map::new();
+    event.record(&mut JsonVisitor(&mut fields));
+    let message = fields
+        .remove("message")
+        .and_then(|m| m.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let service = current
+        .as_ref()
+        .and_then(|s| s.extensions().get::<SpanFields>().and_then(|f| f.service()))
+        .or_else(|| {
+            fields
+                .get("service")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    fields.remove("service");
+    write!(
+        writer,
+        "{} {level} {} {message}",
+        paint(
+            "2",
+            &chrono::Local::now().format("%H:%M:%S%.3f").to_string()
+        ),
+        paint("36", &format!("{service:<9}")),
+    )?;
+    for (k, v) in fields {
+        match v {
+            serde_json::Value::String(s) => write!(writer, " {}={s}", paint("2", &k))?,
+            other => write!(writer, " {}={other}", paint("2", &k))?,
         }
-        writeln!(writer)
     }
+    if let Some(sc) = current.and(entered_span_context()) {
+        let trace = sc.trace_id().to_string();
+        write!(writer, " {}", paint("2", &format!("trace={}", &trace[..8])))?;
+    }
+    writeln!(writer)
 }
 
 // ---------------------------------------------------------------------------------------------

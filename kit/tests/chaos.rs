@@ -4,9 +4,8 @@
 use axum::routing::{get, post};
 use axum::Router;
 use mercato_kit::auth::Role;
-use mercato_kit::http::{HttpSettings, Service};
-use mercato_kit::metrics::Metrics;
-use mercato_kit::testing::{token, verifier};
+use mercato_kit::http::HttpSettings;
+use mercato_kit::testing::{bare_service, serve, token, verifier};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,19 +38,9 @@ async fn app() -> App {
             }),
         )
         .route("/api/v1/other", get(|| async { "other" }));
-    let service = Service::new(
-        "test",
-        api,
-        None::<utoipa::openapi::OpenApi>,
-        Metrics::new("test"),
-        vec![],
-        &HttpSettings::default(),
-    )
-    .with_admin(verifier());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(service.run(listener, stop.clone()));
+    let service = bare_service(api, &HttpSettings::default()).with_admin(verifier());
+    let (addr, stop) = serve(service).await;
+    let base = format!("http://{addr}");
     App {
         base,
         handled,

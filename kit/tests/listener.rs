@@ -6,10 +6,9 @@
 use axum::body::{Body, Bytes};
 use axum::routing::{get, post};
 use axum::Router;
-use mercato_kit::http::{HttpSettings, Json, Service};
-use mercato_kit::metrics::Metrics;
+use mercato_kit::http::{HttpSettings, Json};
 use mercato_kit::server::ConnectionLimits;
-use mercato_kit::testing::eventually;
+use mercato_kit::testing::{bare_service, eventually, serve};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,18 +59,7 @@ async fn app(max_per_address: Option<usize>) -> App {
         },
         ..HttpSettings::default()
     };
-    let service = Service::new(
-        "test",
-        api,
-        None::<utoipa::openapi::OpenApi>,
-        Metrics::new("test"),
-        vec![],
-        &settings,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(service.run(listener, stop.clone()));
+    let (addr, stop) = serve(bare_service(api, &settings)).await;
     App {
         addr,
         base: format!("http://{addr}"),

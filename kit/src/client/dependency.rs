@@ -88,6 +88,29 @@ impl Dependency {
         lock(&self.shared.breaker).state()
     }
 
+    /// GETs one resource: `Some` when the dependency answers 200 (its JSON body, read as `T`),
+    /// `None` on 404, and otherwise why it could not be had, in words naming the service
+    /// (`the catalog service answered 500 Internal Server Error`), for a log and a 503.
+    pub async fn get_found<T: serde::de::DeserializeOwned>(
+        &self,
+        ctx: Option<&RequestContext>,
+        url: &str,
+    ) -> Result<Option<T>, String> {
+        let name = self.name();
+        let res = self
+            .send(ctx, |http| http.get(url))
+            .await
+            .map_err(|e| format!("the {name} service did not answer: {e}"))?;
+        match res.status {
+            StatusCode::OK => res
+                .json()
+                .map(Some)
+                .map_err(|e| format!("the {name} service answered unreadably: {e}")),
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(format!("the {name} service answered {other}")),
+        }
+    }
+
     /// Calls the dependency. `build` makes the request from the client, once per attempt — so
     /// a body is made afresh each time, and must be the same each time (the same
     /// `Idempotency-Key` above all). With `ctx`, the call carries its correlation id and trace

@@ -28,7 +28,7 @@
 //! event whose handling kills every replica that takes it.
 
 use super::bus::{Bus, Delivery, Subscription};
-use super::{domain_of, is_name_part, Envelope};
+use super::{domain_of, is_name_part, subscription_domains, Envelope};
 use crate::db::Db;
 use anyhow::{anyhow, bail, Context as _};
 use parking_lot::Mutex;
@@ -542,17 +542,9 @@ impl Bus for KafkaBus {
         consumer: &str,
         event_types: &[&str],
     ) -> anyhow::Result<Box<dyn Subscription>> {
-        anyhow::ensure!(
-            is_name_part(consumer),
-            "the consumer name {consumer:?} is not a Kafka name part (letters, digits, '-' and '_')"
-        );
-        anyhow::ensure!(!event_types.is_empty(), "no event types to subscribe to");
         let mut topics = Vec::new();
-        for t in event_types {
-            let topic = self.topic(domain_of(t)?);
-            if !topics.contains(&topic) {
-                topics.push(topic);
-            }
+        for domain in subscription_domains("Kafka", consumer, event_types)?.into_keys() {
+            topics.push(self.topic(domain));
         }
         self.ensure_topics(&topics).await?;
         let group = self.group(consumer);

@@ -65,6 +65,25 @@ pub(crate) fn is_name_part(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// The domains of what `consumer` subscribes to, each with its event types, after checking
+/// that the names can be spelled on every bus (`broker` names the bus in the error).
+pub(crate) fn subscription_domains<'a>(
+    broker: &str,
+    consumer: &str,
+    event_types: &[&'a str],
+) -> anyhow::Result<std::collections::BTreeMap<&'a str, Vec<&'a str>>> {
+    anyhow::ensure!(
+        is_name_part(consumer),
+        "the consumer name {consumer:?} is not a {broker} name part (letters, digits, '-' and '_')"
+    );
+    anyhow::ensure!(!event_types.is_empty(), "no event types to subscribe to");
+    let mut by_domain: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for t in event_types {
+        by_domain.entry(domain_of(t)?).or_default().push(*t);
+    }
+    Ok(by_domain)
+}
+
 /// An event as it travels between services.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Envelope {

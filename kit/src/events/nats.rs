@@ -49,7 +49,7 @@
 //! out. Newer servers filter by the exact subjects.
 
 use super::bus::{Bus, Delivery, Subscription};
-use super::{domain_of, is_name_part, Envelope};
+use super::{domain_of, is_name_part, subscription_domains, Envelope};
 use anyhow::{anyhow, bail, Context as _};
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
@@ -58,7 +58,7 @@ use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, Storag
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -567,15 +567,7 @@ impl Bus for NatsBus {
         consumer: &str,
         event_types: &[&str],
     ) -> anyhow::Result<Box<dyn Subscription>> {
-        anyhow::ensure!(
-            is_name_part(consumer),
-            "the consumer name {consumer:?} is not a NATS name (letters, digits, '-' and '_')"
-        );
-        anyhow::ensure!(!event_types.is_empty(), "no event types to subscribe to");
-        let mut by_domain: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for t in event_types {
-            by_domain.entry(domain_of(t)?).or_default().push(t);
-        }
+        let by_domain = subscription_domains("NATS", consumer, event_types)?;
         let mut sources = Vec::new();
         for (domain, types) in by_domain {
             for p in 0..self.options.partitions {

@@ -592,6 +592,20 @@ impl Service {
         self
     }
 
+    /// Runs the service's side of the saga until shutdown: `relay` publishing its outbox and
+    /// `consumer` handling `event_types` from `bus`.
+    pub fn with_events(
+        self,
+        relay: crate::events::Relay,
+        consumer: crate::events::Consumer,
+        bus: Arc<dyn crate::events::Bus>,
+        event_types: &[&'static str],
+    ) -> Self {
+        let event_types = event_types.to_vec();
+        self.with_task(move |stop| relay.run(stop))
+            .with_task(move |stop| consumer.run(bus, event_types, stop))
+    }
+
     /// This service's chaos switch (see [`crate::chaos`]).
     pub fn chaos(&self) -> &crate::chaos::Chaos {
         &self.chaos

@@ -1,6 +1,6 @@
 //! Test support for the services' own tests: waiting for something with a deadline
-//! ([`until`], [`eventually`]) and the backend an ignored test was given ([`backend`]), always
-//! built (they need nothing more, and the kit's own tests use them); with the `testing`
+//! ([`until`], [`eventually`]), the backend an ignored test was given ([`backend`]) and a
+//! crate's module graph read from its sources ([`imports`]), always built (they need nothing more, and the kit's own tests use them); with the `testing`
 //! feature also one RSA key per test process that signs tokens a verifier built here accepts,
 //! a one-shot HTTP call through a router and a fresh database per test ([`TestDb`]). Each
 //! service's tests used to carry their own copy of these.
@@ -8,14 +8,41 @@
 // Test support: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod imports;
+
 #[cfg(feature = "testing")]
 mod fixtures;
 #[cfg(feature = "testing")]
 pub use fixtures::*;
 
 use crate::config::Env;
+use crate::http::{HttpSettings, Service};
+use crate::metrics::Metrics;
 use std::future::Future;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A service named `test` around `api`, with no API document and no health checks: what a
+/// test of the kit's HTTP skeleton (its layers, listener, admin routes) serves.
+pub fn bare_service(api: axum::Router, settings: &HttpSettings) -> Service {
+    Service::new(
+        "test",
+        api,
+        None::<utoipa::openapi::OpenApi>,
+        Metrics::new("test"),
+        vec![],
+        settings,
+    )
+}
+
+/// Serves `service` on a free local port until the token is cancelled.
+pub async fn serve(service: Service) -> (std::net::SocketAddr, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(service.run(listener, stop.clone()));
+    (addr, stop)
+}
 
 /// A configuration read from `pairs` alone, every one of them accepted: what a service's test
 /// of its defaults and overrides starts from.

@@ -12,7 +12,6 @@ use crate::domain::{ProductInfo, Products};
 use mercato_kit::client::{Dependency, Policy};
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{Currency, ProductId};
-use reqwest::StatusCode;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -69,29 +68,18 @@ impl CatalogClient {
         ctx: Option<&RequestContext>,
     ) -> Result<(ProductId, Option<ProductInfo>), Unavailable> {
         let url = format!("{}/{id}", self.base);
-        let res = self
+        let found: Option<ProductAnswer> = self
             .catalog
-            .send(ctx, |http| http.get(&url))
+            .get_found(ctx, &url)
             .await
-            .map_err(|e| Unavailable(format!("the catalog service did not answer: {e}")))?;
-        match res.status {
-            StatusCode::OK => {
-                let p: ProductAnswer = res.json().map_err(|e| {
-                    Unavailable(format!("the catalog service answered unreadably: {e}"))
-                })?;
-                Ok((
-                    id,
-                    Some(ProductInfo {
-                        name: p.name,
-                        price_cents: p.price_cents,
-                        currency: p.currency,
-                        active: p.active,
-                    }),
-                ))
-            }
-            StatusCode::NOT_FOUND => Ok((id, None)),
-            other => Err(Unavailable(format!("the catalog service answered {other}"))),
-        }
+            .map_err(Unavailable)?;
+        let info = found.map(|p| ProductInfo {
+            name: p.name,
+            price_cents: p.price_cents,
+            currency: p.currency,
+            active: p.active,
+        });
+        Ok((id, info))
     }
 }
 

@@ -20,8 +20,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod catalog;
+pub mod consumer;
 pub mod domain;
-pub mod events;
 pub mod http;
 pub mod orders;
 pub mod redis_store;
@@ -200,7 +200,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     let mut consumer = Consumer::new(
         SERVICE,
         db.clone(),
-        Arc::new(events::CartEvents::new(carts.clone())),
+        Arc::new(consumer::CartEvents::new(carts.clone())),
     )
     .with_test_hooks(config.common.test_hooks);
     if config.redis.is_some() {
@@ -224,7 +224,7 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     )
     .with_admin(verifier)
     .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
-    .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
+    .with_task(move |stop| consumer.run(bus, consumer::CONSUMED.to_vec(), stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop));
     // Redis drops expired carts itself.
     if config.redis.is_none() {

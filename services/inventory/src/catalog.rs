@@ -14,7 +14,6 @@ use mercato_kit::client::{Dependency, Policy};
 use mercato_kit::contracts::ProductChanged;
 use mercato_kit::http::RequestContext;
 use mercato_kit::ids::{ProductId, UserId};
-use reqwest::StatusCode;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -77,30 +76,21 @@ impl Catalog for CatalogClient {
         ctx: Option<&RequestContext>,
     ) -> Result<Option<ProductChanged>, Unavailable> {
         let url = format!("{}/{id}", self.base);
-        let res = self
+        let found: Option<ProductAnswer> = self
             .catalog
-            .send(ctx, |http| http.get(&url))
+            .get_found(ctx, &url)
             .await
-            .map_err(|e| Unavailable(format!("the catalog service did not answer: {e}")))?;
-        match res.status {
-            StatusCode::OK => {
-                let p: ProductAnswer = res.json().map_err(|e| {
-                    Unavailable(format!("the catalog service answered unreadably: {e}"))
-                })?;
-                Ok(Some(ProductChanged {
-                    product_id: id,
-                    sku: p.sku,
-                    name: p.name,
-                    category: p.category,
-                    price_cents: p.price_cents,
-                    currency: p.currency,
-                    seller_id: p.seller_id,
-                    active: p.active,
-                }))
-            }
-            StatusCode::NOT_FOUND => Ok(None),
-            other => Err(Unavailable(format!("the catalog service answered {other}"))),
-        }
+            .map_err(Unavailable)?;
+        Ok(found.map(|p| ProductChanged {
+            product_id: id,
+            sku: p.sku,
+            name: p.name,
+            category: p.category,
+            price_cents: p.price_cents,
+            currency: p.currency,
+            seller_id: p.seller_id,
+            active: p.active,
+        }))
     }
 }
 

@@ -18,6 +18,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod catalog;
+pub mod consumer;
 pub mod domain;
 pub mod events;
 pub mod http;
@@ -30,7 +31,6 @@ use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, Relay};
-use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use std::sync::Arc;
@@ -106,7 +106,11 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     let metrics = Metrics::new(SERVICE);
     let inv_metrics = service::InventoryMetrics::new(metrics.registry());
     let probes: Vec<Arc<dyn Probe>> = vec![
-        StorageProbe::new(&metrics, db.clone(), Some((bus.clone(), events::CONSUMER))),
+        StorageProbe::new(
+            &metrics,
+            db.clone(),
+            Some((bus.clone(), consumer::CONSUMER)),
+        ),
         Arc::new(service::InventoryProbe {
             db: db.clone(),
             metrics: inv_metrics.clone(),
@@ -121,10 +125,10 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         .counted(inv_metrics),
     );
     let relay = Relay::new(db.clone(), bus.clone());
-    let consumer = Consumer::new(
-        events::CONSUMER,
+    let events_in = Consumer::new(
+        consumer::CONSUMER,
         db.clone(),
-        Arc::new(events::Handler::new(inv.clone())),
+        Arc::new(consumer::Handler::new(inv.clone())),
     )
     .with_test_hooks(common.test_hooks);
     let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
@@ -141,24 +145,19 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         verifier: verifier.clone(),
         catalog,
     });
-    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &consumer, &verifier);
+    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &events_in, &verifier);
     let purge_db = db.clone();
     Ok(Service::new(
         SERVICE,
         router,
         openapi,
         metrics,
-        vec![
-            Arc::new(DbCheck(db.clone())),
-            Arc::new(BusCheck(bus.clone())),
-            Arc::new(ConsumerCheck::new(bus.clone(), events::CONSUMER)),
-        ],
+        mercato_kit::health::on_the_bus(&db, &bus, consumer::CONSUMER),
         &HttpSettings::from(common),
     )
     .with_admin(verifier)
     .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
-    .with_task(move |stop| relay.run(stop))
-    .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
+    .with_events(relay, events_in, bus, &consumer::CONSUMED)
     .with_task(move |stop| sweeper::run(inv, stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
     .closes(db))

@@ -3,9 +3,10 @@
 //! hand. Each takes the caller's transaction, so the HTTP handlers, the event handler and the
 //! sweeper share them and put their own inbox row or idempotency record in the same commit.
 //!
-//! A commit, release or expiry writes its whole effect itself: the reservation's status, the
-//! stock and its ledger, and the `inventory.committed` / `inventory.released` event with its
-//! cause, so no caller can change stock and forget to say so.
+//! A saga step writes its whole effect itself: the reservation's status, the stock and its
+//! ledger, and the `inventory.*` event that answers (reserved or reservation_failed for a new
+//! order, committed, released) with its cause, so no caller can change stock and forget to
+//! say so.
 //!
 //! Time is a parameter (`now`, µs since the epoch) rather than read inside, so tests can move
 //! it without sleeping.
@@ -18,7 +19,7 @@ use crate::events;
 use crate::store::{self, Entry, NewReservation, ProductFacts, Reservation, Stock};
 use mercato_kit::auth::Principal;
 use mercato_kit::contracts::{
-    ProductChanged, ReleaseReason as ReleasedBecause, ShortLine, StockLine,
+    OrderCreated, ProductChanged, ReleaseReason as ReleasedBecause, ShortLine, StockLine,
 };
 use mercato_kit::db::{Db, Tx};
 use mercato_kit::events::{Cause, Envelope};
@@ -483,6 +484,61 @@ impl Inventory {
             },
         )
         .await?)
+    }
+
+    /// The saga's step for a new order: reserve its lines and answer `inventory.reserved` (with
+    /// what payment needs to open the payment) or `inventory.reservation_failed` (the short
+    /// lines), in the caller's transaction. A repeated `order.created` finds the reservation
+    /// (or the refusal) it made and answers nothing again.
+    pub async fn answer_order(
+        &self,
+        tx: &mut Tx,
+        order: &OrderCreated,
+        now: Micros,
+        origin: &Origin,
+    ) -> Result<(), Error> {
+        let raw: Vec<_> = order
+            .items
+            .iter()
+            .map(|l| (l.product_id, l.quantity))
+            .collect();
+        let lines = match OrderLines::parse(&raw) {
+            Ok(lines) => lines,
+            // The order service checks its lines, so this is a bug upstream; answering with a
+            // failure still lets the order reach a final state instead of waiting forever.
+            Err(errors) => {
+                tracing::warn!(order_id = %order.order_id, ?errors, "order.created with invalid lines refused");
+                if !self.record_refusal(tx, order.order_id, now, origin).await? {
+                    return Ok(());
+                }
+                let mut short = Vec::with_capacity(order.items.len());
+                for l in &order.items {
+                    short.push(ShortLine {
+                        product_id: l.product_id,
+                        requested: l.quantity,
+                        available: self.available(tx, l.product_id).await?,
+                    });
+                }
+                return Ok(
+                    events::reservation_failed(tx, order.order_id, short, &origin.cause).await?,
+                );
+            }
+        };
+        let ttl = self.settings.reservation_ttl;
+        match self
+            .reserve(tx, order.order_id, &lines, ttl, now, origin)
+            .await?
+        {
+            Reserved::Created(r) => events::reserved(tx, order, &r, now, &origin.cause).await?,
+            Reserved::Existing(r) => {
+                tracing::debug!(order_id = %order.order_id, status = r.status.as_str(), "order already reserved; nothing to do");
+            }
+            Reserved::Short(short) => {
+                self.record_refusal(tx, order.order_id, now, origin).await?;
+                events::reservation_failed(tx, order.order_id, short, &origin.cause).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The order was paid: its reservation no longer expires.

@@ -17,6 +17,7 @@
 // happens instead (tests may unwrap: a panic is how they fail).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod consumer;
 pub mod domain;
 pub mod events;
 pub mod feed;
@@ -30,7 +31,6 @@ use mercato_kit::client::Dependency;
 use mercato_kit::config::{CommonConfig, Env};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, Relay};
-use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::Metrics;
 use mercato_kit::metrics::{sample_every, Probe, StorageProbe, SAMPLE_EVERY};
@@ -144,8 +144,8 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
     ];
     let admission = service::Admission::new(config.backlog, metrics.registry())?;
     let orders = service::Orders::counted(db.clone(), Arc::new(stock), order_metrics, admission);
-    let handler = events::OrderEvents::new(orders.clone());
-    let consumer =
+    let handler = consumer::OrderEvents::new(orders.clone());
+    let events_in =
         Consumer::new(SERVICE, db.clone(), Arc::new(handler)).with_test_hooks(common.test_hooks);
     let verifier = Verifier::for_service(&common.auth_url, common, SERVICE);
     let api = http::router(http::AppState {
@@ -153,24 +153,19 @@ pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Service
         verifier: verifier.clone(),
         max_wait: max_wait(common.request_timeout),
     });
-    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &consumer, &verifier);
+    let (router, openapi) = mercato_kit::audit::with_event_admin(api, &db, &events_in, &verifier);
     let purge_db = db.clone();
     Ok(Service::new(
         SERVICE,
         router,
         openapi,
         metrics,
-        vec![
-            Arc::new(DbCheck(db.clone())),
-            Arc::new(BusCheck(bus.clone())),
-            Arc::new(ConsumerCheck::new(bus.clone(), SERVICE)),
-        ],
+        mercato_kit::health::on_the_bus(&db, &bus, SERVICE),
         &HttpSettings::from(common),
     )
     .with_admin(verifier)
     .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
-    .with_task(move |stop| relay.run(stop))
-    .with_task(move |stop| consumer.run(bus, events::CONSUMED.to_vec(), stop))
+    .with_events(relay, events_in, bus, &consumer::CONSUMED)
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
     .with_task(move |stop| orders.watch_backlog(stop))
     .closes(db))

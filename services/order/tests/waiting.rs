@@ -12,8 +12,8 @@ use mercato_kit::contracts::PaymentDelayed;
 use mercato_kit::events::consumer::Outcome;
 use mercato_kit::events::Envelope;
 use mercato_kit::time::to_rfc3339;
+use mercato_order::consumer::CONSUMED;
 use mercato_order::domain::{Command, Order, OrderStatus, WaitStep};
-use mercato_order::events::CONSUMED;
 use support::*;
 
 const SECOND: i64 = 1_000_000;

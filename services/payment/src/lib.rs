@@ -18,6 +18,7 @@
 // happens instead (tests may unwrap: a panic is how they fail).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod consumer;
 pub mod domain;
 pub mod events;
 mod http;
@@ -32,7 +33,6 @@ use mercato_kit::auth::Verifier;
 use mercato_kit::config::{CommonConfig, Env, Secret};
 use mercato_kit::db::{DatabaseUrl, Db, Migrations};
 use mercato_kit::events::{Bus, Consumer, Relay};
-use mercato_kit::health::{BusCheck, ConsumerCheck, DbCheck};
 use mercato_kit::http::{HttpSettings, Service};
 use mercato_kit::metrics::{sample_every, Metrics, Probe, StorageProbe, SAMPLE_EVERY};
 use std::sync::Arc;
@@ -149,9 +149,8 @@ pub async fn assemble(
     let probes: Vec<Arc<dyn Probe>> = vec![StorageProbe::new(
         &metrics,
         db.clone(),
-        Some((bus.clone(), events::CONSUMER)),
+        Some((bus.clone(), consumer::CONSUMER)),
     )];
-    let bus_check = BusCheck(bus.clone());
     let processor = psp::PspClient::new(
         &config.psp_url,
         psp::policy(config.psp_timeout, config.processor_breaker_reset),
@@ -160,9 +159,9 @@ pub async fn assemble(
     let worker = worker::Worker::new(payments.clone(), processor);
     let relay = Relay::new(db.clone(), bus.clone());
     let consumer = Consumer::new(
-        events::CONSUMER,
+        consumer::CONSUMER,
         db.clone(),
-        Arc::new(events::Handler::new(payments.clone())),
+        Arc::new(consumer::Handler::new(payments.clone())),
     )
     .with_test_hooks(config.common.test_hooks);
     let api = http::router(http::AppState {
@@ -177,17 +176,12 @@ pub async fn assemble(
         router,
         openapi,
         metrics,
-        vec![
-            Arc::new(DbCheck(db.clone())),
-            Arc::new(bus_check),
-            Arc::new(ConsumerCheck::new(bus.clone(), events::CONSUMER)),
-        ],
+        mercato_kit::health::on_the_bus(&db, &bus, consumer::CONSUMER),
         &HttpSettings::from(c),
     )
     .with_admin(verifier)
     .with_task(move |stop| sample_every(probes, SAMPLE_EVERY, stop))
-    .with_task(move |stop| relay.run(stop))
-    .with_task(move |stop| running.run(bus, events::CONSUMED.to_vec(), stop))
+    .with_events(relay, running, bus, &consumer::CONSUMED)
     .with_task(move |stop| worker.run(stop))
     .with_task(move |stop| mercato_kit::idempotency::purge_task(purge_db, stop))
     .closes(db);

@@ -15,17 +15,17 @@ use crate::domain::{
     self, Answer, Attempt, Effect, Fact, Failure, JobKind, Money, OnCancel, Queued, Reconcile,
     Refusal, Reply, Request, RetryRules, Standing, Status, Step,
 };
+use crate::events;
 use crate::store::{self, CallOutcome, Job, NewJob, Payment, Transaction};
 use mercato_kit::config::Secret;
 use mercato_kit::contracts::types::{
     PAYMENT_AUTHORIZED, PAYMENT_CAPTURED, PAYMENT_DELAYED, PAYMENT_FAILED, PAYMENT_REFUNDED,
     PAYMENT_VOIDED,
 };
-use mercato_kit::contracts::{PaymentChanged, PaymentDelayed, PaymentFailed};
 use mercato_kit::db::{Db, Tx};
-use mercato_kit::events::{Cause, Envelope};
+use mercato_kit::events::Cause;
 use mercato_kit::ids::{Currency, OrderId, UserId};
-use mercato_kit::time::{now_us, to_rfc3339};
+use mercato_kit::time::now_us;
 use prometheus::{IntCounterVec, Opts};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 /// The producer name on every event this service emits.
-pub const PRODUCER: &str = "payment";
+pub use crate::events::PRODUCER;
 
 pub use crate::domain::reasons;
 
@@ -425,30 +425,7 @@ impl Payments {
         amount_cents: i64,
         cause: &Cause,
     ) -> Result<(), Error> {
-        let env = if event_type == PAYMENT_FAILED {
-            Envelope::new(
-                PRODUCER,
-                event_type,
-                payment.id,
-                &PaymentFailed {
-                    order_id: payment.order_id,
-                    payment_id: payment.id,
-                    reason: payment.failure_reason.clone().unwrap_or_default(),
-                },
-            )
-        } else {
-            Envelope::new(
-                PRODUCER,
-                event_type,
-                payment.id,
-                &PaymentChanged {
-                    order_id: payment.order_id,
-                    payment_id: payment.id,
-                    amount_cents,
-                    currency: payment.currency.clone(),
-                },
-            )
-        };
+        let env = events::changed(payment, event_type, amount_cents);
         mercato_kit::events::append(tx, &cause.stamp(env)).await?;
         tracing::info!(payment = %payment.id, order = %payment.order_id, event = event_type, "payment event emitted");
         Ok(())
@@ -1153,19 +1130,7 @@ impl Payments {
         reason: &str,
         next_attempt_at: i64,
     ) -> Result<(), Error> {
-        let env = Envelope::new(
-            PRODUCER,
-            PAYMENT_DELAYED,
-            payment.id,
-            &PaymentDelayed {
-                order_id: payment.order_id,
-                payment_id: payment.id,
-                reason: reason.chars().take(200).collect(),
-                attempt,
-                next_attempt_at: to_rfc3339(next_attempt_at),
-                retry_until: job.give_up_at.map(to_rfc3339),
-            },
-        );
+        let env = events::delayed(payment, job.give_up_at, attempt, reason, next_attempt_at);
         mercato_kit::events::append(tx, &job.cause.stamp(env)).await?;
         tracing::info!(payment = %payment.id, order = %payment.order_id, attempt, event = PAYMENT_DELAYED, "payment event emitted");
         Ok(())

@@ -7,8 +7,8 @@
 
 #![allow(dead_code)]
 
+use mercato_inventory::consumer::{Handler, CONSUMER};
 use mercato_inventory::domain::{Levels, StockChange};
-use mercato_inventory::events::{Handler, CONSUMER};
 use mercato_inventory::service::{Inventory, Origin, Settings, StockEdit, SweepSignal};
 use mercato_inventory::store::{self, Reservation};
 use mercato_kit::contracts::types::*;
