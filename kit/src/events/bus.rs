@@ -14,9 +14,8 @@
 use super::Envelope;
 use crate::db::Db;
 use crate::time::now_us;
-use std::collections::HashMap;
-use std::sync::{Arc, Weak};
-use tokio::sync::Notify;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 #[async_trait::async_trait]
 pub trait Bus: Send + Sync {
@@ -118,50 +117,11 @@ pub struct Delivery {
     pub attempt: u32,
 }
 
-/// The subscriptions of this process, by the event types they read. A publish wakes only those
-/// that read one of its types: every consumer woken by every publish looked at the log for
-/// nothing most of the time, three reader queries each, 8.5% of the embedded shop's CPU
-/// (profiled 2026-12-03, docs/BENCHMARKS.md).
-#[derive(Default)]
-struct Waiters(parking_lot::Mutex<HashMap<String, Vec<Weak<Notify>>>>);
-
-impl Waiters {
-    fn register(&self, event_types: &[&str]) -> Arc<Notify> {
-        let wake = Arc::new(Notify::new());
-        let mut all = self.0.lock();
-        for t in event_types {
-            let list = all.entry((*t).to_owned()).or_default();
-            list.retain(|w| w.strong_count() > 0);
-            list.push(Arc::downgrade(&wake));
-        }
-        wake
-    }
-
-    /// Wakes every subscription that reads one of `event_types`. `notify_one` leaves a permit
-    /// when the subscription is not waiting yet, so a wake-up during its look is not lost.
-    fn wake<'a>(&self, event_types: impl Iterator<Item = &'a str>) {
-        let all = self.0.lock();
-        for t in event_types {
-            for w in all.get(t).into_iter().flatten() {
-                if let Some(n) = w.upgrade() {
-                    n.notify_one();
-                }
-            }
-        }
-    }
-
-    fn wake_all(&self) {
-        for n in self.0.lock().values().flatten().filter_map(Weak::upgrade) {
-            n.notify_one();
-        }
-    }
-}
-
 /// The embedded bus: a durable log in a SQLite (or any) database of its own.
 #[derive(Clone)]
 pub struct EmbeddedBus {
     db: Db,
-    waiters: Arc<Waiters>,
+    published: Arc<watch::Sender<u64>>,
     /// Publishes one at a time, so events become visible in `seq` order and a consumer's
     /// cursor can never pass an event that commits late. On PostgreSQL an advisory lock does
     /// the same across processes; they are woken only by a one-second safety poll, though,
@@ -194,7 +154,7 @@ impl EmbeddedBus {
         tx.commit().await?;
         Ok(EmbeddedBus {
             db,
-            waiters: Default::default(),
+            published: Arc::new(watch::channel(0).0),
             publish_lock: Default::default(),
         })
     }
@@ -218,7 +178,7 @@ impl EmbeddedBus {
         crate::db::query("DELETE FROM bus_deliveries")
             .execute(self.db.writer())
             .await?;
-        self.waiters.wake_all();
+        self.published.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -288,8 +248,7 @@ impl Bus for EmbeddedBus {
             .await?;
         }
         tx.commit().await?;
-        self.waiters
-            .wake(envs.iter().map(|e| e.event_type.as_str()));
+        self.published.send_modify(|n| *n += 1);
         Ok(envs.len())
     }
 
@@ -315,7 +274,7 @@ impl Bus for EmbeddedBus {
                  ORDER BY seq LIMIT $2",
                 marks.join(", ")
             ),
-            wake: self.waiters.register(event_types),
+            published: self.published.subscribe(),
         }))
     }
 }
@@ -325,8 +284,7 @@ struct EmbeddedSubscription {
     consumer: String,
     types: Vec<String>,
     select: String,
-    /// Notified after a publish in this process that stored an event of one of `types`.
-    wake: Arc<Notify>,
+    published: watch::Receiver<u64>,
 }
 
 impl EmbeddedSubscription {
@@ -379,6 +337,9 @@ impl Subscription for EmbeddedSubscription {
     /// time is found that way and parked. Fresh batches cost one write, not one per event.
     async fn next_batch(&mut self, max: usize) -> anyhow::Result<Vec<Delivery>> {
         loop {
+            // Mark the current publish count as seen *before* looking, so a publish that
+            // lands after the look still wakes us.
+            self.published.borrow_and_update();
             // The stored cursor is the truth (an operator may have rewound it).
             let at = crate::db::query(
                 "SELECT last_seq, handed_out FROM bus_cursors WHERE consumer = $1",
@@ -434,13 +395,11 @@ impl Subscription for EmbeddedSubscription {
             if let Some(end) = end.filter(|e| *e > cursor) {
                 self.advance(end).await?;
             }
-            // A publish of our types in this process wakes us at once; one that lands during
-            // the look above left its permit in `wake`, so this returns at once and we look
-            // again. The timeout is a safety net for a log shared through PostgreSQL by
-            // several processes, which cannot wake us, and moves the cursor past other
-            // types' events while ours are quiet.
+            // Publishes in this process wake us at once. The timeout is only a safety net for
+            // a log shared through PostgreSQL by several processes, which cannot wake us.
             let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), self.wake.notified()).await;
+                tokio::time::timeout(std::time::Duration::from_secs(1), self.published.changed())
+                    .await;
         }
     }
 
@@ -466,36 +425,5 @@ impl Subscription for EmbeddedSubscription {
             .await?;
         tx.commit().await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use futures::FutureExt;
-
-    fn woken(n: &Notify) -> bool {
-        n.notified().now_or_never().is_some()
-    }
-
-    #[test]
-    fn a_publish_wakes_only_the_subscriptions_that_read_its_types() {
-        let w = Waiters::default();
-        let orders = w.register(&["order.created"]);
-        let payments = w.register(&["payment.failed", "order.created"]);
-        w.wake(["payment.failed"].into_iter());
-        assert!(!woken(&orders), "woken for a type it does not read");
-        assert!(woken(&payments));
-        assert!(!woken(&payments), "one wake-up is taken once");
-        // A wake-up before the subscription waits is kept for it.
-        w.wake(["order.created", "order.created"].into_iter());
-        assert!(woken(&orders));
-        assert!(woken(&payments));
-        w.wake_all();
-        assert!(woken(&orders) && woken(&payments));
-        // A dropped subscription is forgotten when the next one registers.
-        drop(orders);
-        let _again = w.register(&["order.created"]);
-        assert_eq!(w.0.lock()["order.created"].len(), 2);
     }
 }
