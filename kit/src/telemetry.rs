@@ -334,8 +334,8 @@ impl Visit for JsonVisitor<'_> {
     }
 }
 
-/// The fmt layer's span field formatter: formats nothing. [`JsonLines`] and [`PrettyLines`]
-/// take span fields from [`SpanFields`] and event fields through [`JsonVisitor`], so the text
+/// The fmt layer's span field formatter: formats nothing. Both [`Lines`] formats take span
+/// fields from [`SpanFields`] and event fields through [`JsonVisitor`], so the text
 /// the fmt layer would otherwise keep per span (and rebuild on every `record`) is never read.
 struct SkipSpanFields;
 

@@ -3,14 +3,14 @@
 //! documents, HTTP clients) nor SQL (sqlx); `http.rs` and `store.rs` translate at the edges.
 //!
 //! A service's top-level modules also import one way, so each can be read knowing only what
-//! it builds on: `http` and `events` call the `service`, which calls `store` and `domain`,
-//! never back. And a migration both engines run alike stands once, in the shared folder.
+//! it builds on: `http` and `consumer` call the `service`, which calls `store`, `domain` and
+//! `events`, never back. And a migration both engines run alike stands once, in the shared folder.
 //!
 //! The checks read the sources as text, so they need no service to build or run. Comments are
 //! left out (a doc comment may say what the module does not do); code, `use` lines included,
 //! is what counts.
 
-use mercato_kit::testing::imports::crate_imports;
+use mercato_kit::testing::imports::{crate_imports, rust_files};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,28 +35,16 @@ fn workspace_root() -> PathBuf {
 
 /// Every source file of every service's domain: `src/domain.rs` and `src/domain/**/*.rs`.
 fn domain_files(root: &Path) -> Vec<PathBuf> {
-    fn rust_files_below(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                rust_files_below(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
     let mut files = Vec::new();
-    let services = fs::read_dir(root.join("services")).expect("services/ is readable");
-    for service in services.flatten() {
-        let src = service.path().join("src");
+    for src in service_sources(root) {
         let file = src.join("domain.rs");
         if file.is_file() {
             files.push(file);
         }
-        rust_files_below(&src.join("domain"), &mut files);
+        let folder = src.join("domain");
+        if folder.is_dir() {
+            rust_files(&folder, &mut files);
+        }
     }
     files.sort();
     files

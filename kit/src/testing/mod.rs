@@ -1,6 +1,7 @@
 //! Test support for the services' own tests: waiting for something with a deadline
 //! ([`until`], [`eventually`]), the backend an ignored test was given ([`backend`]) and a
-//! crate's module graph read from its sources ([`imports`]), always built (they need nothing more, and the kit's own tests use them); with the `testing`
+//! crate's module graph read from its sources ([`imports`]), always built (they need nothing
+//! more, and the kit's own tests use them); with the `testing`
 //! feature also one RSA key per test process that signs tokens a verifier built here accepts,
 //! a one-shot HTTP call through a router and a fresh database per test ([`TestDb`]). Each
 //! service's tests used to carry their own copy of these.

@@ -20,7 +20,7 @@ pub const PRODUCER: &str = "inventory";
 /// Appends an event about `order_id` to the outbox in `tx`, continuing the cause: a request's
 /// correlation id and trace context, or an incoming event's (which also becomes the causation
 /// id).
-pub async fn emit<P: Serialize>(
+async fn emit<P: Serialize>(
     tx: &mut Tx,
     event_type: &str,
     order_id: OrderId,

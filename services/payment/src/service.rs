@@ -26,9 +26,6 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
-/// The producer name on every event this service emits.
-pub use crate::events::PRODUCER;
-
 pub use crate::domain::reasons;
 pub use processor::{WebhookData, WebhookEvent};
 
