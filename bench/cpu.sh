@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CPU per order of an embedded `mercato up`, counted during the load only (utime+stime from
 # /proc/<pid>/stat after the shop is ready and again after `mercato load` ends, drain
-# included), so startup (seeding, password hashing) is left out; then `mercato audit`.
+# included), so startup (seeding, the shoppers' sign-ins) is left out; then `mercato audit`.
 # With a fifth argument `perf`, also samples the process for 8 s from the 8th second
 # (perf record --call-graph dwarf) into /tmp/TAG.perf. Refuses to start while any of the
 # ports 8080-8087 is taken, and stops its `mercato up` by pid.
@@ -15,9 +15,12 @@ if ss -ltn | grep -q ':808[0-7] '; then echo "ports busy"; exit 1; fi
 MERCATO_RATE_LIMIT_IP_PER_SEC=0 MERCATO_RATE_LIMIT_USER_PER_SEC=0 $bin up --data-dir $dir > $dir.up.log 2>&1 &
 pid=$!
 for i in $(seq 1 120); do curl -sf http://127.0.0.1:8080/health/ready >/dev/null && curl -sf http://127.0.0.1:8083/health/ready >/dev/null && break; sleep 0.5; done
-t0=$(awk '{print $14+$15}' /proc/$pid/stat)
 $bin load --data-dir $dir --rate $rate --duration ${secs}s --connections 64 --json $dir.load.json > $dir.load.out 2>&1 &
 lpid=$!
+# The shop's CPU is counted from the first order on: registering the shoppers (argon2) is not
+# an order's cost.
+for i in $(seq 1 600); do grep -q "the load starts now" $dir.load.out 2>/dev/null && break; sleep 0.05; done
+t0=$(awk '{print $14+$15}' /proc/$pid/stat)
 if [ -n "$prof" ]; then sleep 8; perf record -F 199 --call-graph dwarf,16384 -p $pid -o /tmp/$tag.perf -- sleep 8 > /tmp/$tag.perf.log 2>&1; fi
 wait $lpid
 t1=$(awk '{print $14+$15}' /proc/$pid/stat)

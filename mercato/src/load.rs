@@ -823,6 +823,8 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
         closed_loop,
         args: a.clone(),
     });
+    // A line of its own, so a script timing the shop can leave the sign-ins' hashing out.
+    eprintln!("mercato load: shoppers ready; the load starts now");
     let run_start_us = chrono::Utc::now().timestamp_micros();
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}")?);
