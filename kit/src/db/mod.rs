@@ -371,18 +371,10 @@ impl Pool {
     /// A connection of this pool, held until dropped.
     pub async fn acquire(&self) -> Result<Conn, Error> {
         Ok(Conn(match &self.0 {
-            PoolInner::SqliteWriter(db) => {
-                let mut guard = db.writer().lock_owned().await;
-                // A statement of its own commits when it runs, so the transactions waiting
-                // for their group's commit go first.
-                if guard.close_group() {
-                    db.committed();
-                }
-                ConnInner::SqliteWriter {
-                    guard,
-                    db: db.clone(),
-                }
-            }
+            PoolInner::SqliteWriter(db) => ConnInner::SqliteWriter {
+                guard: db.writer().lock_owned().await,
+                db: db.clone(),
+            },
             PoolInner::SqliteReader(db) => ConnInner::SqliteReader(db.reader().await?),
             PoolInner::Pg(p) => ConnInner::Pg(p.acquire().await?),
         }))
@@ -392,20 +384,15 @@ impl Pool {
     pub async fn begin(&self) -> Result<Tx, Error> {
         match &self.0 {
             PoolInner::Pg(p) => Ok(Tx::new(Conn(ConnInner::PgTx(p.begin().await?)))),
-            PoolInner::SqliteWriter(db) => {
-                // The writer takes the write lock at once (`BEGIN IMMEDIATE`, when it opens a
-                // group), so a transaction that reads and then writes never meets another
-                // process's writer half-way.
-                let mut guard = db.writer().lock_owned().await;
-                guard.begin_member()?;
-                Ok(Tx::new(Conn(ConnInner::SqliteWriter {
-                    guard,
-                    db: db.clone(),
-                })))
-            }
-            PoolInner::SqliteReader(_) => {
+            _ => {
                 let mut conn = self.acquire().await?;
-                conn.sqlite()?.batch("BEGIN")?;
+                let sql = match &conn.0 {
+                    // The writer takes the write lock at once, so a transaction that reads and
+                    // then writes never meets another process's writer half-way.
+                    ConnInner::SqliteWriter { .. } => "BEGIN IMMEDIATE",
+                    _ => "BEGIN",
+                };
+                conn.sqlite()?.batch(sql)?;
                 Ok(Tx::new(conn))
             }
         }
@@ -531,34 +518,13 @@ impl Tx {
                     return Err(e.into());
                 }
             }
-            ConnInner::SqliteWriter { mut guard, db } => {
-                let (committed, first) = match guard.release_member() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.span.record("otel.status_code", "ERROR");
-                        return Err(e);
-                    }
-                };
-                drop(guard);
-                if first {
-                    // A task, not this one: a caller that stops waiting must not leave the
-                    // group open with others' writes in it.
-                    let db = db.clone();
-                    tokio::spawn(async move {
-                        let mut writer = db.writer().lock_owned().await;
-                        if writer.close_group() {
-                            db.committed();
-                        }
-                    });
-                }
-                let outcome = match committed.await {
-                    Ok(r) => r,
-                    Err(_) => Err("the group's commit was abandoned (shutting down?)".to_owned()),
-                };
-                if let Err(e) = outcome {
+            ConnInner::SqliteWriter { guard, db } => {
+                if let Err(e) = guard.batch("COMMIT") {
                     self.span.record("otel.status_code", "ERROR");
-                    return Err(Error::Io(format!("commit: {e}")));
+                    let _ = guard.batch("ROLLBACK");
+                    return Err(e);
                 }
+                db.committed();
             }
             ConnInner::SqliteReader(r) => r.batch("COMMIT")?,
             other => {
@@ -578,7 +544,7 @@ impl Tx {
         self.after_commit.clear();
         match std::mem::replace(&mut self.conn.0, ConnInner::Ended) {
             ConnInner::PgTx(t) => t.rollback().await?,
-            ConnInner::SqliteWriter { mut guard, .. } => guard.rollback_member(),
+            ConnInner::SqliteWriter { guard, .. } => guard.batch("ROLLBACK")?,
             ConnInner::SqliteReader(r) => r.batch("ROLLBACK")?,
             _ => {}
         }
@@ -622,7 +588,9 @@ impl Drop for Tx {
         self.span.record("db.outcome", "rollback");
         // PostgreSQL: sqlx's transaction rolls back when dropped. SQLite: here and now.
         match &mut self.conn.0 {
-            ConnInner::SqliteWriter { guard, .. } => guard.rollback_member(),
+            ConnInner::SqliteWriter { guard, .. } => {
+                let _ = guard.batch("ROLLBACK");
+            }
             ConnInner::SqliteReader(r) => {
                 let _ = r.batch("ROLLBACK");
             }
@@ -980,116 +948,6 @@ mod tests {
             .collect();
         assert_eq!(all, vec![2]);
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 10);
-    }
-
-    fn sqlite_of(db: &Db) -> Arc<SqliteDb> {
-        match &db.write.0 {
-            PoolInner::SqliteWriter(s) => s.clone(),
-            _ => unreachable!("a SQLite database"),
-        }
-    }
-
-    async fn values(db: &Db) -> Vec<i64> {
-        query("SELECT a FROM x ORDER BY a")
-            .fetch_all(db.reader())
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get("a"))
-            .collect()
-    }
-
-    // Group commit: transactions queued on the writer commit together, each commit returns
-    // once its writes are committed (a reader sees them), and one that rolls back, or fails,
-    // takes only its own writes with it.
-    #[tokio::test]
-    async fn transactions_waiting_on_the_writer_share_a_commit_and_keep_their_own_fate() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-        let db = Db::connect(&url, "t", 2, &none()).await.unwrap();
-        query("CREATE TABLE x (a BIGINT PRIMARY KEY)")
-            .execute(db.writer())
-            .await
-            .unwrap();
-        let commits_before = sqlite_of(&db).commits();
-        let mut tasks = Vec::new();
-        for i in 0..20i64 {
-            let db = db.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut tx = db.begin().await.unwrap();
-                query("INSERT INTO x (a) VALUES ($1)")
-                    .bind(i)
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                match i % 5 {
-                    // Dropped without a commit.
-                    1 => return None,
-                    // A statement that fails, then an explicit rollback.
-                    2 => {
-                        let e = query("INSERT INTO x (a) VALUES ($1)")
-                            .bind(i)
-                            .execute(&mut *tx)
-                            .await
-                            .unwrap_err();
-                        assert!(e.is_unique_violation(), "{e}");
-                        tx.rollback().await.unwrap();
-                        return None;
-                    }
-                    _ => {}
-                }
-                tx.commit().await.unwrap();
-                // Committed means readable by anyone, now.
-                let seen = query("SELECT a FROM x WHERE a = $1")
-                    .bind(i)
-                    .fetch_optional(db.reader())
-                    .await
-                    .unwrap();
-                assert!(seen.is_some(), "{i} committed but not visible");
-                Some(i)
-            }));
-        }
-        let mut kept = Vec::new();
-        for t in tasks {
-            kept.extend(t.await.unwrap());
-        }
-        kept.sort();
-        assert_eq!(kept.len(), 12);
-        assert_eq!(values(&db).await, kept);
-        let commits = sqlite_of(&db).commits() - commits_before;
-        assert!(
-            (1..12).contains(&commits),
-            "12 transactions queued on the writer made {commits} commits"
-        );
-    }
-
-    // A statement of its own on the writer, and the checkpointer, commit what waits in the
-    // group before they run: nothing waits for a commit that nobody will make.
-    #[tokio::test]
-    async fn a_statement_on_the_writer_commits_the_waiting_group_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-        let db = Db::connect(&url, "t", 2, &none()).await.unwrap();
-        query("CREATE TABLE x (a BIGINT PRIMARY KEY)")
-            .execute(db.writer())
-            .await
-            .unwrap();
-        let sqlite = sqlite_of(&db);
-        let mut writer = sqlite.writer().lock_owned().await;
-        writer.begin_member().unwrap();
-        writer
-            .run("INSERT INTO x (a) VALUES (1)", &[], false)
-            .unwrap();
-        let (committed, first) = writer.release_member().unwrap();
-        assert!(first);
-        drop(writer);
-        assert_eq!(values(&db).await, Vec::<i64>::new(), "not committed yet");
-        query("INSERT INTO x (a) VALUES (2)")
-            .execute(db.writer())
-            .await
-            .unwrap();
-        assert_eq!(committed.await.unwrap(), Ok(()));
-        assert_eq!(values(&db).await, vec![1, 2]);
     }
 
     #[tokio::test]

@@ -12,17 +12,6 @@
 //! failing with SQLITE_BUSY. Reads: a small pool of connections, opened as needed; WAL lets
 //! them read while the writer writes.
 //!
-//! Group commit: a write transaction is a savepoint (a *member*) inside one open `BEGIN
-//! IMMEDIATE` transaction that the transactions following one another on the writer share. A
-//! member's commit releases its savepoint, hands the writer to whoever waits for it, and
-//! returns once a *closer* (a task started by the group's first commit, queued on the writer
-//! behind those already waiting) has committed them all at once; a plain statement on the
-//! writer and the checkpointer close the group first. A commit still returns only once its
-//! writes are committed, and a member that rolls back undoes only its own writes. Why: a
-//! commit writes every page its transaction touched to the log, and the saga's transactions
-//! touch the same few pages (the newest rows of a table, its indexes, the outbox): profiled,
-//! commits and their page writes were a quarter of the shop's CPU (docs/BENCHMARKS.md).
-//!
 //! Checkpoints: the writer does not checkpoint (they fsync, and would stall the task that
 //! happened to commit); a thread per database copies the WAL back into the database file in
 //! the background (`PASSIVE`, which never blocks readers or the writer), woken every few
@@ -88,19 +77,7 @@ const STATEMENT_CACHE: usize = 256;
 pub struct SqliteConn {
     conn: rusqlite::Connection,
     columns: HashMap<String, Arc<[Box<str>]>>,
-    /// The writer's open group of transactions, if any (see the module's doc).
-    group: Option<Group>,
 }
-
-/// Members whose writes wait in the open transaction for its commit.
-#[derive(Default)]
-struct Group {
-    waiting: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
-    closer: bool,
-}
-
-/// What a member's commit waits for: the group's outcome.
-pub(crate) type Committed = tokio::sync::oneshot::Receiver<Result<(), String>>;
 
 impl SqliteConn {
     fn open(path: &Path, create: bool) -> Result<SqliteConn, Error> {
@@ -122,7 +99,6 @@ impl SqliteConn {
         Ok(SqliteConn {
             conn,
             columns: HashMap::new(),
-            group: None,
         })
     }
 
@@ -198,86 +174,6 @@ impl SqliteConn {
 
     pub(crate) fn is_autocommit(&self) -> bool {
         self.conn.is_autocommit()
-    }
-
-    /// Starts a write transaction as a member of the open group, opening one if there is none.
-    pub(crate) fn begin_member(&mut self) -> Result<(), Error> {
-        if self.group.is_some() && self.conn.is_autocommit() {
-            // SQLite ended the group's transaction on its own (an I/O error, a full disk): what
-            // its members wrote is gone, and they must hear it.
-            self.fail_group("SQLite rolled the transaction back");
-        }
-        if self.group.is_none() {
-            self.batch("BEGIN IMMEDIATE")?;
-            self.group = Some(Group::default());
-        }
-        if let Err(e) = self.batch("SAVEPOINT member") {
-            self.end_if_empty();
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Keeps a member's writes for the group's commit. Returns what resolves once they are
-    /// committed, and whether this was the group's first commit (which starts its closer).
-    pub(crate) fn release_member(&mut self) -> Result<(Committed, bool), Error> {
-        if let Err(e) = self.batch("RELEASE member") {
-            self.rollback_member();
-            return Err(e);
-        }
-        let Some(group) = self.group.as_mut() else {
-            return Err(Error::Protocol("a commit outside a group".into()));
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        group.waiting.push(tx);
-        let first = !std::mem::replace(&mut group.closer, true);
-        Ok((rx, first))
-    }
-
-    /// Undoes a member's writes, leaving the group's others as they were.
-    pub(crate) fn rollback_member(&mut self) {
-        let _ = self.batch("ROLLBACK TO member; RELEASE member");
-        if self.group.is_some() && self.conn.is_autocommit() {
-            self.fail_group("SQLite rolled the transaction back");
-            return;
-        }
-        self.end_if_empty();
-    }
-
-    fn end_if_empty(&mut self) {
-        if self.group.as_ref().is_some_and(|g| g.waiting.is_empty()) {
-            self.group = None;
-            let _ = self.batch("ROLLBACK");
-        }
-    }
-
-    /// Commits the open group, if any, and tells its members how it went; true when
-    /// something was committed.
-    pub(crate) fn close_group(&mut self) -> bool {
-        let Some(group) = self.group.take() else {
-            return false;
-        };
-        if group.waiting.is_empty() {
-            let _ = self.batch("ROLLBACK");
-            return false;
-        }
-        let outcome = self.batch("COMMIT").map_err(|e| e.to_string());
-        if outcome.is_err() && !self.conn.is_autocommit() {
-            let _ = self.batch("ROLLBACK");
-        }
-        let committed = outcome.is_ok();
-        for member in group.waiting {
-            let _ = member.send(outcome.clone());
-        }
-        committed
-    }
-
-    fn fail_group(&mut self, why: &str) {
-        if let Some(group) = self.group.take() {
-            for member in group.waiting {
-                let _ = member.send(Err(why.to_owned()));
-            }
-        }
     }
 }
 
@@ -355,11 +251,6 @@ impl SqliteDb {
     /// Called after every commit of the writer.
     pub fn committed(&self) {
         self.checkpoint.committed();
-    }
-
-    /// Commits of the writer since the file was opened.
-    pub fn commits(&self) -> u64 {
-        self.checkpoint.commits.load(Ordering::Relaxed)
     }
 
     pub fn close(&self) {
@@ -508,9 +399,7 @@ fn checkpoint(
     let Some(writer) = writer.upgrade() else {
         return Ok(());
     };
-    let mut writes_paused = writer.blocking_lock();
-    // The log cannot restart under an open transaction: commit the waiting group first.
-    writes_paused.close_group();
+    let _writes_paused = writer.blocking_lock();
     let restarting = std::time::Instant::now();
     let r = conn.batch("PRAGMA wal_checkpoint(RESTART)");
     let held = restarting.elapsed();
