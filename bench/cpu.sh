@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU per order of an embedded `mercato up`, counted during the load only (utime+stime from
 # /proc/<pid>/stat after the shop is ready and again after `mercato load` ends, drain
-# included), so startup (seeding, the shoppers' sign-ins) is left out; then `mercato audit`.
+# included), so startup (seeding, the shoppers' sign-ins) is left out; the process's memory at
+# the end of the load; then `mercato audit`.
 # With a fifth argument `perf`, also samples the process for 8 s from the 8th second
 # (perf record --call-graph dwarf) into /tmp/TAG.perf. Refuses to start while any of the
 # ports 8080-8087 is taken, and stops its `mercato up` by pid.
@@ -24,6 +25,7 @@ t0=$(awk '{print $14+$15}' /proc/$pid/stat)
 if [ -n "$prof" ]; then sleep 8; perf record -F 199 --call-graph dwarf,16384 -p $pid -o /tmp/$tag.perf -- sleep 8 > /tmp/$tag.perf.log 2>&1; fi
 wait $lpid
 t1=$(awk '{print $14+$15}' /proc/$pid/stat)
+echo "$tag memory after the load: $(grep -E 'VmHWM|VmRSS|RssAnon|RssFile' /proc/$pid/status | tr -s ' \t\n' ' ')"
 grep -E "orders (accepted|paid|final)|backlog|accept " $dir.load.out
 acc=$(grep "orders accepted" $dir.load.out | awk '{print $3}')
 echo "$tag CPU during load: $(( (t1-t0)*10 )) ms for $acc orders: $(awk "BEGIN{printf \"%.3f\", ($t1-$t0)*10/$acc}") ms/order; load avg $(cut -d' ' -f1-3 /proc/loadavg)"
