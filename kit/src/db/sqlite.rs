@@ -42,12 +42,16 @@ const WAL_RESTART_FRAMES: i64 = 65_536;
 fn wal_restart_frames() -> i64 {
     static FRAMES: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *FRAMES.get_or_init(|| {
-        std::env::var("MERCATO_SQLITE_WAL_RESTART_PAGES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .map(|n: i64| if n <= 0 { i64::MAX } else { n })
+        env_number("MERCATO_SQLITE_WAL_RESTART_PAGES")
+            .map(|n| if n <= 0 { i64::MAX } else { n })
             .unwrap_or(WAL_RESTART_FRAMES)
     })
+}
+
+/// A whole number from the environment; `None` when unset or not a number (the default
+/// then applies).
+fn env_number(name: &str) -> Option<i64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
 /// Bytes of each file SQLite reads through a memory map, unless `MERCATO_SQLITE_MMAP_BYTES`
@@ -61,10 +65,8 @@ const MMAP_BYTES: i64 = 0;
 fn mmap_bytes() -> i64 {
     static BYTES: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *BYTES.get_or_init(|| {
-        std::env::var("MERCATO_SQLITE_MMAP_BYTES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .map(|n: i64| n.max(0))
+        env_number("MERCATO_SQLITE_MMAP_BYTES")
+            .map(|n| n.max(0))
             .unwrap_or(MMAP_BYTES)
     })
 }
