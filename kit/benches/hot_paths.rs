@@ -1,6 +1,6 @@
 //! The kit's hot paths, one order's worth each: an event's envelope through JSON and back, an
-//! idempotency key claimed and finished with its answer, one event appended to the outbox in a
-//! transaction. On SQLite (a temporary file, the services' settings), as `mercato up` runs them.
+//! idempotency key claimed (or only looked up) and finished with its answer, one event appended
+//! to the outbox in a transaction. On SQLite (a temporary file, the services' settings), as `mercato up` runs them.
 //! `cargo bench -p mercato-kit`; figures in docs/BENCHMARKS.md.
 
 use axum::extract::FromRequestParts;
@@ -84,6 +84,34 @@ fn storage(c: &mut Criterion) {
                     let claim = k.claim(&db, "customer", &body).await.unwrap();
                     let tx = db.begin().await.unwrap();
                     claim
+                        .finish(
+                            tx,
+                            axum::http::StatusCode::CREATED,
+                            &serde_json::json!({"id": n}),
+                        )
+                        .await
+                        .unwrap();
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // The form `POST /orders` uses: a read-only lookup, the record written in the effect's
+    // transaction.
+    c.bench_function("idempotency check + finish (SQLite)", |b| {
+        b.to_async(&rt).iter_batched(
+            || {
+                n += 1;
+                n
+            },
+            |n| {
+                let db = db.clone();
+                let body = body.clone();
+                async move {
+                    let k = key(n).await;
+                    let checked = k.check(&db, "customer", &body).await.unwrap();
+                    let tx = db.begin().await.unwrap();
+                    checked
                         .finish(
                             tx,
                             axum::http::StatusCode::CREATED,

@@ -16,6 +16,12 @@
 //! effect's transaction and commits both together: a crash can never leave an effect without
 //! its record. If the handler fails before `finish`, the claim is released on drop so the
 //! client can retry; if the process dies, the claim's lease runs out and a retry takes it over.
+//!
+//! [`IdempotencyKey::check`] is the cheaper form for a hot route whose work before `finish`
+//! only reads (placing an order: pricing, the stock pre-check): it looks the key up without
+//! writing, and [`Checked::finish`] writes the record with the effect. Two requests racing
+//! with one key both do the reading; the first commit wins, and the other's effect is rolled
+//! back and answered with the winner's reply. One write transaction per request instead of two.
 
 use crate::db::{Db, Tx};
 use crate::http::{raw_json_response, IDEMPOTENCY_KEY, IDEMPOTENCY_REPLAYED};
@@ -137,18 +143,10 @@ impl IdempotencyKey {
         let fingerprint = self.fingerprint(body);
         let now = now_us();
         let lease_until = now + self.lease.as_micros() as i64;
-        let expired_before = now - RETENTION.as_micros() as i64;
         let mut tx = db.begin().await?;
-        let row = crate::db::query(
-            "SELECT fingerprint, state, locked_until, status, body, created_at FROM idempotency_keys \
-             WHERE principal = $1 AND idem_key = $2",
-        )
-        .bind(principal)
-        .bind(&key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match row {
-            None => {
+        match lookup(&mut *tx, principal, &key, &fingerprint, now).await? {
+            Found::Replay { status, body } => return Ok(Claim::replay(db, status, body)),
+            Found::Absent => {
                 let inserted = crate::db::query(
                     "INSERT INTO idempotency_keys (principal, idem_key, fingerprint, state, locked_until, created_at) \
                      VALUES ($1, $2, $3, 'in_flight', $4, $5)",
@@ -167,27 +165,7 @@ impl IdempotencyKey {
                     Err(e) => return Err(e.into()),
                 }
             }
-            Some(row) => {
-                let created_at: i64 = row.try_get("created_at")?;
-                let stored_fp: String = row.try_get("fingerprint")?;
-                let state: String = row.try_get("state")?;
-                let locked_until: i64 = row.try_get("locked_until")?;
-                // Past retention the key is free again, whatever it held.
-                let live = created_at >= expired_before;
-                if live && stored_fp != fingerprint {
-                    return Err(Problem::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "idempotency_key_reused",
-                        "This Idempotency-Key was used for a different request",
-                    )
-                    .with_detail("use a new Idempotency-Key for a different request"));
-                } else if live && state == "completed" {
-                    let status: i64 = row.try_get("status")?;
-                    let body: String = row.try_get("body")?;
-                    return Ok(Claim::replay(db, status, body));
-                } else if live && locked_until > now {
-                    return Err(in_flight());
-                }
+            Found::Stale { locked_until } => {
                 // Expired, or a lease whose holder stopped without finishing: ours now.
                 take_over(
                     &mut tx,
@@ -211,6 +189,103 @@ impl IdempotencyKey {
             done: false,
         })
     }
+
+    /// Looks the key up without claiming it, for work that only reads before
+    /// [`Checked::finish`] (see the module docs): a replay, 422 for a key used for another
+    /// request, 409 while another request holds it, or leave to go on.
+    pub async fn check<T: Serialize>(
+        &self,
+        db: &Db,
+        principal: &str,
+        body: &T,
+    ) -> Result<Checked, Problem> {
+        let mut checked = Checked {
+            db: db.clone(),
+            free: None,
+            replay: None,
+        };
+        let Some(key) = self.key.clone() else {
+            return Ok(checked);
+        };
+        let fingerprint = self.fingerprint(body);
+        match lookup(db.reader(), principal, &key, &fingerprint, now_us()).await? {
+            Found::Replay { status, body } => {
+                checked.replay = Some(replay_response(status, body));
+            }
+            Found::Absent | Found::Stale { .. } => {
+                checked.free = Some(FreeKey {
+                    principal: principal.to_owned(),
+                    key,
+                    fingerprint,
+                });
+            }
+        }
+        Ok(checked)
+    }
+}
+
+/// What the store holds for a key, as far as a new request with `fingerprint` is concerned.
+enum Found {
+    /// Nothing: the key is new.
+    Absent,
+    /// The finished request's answer, to send again.
+    Replay { status: i64, body: String },
+    /// A record that no longer holds the key: past retention, or a claim whose lease ran out
+    /// (its holder died). `locked_until` is its lease, for a compare-and-set take-over.
+    Stale { locked_until: i64 },
+}
+
+/// The record of `principal`'s `key`; 422 when it was used for another request, 409 while
+/// another request holds it.
+async fn lookup<'e, E: Into<crate::db::Exec<'e>>>(
+    exec: E,
+    principal: &str,
+    key: &str,
+    fingerprint: &str,
+    now: i64,
+) -> Result<Found, Problem> {
+    let row = crate::db::query(
+        "SELECT fingerprint, state, locked_until, status, body, created_at FROM idempotency_keys \
+         WHERE principal = $1 AND idem_key = $2",
+    )
+    .bind(principal)
+    .bind(key)
+    .fetch_optional(exec)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Found::Absent);
+    };
+    let created_at: i64 = row.try_get("created_at")?;
+    let stored_fp: String = row.try_get("fingerprint")?;
+    let state: String = row.try_get("state")?;
+    let locked_until: i64 = row.try_get("locked_until")?;
+    // Past retention the key is free again, whatever it held.
+    let live = created_at >= now - RETENTION.as_micros() as i64;
+    if live && stored_fp != fingerprint {
+        Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "This Idempotency-Key was used for a different request",
+        )
+        .with_detail("use a new Idempotency-Key for a different request"))
+    } else if live && state == "completed" {
+        Ok(Found::Replay {
+            status: row.try_get("status")?,
+            body: row.try_get("body")?,
+        })
+    } else if live && locked_until > now {
+        Err(in_flight())
+    } else {
+        Ok(Found::Stale { locked_until })
+    }
+}
+
+fn replay_response(status: i64, body: String) -> Response {
+    let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+    let mut res = raw_json_response(status, body);
+    res.headers_mut()
+        .insert(IDEMPOTENCY_REPLAYED, HeaderValue::from_static("true"));
+    res
 }
 
 fn in_flight() -> Problem {
@@ -252,7 +327,7 @@ async fn take_over(
 
 enum Record {
     Claimed { principal: String, key: String },
-    Replay { status: StatusCode, body: String },
+    Replay(Response),
 }
 
 /// A claimed key (or no key at all). See the module docs.
@@ -264,10 +339,9 @@ pub struct Claim {
 
 impl Claim {
     fn replay(db: &Db, status: i64, body: String) -> Claim {
-        let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
         Claim {
             db: db.clone(),
-            record: Some(Record::Replay { status, body }),
+            record: Some(Record::Replay(replay_response(status, body))),
             done: true,
         }
     }
@@ -275,12 +349,7 @@ impl Claim {
     /// The stored answer, when this request is a replay: send it and do nothing else.
     pub fn replayed(&mut self) -> Option<Response> {
         match self.record.take() {
-            Some(Record::Replay { status, body }) => {
-                let mut res = raw_json_response(status, body);
-                res.headers_mut()
-                    .insert(IDEMPOTENCY_REPLAYED, HeaderValue::from_static("true"));
-                Some(res)
-            }
+            Some(Record::Replay(res)) => Some(res),
             other => {
                 self.record = other;
                 None
@@ -336,6 +405,101 @@ impl Drop for Claim {
                 });
             }
         }
+    }
+}
+
+/// A key no record holds: the one this request writes with its effect.
+struct FreeKey {
+    principal: String,
+    key: String,
+    fingerprint: String,
+}
+
+/// A key [`IdempotencyKey::check`] looked up (or no key at all). See the module docs.
+pub struct Checked {
+    db: Db,
+    free: Option<FreeKey>,
+    replay: Option<Response>,
+}
+
+/// How [`Checked::finish`] answered.
+pub enum Finished {
+    /// This request's effect committed with its record: its answer.
+    Stored(Response),
+    /// Another request with the same key and body committed first: this one's effect was
+    /// rolled back, and the answer is the first one's, replayed.
+    Replayed(Response),
+}
+
+impl Finished {
+    pub fn into_response(self) -> Response {
+        match self {
+            Finished::Stored(r) | Finished::Replayed(r) => r,
+        }
+    }
+}
+
+impl Checked {
+    /// The stored answer, when this request is a replay: send it and do nothing else.
+    pub fn replayed(&mut self) -> Option<Response> {
+        self.replay.take()
+    }
+
+    /// Stores the answer with the effect and commits both, unless another request with the
+    /// key committed first: then `tx` is rolled back and that request's answer replayed.
+    pub async fn finish<T: Serialize>(
+        self,
+        mut tx: Tx,
+        status: StatusCode,
+        body: &T,
+    ) -> Result<Finished, Problem> {
+        let text = serde_json::to_string(body).map_err(|e| Problem::internal(&e))?;
+        if let Some(FreeKey {
+            principal,
+            key,
+            fingerprint,
+        }) = &self.free
+        {
+            let now = now_us();
+            // A record that no longer holds the key (past retention, or a claim whose holder
+            // died) gives way; a live one, committed meanwhile by a racing request, wins. On
+            // PostgreSQL the insert waits for a racing transaction's outcome, then decides.
+            let stored = crate::db::query(
+                "INSERT INTO idempotency_keys \
+                 (principal, idem_key, fingerprint, state, locked_until, status, body, created_at) \
+                 VALUES ($1, $2, $3, 'completed', $4, $5, $6, $4) \
+                 ON CONFLICT (principal, idem_key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+                 state = 'completed', locked_until = excluded.locked_until, status = excluded.status, \
+                 body = excluded.body, created_at = excluded.created_at \
+                 WHERE idempotency_keys.created_at < $7 \
+                 OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.locked_until <= $4)",
+            )
+            .bind(principal)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(now)
+            .bind(status.as_u16() as i64)
+            .bind(&text)
+            .bind(now - RETENTION.as_micros() as i64)
+            .execute(&mut *tx)
+            .await?;
+            if stored.rows_affected() != 1 {
+                drop(tx);
+                return match lookup(self.db.reader(), principal, key, fingerprint, now_us()).await?
+                {
+                    Found::Replay { status, body } => {
+                        Ok(Finished::Replayed(replay_response(status, body)))
+                    }
+                    // The other request holds the key with a claim of its own, or has let it
+                    // go again (it failed): this one may try again.
+                    Found::Absent | Found::Stale { .. } => Err(in_flight()),
+                };
+            }
+        }
+        tx.commit().await?;
+        // The effect may have appended events: let the relay publish them now.
+        self.db.outbox_waker().wake();
+        Ok(Finished::Stored(raw_json_response(status, text)))
     }
 }
 
@@ -414,6 +578,102 @@ mod tests {
         assert_eq!(res.headers()[IDEMPOTENCY_REPLAYED], "true");
         let err = k.claim(&db, "u1", &"other body").await.err().unwrap();
         assert_eq!(err.status, 422);
+    }
+
+    async fn effects(db: &Db) -> Vec<i64> {
+        crate::db::query("SELECT n FROM effects ORDER BY n")
+            .fetch_all(db.reader())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get("n"))
+            .collect()
+    }
+
+    /// `finish` of a checked key, with the effect `n` written in its transaction.
+    async fn finish_checked(db: &Db, checked: Checked, n: i64) -> Finished {
+        let mut tx = db.begin().await.unwrap();
+        crate::db::query("INSERT INTO effects (n) VALUES ($1)")
+            .bind(n)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        checked
+            .finish(tx, StatusCode::CREATED, &serde_json::json!({ "n": n }))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_checked_key_is_recorded_with_its_effect_and_the_first_of_a_race_wins() {
+        let (_d, db) = db().await;
+        crate::db::query("CREATE TABLE effects (n BIGINT)")
+            .execute(db.writer())
+            .await
+            .unwrap();
+        let k = key("k3");
+        // Two requests with the key both find it free, and both do their work.
+        let mut first = k.check(&db, "u1", &"body").await.unwrap();
+        let mut second = k.check(&db, "u1", &"body").await.unwrap();
+        assert!(first.replayed().is_none() && second.replayed().is_none());
+        let Finished::Stored(res) = finish_checked(&db, first, 1).await else {
+            panic!("the first commit stores its answer");
+        };
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert!(res.headers().get(IDEMPOTENCY_REPLAYED).is_none());
+        // The second commits after: its effect is rolled back, and it hears the first's answer.
+        let Finished::Replayed(res) = finish_checked(&db, second, 2).await else {
+            panic!("the second request's effect committed too");
+        };
+        assert_eq!(res.headers()[IDEMPOTENCY_REPLAYED], "true");
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], br#"{"n":1}"#);
+        assert_eq!(effects(&db).await, vec![1]);
+        // Later: a replay without any work; another body is refused.
+        let mut again = k.check(&db, "u1", &"body").await.unwrap();
+        assert_eq!(again.replayed().expect("a replay").status(), 201);
+        let err = k.check(&db, "u1", &"other").await.err().unwrap();
+        assert_eq!(err.status, 422);
+        // A claim made the old way is seen too: the same key in flight is 409.
+        let held = key("k4").claim(&db, "u1", &"body").await.unwrap();
+        let err = key("k4").check(&db, "u1", &"body").await.err().unwrap();
+        assert_eq!(err.status, 409);
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_checked_key_takes_over_a_dead_claim_and_an_expired_record() {
+        let (_d, db) = db().await;
+        crate::db::query("CREATE TABLE effects (n BIGINT)")
+            .execute(db.writer())
+            .await
+            .unwrap();
+        // A claim whose holder died: its lease ran out and nobody released it.
+        let dead = IdempotencyKey {
+            lease: Duration::ZERO,
+            ..key("k5")
+        };
+        std::mem::forget(dead.claim(&db, "u1", &"body").await.unwrap());
+        let checked = key("k5").check(&db, "u1", &"body").await.unwrap();
+        assert!(matches!(
+            finish_checked(&db, checked, 5).await,
+            Finished::Stored(_)
+        ));
+        // A record past retention, even for another body, no longer holds its key.
+        let old = now_us() - RETENTION.as_micros() as i64 - 1;
+        crate::db::query("UPDATE idempotency_keys SET created_at = $1 WHERE idem_key = 'k5'")
+            .bind(old)
+            .execute(db.writer())
+            .await
+            .unwrap();
+        let checked = key("k5").check(&db, "u1", &"another body").await.unwrap();
+        assert!(matches!(
+            finish_checked(&db, checked, 6).await,
+            Finished::Stored(_)
+        ));
+        assert_eq!(effects(&db).await, vec![5, 6]);
+        let mut replay = key("k5").check(&db, "u1", &"another body").await.unwrap();
+        assert!(replay.replayed().is_some());
     }
 
     #[tokio::test]

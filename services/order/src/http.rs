@@ -21,7 +21,7 @@ use mercato_kit::auth::{Principal, Role, Verifier};
 use mercato_kit::contracts::CancelReason;
 use mercato_kit::events::Cause;
 use mercato_kit::http::{versioned_api, BearerAuth, Json, Path, Query, RequestContext};
-use mercato_kit::idempotency::IdempotencyKey;
+use mercato_kit::idempotency::{Finished, IdempotencyKey};
 use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::to_rfc3339;
 use mercato_kit::validate::Errors;
@@ -279,11 +279,14 @@ async fn create_order(
     p.require(&[Role::Customer])?;
     let customer = p.require_user()?;
     key.required("an order is placed once per key")?;
-    // Before any work, the key's claim included: a refusal must cost next to nothing. A retry
+    // Before any work, the key's lookup included: a refusal must cost next to nothing. A retry
     // of an order already placed is refused too, and gets its order once the saga catches up.
     s.orders.admission().admit()?;
-    let mut claim = key.claim(s.orders.db(), &p.subject, &input).await?;
-    if let Some(r) = claim.replayed() {
+    // Everything before the commit only reads (pricing, the stock pre-check), so the key is
+    // looked up, not claimed, and its record is written with the order: one write
+    // transaction per order. Two requests racing with one key place one order between them.
+    let mut checked = key.check(s.orders.db(), &p.subject, &input).await?;
+    if let Some(r) = checked.replayed() {
         return Ok(r);
     }
     // Outside any transaction: this may call inventory.
@@ -298,11 +301,17 @@ async fn create_order(
         s.orders.metrics(),
     )
     .await?;
-    let res = claim
+    match checked
         .finish(tx, StatusCode::CREATED, &OrderBody::from(&order))
-        .await?;
-    s.orders.placed(&order);
-    Ok(res)
+        .await?
+    {
+        Finished::Stored(res) => {
+            s.orders.placed(&order);
+            Ok(res)
+        }
+        // A request with the same key placed its order first; this one was rolled back.
+        Finished::Replayed(res) => Ok(res),
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -203,6 +203,44 @@ fn id_of(order: &Value) -> mercato_kit::ids::OrderId {
     order["id"].as_str().unwrap().parse().unwrap()
 }
 
+/// Requests racing with one Idempotency-Key (a client retrying before its first answer
+/// came) place one order between them, and every one of them is answered with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_racing_with_one_key_place_one_order() {
+    let api = api().await;
+    let (customer, seller) = (user(Role::Customer), user(Role::Seller));
+    let p = api.h.seed_product(seller.id, 1250).await;
+    let body = json!({"items": [{"product_id": p.product_id, "quantity": 1}],
+                      "payment_method": "pm_card_visa"});
+    let answers = futures::future::join_all(
+        (0..8).map(|_| api.place(Some(&customer), body.clone(), Some("race"))),
+    )
+    .await;
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+    let ids: std::collections::BTreeSet<_> =
+        answers.iter().map(|a| a.body["id"].to_string()).collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one order for the key, answered to all: {ids:?}"
+    );
+    let created = api
+        .h
+        .outbox()
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "order.created")
+        .count();
+    assert_eq!(created, 1, "the losers' orders were rolled back");
+    let replayed = answers
+        .iter()
+        .filter(|a| a.headers.get("idempotency-replayed").is_some())
+        .count();
+    assert_eq!(replayed, 7, "all but the first are replays");
+}
+
 #[tokio::test]
 async fn placing_an_order_checks_the_caller_the_input_and_the_stock() {
     let api = api().await;
