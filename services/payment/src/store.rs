@@ -9,6 +9,7 @@ use mercato_kit::db::{parse_uuid, Exec, Pool, Row};
 use mercato_kit::events::Cause;
 use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::now_us;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// A payment as stored.
@@ -122,6 +123,36 @@ pub async fn payment_by_id<'e, E: Into<Exec<'e>>>(
     .fetch_optional(exec)
     .await?;
     row.as_ref().map(payment_from).transpose()
+}
+
+/// The payments of `ids`, by id, in one query (those that exist).
+pub async fn payments_by_ids(
+    pool: &Pool,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Payment>, mercato_kit::db::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT {PAYMENT_COLS} FROM payments WHERE id IN ({})",
+        placeholders(ids.len())
+    );
+    let mut q = mercato_kit::db::query(&sql);
+    for id in ids {
+        q = q.bind(id.to_string());
+    }
+    let rows = q.fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| payment_from(r).map(|p| (p.id, p)))
+        .collect()
+}
+
+/// `$1, $2, ... $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub async fn payment_by_order<'e, E: Into<Exec<'e>>>(
@@ -341,8 +372,8 @@ pub async fn next_due(pool: &Pool) -> Result<Option<i64>, mercato_kit::db::Error
 /// call (its `ambiguous` flag, its deadline). One conditional update, so on PostgreSQL two
 /// workers claiming the same call at once wait for each other for a moment only, and the
 /// second finds the count moved.
-pub async fn claim_job(
-    pool: &Pool,
+pub async fn claim_job<'e, E: Into<Exec<'e>>>(
+    exec: E,
     job: &Job,
     now: i64,
     lease_until: i64,
@@ -356,7 +387,7 @@ pub async fn claim_job(
     .bind(now)
     .bind(lease_until)
     .bind(job.attempts)
-    .execute(pool)
+    .execute(exec)
     .await?;
     Ok(r.rows_affected() == 1)
 }
@@ -560,6 +591,29 @@ pub async fn is_cancelled<'e, E: Into<Exec<'e>>>(
             .await?
             .is_some(),
     )
+}
+
+/// Which of `orders` were cancelled, in one query.
+pub async fn cancelled_among(
+    pool: &Pool,
+    orders: &[OrderId],
+) -> Result<HashSet<OrderId>, mercato_kit::db::Error> {
+    if orders.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let sql = format!(
+        "SELECT order_id FROM cancelled_orders WHERE order_id IN ({})",
+        placeholders(orders.len())
+    );
+    let mut q = mercato_kit::db::query(&sql);
+    for o in orders {
+        q = q.bind(o.to_string());
+    }
+    q.fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok(OrderId(parse_uuid(&r.try_get::<String, _>("order_id")?)?)))
+        .collect()
 }
 
 /// Claims a webhook event id; false when it was handled (or is being handled) already.

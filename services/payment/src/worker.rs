@@ -18,7 +18,7 @@
 use crate::domain::JobKind;
 use crate::psp::{Answer, Call, PspClient, Reply};
 use crate::service::Payments;
-use crate::store::{self, Job};
+use crate::store::{self, Job, Payment};
 use futures::StreamExt;
 use mercato_kit::backoff::Backoff;
 use mercato_kit::time::now_us;
@@ -40,6 +40,12 @@ const BATCH: i64 = 32;
 pub struct Worker {
     payments: Arc<Payments>,
     psp: PspClient,
+}
+
+/// A call due now, and the payment it is for as read with it.
+struct Due {
+    job: Job,
+    payment: Payment,
 }
 
 impl Worker {
@@ -84,52 +90,127 @@ impl Worker {
             if jobs.is_empty() {
                 break;
             }
-            let failed = futures::stream::iter(jobs)
-                .map(|job| async move {
-                    let seq = job.seq;
-                    // The call's span continues the trace of what queued it (the checkout).
-                    let span = mercato_kit::telemetry::job_span(
-                        crate::SERVICE,
-                        &format!("processor {}", job.kind),
-                        &job.payment_id.to_string(),
-                        job.cause.traceparent.as_deref(),
-                    );
-                    self.run_job(job)
-                        .instrument(span)
-                        .await
-                        .map_err(|e| (seq, e))
-                })
-                .buffer_unordered(CONCURRENCY)
-                .filter_map(|r| async move { r.err() })
-                .collect::<Vec<_>>()
-                .await;
-            if let Some((seq, e)) = failed.into_iter().next() {
+            let due = self.still_to_send(jobs).await?;
+            // Claimed a chunk at a time, each chunk in one transaction, when the first of its
+            // calls gets a slot: every call of a chunk starts within one round of calls,
+            // inside its lease (twice the processor timeout and more).
+            let mut chunks = Vec::new();
+            let mut due = due.into_iter().peekable();
+            while due.peek().is_some() {
+                chunks.push(due.by_ref().take(CONCURRENCY).collect::<Vec<_>>());
+            }
+            let mut chunks = chunks.into_iter();
+            let mut claimed = std::collections::VecDeque::new();
+            let mut running = futures::stream::FuturesUnordered::new();
+            let mut failed = Vec::new();
+            loop {
+                while running.len() < CONCURRENCY {
+                    let Some(due) = claimed.pop_front() else {
+                        break;
+                    };
+                    running.push(self.traced(due));
+                }
+                if running.len() < CONCURRENCY {
+                    if let Some(chunk) = chunks.next() {
+                        // The calls running meanwhile may hold the writer this claim waits
+                        // for, to record their answers: keep them going.
+                        let claim = self.claim(chunk);
+                        tokio::pin!(claim);
+                        let taken = loop {
+                            tokio::select! {
+                                taken = &mut claim => break taken,
+                                Some(done) = running.next() => {
+                                    if let Err(e) = done {
+                                        failed.push(e);
+                                    }
+                                }
+                            }
+                        };
+                        match taken {
+                            Ok(c) => claimed.extend(c),
+                            Err(e) => failed.push(e),
+                        }
+                        continue;
+                    }
+                }
+                match running.next().await {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => failed.push(e),
+                    None => break,
+                }
+            }
+            if let Some(e) = failed.into_iter().next() {
                 // A failing job is leased, so it is not due again at once; but stop this round
                 // so a broken database is not hammered.
-                anyhow::bail!("processor job {seq}: {e}");
+                return Err(e);
             }
         }
         Ok(store::next_due(self.payments.db.reader()).await?)
     }
 
-    async fn run_job(&self, job: Job) -> anyhow::Result<()> {
-        let db = &self.payments.db;
-        let Some(payment) = store::payment_by_id(db.reader(), job.payment_id).await? else {
-            anyhow::bail!("payment {} of a queued call is missing", job.payment_id);
-        };
-        if job.kind == JobKind::Authorize
-            && job.attempts == 0
-            && store::is_cancelled(db.reader(), payment.order_id).await?
-            && self.payments.drop_unsent(&job).await?
-        {
-            tracing::info!(payment = %payment.id, "order cancelled before its authorization was sent; dropped");
-            return Ok(());
+    /// The due calls with their payments, read in two queries for the whole round; a first
+    /// authorization whose order was cancelled before it was sent is dropped instead.
+    async fn still_to_send(&self, jobs: Vec<Job>) -> anyhow::Result<Vec<Due>> {
+        let reader = self.payments.db.reader();
+        let ids: Vec<_> = jobs.iter().map(|j| j.payment_id).collect();
+        let payments = store::payments_by_ids(reader, &ids).await?;
+        let unsent: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.kind == JobKind::Authorize && j.attempts == 0)
+            .filter_map(|j| payments.get(&j.payment_id).map(|p| p.order_id))
+            .collect();
+        let cancelled = store::cancelled_among(reader, &unsent).await?;
+        let mut due = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let Some(payment) = payments.get(&job.payment_id).cloned() else {
+                anyhow::bail!("payment {} of a queued call is missing", job.payment_id);
+            };
+            if job.kind == JobKind::Authorize
+                && job.attempts == 0
+                && cancelled.contains(&payment.order_id)
+                && self.payments.drop_unsent(&job).await?
+            {
+                tracing::info!(payment = %payment.id, "order cancelled before its authorization was sent; dropped");
+                continue;
+            }
+            due.push(Due { job, payment });
         }
+        Ok(due)
+    }
+
+    /// Takes `chunk`'s calls for one attempt each, in one transaction; the ones another worker
+    /// took (or tried) since they were read are left out.
+    async fn claim(&self, chunk: Vec<Due>) -> anyhow::Result<Vec<Due>> {
         let now = now_us();
-        let lease = self.payments.settings.lease.as_micros() as i64;
-        if !store::claim_job(db.writer(), &job, now, now + lease).await? {
-            return Ok(());
+        let lease_until = now + self.payments.settings.lease.as_micros() as i64;
+        let mut tx = self.payments.db.begin().await?;
+        let mut claimed = Vec::with_capacity(chunk.len());
+        for due in chunk {
+            if store::claim_job(&mut tx, &due.job, now, lease_until).await? {
+                claimed.push(due);
+            }
         }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// One call in the span that continues the trace of what queued it (the checkout).
+    async fn traced(&self, due: Due) -> anyhow::Result<()> {
+        let Due { job, payment } = due;
+        let seq = job.seq;
+        let span = mercato_kit::telemetry::job_span(
+            crate::SERVICE,
+            &format!("processor {}", job.kind),
+            &job.payment_id.to_string(),
+            job.cause.traceparent.as_deref(),
+        );
+        self.run_job(job, payment)
+            .instrument(span)
+            .await
+            .map_err(|e| e.context(format!("processor job {seq}")))
+    }
+
+    async fn run_job(&self, job: Job, payment: Payment) -> anyhow::Result<()> {
         let attempt = job.attempts + 1;
         let reference = payment.id.to_string();
         let provider_ref = payment.provider_ref.as_deref();

@@ -618,3 +618,54 @@ async fn workers_racing_over_one_queue_call_the_processor_once_per_payment() {
     assert_eq!(stats["authorization_attempts"], 20, "{stats}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_makes_a_queue_longer_than_its_slots_while_answers_are_recorded() {
+    // More calls than the worker runs at once: it claims them a chunk at a time, one
+    // transaction per chunk, while the calls already running record their answers. A claim
+    // that waited for the database without letting those calls go on would wait forever for
+    // one of them that had its turn at the writer handed over meanwhile. Another writer
+    // keeps taking turns, as the service's consumers and relay do, so turns are handed over.
+    let h = Harness::start_with(Options {
+        run_service: false,
+        ..Options::default()
+    })
+    .await;
+    let busy = Arc::new(AtomicBool::new(true));
+    let contender = {
+        let (db, busy) = (h.payments.db.clone(), busy.clone());
+        tokio::spawn(async move {
+            while busy.load(Ordering::Relaxed) {
+                let tx = db.begin().await.unwrap();
+                tokio::task::yield_now().await;
+                drop(tx);
+            }
+        })
+    };
+    let n = mercato_payment::worker::CONCURRENCY * 4 + 3;
+    let orders: Vec<OrderId> = (0..n).map(|_| OrderId::new()).collect();
+    for order in &orders {
+        h.consumer
+            .process(&reserved(*order, UserId::new(), 100, "pm_card_visa"))
+            .await
+            .unwrap();
+    }
+    let worker = Worker::new(
+        h.payments.clone(),
+        processor(&h.psp_url, h.processor_policy.clone()),
+    );
+    let next = tokio::time::timeout(Duration::from_secs(60), worker.run_due())
+        .await
+        .expect("the worker made every due call within a minute")
+        .unwrap();
+    busy.store(false, Ordering::Relaxed);
+    contender.await.unwrap();
+    assert_eq!(next, None, "nothing left queued");
+    for order in &orders {
+        let p = h.payment_of(*order).await.unwrap();
+        assert_eq!(p.money.status, Status::Authorized);
+        assert_eq!(h.calls(&p).await.len(), 1);
+    }
+    assert_eq!(h.psp_stats().await["authorization_attempts"], n as u64);
+    h.stop().await;
+}
