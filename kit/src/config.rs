@@ -345,6 +345,24 @@ impl CommonConfig {
             chaos_mode: env.flag("CHAOS_MODE", false),
             test_hooks: env.flag("MERCATO_TEST_HOOKS", false),
         }
+        .checking_sqlite_settings(env)
+    }
+
+    /// The SQLite settings are read where each file is opened (`db::sqlite`, once per
+    /// process); here they are only checked, so a bad value stops the start like any other
+    /// instead of falling back to the default unseen.
+    fn checking_sqlite_settings(self, env: &mut Env) -> Self {
+        env.int(
+            crate::db::sqlite::MMAP_BYTES_VAR,
+            0,
+            0..=crate::db::sqlite::MMAP_BYTES_MAX,
+        );
+        env.int(
+            crate::db::sqlite::WAL_RESTART_PAGES_VAR,
+            0,
+            0..=i64::MAX as u64,
+        );
+        self
     }
 
     /// The database of one service: its own override, the shared URL, or a SQLite file of its
@@ -391,6 +409,30 @@ mod tests {
             text.contains("MERCATO_FLAG=\"maybe\": expected true or false"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_sqlite_settings_are_checked_at_start() {
+        let mut env = Env::from_pairs([
+            ("MERCATO_SQLITE_MMAP_BYTES", "128MiB"),
+            ("MERCATO_SQLITE_WAL_RESTART_PAGES", "-1"),
+        ]);
+        let _ = CommonConfig::read(&mut env);
+        let text = env.check().unwrap_err().to_string();
+        assert!(
+            text.contains("MERCATO_SQLITE_MMAP_BYTES=\"128MiB\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("MERCATO_SQLITE_WAL_RESTART_PAGES=\"-1\""),
+            "{text}"
+        );
+        let mut env = Env::from_pairs([
+            ("MERCATO_SQLITE_MMAP_BYTES", "134217728"),
+            ("MERCATO_SQLITE_WAL_RESTART_PAGES", "0"),
+        ]);
+        let _ = CommonConfig::read(&mut env);
+        env.check().expect("whole numbers in range are taken");
     }
 
     #[test]

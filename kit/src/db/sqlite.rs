@@ -39,17 +39,23 @@ const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
 /// writes for its length (tens of ms, seconds when the disk is busy): docs/BENCHMARKS.md.
 const WAL_RESTART_FRAMES: i64 = 65_536;
 
+/// Checked with the rest of the configuration at start (`config::CommonConfig`).
+pub(crate) const WAL_RESTART_PAGES_VAR: &str = "MERCATO_SQLITE_WAL_RESTART_PAGES";
+pub(crate) const MMAP_BYTES_VAR: &str = "MERCATO_SQLITE_MMAP_BYTES";
+/// 1 TiB: more than any file here, and far below what SQLite's 64-bit setting takes.
+pub(crate) const MMAP_BYTES_MAX: u64 = 1 << 40;
+
 fn wal_restart_frames() -> i64 {
     static FRAMES: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *FRAMES.get_or_init(|| {
-        env_number("MERCATO_SQLITE_WAL_RESTART_PAGES")
+        env_number(WAL_RESTART_PAGES_VAR)
             .map(|n| if n <= 0 { i64::MAX } else { n })
             .unwrap_or(WAL_RESTART_FRAMES)
     })
 }
 
 /// A whole number from the environment; `None` when unset or not a number (the default
-/// then applies).
+/// then applies: a service's start has refused a bad value already, see above).
 fn env_number(name: &str) -> Option<i64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
@@ -65,8 +71,8 @@ const MMAP_BYTES: i64 = 0;
 fn mmap_bytes() -> i64 {
     static BYTES: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *BYTES.get_or_init(|| {
-        env_number("MERCATO_SQLITE_MMAP_BYTES")
-            .map(|n| n.max(0))
+        env_number(MMAP_BYTES_VAR)
+            .map(|n| n.clamp(0, MMAP_BYTES_MAX as i64))
             .unwrap_or(MMAP_BYTES)
     })
 }
