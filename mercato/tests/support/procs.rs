@@ -200,13 +200,23 @@ pub async fn stocked_product(
     price_cents: i64,
     on_hand: i64,
 ) -> String {
-    let res = http
-        .post(format!("{gw}/api/v1/products"))
-        .bearer_auth(token)
-        .json(&json!({"sku": sku, "name": format!("Kettle {sku}"), "category": "kitchen", "price_cents": price_cents}))
-        .send()
-        .await
-        .unwrap();
+    // Right after a cold start a service may not have read the auth service's revocation list
+    // yet (its first read can come before the gateway it reads through is up), and refuses a
+    // seller's or admin's token with 503 + Retry-After until it has (README, "Tokens"). A
+    // careful client asks again, with the same Idempotency-Key.
+    let key = uuid::Uuid::new_v4().to_string();
+    let res = super::support::eventually(Duration::from_secs(30), || async {
+        let res = http
+            .post(format!("{gw}/api/v1/products"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", &key)
+            .json(&json!({"sku": sku, "name": format!("Kettle {sku}"), "category": "kitchen", "price_cents": price_cents}))
+            .send()
+            .await
+            .unwrap();
+        (res.status() != StatusCode::SERVICE_UNAVAILABLE).then_some(res)
+    })
+    .await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let id = res.json::<Value>().await.unwrap()["id"]
         .as_str()
