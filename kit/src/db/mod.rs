@@ -699,6 +699,15 @@ pub struct Query<'q> {
     args: Vec<Arg>,
 }
 
+/// `count` placeholders from `$first` on (`$3, $4, $5`), for an `IN (...)` list built per
+/// statement.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A statement in the shared dialect, `$1`, `$2`... for its arguments.
 pub fn query(sql: &str) -> Query<'_> {
     Query {
@@ -948,6 +957,13 @@ mod tests {
             .collect();
         assert_eq!(all, vec![2]);
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 10);
+    }
+
+    #[test]
+    fn placeholders_count_from_the_first() {
+        assert_eq!(placeholders(3, 3), "$3, $4, $5");
+        assert_eq!(placeholders(1, 1), "$1");
+        assert_eq!(placeholders(2, 0), "");
     }
 
     #[tokio::test]

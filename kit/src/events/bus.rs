@@ -262,17 +262,14 @@ impl Bus for EmbeddedBus {
             .execute(self.db.writer())
             .await?;
         // Types are few and fixed, so they are inlined as a list of placeholders.
-        let marks: Vec<String> = (0..event_types.len())
-            .map(|i| format!("${}", i + 3))
-            .collect();
+        let marks = crate::db::placeholders(3, event_types.len());
         Ok(Box::new(EmbeddedSubscription {
             db: self.db.clone(),
             consumer: consumer.to_owned(),
             types: event_types.iter().map(|s| s.to_string()).collect(),
             select: format!(
-                "SELECT seq, envelope FROM bus_messages WHERE seq > $1 AND event_type IN ({}) \
-                 ORDER BY seq LIMIT $2",
-                marks.join(", ")
+                "SELECT seq, envelope FROM bus_messages WHERE seq > $1 AND event_type IN ({marks}) \
+                 ORDER BY seq LIMIT $2"
             ),
             published: self.published.subscribe(),
         }))

@@ -66,10 +66,9 @@ async fn mark<'c>(
     if seqs.is_empty() {
         return Ok(());
     }
-    let marks: Vec<String> = (0..seqs.len()).map(|i| format!("${}", i + 2)).collect();
     let sql = format!(
         "UPDATE outbox SET published_at = $1 WHERE seq IN ({}) AND published_at IS NULL",
-        marks.join(", ")
+        crate::db::placeholders(2, seqs.len())
     );
     let mut q = crate::db::query(&sql).bind(now_us());
     for seq in seqs {

@@ -5,7 +5,7 @@
 
 use crate::domain::{JobKind, Money, Status};
 use mercato_kit::db::Tx;
-use mercato_kit::db::{parse_uuid, Exec, Pool, Row};
+use mercato_kit::db::{parse_uuid, placeholders, Exec, Pool, Row};
 use mercato_kit::events::Cause;
 use mercato_kit::ids::{OrderId, UserId};
 use mercato_kit::time::now_us;
@@ -135,7 +135,7 @@ pub async fn payments_by_ids(
     }
     let sql = format!(
         "SELECT {PAYMENT_COLS} FROM payments WHERE id IN ({})",
-        placeholders(ids.len())
+        placeholders(1, ids.len())
     );
     let mut q = mercato_kit::db::query(&sql);
     for id in ids {
@@ -145,14 +145,6 @@ pub async fn payments_by_ids(
     rows.iter()
         .map(|r| payment_from(r).map(|p| (p.id, p)))
         .collect()
-}
-
-/// `$1, $2, ... $n`.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 pub async fn payment_by_order<'e, E: Into<Exec<'e>>>(
@@ -603,7 +595,7 @@ pub async fn cancelled_among(
     }
     let sql = format!(
         "SELECT order_id FROM cancelled_orders WHERE order_id IN ({})",
-        placeholders(orders.len())
+        placeholders(1, orders.len())
     );
     let mut q = mercato_kit::db::query(&sql);
     for o in orders {
