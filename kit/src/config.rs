@@ -294,7 +294,7 @@ fn trusted_proxies(env: &mut Env) -> Vec<ipnet::IpNet> {
 
 impl CommonConfig {
     pub fn read(env: &mut Env) -> Self {
-        CommonConfig {
+        let common = CommonConfig {
             host: env.string("MERCATO_HOST", "127.0.0.1"),
             data_dir: env.path("MERCATO_DATA_DIR", "./mercato-data"),
             database_url: env
@@ -344,14 +344,10 @@ impl CommonConfig {
             trusted_proxies: trusted_proxies(env),
             chaos_mode: env.flag("CHAOS_MODE", false),
             test_hooks: env.flag("MERCATO_TEST_HOOKS", false),
-        }
-        .checking_sqlite_settings(env)
-    }
-
-    /// The SQLite settings are read where each file is opened (`db::sqlite`, once per
-    /// process); here they are only checked, so a bad value stops the start like any other
-    /// instead of falling back to the default unseen.
-    fn checking_sqlite_settings(self, env: &mut Env) -> Self {
+        };
+        // Read where each SQLite file is opened (`db::sqlite`, once per process); only checked
+        // here, so a bad value stops the start like any other instead of falling back unseen.
+        // The defaults given are not used.
         env.int(
             crate::db::sqlite::MMAP_BYTES_VAR,
             0,
@@ -362,7 +358,7 @@ impl CommonConfig {
             0,
             0..=i64::MAX as u64,
         );
-        self
+        common
     }
 
     /// The database of one service: its own override, the shared URL, or a SQLite file of its

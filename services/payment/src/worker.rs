@@ -90,19 +90,13 @@ impl Worker {
             if jobs.is_empty() {
                 break;
             }
-            let due = self.still_to_send(jobs).await?;
+            let mut unclaimed = self.still_to_send(jobs).await?;
             // Claimed a chunk at a time, each chunk in one transaction, when the first of its
             // calls gets a slot: every call of a chunk starts within one round of calls,
             // inside its lease (twice the processor timeout and more).
-            let mut chunks = Vec::new();
-            let mut due = due.into_iter().peekable();
-            while due.peek().is_some() {
-                chunks.push(due.by_ref().take(CONCURRENCY).collect::<Vec<_>>());
-            }
-            let mut chunks = chunks.into_iter();
             let mut claimed = std::collections::VecDeque::new();
             let mut running = futures::stream::FuturesUnordered::new();
-            let mut failed = Vec::new();
+            let mut failed: Option<anyhow::Error> = None;
             loop {
                 while running.len() < CONCURRENCY {
                     let Some(due) = claimed.pop_front() else {
@@ -110,36 +104,41 @@ impl Worker {
                     };
                     running.push(self.traced(due));
                 }
-                if running.len() < CONCURRENCY {
-                    if let Some(chunk) = chunks.next() {
-                        // The calls running meanwhile may hold the writer this claim waits
-                        // for, to record their answers: keep them going.
-                        let claim = self.claim(chunk);
-                        tokio::pin!(claim);
-                        let taken = loop {
-                            tokio::select! {
-                                taken = &mut claim => break taken,
-                                Some(done) = running.next() => {
-                                    if let Err(e) = done {
-                                        failed.push(e);
-                                    }
+                if running.len() < CONCURRENCY && !unclaimed.is_empty() {
+                    let chunk: Vec<_> = unclaimed
+                        .drain(..unclaimed.len().min(CONCURRENCY))
+                        .collect();
+                    // The calls running meanwhile may hold the writer this claim waits for,
+                    // to record their answers: keep them going.
+                    let claim = self.claim(chunk);
+                    tokio::pin!(claim);
+                    let taken = loop {
+                        tokio::select! {
+                            taken = &mut claim => break taken,
+                            Some(done) = running.next() => {
+                                if let Err(e) = done {
+                                    failed.get_or_insert(e);
                                 }
                             }
-                        };
-                        match taken {
-                            Ok(c) => claimed.extend(c),
-                            Err(e) => failed.push(e),
                         }
-                        continue;
+                    };
+                    match taken {
+                        Ok(c) => claimed.extend(c),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
                     }
+                    continue;
                 }
                 match running.next().await {
                     Some(Ok(())) => {}
-                    Some(Err(e)) => failed.push(e),
+                    Some(Err(e)) => {
+                        failed.get_or_insert(e);
+                    }
                     None => break,
                 }
             }
-            if let Some(e) = failed.into_iter().next() {
+            if let Some(e) = failed {
                 // A failing job is leased, so it is not due again at once; but stop this round
                 // so a broken database is not hammered.
                 return Err(e);
