@@ -2,7 +2,8 @@
 //!
 //! It makes the calls that use cases queued in `processor_jobs`, each outside any database
 //! transaction and always with the call's own idempotency key, then records the answer (and
-//! its effect and event) in one transaction (`Payments::record_answer`). A transient failure
+//! its effect and event) in one transaction (`Payments::record_answers`): the answers that
+//! arrived together share it, so a busy worker pays one commit per handful of calls. A transient failure
 //! puts the call back with exponential backoff and jitter; an authorization stops being retried
 //! when the order's reservation expires, and each of its failed attempts tells the order why it
 //! waits (`payment.delayed`). While the processor's circuit breaker is open (see
@@ -19,7 +20,7 @@ use crate::domain::JobKind;
 use crate::psp::{Answer, Call, PspClient, Reply};
 use crate::service::Payments;
 use crate::store::{self, Job, Payment};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use mercato_kit::backoff::Backoff;
 use mercato_kit::time::now_us;
 use std::sync::Arc;
@@ -46,6 +47,15 @@ pub struct Worker {
 struct Due {
     job: Job,
     payment: Payment,
+}
+
+/// A call made, its answer not recorded yet.
+struct Made {
+    job: Job,
+    attempt: i64,
+    answer: Answer,
+    /// The call's span, which recording the answer continues.
+    span: tracing::Span,
 }
 
 impl Worker {
@@ -93,33 +103,30 @@ impl Worker {
             let mut unclaimed = self.still_to_send(jobs).await?;
             // Claimed a chunk at a time, each chunk in one transaction, when the first of its
             // calls gets a slot: every call of a chunk starts within one round of calls,
-            // inside its lease (twice the processor timeout and more).
+            // inside its lease (twice the processor timeout and more). The calls touch no
+            // database; their answers are gathered and recorded together.
             let mut claimed = std::collections::VecDeque::new();
             let mut running = futures::stream::FuturesUnordered::new();
+            let mut made: Vec<Made> = Vec::new();
             let mut failed: Option<anyhow::Error> = None;
             loop {
                 while running.len() < CONCURRENCY {
                     let Some(due) = claimed.pop_front() else {
                         break;
                     };
-                    running.push(self.traced(due));
+                    running.push(self.call(due));
                 }
                 if running.len() < CONCURRENCY && !unclaimed.is_empty() {
                     let chunk: Vec<_> = unclaimed
                         .drain(..unclaimed.len().min(CONCURRENCY))
                         .collect();
-                    // The calls running meanwhile may hold the writer this claim waits for,
-                    // to record their answers: keep them going.
+                    // Answers that arrive meanwhile are gathered, not left waiting.
                     let claim = self.claim(chunk);
                     tokio::pin!(claim);
                     let taken = loop {
                         tokio::select! {
                             taken = &mut claim => break taken,
-                            Some(done) = running.next() => {
-                                if let Err(e) = done {
-                                    failed.get_or_insert(e);
-                                }
-                            }
+                            Some(done) = running.next() => made.push(done),
                         }
                     };
                     match taken {
@@ -130,10 +137,19 @@ impl Worker {
                     }
                     continue;
                 }
-                match running.next().await {
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => {
+                if !made.is_empty() {
+                    if let Err(e) = self.record(std::mem::take(&mut made)).await {
                         failed.get_or_insert(e);
+                    }
+                    continue;
+                }
+                match running.next().await {
+                    Some(done) => {
+                        made.push(done);
+                        // And whatever else has answered by now, to share the commit.
+                        while let Some(Some(done)) = running.next().now_or_never() {
+                            made.push(done);
+                        }
                     }
                     None => break,
                 }
@@ -193,24 +209,43 @@ impl Worker {
         Ok(claimed)
     }
 
-    /// One call in the span that continues the trace of what queued it (the checkout).
-    async fn traced(&self, due: Due) -> anyhow::Result<()> {
+    /// One call, in the span that continues the trace of what queued it (the checkout).
+    async fn call(&self, due: Due) -> Made {
         let Due { job, payment } = due;
-        let seq = job.seq;
         let span = mercato_kit::telemetry::job_span(
             crate::SERVICE,
             &format!("processor {}", job.kind),
             &job.payment_id.to_string(),
             job.cause.traceparent.as_deref(),
         );
-        self.run_job(job, payment)
-            .instrument(span)
-            .await
-            .map_err(|e| e.context(format!("processor job {seq}")))
+        let attempt = job.attempts + 1;
+        let answer = self
+            .ask(&job, &payment, attempt)
+            .instrument(span.clone())
+            .await;
+        Made {
+            job,
+            attempt,
+            answer,
+            span,
+        }
     }
 
-    async fn run_job(&self, job: Job, payment: Payment) -> anyhow::Result<()> {
-        let attempt = job.attempts + 1;
+    /// Records the answers of `made` in one transaction.
+    async fn record(&self, made: Vec<Made>) -> anyhow::Result<()> {
+        let answers: Vec<_> = made
+            .iter()
+            .map(|m| (&m.job, m.attempt, &m.answer, m.span.clone()))
+            .collect();
+        self.payments.record_answers(&answers).await.map_err(|e| {
+            let seqs: Vec<_> = made.iter().map(|m| m.job.seq.to_string()).collect();
+            anyhow::Error::from(e).context(format!("processor jobs {}", seqs.join(", ")))
+        })
+    }
+
+    /// Makes the call `job` stands for and returns the processor's answer (or the refusal of
+    /// a call that cannot be made).
+    async fn ask(&self, job: &Job, payment: &Payment, attempt: i64) -> Answer {
         let reference = payment.id.to_string();
         let provider_ref = payment.provider_ref.as_deref();
         let call = match (job.kind, provider_ref) {
@@ -231,7 +266,7 @@ impl Worker {
             }),
             (_, None) => None,
         };
-        let answer = match call {
+        match call {
             Some(call) => {
                 tracing::debug!(payment = %payment.id, kind = %job.kind, attempt, key = %job.idempotency_key, "calling the processor");
                 self.psp.call(&call, &job.idempotency_key).await
@@ -246,7 +281,6 @@ impl Worker {
                 elapsed: Duration::ZERO,
                 retry_in: None,
             },
-        };
-        Ok(self.payments.record_answer(&job, attempt, &answer).await?)
+        }
     }
 }

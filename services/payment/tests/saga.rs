@@ -622,10 +622,11 @@ async fn workers_racing_over_one_queue_call_the_processor_once_per_payment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_makes_a_queue_longer_than_its_slots_while_answers_are_recorded() {
     // More calls than the worker runs at once: it claims them a chunk at a time, one
-    // transaction per chunk, while the calls already running record their answers. A claim
-    // that waited for the database without letting those calls go on would wait forever for
-    // one of them that had its turn at the writer handed over meanwhile. Another writer
-    // keeps taking turns, as the service's consumers and relay do, so turns are handed over.
+    // transaction per chunk, and records the answers that came in together in one
+    // transaction, while other calls run. (A first version awaited a claim without polling the
+    // calls that recorded their own answers, and waited forever for one of them that had its
+    // turn at the writer handed over meanwhile.) Another writer keeps taking turns, as the
+    // service's consumers and relay do, so turns are handed over.
     let h = Harness::start_with(Options {
         run_service: false,
         ..Options::default()
@@ -667,5 +668,67 @@ async fn one_worker_makes_a_queue_longer_than_its_slots_while_answers_are_record
         assert_eq!(h.calls(&p).await.len(), 1);
     }
     assert_eq!(h.psp_stats().await["authorization_attempts"], n as u64);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn answers_recorded_together_keep_going_when_one_of_them_cannot_be() {
+    // The worker records the answers that arrived together in one transaction. One that fails
+    // (here: its payment is gone) must not take the others' effects with it.
+    let h = Harness::start_with(Options {
+        run_service: false,
+        ..Options::default()
+    })
+    .await;
+    let orders: Vec<OrderId> = (0..3).map(|_| OrderId::new()).collect();
+    for order in &orders {
+        h.consumer
+            .process(&reserved(*order, UserId::new(), 100, "pm_card_visa"))
+            .await
+            .unwrap();
+    }
+    let now = mercato_kit::time::now_us();
+    let mut jobs = store::due_jobs(h.payments.db.reader(), now, 10)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 3);
+    jobs[1].payment_id = uuid::Uuid::new_v4();
+    let answer = |n: usize| mercato_payment::psp::Answer {
+        reply: mercato_payment::psp::Reply::Authorized {
+            provider_ref: format!("ch_batch_{n}"),
+        },
+        http_status: Some(200),
+        elapsed: Duration::from_millis(1),
+        retry_in: None,
+    };
+    let answers: Vec<_> = (0..3).map(answer).collect();
+    let batch: Vec<_> = jobs
+        .iter()
+        .zip(&answers)
+        .map(|(j, a)| (j, 1, a, tracing::Span::none()))
+        .collect();
+    let failed = h.payments.record_answers(&batch).await;
+    assert!(failed.is_err(), "the bad answer is reported");
+    for (i, order) in orders.iter().enumerate() {
+        let p = h.payment_of(*order).await.unwrap();
+        if i == 1 {
+            assert_eq!(
+                p.money.status,
+                Status::Pending,
+                "its job named another payment"
+            );
+        } else {
+            assert_eq!(p.money.status, Status::Authorized, "order {i}");
+            assert_eq!(
+                p.provider_ref.as_deref(),
+                Some(format!("ch_batch_{i}").as_str())
+            );
+        }
+    }
+    let left = store::due_jobs(h.payments.db.reader(), now, 10)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "only the bad answer's call is still queued");
+    assert_eq!(left[0].seq, jobs[1].seq);
     h.stop().await;
 }

@@ -17,6 +17,7 @@ use mercato_kit::db::Tx;
 use mercato_kit::events::Cause;
 use mercato_kit::time::now_us;
 use serde::Deserialize;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// A processor webhook as it arrives.
@@ -198,6 +199,53 @@ impl Payments {
                 }
                 Err(Error::ConcurrentUpdate) if tries < 5 => continue,
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Records the answers to several calls in one transaction: one commit for a round of
+    /// calls instead of one each. Each answer is applied in the span of its own call. If any
+    /// of them fails, nothing of the batch stays, and each is recorded again on its own
+    /// ([`Payments::record_answer`], with its retries), so one bad answer costs only itself;
+    /// the first failure of those is returned.
+    pub async fn record_answers(
+        &self,
+        answers: &[(&Job, i64, &Answer, tracing::Span)],
+    ) -> Result<(), Error> {
+        if let [(job, attempt, answer, span)] = answers {
+            return self
+                .record_answer(job, *attempt, answer)
+                .instrument(span.clone())
+                .await;
+        }
+        let together = async {
+            let mut tx = self.db.begin().await?;
+            for (job, attempt, answer, span) in answers {
+                self.apply_answer(&mut tx, job, *attempt, answer)
+                    .instrument(span.clone())
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        };
+        match together.await {
+            Ok(()) => {
+                self.committed();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, answers = answers.len(), "recording a batch of answers failed; recording each on its own");
+                let mut first = None;
+                for (job, attempt, answer, span) in answers {
+                    if let Err(e) = self
+                        .record_answer(job, *attempt, answer)
+                        .instrument(span.clone())
+                        .await
+                    {
+                        first.get_or_insert(e);
+                    }
+                }
+                first.map_or(Ok(()), Err)
             }
         }
     }
