@@ -179,6 +179,33 @@ async fn an_idle_consumer_shows_no_lag_and_a_rewind_delivers_everything_again() 
 }
 
 #[tokio::test]
+async fn an_idle_consumer_passes_other_types_without_missing_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = embedded_bus(&dir).await;
+    let mut sub = bus.subscribe("c", &["thing.happened"]).await.unwrap();
+    for n in 0..3 {
+        bus.publish(&Envelope::new("p", "other.type", format!("x{n}"), &n))
+            .await
+            .unwrap();
+        // It looks, finds nothing of its own, and remembers that instead of writing its cursor.
+        assert!(tokio::time::timeout(Duration::from_millis(100), sub.next())
+            .await
+            .is_err());
+        assert_eq!(bus.lag().await.unwrap(), [("c".to_owned(), 0)], "round {n}");
+    }
+    let ours = event(7);
+    bus.publish(&ours).await.unwrap();
+    assert_eq!(bus.lag().await.unwrap(), [("c".to_owned(), 1)]);
+    let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("its own event comes")
+        .unwrap();
+    assert_eq!(d.envelope.event_id, ours.event_id);
+    sub.ack(&d).await.unwrap();
+    assert_eq!(bus.lag().await.unwrap(), [("c".to_owned(), 0)]);
+}
+
+#[tokio::test]
 async fn an_event_whose_handling_never_ends_is_parked_after_the_delivery_limit() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/bus.db?mode=rwc", dir.path().display());

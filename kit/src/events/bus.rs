@@ -127,7 +127,13 @@ pub struct EmbeddedBus {
     /// the same across processes; they are woken only by a one-second safety poll, though,
     /// so several processes are better served by NATS JetStream.
     publish_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Per consumer, the stretch of the log past its stored cursor that its subscription in
+    /// this process found empty of its types (see `EmbeddedSubscription::none_for`), so
+    /// the lag counts from where the consumer really is.
+    none_for: NoneFor,
 }
+
+type NoneFor = Arc<parking_lot::Mutex<std::collections::HashMap<String, (i64, i64)>>>;
 
 impl EmbeddedBus {
     pub async fn open(url: &str) -> anyhow::Result<EmbeddedBus> {
@@ -156,6 +162,7 @@ impl EmbeddedBus {
             db,
             published: Arc::new(watch::channel(0).0),
             publish_lock: Default::default(),
+            none_for: Default::default(),
         })
     }
 
@@ -185,15 +192,23 @@ impl EmbeddedBus {
     /// How many stored events each consumer has yet to acknowledge (of the types it reads,
     /// or not: a consumer skips the others as it passes them).
     pub async fn lag(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = crate::db::query(
-            "SELECT c.consumer, (SELECT COUNT(*) FROM bus_messages m WHERE m.seq > c.last_seq) AS behind \
-             FROM bus_cursors c ORDER BY c.consumer",
-        )
-        .fetch_all(self.db.reader())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("consumer")?, r.try_get("behind")?)))
-            .collect()
+        let rows = crate::db::query("SELECT consumer, last_seq FROM bus_cursors ORDER BY consumer")
+            .fetch_all(self.db.reader())
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let consumer: String = r.try_get("consumer")?;
+            let cursor: i64 = r.try_get("last_seq")?;
+            let from = skip_known(self.none_for.lock().get(&consumer).copied(), cursor);
+            let behind: i64 =
+                crate::db::query("SELECT COUNT(*) AS behind FROM bus_messages WHERE seq > $1")
+                    .bind(from)
+                    .fetch_one(self.db.reader())
+                    .await?
+                    .try_get("behind")?;
+            out.push((consumer, behind));
+        }
+        Ok(out)
     }
 
     pub async fn close(&self) {
@@ -272,6 +287,8 @@ impl Bus for EmbeddedBus {
                  ORDER BY seq LIMIT $2"
             ),
             published: self.published.subscribe(),
+            none_for: self.none_for.clone(),
+            advanced_at: std::time::Instant::now(),
         }))
     }
 }
@@ -282,7 +299,30 @@ struct EmbeddedSubscription {
     types: Vec<String>,
     select: String,
     published: watch::Receiver<u64>,
+    /// Per consumer, a stretch of the log `(from, to]` known to hold no event of its types.
+    /// The log only grows, in order, so that stays true; a look from a cursor inside it
+    /// starts at its end. It lets an idle consumer skip the stored cursor's move on most
+    /// wake-ups (every publish wakes every consumer) without scanning the other types' events
+    /// again. Shared with the bus, whose lag counts from there too.
+    none_for: NoneFor,
+    /// When the stored cursor was last moved past other types' events.
+    advanced_at: std::time::Instant,
 }
+
+/// Where a look past `cursor` starts: past a stretch known to hold none of a consumer's
+/// types, when the cursor is inside it. A cursor before it (rewound) starts where it is.
+fn skip_known(none: Option<(i64, i64)>, cursor: i64) -> i64 {
+    match none {
+        Some((from, to)) if from <= cursor && cursor < to => to,
+        _ => cursor,
+    }
+}
+
+/// How often, at most, an idle consumer moves its stored cursor past events of other types.
+/// The cursor says how far behind the consumer is (the lag metric, audits); a second late is
+/// soon enough for that, and it saves a write on the bus's single writer per publish per idle
+/// consumer.
+const IDLE_ADVANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl EmbeddedSubscription {
     async fn advance(&mut self, seq: i64) -> anyhow::Result<()> {
@@ -352,8 +392,9 @@ impl Subscription for EmbeddedSubscription {
                 .fetch_one(self.db.reader())
                 .await?
                 .try_get("end_seq")?;
+            let from = skip_known(self.none_for.lock().get(&self.consumer).copied(), cursor);
             let mut q = crate::db::query(&self.select)
-                .bind(cursor)
+                .bind(from)
                 .bind(max.max(1) as i64);
             for t in &self.types {
                 q = q.bind(t);
@@ -388,9 +429,19 @@ impl Subscription for EmbeddedSubscription {
                 return Ok(batch);
             }
             // Nothing for us up to that end: move past the events of other types, so the
-            // cursor shows how far behind this consumer really is.
+            // cursor shows how far behind this consumer really is; at most once a second,
+            // remembering the stretch meanwhile.
             if let Some(end) = end.filter(|e| *e > cursor) {
-                self.advance(end).await?;
+                if self.advanced_at.elapsed() >= IDLE_ADVANCE_EVERY {
+                    self.advance(end).await?;
+                    self.advanced_at = std::time::Instant::now();
+                    self.none_for.lock().remove(&self.consumer);
+                } else {
+                    // Scanned from `from`, and `(cursor, from]` was known empty already.
+                    self.none_for
+                        .lock()
+                        .insert(self.consumer.clone(), (cursor, end));
+                }
             }
             // Publishes in this process wake us at once. The timeout is only a safety net for
             // a log shared through PostgreSQL by several processes, which cannot wake us.
