@@ -54,6 +54,28 @@ fn wal_restart_frames() -> i64 {
     })
 }
 
+/// The size SQLite cuts the log file back to at the first commit after a restart: a little
+/// past the length at which the checkpointer restarts it, so a busy database writes its log
+/// into a file that stays allocated. Cut at 64 MB while the log ran to 256 MB, every restart
+/// freed the rest of the file and the next few seconds of commits allocated it again: the
+/// truncation was 3% of an order's CPU and block allocation in the log's writes about 10%
+/// (docs/BENCHMARKS.md). The price is disk: up to this much per busy database while it runs
+/// (the log is removed when the last connection closes). Without restarts (0) the log is cut
+/// to 64 MB as before.
+fn journal_size_limit(restart_frames: i64) -> i64 {
+    const FRAME_BYTES: i64 = 4096 + 24;
+    const WITHOUT_RESTARTS: i64 = 64 << 20;
+    if restart_frames == i64::MAX {
+        return WITHOUT_RESTARTS;
+    }
+    // The log runs past the restart point until the checkpointer looks (every few hundred
+    // commits or a second).
+    restart_frames
+        .saturating_add(restart_frames / 4)
+        .saturating_mul(FRAME_BYTES)
+        .max(WITHOUT_RESTARTS)
+}
+
 /// A whole number from the environment; `None` when unset or not a number (the default
 /// then applies: a service's start has refused a bad value already, see above).
 fn env_number(name: &str) -> Option<i64> {
@@ -101,8 +123,12 @@ impl SqliteConn {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; \
-             PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;",
+             PRAGMA wal_autocheckpoint=0;",
         )?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_size_limit={};",
+            journal_size_limit(wal_restart_frames())
+        ))?;
         conn.execute_batch(&format!("PRAGMA mmap_size={};", mmap_bytes()))?;
         Ok(SqliteConn {
             conn,
@@ -495,6 +521,27 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A log cut back below the length it reaches before each restart is allocated again on
+    // every cycle (see journal_size_limit).
+    #[test]
+    fn the_log_is_not_cut_below_the_length_it_restarts_at() {
+        let frame = 4096 + 24;
+        assert!(journal_size_limit(WAL_RESTART_FRAMES) > WAL_RESTART_FRAMES * frame);
+        assert_eq!(
+            journal_size_limit(i64::MAX),
+            64 << 20,
+            "no restarts: as before"
+        );
+        assert_eq!(journal_size_limit(100), 64 << 20, "never below 64 MB");
+        let dir = tempfile::tempdir().unwrap();
+        let conn = SqliteConn::open(&dir.path().join("t.db"), true).unwrap();
+        let limit: i64 = conn
+            .conn
+            .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, journal_size_limit(wal_restart_frames()));
+    }
 
     // The map costs more than it saves under this kit's commit rate (see MMAP_BYTES); a
     // connection that maps its file again by default would bring the munmap storm back.
