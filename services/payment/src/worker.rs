@@ -3,12 +3,12 @@
 //! It makes the calls that use cases queued in `processor_jobs`, each outside any database
 //! transaction and always with the call's own idempotency key, then records the answer (and
 //! its effect and event) in one transaction (`Payments::record_answers`): the answers that
-//! arrived together share it, so a busy worker pays one commit per handful of calls. A transient failure
-//! puts the call back with exponential backoff and jitter; an authorization stops being retried
-//! when the order's reservation expires, and each of its failed attempts tells the order why it
-//! waits (`payment.delayed`). While the processor's circuit breaker is open (see
-//! [`crate::psp`]) an attempt fails at once without a call, and is put back like any other
-//! transient failure.
+//! arrived together share it, so a busy worker pays one commit per handful of calls. A
+//! transient failure puts the call back with exponential backoff and jitter; an authorization
+//! stops being retried when the order's reservation expires, and each of its failed attempts
+//! tells the order why it waits (`payment.delayed`). While the processor's circuit breaker is
+//! open (see [`crate::psp`]) an attempt fails at once without a call, and is put back like any
+//! other transient failure.
 //!
 //! It sleeps until the next call is due or until it is woken (a call was queued and
 //! committed), never on a short fixed tick; a slow sweep catches calls queued without a wake
